@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# deps.sh - installs the Debian packages a make target needs, only those missing.
+# Usage: scripts/deps.sh build|test|bench|run
+set -euo pipefail
+
+build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libjansson-dev libopenblas-dev"
+test_pkgs="libcmocka-dev python3-zmq python3-numpy"
+bench_pkgs="python3-zmq python3-numpy python3-torch"
+
+case "${1:-build}" in
+  build|run) want="$build_pkgs" ;;
+  test) want="$build_pkgs $test_pkgs" ;;
+  bench) want="$build_pkgs $bench_pkgs" ;;
+  *) echo "usage: $0 build|test|bench|run" >&2; exit 2 ;;
+esac
+
+missing=""
+for p in $want; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing="$missing $p"
+  fi
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "titan: missing Debian packages:$missing" >&2
+  echo "titan: install them with: sudo apt-get install$missing" >&2
+  exit 1
+fi
+echo "titan: installing$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

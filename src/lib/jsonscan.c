@@ -1,0 +1,337 @@
+/* jsonscan.c - single-pass JSON splitting and nested-array-to-tensor parsing, no DOM for bulk data. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jsonscan.h"
+#include "numfmt.h"
+
+static int s_fail(char *err, size_t errcap, int rc, const char *fmt, ...)
+{
+    if (err && errcap) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errcap, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+static inline const char *s_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+    return p;
+}
+
+/* Skips a string starting at the opening quote; returns the char after the closing quote or NULL. */
+static const char *s_skip_string(const char *p, const char *end)
+{
+    p++;
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') return p + 1;
+        if (c < 0x20) return NULL;
+        if (c == '\\') {
+            p++;
+            if (p >= end) return NULL;
+            if (*p == 'u') {
+                if (end - p < 5) return NULL;
+                for (int i = 1; i <= 4; i++) {
+                    char h = p[i];
+                    if (!((h >= '0' && h <= '9') || (h >= 'a' && h <= 'f') || (h >= 'A' && h <= 'F')))
+                        return NULL;
+                }
+                p += 5;
+                continue;
+            }
+            if (!strchr("\"\\/bfnrt", *p) || *p == '\0') return NULL;
+        }
+        p++;
+    }
+    return NULL;
+}
+
+/* Skips one value; checks bracket structure and depth (the DOM parser checks the rest). */
+static const char *s_skip_value(const char *p, const char *end, int depth0, char *err, size_t errcap)
+{
+    int depth = depth0;
+    char stack[TITAN_JSON_MAX_DEPTH + 1];
+    do {
+        p = s_ws(p, end);
+        if (p >= end) {
+            s_fail(err, errcap, 0, "invalid JSON: unexpected end of input");
+            return NULL;
+        }
+        char c = *p;
+        if (c == '"') {
+            p = s_skip_string(p, end);
+            if (!p) {
+                s_fail(err, errcap, 0, "invalid JSON: malformed string");
+                return NULL;
+            }
+        } else if (c == '[' || c == '{') {
+            if (depth - depth0 >= TITAN_JSON_MAX_DEPTH || depth >= TITAN_JSON_MAX_DEPTH) {
+                s_fail(err, errcap, 0, "JSON nested deeper than %d levels", TITAN_JSON_MAX_DEPTH);
+                return NULL;
+            }
+            stack[depth - depth0] = c == '[' ? ']' : '}';
+            depth++;
+            p++;
+            continue;
+        } else if (c == ']' || c == '}') {
+            if (depth == depth0 || stack[depth - depth0 - 1] != c) {
+                s_fail(err, errcap, 0, "invalid JSON: unbalanced '%c'", c);
+                return NULL;
+            }
+            depth--;
+            p++;
+        } else if (c == ',' || c == ':') {
+            if (depth == depth0) {
+                s_fail(err, errcap, 0, "invalid JSON: unexpected '%c'", c);
+                return NULL;
+            }
+            p++;
+            continue;
+        } else {
+            /* a scalar: number, true, false, null; its exact syntax is left to the DOM parser */
+            const char *s = p;
+            while (p < end && !strchr(",:]}[{\" \t\r\n", *p)) p++;
+            if (p == s) {
+                s_fail(err, errcap, 0, "invalid JSON near offset");
+                return NULL;
+            }
+        }
+    } while (depth > depth0);
+    return p;
+}
+
+int titan_json_split_object(const char *text, size_t len, titan_json_split *out, char *err, size_t errcap)
+{
+    const char *p = text, *end = text + len;
+    titan_json_split r;
+    memset(&r, 0, sizeof(r));
+    p = s_ws(p, end);
+    if (p >= end || *p != '{') return s_fail(err, errcap, -EINVAL, "request header must be a JSON object");
+    size_t cap = len + 16;
+    r.rest = malloc(cap);
+    if (!r.rest) return -ENOMEM;
+    char *o = r.rest;
+    *o++ = '{';
+    p++;
+    p = s_ws(p, end);
+    bool first = true;
+    if (p < end && *p == '}') {
+        p++;
+    } else {
+        for (;;) {
+            p = s_ws(p, end);
+            if (p >= end || *p != '"') {
+                free(r.rest);
+                return s_fail(err, errcap, -EINVAL, "invalid JSON: expected a member name");
+            }
+            const char *ks = p;
+            p = s_skip_string(p, end);
+            if (!p) {
+                free(r.rest);
+                return s_fail(err, errcap, -EINVAL, "invalid JSON: malformed member name");
+            }
+            const char *ke = p;
+            p = s_ws(p, end);
+            if (p >= end || *p != ':') {
+                free(r.rest);
+                return s_fail(err, errcap, -EINVAL, "invalid JSON: expected ':'");
+            }
+            p = s_ws(p + 1, end);
+            const char *vs = p;
+            char serr[128] = "";
+            p = s_skip_value(p, end, 0, serr, sizeof(serr));
+            if (!p) {
+                free(r.rest);
+                return s_fail(err, errcap, -EINVAL, "%s", serr);
+            }
+            if (!first) *o++ = ',';
+            first = false;
+            memcpy(o, ks, (size_t)(ke - ks));
+            o += ke - ks;
+            *o++ = ':';
+            if (*vs == '[' && r.nspans < TITAN_JSON_MAX_SPANS) {
+                titan_json_span *sp = &r.spans[r.nspans++];
+                sp->key = ks + 1;
+                sp->key_len = (size_t)(ke - ks - 2);
+                sp->val = vs;
+                sp->val_len = (size_t)(p - vs);
+                memcpy(o, "null", 4);
+                o += 4;
+            } else {
+                memcpy(o, vs, (size_t)(p - vs));
+                o += p - vs;
+            }
+            p = s_ws(p, end);
+            if (p < end && *p == ',') {
+                p++;
+                continue;
+            }
+            if (p < end && *p == '}') {
+                p++;
+                break;
+            }
+            free(r.rest);
+            return s_fail(err, errcap, -EINVAL, "invalid JSON: expected ',' or '}' in the request object");
+        }
+    }
+    p = s_ws(p, end);
+    if (p != end) {
+        free(r.rest);
+        return s_fail(err, errcap, -EINVAL, "invalid JSON: trailing data after the request object");
+    }
+    *o++ = '}';
+    *o = '\0';
+    r.rest_len = (size_t)(o - r.rest);
+    *out = r;
+    return 0;
+}
+
+static void s_path(char *buf, size_t cap, const char *name, const size_t *idx, int depth)
+{
+    size_t n = (size_t)snprintf(buf, cap, "%s", name);
+    for (int i = 0; i < depth && n < cap; i++) n += (size_t)snprintf(buf + n, cap - n, "[%zu]", idx[i]);
+}
+
+int titan_json_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t max_elems, const char *name,
+                            void **data, int64_t shape[TITAN_MAX_RANK], int *rank, char *err, size_t errcap)
+{
+    size_t esize = titan_dtype_size(dt);
+    if (esize == 0 || !text || !data || !shape || !rank) return -EINVAL;
+    const char *p = text, *end = text + len;
+    char path[160];
+    size_t idx[TITAN_MAX_RANK + 1] = {0};   /* elements seen so far at each open level */
+    int64_t dims[TITAN_MAX_RANK] = {0};     /* 0 = not known yet */
+    int depth = 0, r = -1;
+    size_t count = 0;
+    /* Every element takes at least two characters ("1,"), which bounds the buffer. */
+    size_t bound = len / 2 + 1;
+    if (bound > max_elems) bound = max_elems;
+    size_t bytes = (bound * esize + 63) & ~(size_t)63;
+    char *buf = aligned_alloc(64, bytes ? bytes : 64);
+    if (!buf) return -ENOMEM;
+    int rc = -EINVAL;
+    bool need_value = false; /* after '[' or ',' */
+
+    p = s_ws(p, end);
+    if (p >= end || *p != '[') {
+        rc = s_fail(err, errcap, -EINVAL, "'%s' must be a nested array of numbers", name);
+        goto fail;
+    }
+    while (p < end) {
+        char c = *p;
+        if (c == ' ' || c == '\n' || c == '\r' || c == '\t') {
+            p++;
+            continue;
+        }
+        if (c == '[') {
+            if (depth > 0 && !need_value) goto syntax;
+            if (depth >= TITAN_MAX_RANK) {
+                rc = s_fail(err, errcap, -EINVAL, "'%s' is nested deeper than %d levels (the most a tensor may have)",
+                            name, TITAN_MAX_RANK);
+                goto fail;
+            }
+            if (r >= 0 && depth >= r) {
+                s_path(path, sizeof(path), name, idx, depth);
+                rc = s_fail(err, errcap, -EINVAL, "ragged array: %s is an array where a number was expected", path);
+                goto fail;
+            }
+            idx[depth] = 0;
+            depth++;
+            p++;
+            need_value = true;
+            /* allow "[]" to reach the empty check below */
+            const char *q = s_ws(p, end);
+            if (q < end && *q == ']') {
+                s_path(path, sizeof(path), name, idx, depth - 1);
+                rc = s_fail(err, errcap, -EINVAL, "%s is empty: every dimension must be at least 1", path);
+                goto fail;
+            }
+            continue;
+        }
+        if (c == ']') {
+            if (depth == 0 || need_value) goto syntax;
+            int lvl = depth - 1;
+            size_t n = idx[lvl];
+            if (dims[lvl] == 0) {
+                dims[lvl] = (int64_t)n;
+            } else if ((size_t)dims[lvl] != n) {
+                s_path(path, sizeof(path), name, idx, lvl);
+                rc = s_fail(err, errcap, -EINVAL, "ragged array: %s has %zu elements but earlier rows have %lld",
+                            path, n, (long long)dims[lvl]);
+                goto fail;
+            }
+            depth--;
+            p++;
+            if (depth == 0) break;
+            idx[depth - 1]++;
+            need_value = false;
+            continue;
+        }
+        if (c == ',') {
+            if (depth == 0 || need_value) goto syntax;
+            need_value = true;
+            p++;
+            continue;
+        }
+        /* a scalar */
+        if (!need_value) goto syntax;
+        if (r < 0) {
+            r = depth;
+        } else if (depth != r) {
+            s_path(path, sizeof(path), name, idx, depth);
+            rc = s_fail(err, errcap, -EINVAL, "ragged array: %s is a number where an array was expected", path);
+            goto fail;
+        }
+        if (count >= bound) {
+            if (count >= max_elems) {
+                rc = s_fail(err, errcap, -E2BIG, "'%s' has more than %zu elements (the configured limit)", name,
+                            max_elems);
+                goto fail;
+            }
+            goto syntax; /* more elements than characters allow: malformed */
+        }
+        size_t used;
+        if (dt == TITAN_DTYPE_FLOAT32)
+            used = titan_parse_f32(p, end, (float *)buf + count);
+        else
+            used = titan_parse_f64(p, end, (double *)buf + count);
+        if (used == 0) {
+            s_path(path, sizeof(path), name, idx, depth);
+            if (c == '"' || c == '{' || c == 't' || c == 'f' || c == 'n')
+                rc = s_fail(err, errcap, -EINVAL, "%s is not a number", path);
+            else
+                rc = s_fail(err, errcap, -EINVAL, "%s is not a valid JSON number", path);
+            goto fail;
+        }
+        p += used;
+        if (p < end && !strchr(" \t\r\n,]", *p)) {
+            s_path(path, sizeof(path), name, idx, depth);
+            rc = s_fail(err, errcap, -EINVAL, "%s is not a valid JSON number", path);
+            goto fail;
+        }
+        count++;
+        idx[depth - 1]++;
+        need_value = false;
+        continue;
+    }
+    if (depth != 0) goto syntax;
+    p = s_ws(p, end);
+    if (p != end || r < 1) goto syntax;
+    for (int i = 0; i < r; i++) shape[i] = dims[i];
+    *rank = r;
+    *data = buf;
+    return 0;
+syntax:
+    rc = s_fail(err, errcap, -EINVAL, "'%s' is not a well-formed JSON array", name);
+fail:
+    free(buf);
+    return rc;
+}

@@ -1,0 +1,45 @@
+/* jsonscan.h - splits a request header into a small JSON remainder and raw array spans, and
+ * parses numeric nested arrays straight into tensors (internal to titan). */
+#ifndef TITAN_JSONSCAN_H
+#define TITAN_JSONSCAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "titan/tensor.h"
+
+#define TITAN_JSON_MAX_SPANS 8
+#define TITAN_JSON_MAX_DEPTH 64
+
+/* One top-level member whose value is an array, left unparsed. */
+typedef struct {
+    const char *key; /* raw key bytes between the quotes (borrowed from the input) */
+    size_t key_len;
+    const char *val; /* the array text, '[' to ']' (borrowed from the input) */
+    size_t val_len;
+} titan_json_span;
+
+typedef struct {
+    char *rest;      /* malloc'd JSON object text: the input with array values replaced by null */
+    size_t rest_len;
+    titan_json_span spans[TITAN_JSON_MAX_SPANS];
+    size_t nspans;
+} titan_json_split;
+
+/* Splits the JSON object text[0..len). Top-level array values become spans
+ * (at most TITAN_JSON_MAX_SPANS; more stay in `rest`); everything else is copied into
+ * `rest` for a DOM parser. Checks the structure, string syntax and nesting depth
+ * (<= TITAN_JSON_MAX_DEPTH); UTF-8 and duplicate keys are left to the DOM parser of `rest`.
+ * Returns 0, -EINVAL with a message in err, or -ENOMEM. On 0 the caller frees out->rest. */
+int titan_json_split_object(const char *text, size_t len, titan_json_split *out, char *err, size_t errcap);
+
+/* Parses a numeric nested array (a rectangular tensor of rank <= TITAN_MAX_RANK) of
+ * JSON numbers into a new 64-byte-aligned buffer of dtype `dt`. `name` labels errors.
+ * Returns 0 and fills *data (free() it), shape, *rank; -EINVAL for ragged, empty,
+ * non-numeric or malformed arrays (message in err); -E2BIG when it has more than
+ * max_elems elements; -ENOMEM. */
+int titan_json_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t max_elems,
+                            const char *name, void **data, int64_t shape[TITAN_MAX_RANK], int *rank,
+                            char *err, size_t errcap);
+
+#endif

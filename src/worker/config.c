@@ -1,0 +1,152 @@
+/* config.c - parses and validates titan-worker settings. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+void titan_config_init(titan_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->queue = 64;
+    cfg->max_request_bytes = 1ULL << 30;
+    cfg->max_result_bytes = 1ULL << 30;
+}
+
+void titan_config_free(titan_config *cfg)
+{
+    for (int i = 0; i < cfg->nbinds; i++) free(cfg->binds[i]);
+    free(cfg->device);
+    free(cfg->log_level);
+    free(cfg->endpoint_file);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+static int s_parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    if (!s || !*s || *s == '-' || isspace((unsigned char)*s)) return -EINVAL;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s) return -EINVAL;
+    uint64_t mult = 1;
+    if (*end == 'K' || *end == 'k') mult = 1ULL << 10;
+    else if (*end == 'M' || *end == 'm') mult = 1ULL << 20;
+    else if (*end == 'G' || *end == 'g') mult = 1ULL << 30;
+    if (mult != 1) end++;
+    if (*end) return -EINVAL;
+    uint64_t r;
+    if (__builtin_mul_overflow((uint64_t)v, mult, &r) || r < lo || r > hi) return -ERANGE;
+    *out = r;
+    return 0;
+}
+
+static int s_set_str(char **dst, const char *v)
+{
+    char *c = strdup(v);
+    if (!c) return -ENOMEM;
+    free(*dst);
+    *dst = c;
+    return 0;
+}
+
+int titan_config_set(titan_config *cfg, const char *key, const char *value, char *err, size_t errcap)
+{
+    uint64_t u;
+    if (!value) {
+        snprintf(err, errcap, "--%s needs a value", key);
+        return -EINVAL;
+    }
+    if (strcmp(key, "bind") == 0) {
+        if (cfg->nbinds >= TITAN_MAX_BINDS) {
+            snprintf(err, errcap, "at most %d --bind endpoints", TITAN_MAX_BINDS);
+            return -EINVAL;
+        }
+        if (!strstr(value, "://")) {
+            snprintf(err, errcap, "bad endpoint '%s': expected e.g. tcp://127.0.0.1:5555 or ipc:///run/titan.sock",
+                     value);
+            return -EINVAL;
+        }
+        cfg->binds[cfg->nbinds] = strdup(value);
+        if (!cfg->binds[cfg->nbinds]) return -ENOMEM;
+        cfg->nbinds++;
+        return 0;
+    }
+    if (strcmp(key, "device") == 0) return s_set_str(&cfg->device, value);
+    if (strcmp(key, "log-level") == 0) return s_set_str(&cfg->log_level, value);
+    if (strcmp(key, "endpoint-file") == 0) return s_set_str(&cfg->endpoint_file, value);
+    struct {
+        const char *name;
+        uint64_t lo, hi;
+    } nums[] = {
+        {"threads", 1, 256},
+        {"blas-threads", 1, 1024},
+        {"queue", 0, 1000000},
+        {"max-request-bytes", 1024, 1ULL << 40},
+        {"max-result-bytes", 1024, 1ULL << 40},
+    };
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        if (strcmp(key, nums[i].name) != 0) continue;
+        int rc = s_parse_u64(value, nums[i].lo, nums[i].hi, &u);
+        if (rc) {
+            snprintf(err, errcap, "--%s: '%s' is not a number in %llu..%llu%s", key, value,
+                     (unsigned long long)nums[i].lo, (unsigned long long)nums[i].hi,
+                     nums[i].hi > 1000000 ? " (K, M and G suffixes allowed)" : "");
+            return -EINVAL;
+        }
+        if (i == 0) cfg->threads = (int)u;
+        else if (i == 1) cfg->blas_threads = (int)u;
+        else if (i == 2) cfg->queue = (int)u;
+        else if (i == 3) cfg->max_request_bytes = u;
+        else cfg->max_result_bytes = u;
+        return 0;
+    }
+    snprintf(err, errcap, "unknown setting '%s'", key);
+    return -ENOENT;
+}
+
+static char *s_trim(char *s)
+{
+    while (isspace((unsigned char)*s)) s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
+    return s;
+}
+
+int titan_config_load(titan_config *cfg, const char *path, char *err, size_t errcap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        int e = errno;
+        snprintf(err, errcap, "cannot open config file %s: %s", path, strerror(e));
+        return -e;
+    }
+    char line[4096];
+    int lineno = 0, rc = 0;
+    while (fgets(line, sizeof(line), f)) {
+        lineno++;
+        char *hash = strchr(line, '#');
+        if (hash) *hash = '\0';
+        char *s = s_trim(line);
+        if (!*s) continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            snprintf(err, errcap, "%s:%d: expected 'key = value'", path, lineno);
+            rc = -EINVAL;
+            break;
+        }
+        *eq = '\0';
+        char *key = s_trim(s), *val = s_trim(eq + 1);
+        char sub[384];
+        rc = titan_config_set(cfg, key, val, sub, sizeof(sub));
+        if (rc) {
+            snprintf(err, errcap, "%s:%d: %s", path, lineno, sub);
+            rc = -EINVAL;
+            break;
+        }
+    }
+    fclose(f);
+    return rc;
+}

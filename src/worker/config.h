@@ -1,0 +1,34 @@
+/* config.h - titan-worker settings from the command line and an optional config file. */
+#ifndef TITAN_WORKER_CONFIG_H
+#define TITAN_WORKER_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TITAN_MAX_BINDS 8
+
+typedef struct {
+    char *binds[TITAN_MAX_BINDS];
+    int nbinds;
+    char *device;            /* auto | cpu | cuda[:N] */
+    int threads;             /* executor threads; 0 = one per core */
+    int blas_threads;        /* BLAS threads per GEMM; 0 = all cores */
+    int queue;               /* requests waiting beyond the busy executors before "busy" */
+    uint64_t max_request_bytes;
+    uint64_t max_result_bytes;
+    char *log_level;
+    char *endpoint_file;     /* written with the bound endpoints once ready */
+} titan_config;
+
+/* Sets the defaults. */
+void titan_config_init(titan_config *cfg);
+/* Frees what the config owns. */
+void titan_config_free(titan_config *cfg);
+
+/* Applies one setting by its long-option name ("bind", "threads"...). Returns 0,
+ * -EINVAL with a message in err for a bad value, -ENOENT for an unknown name. */
+int titan_config_set(titan_config *cfg, const char *key, const char *value, char *err, size_t errcap);
+/* Reads "key = value" lines (# comments) from `path`. Returns 0 or -errno with err set. */
+int titan_config_load(titan_config *cfg, const char *path, char *err, size_t errcap);
+
+#endif

@@ -1,0 +1,19 @@
+/* log.h - the worker's leveled logging to stderr. */
+#ifndef TITAN_WORKER_LOG_H
+#define TITAN_WORKER_LOG_H
+
+typedef enum { TITAN_LOG_ERROR = 0, TITAN_LOG_WARN, TITAN_LOG_INFO, TITAN_LOG_DEBUG } titan_log_level;
+
+/* Returns 0 and sets the process log level from its name, or -EINVAL. */
+int titan_log_set_level_name(const char *name);
+void titan_log_set_level(titan_log_level level);
+/* True when messages of `level` are written: test it before building costly debug text. */
+int titan_log_enabled(titan_log_level level);
+void titan_log(titan_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define titan_log_debug(...)                                                                                 \
+    do {                                                                                                     \
+        if (titan_log_enabled(TITAN_LOG_DEBUG)) titan_log(TITAN_LOG_DEBUG, __VA_ARGS__);                     \
+    } while (0)
+
+#endif

@@ -1,0 +1,221 @@
+/* main.c - titan-worker: options, start-up, signals and shutdown. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "config.h"
+#include "log.h"
+#include "ops.h"
+#include "server.h"
+#include "sysinfo.h"
+#include "titan/titan.h"
+
+static volatile sig_atomic_t s_stop;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static void s_usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: titan-worker [OPTIONS]\n"
+            "Serves GPU (or CPU) compute over ZeroMQ: ping, gpu_info, ops, matrix_multiply.\n"
+            "\n"
+            "Options:\n"
+            "  --bind ENDPOINT          listen here; repeatable (default tcp://127.0.0.1:5555;\n"
+            "                           tcp://127.0.0.1:* picks a free port)\n"
+            "  --device DEV             auto | cpu | cuda | cuda:N (default auto: the best available)\n"
+            "  --threads N              executor threads serving requests at once (default: one per core)\n"
+            "  --blas-threads N         BLAS threads for each product (default: all cores)\n"
+            "  --queue N                requests that may wait for an executor before the worker\n"
+            "                           answers \"busy\" (default 64)\n"
+            "  --max-request-bytes N    largest request accepted, K/M/G suffixes (default 1G)\n"
+            "  --max-result-bytes N     largest result computed (default 1G)\n"
+            "  --log-level LEVEL        error | warn | info | debug (default info; debug logs every request)\n"
+            "  --endpoint-file PATH     write the bound endpoints here once ready (for scripts and tests)\n"
+            "  --config FILE            read settings from FILE: 'key = value' lines with the option\n"
+            "                           names above (bind may repeat); command-line options win\n"
+            "  --version                print the version and exit\n"
+            "  -h, --help               print this help and exit\n"
+            "\n"
+            "Examples:\n"
+            "  titan-worker                                  # CPU or GPU, on tcp://127.0.0.1:5555\n"
+            "  titan-worker --bind tcp://0.0.0.0:5555 --device cuda:0 --queue 16\n"
+            "  titan ping                                    # from another shell\n");
+}
+
+static int s_write_endpoint_file(const char *path, const char *endpoints)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return -errno;
+    fputs(endpoints, f);
+    if (fclose(f) != 0) return -errno;
+    /* rename makes the file appear whole: readers never see a partial list */
+    if (rename(tmp, path) != 0) return -errno;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_BIND = 1000, O_DEVICE, O_THREADS, O_BLAS, O_QUEUE, O_MAXREQ, O_MAXRES, O_LOG, O_EPFILE, O_CONFIG,
+           O_VERSION };
+    static const struct option longopts[] = {
+        {"bind", required_argument, 0, O_BIND},
+        {"device", required_argument, 0, O_DEVICE},
+        {"threads", required_argument, 0, O_THREADS},
+        {"blas-threads", required_argument, 0, O_BLAS},
+        {"queue", required_argument, 0, O_QUEUE},
+        {"max-request-bytes", required_argument, 0, O_MAXREQ},
+        {"max-result-bytes", required_argument, 0, O_MAXRES},
+        {"log-level", required_argument, 0, O_LOG},
+        {"endpoint-file", required_argument, 0, O_EPFILE},
+        {"config", required_argument, 0, O_CONFIG},
+        {"version", no_argument, 0, O_VERSION},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    titan_config file_cfg, cli_cfg;
+    titan_config_init(&file_cfg);
+    titan_config_init(&cli_cfg);
+    char err[512];
+    const char *config_path = NULL;
+    /* Remember the command-line settings, apply them over the file's afterwards. */
+    const char *cli_keys[64], *cli_vals[64];
+    int ncli = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            s_usage(stdout);
+            return 0;
+        case O_VERSION:
+            printf("titan-worker %s (protocol %d)\n", TITAN_VERSION, TITAN_PROTOCOL_VERSION);
+            return 0;
+        case O_CONFIG:
+            config_path = optarg;
+            break;
+        default:
+            if (c >= O_BIND && c <= O_EPFILE && ncli < 64) {
+                for (const struct option *o = longopts; o->name; o++) {
+                    if (o->val == c) {
+                        cli_keys[ncli] = o->name;
+                        cli_vals[ncli++] = optarg;
+                    }
+                }
+                break;
+            }
+            fprintf(stderr, "Try 'titan-worker --help'.\n");
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "titan-worker: unexpected argument '%s'\nTry 'titan-worker --help'.\n", argv[optind]);
+        return 2;
+    }
+    titan_config *cfg = &file_cfg;
+    if (config_path && titan_config_load(cfg, config_path, err, sizeof(err))) {
+        fprintf(stderr, "titan-worker: %s\n", err);
+        return 2;
+    }
+    /* Binds on the command line replace the file's rather than add to them. */
+    bool cli_binds = false;
+    for (int i = 0; i < ncli; i++) cli_binds |= strcmp(cli_keys[i], "bind") == 0;
+    if (cli_binds) {
+        for (int i = 0; i < cfg->nbinds; i++) free(cfg->binds[i]);
+        cfg->nbinds = 0;
+    }
+    for (int i = 0; i < ncli; i++) {
+        if (titan_config_set(cfg, cli_keys[i], cli_vals[i], err, sizeof(err))) {
+            fprintf(stderr, "titan-worker: %s\nTry 'titan-worker --help'.\n", err);
+            titan_config_free(cfg);
+            return 2;
+        }
+    }
+    titan_config_free(&cli_cfg);
+    if (cfg->nbinds == 0) titan_config_set(cfg, "bind", "tcp://127.0.0.1:5555", err, sizeof(err));
+    if (!cfg->device) titan_config_set(cfg, "device", "auto", err, sizeof(err));
+    if (cfg->log_level && titan_log_set_level_name(cfg->log_level)) {
+        fprintf(stderr, "titan-worker: --log-level must be error, warn, info or debug, not '%s'\n", cfg->log_level);
+        titan_config_free(cfg);
+        return 2;
+    }
+
+    titan_sysinfo si;
+    titan_sysinfo_read(&si);
+    titan_worker_ctx w;
+    memset(&w, 0, sizeof(w));
+    w.threads = cfg->threads > 0 ? cfg->threads : si.cores;
+    w.blas_threads = cfg->blas_threads > 0 ? cfg->blas_threads : si.cores;
+    w.queue = cfg->queue;
+    w.limits.max_request_bytes = cfg->max_request_bytes;
+    w.limits.max_result_bytes = cfg->max_result_bytes;
+    int rc = titan_backend_open(cfg->device, w.blas_threads, &w.backend, err, sizeof(err));
+    if (rc) {
+        titan_log(TITAN_LOG_ERROR, "%s", err);
+        titan_config_free(cfg);
+        return 1;
+    }
+    if (titan_ops_init(&w)) {
+        titan_log(TITAN_LOG_ERROR, "out of memory");
+        titan_backend_destroy(&w.backend);
+        titan_config_free(cfg);
+        return 1;
+    }
+
+    /* Only the main thread takes SIGINT/SIGTERM: block them while threads are created. */
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    titan_server *srv = titan_server_new(cfg, &w, err, sizeof(err));
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (!srv) {
+        titan_log(TITAN_LOG_ERROR, "%s", err);
+        titan_ops_fini(&w);
+        titan_backend_destroy(&w.backend);
+        titan_config_free(cfg);
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = s_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char eps[2048];
+    snprintf(eps, sizeof(eps), "%s", titan_server_endpoints(srv));
+    for (char *p = eps; (p = strchr(p, '\n')) && p[1]; p++) *p = ' ';
+    eps[strcspn(eps, "\n")] = '\0';
+    titan_log(TITAN_LOG_INFO,
+              "titan-worker %s listening on %s (device %s: %s; %d executors, %d BLAS threads, queue %d, "
+              "max request %llu bytes)",
+              TITAN_VERSION, eps, w.backend->info.backend, w.backend->info.name, w.threads, w.blas_threads, w.queue,
+              (unsigned long long)w.limits.max_request_bytes);
+    if (cfg->endpoint_file) {
+        rc = s_write_endpoint_file(cfg->endpoint_file, titan_server_endpoints(srv));
+        if (rc) titan_log(TITAN_LOG_ERROR, "cannot write %s: %s", cfg->endpoint_file, strerror(-rc));
+    }
+    rc = rc ? rc : titan_server_run(srv, &s_stop);
+    unsigned long long served, errors;
+    titan_server_counts(srv, &served, &errors);
+    titan_server_destroy(&srv);
+    titan_log(TITAN_LOG_INFO, "titan-worker stopped after %llu requests (%llu answered with errors)", served, errors);
+    titan_ops_fini(&w);
+    titan_backend_destroy(&w.backend);
+    titan_config_free(cfg);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,232 @@
+/* request.c - decodes a request's header and tensors, and encodes replies. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "request.h"
+
+int titan_fail(titan_error *err, const char *code, const char *fmt, ...)
+{
+    err->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int titan_request_parse(titan_request *req, const char *text, size_t len, zmq_msg_t *frames, size_t nframes,
+                        const titan_limits *limits, titan_error *err)
+{
+    memset(req, 0, sizeof(*req));
+    req->text = text;
+    req->text_len = len;
+    req->frames = frames;
+    req->nframes = nframes;
+    req->limits = limits;
+    if (nframes + 1 > TITAN_MAX_BODY_FRAMES)
+        return titan_fail(err, "bad_request", "too many frames: a request has at most %d (the header and %d tensors)",
+                          TITAN_MAX_BODY_FRAMES, TITAN_MAX_BODY_FRAMES - 1);
+    char msg[256];
+    int rc = titan_json_split_object(text, len, &req->split, msg, sizeof(msg));
+    if (rc == -ENOMEM) return titan_fail(err, "internal", "out of memory while reading the request");
+    if (rc) return titan_fail(err, "bad_request", "%s", msg);
+    json_error_t jerr;
+    req->hdr = json_loadb(req->split.rest, req->split.rest_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!req->hdr) return titan_fail(err, "bad_request", "invalid JSON header: %s", jerr.text);
+    json_t *id = json_object_get(req->hdr, "id");
+    if (id && !json_is_null(id)) {
+        if (!json_is_string(id) && !json_is_integer(id))
+            return titan_fail(err, "bad_request", "\"id\" must be a string or an integer");
+        req->id = id;
+    }
+    json_t *op = json_object_get(req->hdr, "op");
+    if (!op) return titan_fail(err, "bad_request", "missing \"op\": say which operation to run, e.g. {\"op\":\"ping\"}");
+    if (!json_is_string(op)) return titan_fail(err, "bad_request", "\"op\" must be a string");
+    req->op = json_string_value(op);
+    json_t *dl = json_object_get(req->hdr, "deadline_ms");
+    if (dl) {
+        if (!json_is_integer(dl) || json_integer_value(dl) < 1 || json_integer_value(dl) > 86400000)
+            return titan_fail(err, "bad_request", "\"deadline_ms\" must be an integer from 1 to 86400000");
+        req->deadline_ms = json_integer_value(dl);
+    }
+    return 0;
+}
+
+static int s_json_tensor(titan_request *req, const char *name, const char *text, size_t len, titan_dtype dt,
+                         titan_tensor_view *out, titan_error *err)
+{
+    char msg[256];
+    size_t esize = titan_dtype_size(dt);
+    size_t max_elems = req->limits->max_request_bytes / esize;
+    void *data = NULL;
+    int rc = titan_json_parse_tensor(text, len, dt, max_elems, name, &data, out->shape, &out->rank, msg, sizeof(msg));
+    if (rc == -E2BIG) return titan_fail(err, "too_large", "%s", msg);
+    if (rc == -ENOMEM) return titan_fail(err, "too_large", "not enough memory for '%s'", name);
+    if (rc) return titan_fail(err, "bad_request", "%s", msg);
+    out->dtype = dt;
+    out->owned = data;
+    out->data = data;
+    out->binary = false;
+    if (titan_shape_elems(dt, out->shape, out->rank, &out->elems)) {
+        titan_tensor_view_release(out);
+        return titan_fail(err, "too_large", "'%s' is too large", name);
+    }
+    return 0;
+}
+
+static int s_descriptor(titan_request *req, const char *name, json_t *d, titan_tensor_view *out, titan_error *err)
+{
+    if (json_object_get(d, "ref"))
+        return titan_fail(err, "unsupported",
+                          "'%s' refers to a resident tensor, which this worker does not support yet; send the data",
+                          name);
+    json_t *jdt = json_object_get(d, "dtype"), *jshape = json_object_get(d, "shape"),
+           *jframe = json_object_get(d, "frame");
+    if (!jdt || !json_is_string(jdt))
+        return titan_fail(err, "bad_request", "'%s.dtype' must be a string (\"float32\" or \"float64\")", name);
+    titan_dtype dt = titan_dtype_from_name(json_string_value(jdt));
+    if (dt == TITAN_DTYPE_INVALID)
+        return titan_fail(err, "bad_request", "'%s.dtype' \"%s\" is not supported: use \"float32\" or \"float64\"",
+                          name, json_string_value(jdt));
+    /* The shape array is nested in the descriptor object, so it stays in the DOM. */
+    if (!jshape || !json_is_array(jshape))
+        return titan_fail(err, "bad_request", "'%s.shape' must be an array of dimensions", name);
+    size_t rank = json_array_size(jshape);
+    if (rank < 1 || rank > TITAN_MAX_RANK)
+        return titan_fail(err, "bad_request", "'%s.shape' must have 1 to %d dimensions, not %zu", name,
+                          TITAN_MAX_RANK, rank);
+    for (size_t i = 0; i < rank; i++) {
+        json_t *v = json_array_get(jshape, i);
+        if (!json_is_integer(v))
+            return titan_fail(err, "bad_request", "'%s.shape[%zu]' must be an integer", name, i);
+        if (json_integer_value(v) < 1)
+            return titan_fail(err, "bad_request", "'%s.shape[%zu]' is %lld: every dimension must be at least 1",
+                              name, i, (long long)json_integer_value(v));
+        out->shape[i] = json_integer_value(v);
+    }
+    out->rank = (int)rank;
+    out->dtype = dt;
+    int rc = titan_shape_elems(dt, out->shape, out->rank, &out->elems);
+    if (rc == -EOVERFLOW)
+        return titan_fail(err, "too_large", "'%s.shape' has more elements than memory can hold (overflow)", name);
+    if (rc) return titan_fail(err, "bad_request", "'%s.shape' is invalid", name);
+    size_t bytes = out->elems * titan_dtype_size(dt);
+    if (bytes > req->limits->max_request_bytes)
+        return titan_fail(err, "too_large", "'%s' needs %zu bytes, over the limit of %llu", name, bytes,
+                          (unsigned long long)req->limits->max_request_bytes);
+    if (!jframe || !json_is_integer(jframe))
+        return titan_fail(err, "bad_request", "'%s.frame' must be the integer index of its binary frame", name);
+    json_int_t f = json_integer_value(jframe);
+    if (f < 1 || (size_t)f > req->nframes)
+        return titan_fail(err, "bad_request",
+                          "'%s.frame' is %lld but the request has %zu binary frame(s) after the header (frames "
+                          "count from 0, the header)",
+                          name, (long long)f, req->nframes);
+    if (req->frame_used[f]) return titan_fail(err, "bad_request", "frame %lld is used by two tensors", (long long)f);
+    zmq_msg_t *m = &req->frames[f - 1];
+    size_t have = zmq_msg_size(m);
+    if (have != bytes)
+        return titan_fail(err, "bad_request", "frame %lld has %zu bytes but '%s' (%s, %zu elements) needs %zu",
+                          (long long)f, have, name, titan_dtype_name(dt), out->elems, bytes);
+    req->frame_used[f] = true;
+    const void *data = zmq_msg_data(m);
+    out->binary = true;
+    if ((uintptr_t)data % titan_dtype_size(dt) != 0) {
+        /* The transport may hand us unaligned bytes; BLAS wants aligned elements. */
+        void *copy = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        if (!copy) return titan_fail(err, "too_large", "not enough memory for '%s'", name);
+        memcpy(copy, data, bytes);
+        out->owned = copy;
+        out->data = copy;
+    } else {
+        out->data = data;
+    }
+    return 0;
+}
+
+int titan_request_tensor(titan_request *req, const char *name, titan_dtype json_dtype, titan_tensor_view *out,
+                         titan_error *err)
+{
+    memset(out, 0, sizeof(*out));
+    size_t nlen = strlen(name);
+    for (size_t i = 0; i < req->split.nspans; i++) {
+        titan_json_span *sp = &req->split.spans[i];
+        if (sp->key_len == nlen && memcmp(sp->key, name, nlen) == 0)
+            return s_json_tensor(req, name, sp->val, sp->val_len, json_dtype, out, err);
+    }
+    json_t *v = json_object_get(req->hdr, name);
+    if (!v || json_is_null(v))
+        return titan_fail(err, "bad_request",
+                          "missing '%s': send a nested array of numbers or a descriptor "
+                          "{\"dtype\",\"shape\",\"frame\"}",
+                          name);
+    if (json_is_object(v)) return s_descriptor(req, name, v, out, err);
+    if (json_is_array(v)) {
+        /* More array members than the splitter keeps: reparse this one from text. */
+        char *txt = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!txt) return titan_fail(err, "internal", "out of memory");
+        int rc = s_json_tensor(req, name, txt, strlen(txt), json_dtype, out, err);
+        free(txt);
+        return rc;
+    }
+    return titan_fail(err, "bad_request", "'%s' must be a nested array of numbers or a tensor descriptor object",
+                      name);
+}
+
+int titan_request_check_frames(titan_request *req, titan_error *err)
+{
+    for (size_t f = 1; f <= req->nframes; f++)
+        if (!req->frame_used[f])
+            return titan_fail(err, "bad_request", "binary frame %zu is not referenced by any tensor descriptor", f);
+    return 0;
+}
+
+void titan_request_release(titan_request *req)
+{
+    if (req->hdr) json_decref(req->hdr);
+    free(req->split.rest);
+    memset(req, 0, sizeof(*req));
+}
+
+void titan_tensor_view_release(titan_tensor_view *v)
+{
+    free(v->owned);
+    memset(v, 0, sizeof(*v));
+}
+
+int titan_out_json(titan_out *out, json_t *obj, json_t *id)
+{
+    if (!obj) return -ENOMEM;
+    if (id) json_object_set(obj, "id", id);
+    char *s = json_dumps(obj, JSON_COMPACT);
+    json_decref(obj);
+    if (!s) return -ENOMEM;
+    free(out->hdr);
+    out->hdr = s;
+    out->hdr_len = strlen(s);
+    return 0;
+}
+
+int titan_out_error(titan_out *out, const titan_error *err, json_t *id)
+{
+    for (size_t i = 0; i < out->ndata; i++) free(out->data[i]);
+    out->ndata = 0;
+    json_t *o = json_object();
+    if (!o) return -ENOMEM;
+    json_object_set_new(o, "error", json_string(err->msg));
+    if (!json_object_get(o, "error")) /* a message that is not UTF-8 cannot be echoed */
+        json_object_set_new(o, "error", json_string("request rejected"));
+    json_object_set_new(o, "code", json_string(err->code ? err->code : "internal"));
+    return titan_out_json(out, o, id);
+}
+
+void titan_out_release(titan_out *out)
+{
+    free(out->hdr);
+    for (size_t i = 0; i < out->ndata; i++) free(out->data[i]);
+    memset(out, 0, sizeof(*out));
+}

@@ -1,0 +1,85 @@
+/* request.h - one decoded request: header DOM, tensors from JSON arrays or binary frames, and the reply. */
+#ifndef TITAN_WORKER_REQUEST_H
+#define TITAN_WORKER_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <zmq.h>
+
+#include "jsonscan.h"
+#include "titan/tensor.h"
+
+#define TITAN_MAX_BODY_FRAMES 16 /* header + tensor frames */
+#define TITAN_MAX_OUT_FRAMES 4
+
+/* A stable error code and a message for the client. */
+typedef struct {
+    const char *code; /* "bad_request", "too_large"... (static string) */
+    char msg[512];
+} titan_error;
+
+/* Sets err and returns -1, so handlers can `return titan_fail(...)`. */
+int titan_fail(titan_error *err, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+typedef struct {
+    uint64_t max_request_bytes;
+    uint64_t max_result_bytes;
+} titan_limits;
+
+typedef struct {
+    titan_dtype dtype;
+    int rank;
+    int64_t shape[TITAN_MAX_RANK];
+    size_t elems;
+    const void *data; /* borrowed from a frame, or == owned */
+    void *owned;      /* free() on release; NULL when borrowed */
+    bool binary;      /* came in a binary frame */
+} titan_tensor_view;
+
+typedef struct {
+    const char *text; /* header bytes (borrowed from frame 0 of the body) */
+    size_t text_len;
+    zmq_msg_t *frames; /* the body frames after the header (borrowed) */
+    size_t nframes;
+    bool frame_used[TITAN_MAX_BODY_FRAMES];
+    titan_json_split split;
+    json_t *hdr;  /* owned */
+    const char *op; /* borrowed from hdr */
+    json_t *id;     /* borrowed from hdr; NULL when absent */
+    int64_t deadline_ms; /* 0 when absent */
+    const titan_limits *limits;
+} titan_request;
+
+/* What a handler answers: a header and up to TITAN_MAX_OUT_FRAMES data frames. */
+typedef struct {
+    char *hdr; /* malloc'd JSON text */
+    size_t hdr_len;
+    void *data[TITAN_MAX_OUT_FRAMES]; /* free()'d after sending */
+    size_t size[TITAN_MAX_OUT_FRAMES];
+    size_t ndata;
+} titan_out;
+
+/* Decodes header text and body frames. Returns 0, or -1 with err set (bad_request,
+ * too_large); the request must be released either way. */
+int titan_request_parse(titan_request *req, const char *text, size_t len, zmq_msg_t *frames, size_t nframes,
+                        const titan_limits *limits, titan_error *err);
+/* Resolves tensor field `name` (a nested JSON array or a binary descriptor). For JSON
+ * arrays `json_dtype` is the dtype to parse into. Returns 0 (release the view with
+ * titan_tensor_view_release), or -1 with err set. */
+int titan_request_tensor(titan_request *req, const char *name, titan_dtype json_dtype, titan_tensor_view *out,
+                         titan_error *err);
+/* Fails with bad_request when a body frame was not referenced by any descriptor. */
+int titan_request_check_frames(titan_request *req, titan_error *err);
+void titan_request_release(titan_request *req);
+void titan_tensor_view_release(titan_tensor_view *v);
+
+/* Builds an error reply {"error","code"[,"id"]} into out. Returns 0 or -ENOMEM. */
+int titan_out_error(titan_out *out, const titan_error *err, json_t *id);
+/* Serializes `obj` (adding "id" when given) into out->hdr; steals obj. Returns 0 or -ENOMEM. */
+int titan_out_json(titan_out *out, json_t *obj, json_t *id);
+void titan_out_release(titan_out *out);
+
+#endif

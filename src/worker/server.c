@@ -1,0 +1,475 @@
+/* server.c - ROUTER I/O loop: receives requests, answers light ops at once, queues heavy ones
+ * to executor threads over inproc PAIR sockets, and sends every reply to its own client. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <zmq.h>
+
+#include "log.h"
+#include "server.h"
+
+#define MAX_ENVELOPE 8
+#define MAX_MSG_FRAMES (MAX_ENVELOPE + TITAN_MAX_BODY_FRAMES + 1)
+#define INLINE_HEADER_MAX 65536 /* larger headers are parsed on an executor */
+#define MAX_EXECUTORS 256
+
+typedef struct titan_job {
+    zmq_msg_t frames[MAX_MSG_FRAMES];
+    size_t nframes;   /* frames held */
+    size_t dropped;   /* frames beyond MAX_MSG_FRAMES, already closed */
+    size_t env;       /* envelope frames, delimiter included */
+    size_t bytes;     /* body bytes */
+    bool parsed;
+    const titan_op *op;
+    titan_request req;
+    titan_out out;
+    bool failed;
+    titan_error err;
+    struct timespec t_recv;
+    struct titan_job *next;
+} titan_job;
+
+typedef struct {
+    titan_server *srv;
+    int index;
+    void *sock; /* executor's end */
+    pthread_t thread;
+    bool started;
+} s_executor;
+
+struct titan_server {
+    titan_worker_ctx *w;
+    void *ctx;
+    void *router;
+    void *pairs[MAX_EXECUTORS]; /* main thread's ends */
+    s_executor execs[MAX_EXECUTORS];
+    bool busy[MAX_EXECUTORS];
+    int nexec;
+    int queue_cap;
+    titan_job *qhead, *qtail;
+    int qlen;
+    int running;
+    char endpoints[2048];
+    unsigned long long served, errors;
+};
+
+static double s_ms_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static void s_job_free(titan_job *j)
+{
+    if (!j) return;
+    for (size_t i = 0; i < j->nframes; i++) zmq_msg_close(&j->frames[i]);
+    titan_request_release(&j->req);
+    titan_out_release(&j->out);
+    free(j);
+}
+
+/* Fills j->out with an error (for logging, j->err keeps it). */
+static void s_job_error(titan_job *j, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void s_job_error(titan_job *j, const char *code, const char *fmt, ...)
+{
+    j->err.code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(j->err.msg, sizeof(j->err.msg), fmt, ap);
+    va_end(ap);
+    j->failed = true;
+    titan_out_release(&j->out);
+    if (titan_out_error(&j->out, &j->err, j->req.id)) {
+        j->out.hdr = strdup("{\"error\":\"out of memory\",\"code\":\"internal\"}");
+        j->out.hdr_len = j->out.hdr ? strlen(j->out.hdr) : 0;
+    }
+}
+
+/* Parses the body and finds the op; on failure the job holds the error reply. */
+static bool s_job_parse(titan_server *s, titan_job *j)
+{
+    j->parsed = true;
+    size_t body = j->env;
+    zmq_msg_t *h = &j->frames[body];
+    if (titan_request_parse(&j->req, zmq_msg_data(h), zmq_msg_size(h), &j->frames[body + 1],
+                            j->nframes - body - 1, &s->w->limits, &j->err)) {
+        titan_error e = j->err;
+        s_job_error(j, e.code, "%s", e.msg);
+        return false;
+    }
+    j->op = titan_op_find(j->req.op);
+    if (!j->op) {
+        s_job_error(j, "unknown_op", "Unknown operation: %s", j->req.op);
+        return false;
+    }
+    return true;
+}
+
+/* Runs a job to completion on the calling thread. */
+static void s_job_execute(titan_server *s, titan_job *j)
+{
+    if (!j->parsed && !s_job_parse(s, j)) return;
+    if (j->failed) return;
+    if (j->req.deadline_ms > 0) {
+        double waited = s_ms_since(&j->t_recv);
+        if (waited > (double)j->req.deadline_ms) {
+            s_job_error(j, "timeout", "waited %.0f ms in the queue, past its deadline_ms of %lld; retry or use a "
+                        "less busy backend", waited, (long long)j->req.deadline_ms);
+            return;
+        }
+    }
+    if (titan_op_run(s->w, j->op, &j->req, &j->out, &j->err)) j->failed = true;
+}
+
+static void s_free_data(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Sends the envelope and the reply of j to its client, then frees j. */
+static void s_reply(titan_server *s, titan_job *j)
+{
+    s->served++;
+    if (j->failed) {
+        s->errors++;
+        titan_log(TITAN_LOG_WARN, "request failed: op=%s code=%s: %s", j->req.op ? j->req.op : "?",
+                  j->err.code ? j->err.code : "internal", j->err.msg);
+    } else if (titan_log_enabled(TITAN_LOG_DEBUG)) {
+        titan_log(TITAN_LOG_DEBUG, "request op=%s bytes=%zu reply_frames=%zu %.3f ms", j->req.op, j->bytes,
+                  j->out.ndata, s_ms_since(&j->t_recv));
+    }
+    if (!j->out.hdr) s_job_error(j, "internal", "the operation produced no reply");
+    int rc = 0;
+    for (size_t i = 0; i < j->env && rc >= 0; i++) rc = zmq_msg_send(&j->frames[i], s->router, ZMQ_SNDMORE);
+    if (rc >= 0) {
+        zmq_msg_t m;
+        /* The reply buffers pass to ZeroMQ without a copy; it frees them once sent. */
+        if (zmq_msg_init_data(&m, j->out.hdr, j->out.hdr_len, s_free_data, NULL) == 0) {
+            j->out.hdr = NULL;
+            rc = zmq_msg_send(&m, s->router, j->out.ndata ? ZMQ_SNDMORE : 0);
+            if (rc < 0) zmq_msg_close(&m);
+            for (size_t i = 0; i < j->out.ndata && rc >= 0; i++) {
+                if (zmq_msg_init_data(&m, j->out.data[i], j->out.size[i], s_free_data, NULL)) break;
+                j->out.data[i] = NULL;
+                rc = zmq_msg_send(&m, s->router, i + 1 < j->out.ndata ? ZMQ_SNDMORE : 0);
+                if (rc < 0) zmq_msg_close(&m);
+            }
+            j->out.ndata = 0;
+        }
+    }
+    if (rc < 0) titan_log(TITAN_LOG_WARN, "could not send a reply: %s", zmq_strerror(zmq_errno()));
+    s_job_free(j);
+}
+
+static void *s_executor_main(void *arg)
+{
+    s_executor *e = arg;
+    for (;;) {
+        titan_job *j = NULL;
+        int rc = zmq_recv(e->sock, &j, sizeof(j), 0);
+        if (rc < 0) {
+            if (zmq_errno() == EINTR) continue;
+            break;
+        }
+        if (rc != sizeof(j) || !j) break; /* NULL job: shut down */
+        s_job_execute(e->srv, j);
+        while (zmq_send(e->sock, &j, sizeof(j), 0) < 0 && zmq_errno() == EINTR) {
+        }
+    }
+    return NULL;
+}
+
+static void s_dispatch(titan_server *s)
+{
+    while (s->qhead) {
+        int idle = -1;
+        for (int i = 0; i < s->nexec; i++) {
+            if (!s->busy[i]) {
+                idle = i;
+                break;
+            }
+        }
+        if (idle < 0) return;
+        titan_job *j = s->qhead;
+        s->qhead = j->next;
+        if (!s->qhead) s->qtail = NULL;
+        s->qlen--;
+        j->next = NULL;
+        if (zmq_send(s->pairs[idle], &j, sizeof(j), 0) != sizeof(j)) {
+            s_job_error(j, "internal", "could not hand the request to an executor");
+            s_reply(s, j);
+            continue;
+        }
+        s->busy[idle] = true;
+        s->running++;
+    }
+}
+
+/* Finds where the envelope ends: routing frames up to an empty delimiter (REQ and
+ * REQ-style DEALER clients), or just the routing id (DEALER without a delimiter). */
+static size_t s_envelope(const titan_job *j)
+{
+    for (size_t i = 1; i < j->nframes && i < MAX_ENVELOPE; i++) {
+        size_t n = zmq_msg_size(&j->frames[i]);
+        if (n == 0) return i + 1;
+        const unsigned char *d = zmq_msg_data((zmq_msg_t *)&j->frames[i]);
+        /* a JSON header is never a routing id: stop at the first frame that looks like one */
+        if (n > 255 || d[0] == '{' || d[0] == '[' || d[0] == ' ' || d[0] == '\t' || d[0] == '\n' || d[0] == '\r')
+            break;
+    }
+    return 1;
+}
+
+/* Receives one whole message from the ROUTER. Returns the job, or NULL when none is waiting. */
+static titan_job *s_receive(titan_server *s)
+{
+    titan_job *j = calloc(1, sizeof(*j));
+    if (!j) return NULL;
+    for (;;) {
+        zmq_msg_t spare;
+        zmq_msg_t *m = j->nframes < MAX_MSG_FRAMES ? &j->frames[j->nframes] : &spare;
+        zmq_msg_init(m);
+        int rc = zmq_msg_recv(m, s->router, j->nframes == 0 && j->dropped == 0 ? ZMQ_DONTWAIT : 0);
+        if (rc < 0) {
+            zmq_msg_close(m);
+            if (j->nframes == 0 && j->dropped == 0) {
+                free(j);
+                return NULL;
+            }
+            if (zmq_errno() == EINTR) continue;
+            break;
+        }
+        int more = zmq_msg_more(m);
+        if (m == &spare) {
+            j->dropped++;
+            zmq_msg_close(m);
+        } else {
+            j->nframes++;
+        }
+        if (!more) break;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &j->t_recv);
+    return j;
+}
+
+/* Decides what to do with a fresh message: answer now, queue, or refuse. */
+static void s_admit(titan_server *s, titan_job *j)
+{
+    j->env = s_envelope(j);
+    if (j->nframes <= j->env) {
+        s_job_error(j, "bad_request", "empty request: send a JSON header such as {\"op\":\"ping\"}");
+        s_reply(s, j);
+        return;
+    }
+    for (size_t i = j->env; i < j->nframes; i++) j->bytes += zmq_msg_size(&j->frames[i]);
+    size_t hdr_len = zmq_msg_size(&j->frames[j->env]);
+    if (j->dropped || j->nframes - j->env > TITAN_MAX_BODY_FRAMES) {
+        s_job_error(j, "bad_request", "too many frames: a request has at most %d (the header and %d tensors)",
+                    TITAN_MAX_BODY_FRAMES, TITAN_MAX_BODY_FRAMES - 1);
+        s_reply(s, j);
+        return;
+    }
+    if (j->bytes > s->w->limits.max_request_bytes) {
+        s_job_error(j, "too_large", "the request has %zu bytes, over this worker's limit of %llu (max_request_bytes)",
+                    j->bytes, (unsigned long long)s->w->limits.max_request_bytes);
+        s_reply(s, j);
+        return;
+    }
+    if (hdr_len <= INLINE_HEADER_MAX) {
+        if (!s_job_parse(s, j) || !j->op->heavy) {
+            if (!j->failed) s_job_execute(s, j);
+            s_reply(s, j);
+            return;
+        }
+    }
+    bool idle = s->running < s->nexec;
+    if (!idle && s->qlen >= s->queue_cap) {
+        s_job_error(j, "busy", "worker busy: %d requests running and %d queued; retry later or send it to another "
+                    "backend", s->running, s->qlen);
+        s_reply(s, j);
+        return;
+    }
+    if (s->qtail)
+        s->qtail->next = j;
+    else
+        s->qhead = j;
+    s->qtail = j;
+    s->qlen++;
+    s_dispatch(s);
+}
+
+titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, char *err, size_t errcap)
+{
+    titan_server *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errcap, "out of memory");
+        return NULL;
+    }
+    s->w = w;
+    s->queue_cap = cfg->queue;
+    s->nexec = w->threads;
+    if (s->nexec < 1) s->nexec = 1;
+    if (s->nexec > MAX_EXECUTORS) s->nexec = MAX_EXECUTORS;
+    s->ctx = zmq_ctx_new();
+    if (!s->ctx) goto fail_zmq;
+    s->router = zmq_socket(s->ctx, ZMQ_ROUTER);
+    if (!s->router) goto fail_zmq;
+    int linger = 1000, hwm = 100000;
+    /* The transport drops (and disconnects) frames far over the request cap before they fill memory. */
+    int64_t maxmsg = (int64_t)(cfg->max_request_bytes * 2 + (64ULL << 20));
+    zmq_setsockopt(s->router, ZMQ_LINGER, &linger, sizeof(linger));
+    zmq_setsockopt(s->router, ZMQ_RCVHWM, &hwm, sizeof(hwm));
+    zmq_setsockopt(s->router, ZMQ_SNDHWM, &hwm, sizeof(hwm));
+    zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
+    size_t off = 0;
+    for (int i = 0; i < cfg->nbinds; i++) {
+        if (zmq_bind(s->router, cfg->binds[i]) != 0) {
+            snprintf(err, errcap, "cannot bind %s: %s%s", cfg->binds[i], zmq_strerror(zmq_errno()),
+                     zmq_errno() == EADDRINUSE ? " (another worker may be running; pick another port with --bind)"
+                                               : "");
+            goto fail;
+        }
+        char ep[512];
+        size_t eplen = sizeof(ep);
+        if (zmq_getsockopt(s->router, ZMQ_LAST_ENDPOINT, ep, &eplen) != 0) snprintf(ep, sizeof(ep), "%s", cfg->binds[i]);
+        off += (size_t)snprintf(s->endpoints + off, sizeof(s->endpoints) - off, "%s\n", ep);
+        if (off >= sizeof(s->endpoints)) off = sizeof(s->endpoints) - 1;
+    }
+    for (int i = 0; i < s->nexec; i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "inproc://titan-exec-%d", i);
+        s->pairs[i] = zmq_socket(s->ctx, ZMQ_PAIR);
+        s_executor *e = &s->execs[i];
+        e->srv = s;
+        e->index = i;
+        e->sock = zmq_socket(s->ctx, ZMQ_PAIR);
+        if (!s->pairs[i] || !e->sock || zmq_bind(s->pairs[i], name) || zmq_connect(e->sock, name)) goto fail_zmq;
+        if (pthread_create(&e->thread, NULL, s_executor_main, e) != 0) {
+            snprintf(err, errcap, "cannot start executor thread %d", i);
+            goto fail;
+        }
+        e->started = true;
+    }
+    return s;
+fail_zmq:
+    snprintf(err, errcap, "ZeroMQ setup failed: %s", zmq_strerror(zmq_errno()));
+fail:
+    titan_server_destroy(&s);
+    return NULL;
+}
+
+const char *titan_server_endpoints(const titan_server *s)
+{
+    return s->endpoints;
+}
+
+void titan_server_counts(const titan_server *s, unsigned long long *served, unsigned long long *errors)
+{
+    *served = s->served;
+    *errors = s->errors;
+}
+
+static void s_collect(titan_server *s, int i)
+{
+    titan_job *j = NULL;
+    int rc = zmq_recv(s->pairs[i], &j, sizeof(j), ZMQ_DONTWAIT);
+    if (rc != sizeof(j) || !j) return;
+    s->busy[i] = false;
+    s->running--;
+    s_reply(s, j);
+}
+
+int titan_server_run(titan_server *s, volatile sig_atomic_t *stop)
+{
+    zmq_pollitem_t items[1 + MAX_EXECUTORS];
+    memset(items, 0, sizeof(items));
+    items[0].socket = s->router;
+    items[0].events = ZMQ_POLLIN;
+    for (int i = 0; i < s->nexec; i++) {
+        items[1 + i].socket = s->pairs[i];
+        items[1 + i].events = ZMQ_POLLIN;
+    }
+    int rc = 0;
+    while (!*stop) {
+        int n = zmq_poll(items, 1 + s->nexec, -1);
+        if (n < 0) {
+            if (zmq_errno() == EINTR) continue;
+            rc = -zmq_errno();
+            titan_log(TITAN_LOG_ERROR, "poll failed: %s", zmq_strerror(-rc));
+            break;
+        }
+        for (int i = 0; i < s->nexec; i++)
+            if (items[1 + i].revents & ZMQ_POLLIN) s_collect(s, i);
+        if (items[0].revents & ZMQ_POLLIN) {
+            /* Take a bounded batch so executors' replies are never starved. */
+            for (int k = 0; k < 256; k++) {
+                titan_job *j = s_receive(s);
+                if (!j) break;
+                s_admit(s, j);
+            }
+        }
+        s_dispatch(s);
+    }
+    /* Shutting down: refuse what waits, finish what runs. */
+    while (s->qhead) {
+        titan_job *j = s->qhead;
+        s->qhead = j->next;
+        s->qlen--;
+        j->next = NULL;
+        s_job_error(j, "unavailable", "the worker is shutting down; retry on another backend or after restart");
+        s_reply(s, j);
+    }
+    s->qtail = NULL;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (s->running > 0 && s_ms_since(&t0) < 30000) {
+        int n = zmq_poll(items + 1, s->nexec, 100);
+        if (n < 0 && zmq_errno() != EINTR) break;
+        for (int i = 0; i < s->nexec; i++)
+            if (items[1 + i].revents & ZMQ_POLLIN) s_collect(s, i);
+    }
+    return rc;
+}
+
+void titan_server_destroy(titan_server **sp)
+{
+    if (!sp || !*sp) return;
+    titan_server *s = *sp;
+    for (int i = 0; i < MAX_EXECUTORS; i++) {
+        s_executor *e = &s->execs[i];
+        if (e->started) {
+            titan_job *none = NULL;
+            if (s->busy[i]) {
+                /* still computing after the grace period: do not wait on it */
+                pthread_detach(e->thread);
+            } else {
+                zmq_send(s->pairs[i], &none, sizeof(none), 0);
+                pthread_join(e->thread, NULL);
+                zmq_close(e->sock);
+            }
+        } else if (e->sock) {
+            zmq_close(e->sock);
+        }
+        if (s->pairs[i] && !(e->started && s->busy[i])) zmq_close(s->pairs[i]);
+    }
+    while (s->qhead) {
+        titan_job *j = s->qhead;
+        s->qhead = j->next;
+        s_job_free(j);
+    }
+    if (s->router) zmq_close(s->router);
+    bool detached = false;
+    for (int i = 0; i < MAX_EXECUTORS; i++) detached |= s->execs[i].started && s->busy[i];
+    /* zmq_ctx_term would wait forever on a detached executor's socket; the process is exiting anyway. */
+    if (s->ctx && !detached) zmq_ctx_term(s->ctx);
+    free(s);
+    *sp = NULL;
+}

@@ -1,0 +1,24 @@
+/* server.h - the worker's I/O loop: one ROUTER socket, admission control, executor threads. */
+#ifndef TITAN_WORKER_SERVER_H
+#define TITAN_WORKER_SERVER_H
+
+#include <signal.h>
+
+#include "config.h"
+#include "ops.h"
+
+typedef struct titan_server titan_server;
+
+/* Binds every endpoint in cfg and starts cfg->threads executors (callers block SIGINT and
+ * SIGTERM first so that only the main thread sees them). Returns NULL with a reason in err. */
+titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, char *err, size_t errcap);
+/* The endpoints actually bound ("tcp://127.0.0.1:41234"), one per line; borrowed. */
+const char *titan_server_endpoints(const titan_server *s);
+/* Serves until *stop becomes nonzero; then answers what is queued with "unavailable", waits
+ * for running requests and returns 0, or -errno on a fatal socket error. */
+int titan_server_run(titan_server *s, volatile sig_atomic_t *stop);
+/* Requests served and errors answered so far. */
+void titan_server_counts(const titan_server *s, unsigned long long *served, unsigned long long *errors);
+void titan_server_destroy(titan_server **s);
+
+#endif

@@ -1,0 +1,296 @@
+#!/usr/bin/python3
+"""test_protocol.py - the wire protocol against a real titan-worker, from plain pyzmq clients:
+the design's JSON forms, binary frames, every malformed input, ids, busy, deadlines and logs.
+Usage: test_protocol.py PATH/TO/titan-worker   (prints TAP)"""
+import json
+import signal
+import sys
+import time
+
+import numpy as np
+import zmq
+
+from workerproc import Tap, Worker
+
+BIN = sys.argv[1]
+tap = Tap()
+ctx = zmq.Context()
+
+
+def req_socket(ep):
+    s = ctx.socket(zmq.REQ)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVTIMEO, 20000)
+    s.connect(ep)
+    return s
+
+
+def call(s, header, *frames):
+    """Sends one request (dict, str or bytes header) and returns (reply dict, data frames)."""
+    if isinstance(header, dict):
+        header = json.dumps(header)
+    if isinstance(header, str):
+        header = header.encode()
+    s.send_multipart([header, *frames])
+    parts = s.recv_multipart()
+    return json.loads(parts[0]), parts[1:]
+
+
+def desc(arr, frame):
+    return {"dtype": str(arr.dtype), "shape": list(arr.shape), "frame": frame}
+
+
+w = Worker(BIN)
+s = req_socket(w.endpoint)
+
+
+def design_forms():
+    r, _ = call(s, {"op": "ping"})
+    tap.ok(r.get("status") == "ok" and isinstance(r.get("gpu"), str) and r["gpu"], "ping answers status ok and gpu", r)
+    r, _ = call(s, {"op": "gpu_info"})
+    keys = {"name", "total_memory_gb", "multi_processor_count", "cuda_capability"}
+    tap.ok(keys <= set(r) and r["cuda_capability"] is None and r.get("backend") == "cpu"
+           and r["multi_processor_count"] >= 1 and r["total_memory_gb"] > 0, "gpu_info on the CPU", r)
+    r, _ = call(s, '{"op": "matrix_multiply", "a": [[1, 2], [3, 4]], "b": [[5, 6], [7, 8]]}')
+    tap.ok(r == {"result": [[19.0, 22.0], [43.0, 50.0]]}, "design matrix_multiply answers {result: [[...]]}", r)
+    r, _ = call(s, {"op": "fly"})
+    tap.ok(r.get("error") == "Unknown operation: fly" and r.get("code") == "unknown_op", "unknown op text", r)
+    r, _ = call(s, {"op": "inference", "model": "x", "input": [1, 2]})
+    tap.ok(r.get("code") == "unsupported" and "output" not in r, "inference is unsupported, never made up", r)
+    r, _ = call(s, {"op": "ops"})
+    names = {o["name"] for o in r.get("ops", [])}
+    tap.ok(r.get("protocol") == 1 and {"ping", "gpu_info", "matrix_multiply", "ops", "inference"} <= names
+           and r.get("backend") == "cpu" and "limits" in r, "ops lists ops, protocol and device", r)
+
+
+def json_numerics():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((37, 19)).astype(np.float32)
+    b = rng.standard_normal((19, 23)).astype(np.float32)
+    r, _ = call(s, {"op": "matrix_multiply", "a": a.tolist(), "b": b.tolist()})
+    got = np.asarray(r["result"], dtype=np.float32)
+    tap.ok(got.shape == (37, 23) and np.allclose(got, a @ b, rtol=1e-5, atol=1e-5), "JSON float32 product is right")
+    a64 = rng.standard_normal((5, 7))
+    b64 = rng.standard_normal((7, 3))
+    r, _ = call(s, {"op": "matrix_multiply", "dtype": "float64", "a": a64.tolist(), "b": b64.tolist()})
+    tap.ok(np.allclose(np.asarray(r["result"]), a64 @ b64, rtol=1e-13, atol=1e-13), "JSON float64 product", r)
+    r, _ = call(s, '{"op":"matrix_multiply","a":[[NaN, 1]],"b":[[1],[Infinity]]}')
+    tap.ok(r.get("result") and np.isnan(r["result"][0][0]), "NaN and Infinity in JSON compute as IEEE 754", r)
+
+
+def binary_forms():
+    rng = np.random.default_rng(4)
+    for dt, tol in ((np.float32, 1e-4), (np.float64, 1e-12)):
+        a = rng.standard_normal((64, 33)).astype(dt)
+        b = rng.standard_normal((33, 17)).astype(dt)
+        r, fr = call(s, {"op": "matrix_multiply", "a": desc(a, 1), "b": desc(b, 2)}, a.tobytes(), b.tobytes())
+        ok = r.get("result") == {"dtype": np.dtype(dt).name, "shape": [64, 17], "frame": 1} and len(fr) == 1
+        c = np.frombuffer(fr[0], dtype=dt).reshape(64, 17) if ok else None
+        tap.ok(ok and np.allclose(c, a @ b, rtol=tol, atol=tol), f"binary {np.dtype(dt).name} matmul", r)
+    a = np.array([[np.nan, 1.0], [np.inf, 0.0]], dtype=np.float32)
+    b = np.array([[1.0], [-np.inf]], dtype=np.float32)
+    r, fr = call(s, {"op": "matrix_multiply", "a": desc(a, 1), "b": desc(b, 2)}, a.tobytes(), b.tobytes())
+    c = np.frombuffer(fr[0], dtype=np.float32)
+    tap.ok(np.isnan(c[0]) and np.isnan(c[1]) or (np.isnan(c[0]) and np.isinf(c[1])), "binary NaN/Inf as IEEE", c)
+    # frames may come in any order: the descriptor names the frame
+    a = np.ones((2, 3), np.float32)
+    b = np.full((3, 2), 2, np.float32)
+    r, fr = call(s, {"op": "matrix_multiply", "a": desc(a, 2), "b": desc(b, 1)}, b.tobytes(), a.tobytes())
+    tap.ok(np.array_equal(np.frombuffer(fr[0], np.float32), np.full(4, 6, np.float32)), "frame order follows descriptors", r)
+
+
+BAD = [
+    ("invalid JSON", b'{"op": "ping"', "bad_request"),
+    ("not JSON at all", b"hello", "bad_request"),
+    ("JSON array, not object", b'["ping"]', "bad_request"),
+    ("JSON string, not object", b'"ping"', "bad_request"),
+    ("JSON number, not object", b"42", "bad_request"),
+    ("empty header", b"", "bad_request"),
+    ("missing op", {"a": 1}, "bad_request"),
+    ("op not a string", {"op": 5}, "bad_request"),
+    ("op null", {"op": None}, "bad_request"),
+    ("unknown op", {"op": "matrix_divide"}, "unknown_op"),
+    ("a is a string", {"op": "matrix_multiply", "a": "x", "b": [[1]]}, "bad_request"),
+    ("a is a number", {"op": "matrix_multiply", "a": 3, "b": [[1]]}, "bad_request"),
+    ("b missing", {"op": "matrix_multiply", "a": [[1]]}, "bad_request"),
+    ("dtype not a string", {"op": "matrix_multiply", "dtype": 32, "a": [[1]], "b": [[1]]}, "bad_request"),
+    ("dtype unknown", {"op": "matrix_multiply", "dtype": "int8", "a": [[1]], "b": [[1]]}, "bad_request"),
+    ("id is an object", {"op": "ping", "id": {"x": 1}}, "bad_request"),
+    ("deadline_ms not positive", {"op": "ping", "deadline_ms": 0}, "bad_request"),
+    ("deadline_ms a string", {"op": "ping", "deadline_ms": "5"}, "bad_request"),
+    ("ragged rows", {"op": "matrix_multiply", "a": [[1, 2], [3]], "b": [[1], [2]]}, "bad_request"),
+    ("ragged depth", {"op": "matrix_multiply", "a": [[1, 2], 3], "b": [[1], [2]]}, "bad_request"),
+    ("non-numeric element", {"op": "matrix_multiply", "a": [[1, "2"]], "b": [[1], [2]]}, "bad_request"),
+    ("null element", {"op": "matrix_multiply", "a": [[1, None]], "b": [[1], [2]]}, "bad_request"),
+    ("boolean element", {"op": "matrix_multiply", "a": [[True]], "b": [[1]]}, "bad_request"),
+    ("1-D operand", {"op": "matrix_multiply", "a": [1, 2], "b": [[1], [2]]}, "bad_request"),
+    ("inner dims mismatch", {"op": "matrix_multiply", "a": [[1, 2, 3]], "b": [[1], [2]]}, "bad_request"),
+    ("empty matrix", {"op": "matrix_multiply", "a": [], "b": [[1]]}, "bad_request"),
+    ("empty row", {"op": "matrix_multiply", "a": [[]], "b": [[1]]}, "bad_request"),
+    ("deep nesting", b'{"op":"ping","x":' + b"[" * 5000 + b"]" * 5000 + b"}", "bad_request"),
+    ("deep object nesting", b'{"op":"ping","x":' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}", "bad_request"),
+    ("deep tensor nesting", {"op": "matrix_multiply", "a": [[[[[[[[[[1]]]]]]]]]], "b": [[1]]}, "bad_request"),
+    ("invalid UTF-8 in value", b'{"op":"ping","x":"\xff\xfe"}', "bad_request"),
+    ("invalid UTF-8 in op", b'{"op":"pi\xc3\x28ng"}', "bad_request"),
+    ("overlong UTF-8", b'{"op":"ping","x":"\xc0\xaf"}', "bad_request"),
+    ("duplicate key", b'{"op":"ping","op":"gpu_info"}', "bad_request"),
+    ("trailing garbage", b'{"op":"ping"} x', "bad_request"),
+    ("bad number", b'{"op":"matrix_multiply","a":[[01]],"b":[[1]]}', "bad_request"),
+]
+
+
+def bad_inputs():
+    for name, header, code in BAD:
+        r, fr = call(s, header)
+        tap.ok(r.get("code") == code and isinstance(r.get("error"), str) and r["error"] and not fr,
+               f"bad input answered {code}: {name}", r)
+    r, _ = call(s, {"op": "ping"})
+    tap.ok(r.get("status") == "ok", "worker still serves after every bad input")
+
+
+def bad_frames():
+    a = np.ones((4, 3), np.float32)
+    b = np.ones((3, 2), np.float32)
+    good = {"op": "matrix_multiply", "a": desc(a, 1), "b": desc(b, 2)}
+    cases = [
+        ("shape does not match frame size", {**good, "a": {**desc(a, 1), "shape": [4, 4]}}, [a.tobytes(), b.tobytes()]),
+        ("missing frame", good, [a.tobytes()]),
+        ("no frames", good, []),
+        ("extra frame", good, [a.tobytes(), b.tobytes(), b"xx"]),
+        ("frame index 0", {**good, "a": {**desc(a, 0)}}, [a.tobytes(), b.tobytes()]),
+        ("frame index too big", {**good, "b": {**desc(b, 7)}}, [a.tobytes(), b.tobytes()]),
+        ("frame used twice", {**good, "b": {**desc(b, 1), "shape": [4, 3]}}, [a.tobytes(), b.tobytes()]),
+        ("zero dimension", {**good, "a": {**desc(a, 1), "shape": [0, 3]}}, [b"", b.tobytes()]),
+        ("negative dimension", {**good, "a": {**desc(a, 1), "shape": [-4, -3]}}, [a.tobytes(), b.tobytes()]),
+        ("dimension not an integer", {**good, "a": {**desc(a, 1), "shape": [4.5, 3]}}, [a.tobytes(), b.tobytes()]),
+        ("shape not an array", {**good, "a": {**desc(a, 1), "shape": 12}}, [a.tobytes(), b.tobytes()]),
+        ("unknown dtype", {**good, "a": {**desc(a, 1), "dtype": "bfloat16"}}, [a.tobytes(), b.tobytes()]),
+        ("mixed dtypes", {**good, "b": {**desc(b, 2), "dtype": "float64", "shape": [3, 1]}}, [a.tobytes(), b.tobytes()]),
+        ("rank 9", {**good, "a": {**desc(a, 1), "shape": [1] * 9}}, [a.tobytes(), b.tobytes()]),
+        ("too many frames", good, [a.tobytes(), b.tobytes()] + [b"x"] * 20),
+    ]
+    for name, hdr, frames in cases:
+        r, fr = call(s, hdr, *frames)
+        tap.ok(r.get("code") == "bad_request" and not fr, f"binary: {name} -> bad_request", r)
+    r, _ = call(s, {**good, "a": {**desc(a, 1), "shape": [2**40, 2**40]}}, a.tobytes(), b.tobytes())
+    tap.ok(r.get("code") == "too_large", "binary: dims whose product overflows -> too_large", r)
+    r, _ = call(s, {**good, "a": {**desc(a, 1), "shape": [2**31, 2**31, 2**31]}}, a.tobytes(), b.tobytes())
+    tap.ok(r.get("code") == "too_large", "binary: 64-bit overflow of the element count -> too_large", r)
+    r, _ = call(s, {**good, "a": {"ref": "gpu:1"}}, b.tobytes())
+    tap.ok(r.get("code") == "unsupported", "resident tensor refs are unsupported for now", r)
+    # result bigger than the cap although the inputs are tiny
+    col = np.ones((100000, 1), np.float32)
+    row = np.ones((1, 100000), np.float32)
+    r, _ = call(s, {"op": "matrix_multiply", "a": desc(col, 1), "b": desc(row, 2)}, col.tobytes(), row.tobytes())
+    tap.ok(r.get("code") == "too_large", "a result over max_result_bytes -> too_large", r)
+
+
+def ids_and_dealers():
+    r, _ = call(s, {"op": "ping", "id": "abc"})
+    tap.ok(r.get("id") == "abc", "id is echoed (string)", r)
+    r, _ = call(s, {"op": "matrix_multiply", "a": [[2]], "b": [[3]], "id": 12})
+    tap.ok(r.get("id") == 12 and r.get("result") == [[6.0]], "id is echoed (JSON matmul)", r)
+    r, _ = call(s, {"op": "nope", "id": 5})
+    tap.ok(r.get("id") == 5 and r.get("code") == "unknown_op", "id is echoed on errors", r)
+    # DEALER without a delimiter frame
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.LINGER, 0)
+    d.setsockopt(zmq.RCVTIMEO, 20000)
+    d.connect(w.endpoint)
+    d.send(b'{"op":"ping","id":1}')
+    parts = d.recv_multipart()
+    tap.ok(len(parts) == 1 and json.loads(parts[0]).get("id") == 1, "DEALER without delimiter", parts)
+    # DEALER with delimiter, pipelined; a slow product and pings: replies may overtake, ids match
+    n = 1024
+    a = np.ones((n, n), np.float32)
+    d.send_multipart([b"", json.dumps({"op": "matrix_multiply", "id": "big", "a": desc(a, 1), "b": desc(a, 2)}).encode(),
+                      a.tobytes(), a.tobytes()])
+    for i in range(5):
+        d.send_multipart([b"", json.dumps({"op": "ping", "id": i}).encode()])
+    got = []
+    for _ in range(6):
+        parts = d.recv_multipart()
+        got.append((parts[0], json.loads(parts[1]).get("id")))
+    tap.ok(all(p[0] == b"" for p in got) and sorted(map(str, (g[1] for g in got))) == sorted(["big", "0", "1", "2", "3", "4"]),
+           "pipelined DEALER gets every reply with its id", got)
+    tap.ok(got[-1][1] == "big", "light requests are not stuck behind a heavy one", got)
+    d.close()
+
+
+def size_cap_busy_deadline():
+    w2 = Worker(BIN, "--max-request-bytes", "1M", "--threads", "1", "--queue", "0")
+    s2 = req_socket(w2.endpoint)
+    big = np.ones((600, 600), np.float32)  # 1.44 MB
+    r, _ = call(s2, {"op": "matrix_multiply", "a": desc(big, 1), "b": desc(big, 2)}, big.tobytes(), big.tobytes())
+    tap.ok(r.get("code") == "too_large", "binary request over the configured cap -> too_large", r)
+    r, _ = call(s2, {"op": "matrix_multiply", "a": big.tolist(), "b": [[1]]})
+    tap.ok(r.get("code") == "too_large", "JSON request over the configured cap -> too_large", r)
+    r, _ = call(s2, {"op": "ping"})
+    tap.ok(r.get("status") == "ok", "still serving after oversized requests", r)
+    # busy: one executor, no queue, a slow product in flight
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.LINGER, 0)
+    d.setsockopt(zmq.RCVTIMEO, 30000)
+    d.connect(w2.endpoint)
+    n = 700  # about 30 ms of work each on two cores: the next ones arrive while it runs
+    a = np.ones((n, n), np.float64)
+    hdr = json.dumps({"op": "matrix_multiply", "a": desc(a, 1), "b": desc(a, 2)}).encode()
+    for i in range(8):
+        d.send_multipart([b"", hdr, a.tobytes(), a.tobytes()])
+    codes = [json.loads(d.recv_multipart()[1]).get("code", "ok") for _ in range(8)]
+    tap.ok("busy" in codes and "ok" in codes, "a full queue answers busy at once", codes)
+    d.close()
+    w2.stop()
+    w3 = Worker(BIN, "--threads", "1", "--queue", "8")
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.LINGER, 0)
+    d.setsockopt(zmq.RCVTIMEO, 30000)
+    d.connect(w3.endpoint)
+    a = np.ones((1200, 1200), np.float32)
+    d.send_multipart([b"", json.dumps({"op": "matrix_multiply", "a": desc(a, 1), "b": desc(a, 2)}).encode(),
+                      a.tobytes(), a.tobytes()])
+    d.send_multipart([b"", json.dumps({"op": "matrix_multiply", "deadline_ms": 1, "id": "late",
+                                       "a": [[1]], "b": [[1]]}).encode()])
+    reps = [json.loads(d.recv_multipart()[1]) for _ in range(2)]
+    late = [r for r in reps if r.get("id") == "late"]
+    tap.ok(late and late[0].get("code") == "timeout", "deadline_ms passed in the queue -> timeout", reps)
+    d.close()
+    w3.stop()
+
+
+def logs_and_shutdown():
+    log = w.read_log()
+    lines = log.splitlines()
+    tap.ok("listening on" in lines[0], "one start-up line", lines[:2])
+    tap.ok(not any("request op=" in l for l in lines), "no per-request lines at info level")
+    tap.ok(sum("request failed" in l for l in lines) >= len(BAD), "one line per error", len(lines))
+    rc = w.stop(signal.SIGTERM)
+    lines = w.read_log().splitlines() if False else open(w.logpath).read().splitlines()
+    tap.ok(rc == 0 and "stopped" in lines[-1], "SIGTERM stops cleanly with a shutdown line", (rc, lines[-1:]))
+    wd = Worker(BIN, log_level="debug")
+    sd = req_socket(wd.endpoint)
+    call(sd, {"op": "ping"})
+    sd.close()
+    wd.stop()
+    tap.ok(any("request op=ping" in l for l in open(wd.logpath)), "debug level logs each request")
+
+
+def cli_errors():
+    import subprocess
+    p = subprocess.run([BIN, "--threads", "abc"], capture_output=True, text=True)
+    tap.ok(p.returncode == 2 and "threads" in p.stderr, "bad --threads is a usage error", p.stderr)
+    p = subprocess.run([BIN, "--device", "cuda"], capture_output=True, text=True, timeout=20)
+    tap.ok(p.returncode != 0 and "cuda" in p.stderr.lower(), "--device cuda gives a clear error", p.stderr)
+    p = subprocess.run([BIN, "--help"], capture_output=True, text=True)
+    tap.ok(p.returncode == 0 and "--bind" in p.stdout and "--device" in p.stdout, "--help", p.stdout[:200])
+    p = subprocess.run([BIN, "--version"], capture_output=True, text=True)
+    tap.ok(p.returncode == 0 and "titan-worker" in p.stdout, "--version", p.stdout)
+
+
+for name, fn in [("design forms", design_forms), ("json numerics", json_numerics), ("binary", binary_forms),
+                 ("bad inputs", bad_inputs), ("bad frames", bad_frames), ("ids and dealers", ids_and_dealers),
+                 ("caps, busy, deadlines", size_cap_busy_deadline), ("logs", logs_and_shutdown), ("cli", cli_errors)]:
+    tap.run(name, fn)
+if w.proc.poll() is None:
+    w.stop()
+sys.exit(tap.done())
