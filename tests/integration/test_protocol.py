@@ -218,7 +218,7 @@ def ids_and_dealers():
 
 
 def size_cap_busy_deadline():
-    w2 = Worker(BIN, "--max-request-bytes", "1M", "--threads", "1", "--queue", "0")
+    w2 = Worker(BIN, "--max-request-bytes", "1M")
     s2 = req_socket(w2.endpoint)
     big = np.ones((600, 600), np.float32)  # 1.44 MB
     r, _ = call(s2, {"op": "matrix_multiply", "a": desc(big, 1), "b": desc(big, 2)}, big.tobytes(), big.tobytes())
@@ -227,7 +227,9 @@ def size_cap_busy_deadline():
     tap.ok(r.get("code") == "too_large", "JSON request over the configured cap -> too_large", r)
     r, _ = call(s2, {"op": "ping"})
     tap.ok(r.get("status") == "ok", "still serving after oversized requests", r)
+    w2.stop()
     # busy: one executor, no queue, a slow product in flight
+    w2 = Worker(BIN, "--threads", "1", "--queue", "0")
     d = ctx.socket(zmq.DEALER)
     d.setsockopt(zmq.LINGER, 0)
     d.setsockopt(zmq.RCVTIMEO, 30000)

@@ -1,0 +1,427 @@
+/* test_retry.c - client integration tests against the real titan-worker: retries across a
+ * worker restart on the same port, and 32 concurrent clients whose replies must not mix.
+ * Usage: test_retry PATH-TO-TITAN-WORKER */
+#include <errno.h>
+#include <fcntl.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <zmq.h>
+
+#include "titan/titan.h"
+
+#define WORKER_READY_MS 15000
+#define NTHREADS 32
+#define NITER 12
+#define MAX_DIM 48
+
+typedef struct {
+    pid_t pid;
+    char epfile[PATH_MAX];
+    char endpoint[256];
+} worker;
+
+static const char *g_worker_path;
+static char g_tmpdir[256];
+/* Workers still running, so that a failed test (cmocka longjmps out) leaves none behind. */
+static pid_t g_live[8];
+
+/* Returns the monotonic clock in milliseconds. */
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* Removes the reaped `pid` from the workers still running. */
+static void forget_pid(pid_t pid)
+{
+    for (size_t i = 0; i < sizeof g_live / sizeof g_live[0]; i++)
+        if (g_live[i] == pid) g_live[i] = 0;
+}
+
+/* Reads the first complete line of `path` into `buf`. Returns 0, or -1 while the file
+ * is missing or has no complete line yet. */
+static int read_first_line(const char *path, char *buf, size_t cap)
+{
+    char tmp[1024];
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, tmp, sizeof tmp - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    tmp[n] = '\0';
+    char *nl = strchr(tmp, '\n');
+    if (!nl || nl == tmp || (size_t)(nl - tmp) >= cap) return -1;
+    *nl = '\0';
+    memcpy(buf, tmp, (size_t)(nl - tmp) + 1);
+    return 0;
+}
+
+/* Sends `sig` to `pid` and reaps it; SIGTERM gets 5 s before SIGKILL. Returns the wait status. */
+static int pid_stop(pid_t pid, int sig)
+{
+    int status = -1;
+    kill(pid, sig);
+    int64_t deadline = now_ms() + 5000;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (now_ms() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            break;
+        }
+        sleep_ms(5);
+    }
+    forget_pid(pid);
+    return status;
+}
+
+/* Stops the worker with `sig` (see pid_stop) and removes its endpoint file. Returns the wait status. */
+static int worker_stop(worker *w, int sig)
+{
+    if (w->pid <= 0) return -1;
+    int status = pid_stop(w->pid, sig);
+    unlink(w->epfile);
+    w->pid = 0;
+    return status;
+}
+
+/* Per-test teardown: kills the workers a failed test left running. */
+static int kill_live_workers(void **state)
+{
+    for (size_t i = 0; i < sizeof g_live / sizeof g_live[0]; i++)
+        if (g_live[i] > 0) pid_stop(g_live[i], SIGKILL);
+    return 0;
+}
+
+/* Starts titan-worker bound to `bind` and waits until it writes its endpoint file
+ * (its readiness signal). Returns 0 with w filled, or -1 (message printed). */
+static int worker_start(worker *w, const char *bind, const char *name, const char *queue)
+{
+    memset(w, 0, sizeof *w);
+    snprintf(w->epfile, sizeof w->epfile, "%s/%s.endpoint", g_tmpdir, name);
+    unlink(w->epfile);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        char *args[] = {(char *)g_worker_path, "--bind", (char *)bind, "--endpoint-file", w->epfile,
+                        "--device", "cpu", "--queue", (char *)queue, "--log-level", "error", NULL};
+        execv(g_worker_path, args);
+        _exit(127);
+    }
+    w->pid = pid;
+    for (size_t i = 0; i < sizeof g_live / sizeof g_live[0]; i++) {
+        if (g_live[i] == 0) {
+            g_live[i] = pid;
+            break;
+        }
+    }
+    int64_t deadline = now_ms() + WORKER_READY_MS;
+    while (now_ms() < deadline) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            print_error("titan-worker (%s) exited before it was ready (status %d)\n", g_worker_path, status);
+            forget_pid(pid);
+            w->pid = 0;
+            return -1;
+        }
+        if (read_first_line(w->epfile, w->endpoint, sizeof w->endpoint) == 0) return 0;
+        sleep_ms(5);
+    }
+    print_error("titan-worker did not write %s within %d ms\n", w->epfile, WORKER_READY_MS);
+    worker_stop(w, SIGKILL);
+    return -1;
+}
+
+/* Returns the next value of the splitmix64 stream at *state. */
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Returns a uniform double in [-1, 1) from *state. */
+static double rand_unit(uint64_t *state)
+{
+    return 2.0 * ((double)(splitmix64(state) >> 11) * 0x1.0p-53) - 1.0;
+}
+
+/* Returns element i of a float32 or float64 buffer as a double. */
+static double elem(titan_dtype dt, const void *p, size_t i)
+{
+    return dt == TITAN_DTYPE_FLOAT32 ? ((const float *)p)[i] : ((const double *)p)[i];
+}
+
+/* Checks got[m x n] against a naive a[m x k] * b[k x n] within the rounding bound
+ * 2k*eps*sum|a||b|. Returns 0, or -1 with a description in `why`. */
+static int check_product(titan_dtype dt, size_t m, size_t k, size_t n, const void *a, const void *b,
+                         const void *got, char *why, size_t cap)
+{
+    double eps = dt == TITAN_DTYPE_FLOAT32 ? (double)FLT_EPSILON : DBL_EPSILON;
+    for (size_t i = 0; i < m; i++) {
+        for (size_t j = 0; j < n; j++) {
+            double sum = 0, mag = 0;
+            for (size_t p = 0; p < k; p++) {
+                double x = elem(dt, a, i * k + p) * elem(dt, b, p * n + j);
+                sum += x;
+                mag += fabs(x);
+            }
+            double g = elem(dt, got, i * n + j);
+            if (!(fabs(g - sum) <= 2.0 * (double)k * eps * mag + 1e-300)) {
+                snprintf(why, cap, "%s %zux%zux%zu: C[%zu][%zu] = %.17g, expected %.17g", titan_dtype_name(dt),
+                         m, k, n, i, j, g, sum);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Allocates and fills an m x k and a k x n matrix of `dt` with values from *state.
+ * Aborts when out of memory (cmocka's asserts cannot be used from other threads). */
+static void make_inputs(titan_dtype dt, size_t m, size_t k, size_t n, uint64_t *state, void **a, void **b)
+{
+    size_t es = titan_dtype_size(dt);
+    *a = malloc(m * k * es);
+    *b = malloc(k * n * es);
+    if (!*a || !*b) abort();
+    for (size_t i = 0; i < m * k + k * n; i++) {
+        void *buf = i < m * k ? *a : *b;
+        size_t j = i < m * k ? i : i - m * k;
+        double v = rand_unit(state);
+        if (dt == TITAN_DTYPE_FLOAT32)
+            ((float *)buf)[j] = (float)v;
+        else
+            ((double *)buf)[j] = v;
+    }
+}
+
+typedef struct {
+    titan_client *c;
+    const void *a, *b;
+    atomic_int started;
+    int rc;
+    int retries;
+    void *out;
+} retry_call;
+
+/* Thread body: one matmul through the client's retry policy. */
+static void *retry_call_run(void *arg)
+{
+    retry_call *rc = arg;
+    atomic_store(&rc->started, 1);
+    rc->rc = titan_client_matmul(rc->c, TITAN_DTYPE_FLOAT64, 3, 4, 5, rc->a, rc->b, &rc->out);
+    rc->retries = titan_client_last_retries(rc->c);
+    return NULL;
+}
+
+/* Kills the worker while nothing is in flight, starts a call, restarts a worker on
+ * the same port while the call is retrying, and expects the call to succeed. */
+static void test_retry_across_restart(void **state)
+{
+    static worker w1, w2;
+    assert_int_equal(worker_start(&w1, "tcp://127.0.0.1:*", "restart1", "64"), 0);
+    char endpoint[256];
+    snprintf(endpoint, sizeof endpoint, "%s", w1.endpoint);
+
+    titan_client_opts o;
+    titan_client_opts_init(&o);
+    o.timeout_ms = 300;
+    o.retries = 30;
+    titan_client *c = titan_client_new(endpoint, &o);
+    assert_non_null(c);
+    char *dev = NULL;
+    assert_int_equal(titan_client_ping(c, &dev), 0);
+    assert_non_null(dev);
+    assert_int_equal(titan_client_last_retries(c), 0);
+    free(dev);
+
+    worker_stop(&w1, SIGKILL);
+
+    uint64_t seed = 7;
+    void *a, *b;
+    make_inputs(TITAN_DTYPE_FLOAT64, 3, 4, 5, &seed, &a, &b);
+    retry_call call = {.c = c, .a = a, .b = b};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, retry_call_run, &call), 0);
+    while (!atomic_load(&call.started))
+        sleep_ms(1);
+    /* Let at least the first attempt time out, so the answer can only come through a retry. */
+    sleep_ms(2 * o.timeout_ms);
+    int started = worker_start(&w2, endpoint, "restart2", "64");
+    pthread_join(th, NULL);
+    assert_int_equal(started, 0);
+    assert_string_equal(w2.endpoint, endpoint);
+
+    if (call.rc != 0)
+        fail_msg("matmul failed: %d %s (%s)", call.rc, titan_client_last_code(c), titan_client_last_error(c));
+    assert_true(call.retries >= 1);
+    char why[256];
+    if (check_product(TITAN_DTYPE_FLOAT64, 3, 4, 5, a, b, call.out, why, sizeof why) != 0) fail_msg("%s", why);
+
+    /* The client goes on normally: the next call needs no retry. */
+    assert_int_equal(titan_client_ping(c, NULL), 0);
+    assert_int_equal(titan_client_last_retries(c), 0);
+
+    free(call.out);
+    free(a);
+    free(b);
+    titan_client_destroy(&c);
+    int status = worker_stop(&w2, SIGTERM);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("titan-worker did not exit 0 on SIGTERM (wait status 0x%x)", (unsigned)status);
+}
+
+typedef struct {
+    int id;
+    const char *endpoint;
+    void *shared_ctx;
+    pthread_barrier_t *barrier;
+    int ops_done;
+    char failure[512];
+} mixed_job;
+
+/* Records the first failure of a job thread; returns NULL for the thread to exit. */
+static void *job_fail(mixed_job *j, titan_client *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(j->failure, sizeof j->failure, fmt, ap);
+    va_end(ap);
+    if (c && n >= 0 && (size_t)n < sizeof j->failure)
+        snprintf(j->failure + n, sizeof j->failure - (size_t)n, " [%s: %s]", titan_client_last_code(c),
+                 titan_client_last_error(c));
+    titan_client_destroy(&c);
+    return NULL;
+}
+
+/* Thread body: a mix of ping, gpu_info and matmuls of both dtypes with this thread's own
+ * sizes and values; every reply is checked. Cmocka asserts are not thread-safe, so failures
+ * are recorded in the job and asserted by the main thread. */
+static void *mixed_job_run(void *arg)
+{
+    mixed_job *j = arg;
+    titan_client_opts o;
+    titan_client_opts_init(&o);
+    o.timeout_ms = 30000;
+    o.retries = 0; /* a lost or misrouted reply must show up, not be papered over by a retry */
+    o.zmq_ctx = j->shared_ctx;
+    titan_client *c = titan_client_new(j->endpoint, &o);
+    if (!c) return job_fail(j, NULL, "client %d: titan_client_new: %s", j->id, strerror(errno));
+    uint64_t seed = 0x5eed0000u + (uint64_t)j->id * 7919u;
+    pthread_barrier_wait(j->barrier);
+
+    for (int i = 0; i < NITER; i++) {
+        int op = (j->id + i) % 4;
+        if (op == 0) {
+            char *dev = NULL;
+            int rc = titan_client_ping(c, &dev);
+            if (rc != 0 || !dev || !*dev) return job_fail(j, c, "client %d: ping: %d", j->id, rc);
+            free(dev);
+        } else if (op == 1) {
+            titan_gpu_info gi;
+            int rc = titan_client_gpu_info(c, &gi, NULL);
+            if (rc != 0 || !gi.name[0] || strcmp(gi.backend, "cpu") != 0)
+                return job_fail(j, c, "client %d: gpu_info: %d backend \"%s\"", j->id, rc, rc ? "" : gi.backend);
+        } else {
+            titan_dtype dt = op == 2 ? TITAN_DTYPE_FLOAT32 : TITAN_DTYPE_FLOAT64;
+            size_t m = 1 + splitmix64(&seed) % MAX_DIM, k = 1 + splitmix64(&seed) % MAX_DIM;
+            size_t n = 1 + splitmix64(&seed) % MAX_DIM;
+            void *a, *b, *out = NULL;
+            make_inputs(dt, m, k, n, &seed, &a, &b);
+            int rc = titan_client_matmul(c, dt, m, k, n, a, b, &out);
+            char why[256] = "";
+            bool bad = rc != 0 || check_product(dt, m, k, n, a, b, out, why, sizeof why) != 0;
+            free(a);
+            free(b);
+            free(out);
+            if (bad) return job_fail(j, c, "client %d: matmul %zux%zux%zu: %d %s", j->id, m, k, n, rc, why);
+        }
+        j->ops_done++;
+    }
+    titan_client_destroy(&c);
+    return NULL;
+}
+
+/* 32 threads, each with its own client (half sharing one ZeroMQ context), send mixed
+ * requests at once; every reply must be the right one for its client. */
+static void test_concurrent_clients(void **state)
+{
+    static worker w;
+    assert_int_equal(worker_start(&w, "tcp://127.0.0.1:*", "concurrent", "256"), 0);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, NTHREADS);
+    static mixed_job jobs[NTHREADS];
+    pthread_t th[NTHREADS];
+    for (int i = 0; i < NTHREADS; i++) {
+        jobs[i] = (mixed_job){
+            .id = i, .endpoint = w.endpoint, .shared_ctx = i % 2 ? ctx : NULL, .barrier = &barrier};
+        assert_int_equal(pthread_create(&th[i], NULL, mixed_job_run, &jobs[i]), 0);
+    }
+    for (int i = 0; i < NTHREADS; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&barrier);
+    zmq_ctx_term(ctx);
+    worker_stop(&w, SIGTERM);
+    for (int i = 0; i < NTHREADS; i++) {
+        if (jobs[i].failure[0]) fail_msg("%s", jobs[i].failure);
+        assert_int_equal(jobs[i].ops_done, NITER);
+    }
+}
+
+static int group_setup(void **state)
+{
+    snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp/titan-test-retry-XXXXXX");
+    return mkdtemp(g_tmpdir) ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    return rmdir(g_tmpdir);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s PATH-TO-TITAN-WORKER\n", argv[0]);
+        return 2;
+    }
+    g_worker_path = argv[1];
+    if (access(g_worker_path, X_OK) != 0) {
+        fprintf(stderr, "%s: cannot run %s: %s\n", argv[0], g_worker_path, strerror(errno));
+        return 2;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_retry_across_restart, kill_live_workers),
+        cmocka_unit_test_teardown(test_concurrent_clients, kill_live_workers),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
