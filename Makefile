@@ -22,12 +22,15 @@ run:
 	@echo "titan: try it from another shell with: build/titan ping"
 	exec $(BUILD)/titan-worker --bind $(BIND) --device $(DEVICE)
 
+# The suite runs twice: the normal build, and one under AddressSanitizer and UBSan.
 test:
 	@scripts/deps.sh test
 	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD) $(MESON_OPTS)
 	meson configure $(BUILD) -Dwerror=true >/dev/null
 	ninja -C $(BUILD)
-	@tests/run.sh $(BUILD)
+	@[ -f $(BUILD)-asan/build.ninja ] || meson setup $(BUILD)-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true >/dev/null
+	ninja -C $(BUILD)-asan
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run.sh $(BUILD) $(BUILD)-asan
 
 bench:
 	@scripts/deps.sh bench

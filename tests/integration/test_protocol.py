@@ -293,6 +293,6 @@ for name, fn in [("design forms", design_forms), ("json numerics", json_numerics
                  ("bad inputs", bad_inputs), ("bad frames", bad_frames), ("ids and dealers", ids_and_dealers),
                  ("caps, busy, deadlines", size_cap_busy_deadline), ("logs", logs_and_shutdown), ("cli", cli_errors)]:
     tap.run(name, fn)
-if w.proc.poll() is None:
-    w.stop()
+res = Worker.stop_all()
+tap.ok(all(rc == 0 and not san for _, rc, san in res), "every worker exited 0 with no sanitizer report", res)
 sys.exit(tap.done())

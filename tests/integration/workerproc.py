@@ -9,7 +9,10 @@ import time
 class Worker:
     """A titan-worker process; the endpoint comes from its --endpoint-file (readiness, not sleeps)."""
 
+    started = []  # every worker a test started, so it can check they all exited cleanly
+
     def __init__(self, binary, *args, log_level="info"):
+        Worker.started.append(self)
         self.dir = tempfile.mkdtemp(prefix="titan-test-")
         self.epfile = os.path.join(self.dir, "endpoint")
         self.logpath = os.path.join(self.dir, "worker.log")
@@ -31,6 +34,16 @@ class Worker:
         with open(self.logpath) as f:
             return f.read()
 
+    @classmethod
+    def stop_all(cls):
+        """Stops every worker still running; returns [(endpoint, exit code, sanitizer report?)]."""
+        out = []
+        for w in cls.started:
+            rc = w.stop()
+            log = open(w.logpath).read()
+            out.append((w.endpoint, rc, "Sanitizer" in log or "runtime error" in log))
+        return out
+
     def stop(self, sig=signal.SIGTERM, timeout=20):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -39,7 +52,8 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
         return self.proc.returncode
 
 
