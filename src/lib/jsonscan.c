@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "jsonscan.h"
 #include "numfmt.h"
 
@@ -54,6 +56,12 @@ static const char *s_skip_string(const char *p, const char *end)
     return NULL;
 }
 
+/* Character classes for skipping: 0 scalar bytes, 1 whitespace, 2 quote, 3 open, 4 close, 5 separator. */
+static const unsigned char s_class[256] = {
+    [' '] = 1, ['\t'] = 1, ['\r'] = 1, ['\n'] = 1, ['"'] = 2, ['['] = 3, ['{'] = 3,
+    [']'] = 4, ['}'] = 4, [','] = 5, [':'] = 5,
+};
+
 /* Skips one value; checks bracket structure and depth (the DOM parser checks the rest). */
 static const char *s_skip_value(const char *p, const char *end, int depth0, char *err, size_t errcap)
 {
@@ -97,18 +105,31 @@ static const char *s_skip_value(const char *p, const char *end, int depth0, char
             continue;
         } else {
             /* a scalar: number, true, false, null; its exact syntax is left to the DOM parser */
-            const char *s = p;
-            while (p < end && !strchr(",:]}[{\" \t\r\n", *p)) p++;
-            if (p == s) {
-                s_fail(err, errcap, 0, "invalid JSON near offset");
-                return NULL;
-            }
+            while (p < end && s_class[(unsigned char)*p] == 0) p++;
         }
     } while (depth > depth0);
     return p;
 }
 
-int titan_json_split_object(const char *text, size_t len, titan_json_split *out, char *err, size_t errcap)
+static int s_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t max_elems, const char *name,
+                          void **data, int64_t shape[TITAN_MAX_RANK], int *rank, size_t *used_out, char *err,
+                          size_t errcap);
+
+static int s_parse_prefix(const char *text, size_t len, titan_dtype dt, size_t max_elems,
+                                          void **data, int64_t shape[TITAN_MAX_RANK], int *rank, size_t *used)
+{
+    return s_parse_tensor(text, len, dt, max_elems, "", data, shape, rank, used, NULL, 0);
+}
+
+void titan_json_split_release(titan_json_split *s)
+{
+    for (size_t i = 0; i < s->nspans; i++) free(s->spans[i].data);
+    free(s->rest);
+    memset(s, 0, sizeof(*s));
+}
+
+int titan_json_split_object(const char *text, size_t len, titan_dtype dt, size_t max_elems, titan_json_split *out,
+                            char *err, size_t errcap)
 {
     const char *p = text, *end = text + len;
     titan_json_split r;
@@ -129,27 +150,52 @@ int titan_json_split_object(const char *text, size_t len, titan_json_split *out,
         for (;;) {
             p = s_ws(p, end);
             if (p >= end || *p != '"') {
-                free(r.rest);
+                titan_json_split_release(&r);
                 return s_fail(err, errcap, -EINVAL, "invalid JSON: expected a member name");
             }
             const char *ks = p;
             p = s_skip_string(p, end);
             if (!p) {
-                free(r.rest);
+                titan_json_split_release(&r);
                 return s_fail(err, errcap, -EINVAL, "invalid JSON: malformed member name");
             }
             const char *ke = p;
             p = s_ws(p, end);
             if (p >= end || *p != ':') {
-                free(r.rest);
+                titan_json_split_release(&r);
                 return s_fail(err, errcap, -EINVAL, "invalid JSON: expected ':'");
             }
             p = s_ws(p + 1, end);
             const char *vs = p;
-            char serr[128] = "";
-            p = s_skip_value(p, end, 0, serr, sizeof(serr));
+            char serr[256] = "";
+            titan_json_span *sp = NULL;
+            if (p < end && *p == '[' && r.nspans < TITAN_JSON_MAX_SPANS) {
+                sp = &r.spans[r.nspans++];
+                memset(sp, 0, sizeof(*sp));
+                /* Most arrays are tensors: parse them in this pass. Anything else is only
+                 * skipped here; whoever uses it reparses it and reports the precise error. */
+                size_t used = 0;
+                sp->status = s_parse_prefix(p, (size_t)(end - p), dt, max_elems, &sp->data, sp->shape, &sp->rank, &used);
+                if (sp->status == 0) {
+                    sp->dtype = dt;
+                    p += used;
+                } else {
+                    p = s_skip_value(p, end, 0, serr, sizeof(serr));
+                    /* Not a tensor: check it is valid JSON all the same (an oversized one is
+                     * refused as too large later, without building its DOM). */
+                    json_error_t jerr;
+                    json_t *v = NULL;
+                    if (p && sp->status != -E2BIG && !(v = json_loadb(vs, (size_t)(p - vs), 0, &jerr))) {
+                        snprintf(serr, sizeof(serr), "invalid JSON in an array: %.160s", jerr.text);
+                        p = NULL;
+                    }
+                    json_decref(v);
+                }
+            } else {
+                p = s_skip_value(p, end, 0, serr, sizeof(serr));
+            }
             if (!p) {
-                free(r.rest);
+                titan_json_split_release(&r);
                 return s_fail(err, errcap, -EINVAL, "%s", serr);
             }
             if (!first) *o++ = ',';
@@ -157,8 +203,7 @@ int titan_json_split_object(const char *text, size_t len, titan_json_split *out,
             memcpy(o, ks, (size_t)(ke - ks));
             o += ke - ks;
             *o++ = ':';
-            if (*vs == '[' && r.nspans < TITAN_JSON_MAX_SPANS) {
-                titan_json_span *sp = &r.spans[r.nspans++];
+            if (sp) {
                 sp->key = ks + 1;
                 sp->key_len = (size_t)(ke - ks - 2);
                 sp->val = vs;
@@ -178,13 +223,13 @@ int titan_json_split_object(const char *text, size_t len, titan_json_split *out,
                 p++;
                 break;
             }
-            free(r.rest);
+            titan_json_split_release(&r);
             return s_fail(err, errcap, -EINVAL, "invalid JSON: expected ',' or '}' in the request object");
         }
     }
     p = s_ws(p, end);
     if (p != end) {
-        free(r.rest);
+        titan_json_split_release(&r);
         return s_fail(err, errcap, -EINVAL, "invalid JSON: trailing data after the request object");
     }
     *o++ = '}';
@@ -200,8 +245,10 @@ static void s_path(char *buf, size_t cap, const char *name, const size_t *idx, i
     for (int i = 0; i < depth && n < cap; i++) n += (size_t)snprintf(buf + n, cap - n, "[%zu]", idx[i]);
 }
 
-int titan_json_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t max_elems, const char *name,
-                            void **data, int64_t shape[TITAN_MAX_RANK], int *rank, char *err, size_t errcap)
+/* Parses a tensor from text; with `used` it stops after the outer ']' and says how far it read. */
+static int s_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t max_elems, const char *name,
+                          void **data, int64_t shape[TITAN_MAX_RANK], int *rank, size_t *used_out, char *err,
+                          size_t errcap)
 {
     size_t esize = titan_dtype_size(dt);
     if (esize == 0 || !text || !data || !shape || !rank) return -EINVAL;
@@ -322,9 +369,13 @@ int titan_json_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t
         need_value = false;
         continue;
     }
-    if (depth != 0) goto syntax;
-    p = s_ws(p, end);
-    if (p != end || r < 1) goto syntax;
+    if (depth != 0 || r < 1) goto syntax;
+    if (used_out) {
+        *used_out = (size_t)(p - text);
+    } else {
+        p = s_ws(p, end);
+        if (p != end) goto syntax;
+    }
     for (int i = 0; i < r; i++) shape[i] = dims[i];
     *rank = r;
     *data = buf;
@@ -334,4 +385,10 @@ syntax:
 fail:
     free(buf);
     return rc;
+}
+
+int titan_json_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t max_elems, const char *name,
+                            void **data, int64_t shape[TITAN_MAX_RANK], int *rank, char *err, size_t errcap)
+{
+    return s_parse_tensor(text, len, dt, max_elems, name, data, shape, rank, NULL, err, errcap);
 }

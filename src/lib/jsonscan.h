@@ -11,12 +11,18 @@
 #define TITAN_JSON_MAX_SPANS 8
 #define TITAN_JSON_MAX_DEPTH 64
 
-/* One top-level member whose value is an array, left unparsed. */
+/* One top-level member whose value is an array. */
 typedef struct {
     const char *key; /* raw key bytes between the quotes (borrowed from the input) */
     size_t key_len;
     const char *val; /* the array text, '[' to ']' (borrowed from the input) */
     size_t val_len;
+    /* When the array is a numeric tensor it is already parsed into the split's dtype: */
+    void *data;      /* owned by the split until taken (set to NULL when taken); NULL if not numeric */
+    titan_dtype dtype;
+    int64_t shape[TITAN_MAX_RANK];
+    int rank;
+    int status;      /* 0 parsed, -E2BIG over max_elems, -EINVAL not a numeric tensor (but valid JSON) */
 } titan_json_span;
 
 typedef struct {
@@ -27,11 +33,16 @@ typedef struct {
 } titan_json_split;
 
 /* Splits the JSON object text[0..len). Top-level array values become spans
- * (at most TITAN_JSON_MAX_SPANS; more stay in `rest`); everything else is copied into
- * `rest` for a DOM parser. Checks the structure, string syntax and nesting depth
+ * (at most TITAN_JSON_MAX_SPANS; more stay in `rest`), parsed on the way as tensors of
+ * dtype `dt` (up to max_elems elements) when they are numeric; everything else is copied
+ * into `rest` for a DOM parser. Checks the structure, string syntax and nesting depth
  * (<= TITAN_JSON_MAX_DEPTH); UTF-8 and duplicate keys are left to the DOM parser of `rest`.
- * Returns 0, -EINVAL with a message in err, or -ENOMEM. On 0 the caller frees out->rest. */
-int titan_json_split_object(const char *text, size_t len, titan_json_split *out, char *err, size_t errcap);
+ * Returns 0, -EINVAL with a message in err, or -ENOMEM. On 0 the caller releases `out`
+ * with titan_json_split_release. */
+int titan_json_split_object(const char *text, size_t len, titan_dtype dt, size_t max_elems, titan_json_split *out,
+                            char *err, size_t errcap);
+/* Frees `rest` and any tensor data not taken; takes a zeroed split. */
+void titan_json_split_release(titan_json_split *s);
 
 /* Parses a numeric nested array (a rectangular tensor of rank <= TITAN_MAX_RANK) of
  * JSON numbers into a new 64-byte-aligned buffer of dtype `dt`. `name` labels errors.

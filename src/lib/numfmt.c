@@ -32,20 +32,23 @@ static inline bool s_isdigit(char c)
     return c >= '0' && c <= '9';
 }
 
-static inline void s_add_digit(s_decimal *d, int digit, int *ndigits, bool frac)
+/* True when all 8 bytes of v are ASCII digits. */
+static inline bool s_is_8digits(uint64_t v)
 {
-    if (d->mant == 0 && digit == 0) {
-        if (frac) d->e10--;
-        return;
-    }
-    if (*ndigits < 19) {
-        d->mant = d->mant * 10 + (uint64_t)digit;
-        (*ndigits)++;
-        if (frac) d->e10--;
-    } else {
-        if (digit) d->truncated = true;
-        if (!frac) d->e10++;
-    }
+    /* each byte must be 0x30..0x39: its high nibble 3, and adding 6 must not carry out of the low nibble */
+    return ((v & 0xF0F0F0F0F0F0F0F0ULL) | (((v + 0x0606060606060606ULL) & 0xF0F0F0F0F0F0F0F0ULL) >> 4)) ==
+           0x3333333333333333ULL;
+}
+
+/* The value of 8 ASCII digits loaded little-endian (first digit in the lowest byte). */
+static inline uint32_t s_parse_8digits(uint64_t v)
+{
+    v -= 0x3030303030303030ULL;
+    v = v * 10 + (v >> 8);                 /* pairs: bytes 0,2,4,6 now hold 2-digit values */
+    uint64_t lo = v & 0x000000FF000000FFULL; /* pairs 0 and 4 */
+    uint64_t hi = (v >> 16) & 0x000000FF000000FFULL; /* pairs 2 and 6 */
+    /* combine: pair0*1e6 + pair2*1e4 + pair4*1e2 + pair6, gathered in the top 32 bits */
+    return (uint32_t)((lo * ((1000000ULL << 32) + 100) + hi * ((10000ULL << 32) + 1)) >> 32);
 }
 
 /* Scans the JSON number grammar (plus NaN/Infinity); returns its length or 0. */
@@ -69,18 +72,58 @@ static size_t s_scan(const char *p, const char *end, s_decimal *d)
         d->special = 2;
         return (size_t)(p + 8 - s);
     }
+    /* The first 19 significant digits go into mant; later ones only move the exponent. */
+    uint64_t mant = 0;
+    int64_t e10 = 0;
+    bool trunc = false;
     if (*p == '0') {
         p++;
     } else if (*p >= '1' && *p <= '9') {
-        while (p < end && s_isdigit(*p)) s_add_digit(d, *p++ - '0', &ndigits, false);
+        while (p < end && s_isdigit(*p)) {
+            if (ndigits < 19) {
+                mant = mant * 10 + (uint64_t)(*p - '0');
+                ndigits++;
+            } else {
+                e10++;
+                trunc |= *p != '0';
+            }
+            p++;
+        }
     } else {
         return 0;
     }
     if (p < end && *p == '.') {
         p++;
-        if (p >= end || !s_isdigit(*p)) return 0;
-        while (p < end && s_isdigit(*p)) s_add_digit(d, *p++ - '0', &ndigits, true);
+        const char *fs = p;
+        if (mant == 0) {
+            while (p < end && *p == '0') p++;
+            e10 -= p - fs;
+        }
+        /* eight digits at a time while they fit in the 19 we keep */
+        while (ndigits <= 11 && end - p >= 8) {
+            uint64_t v;
+            memcpy(&v, p, 8);
+            if (!s_is_8digits(v)) break;
+            mant = mant * 100000000ULL + s_parse_8digits(v);
+            ndigits += 8;
+            e10 -= 8;
+            p += 8;
+        }
+        while (p < end && s_isdigit(*p)) {
+            if (ndigits < 19) {
+                mant = mant * 10 + (uint64_t)(*p - '0');
+                ndigits++;
+                e10--;
+            } else {
+                trunc |= *p != '0';
+            }
+            p++;
+        }
+        if (p == fs) return 0;
     }
+    d->mant = mant;
+    d->e10 = e10;
+    d->truncated = trunc;
     if (p < end && (*p == 'e' || *p == 'E')) {
         p++;
         bool eneg = false;
@@ -257,21 +300,10 @@ static int s_layout(char *buf, bool neg, const char *digits, int nd, int e10)
     return (int)(o - buf);
 }
 
-static double s_scale(double v, int k)
+/* v * 10^k for |k| <= 63, the range float32 formatting needs. */
+static inline double s_scale(double v, int k)
 {
-    if (k >= 0) {
-        while (k > 63) {
-            v *= 1e63;
-            k -= 63;
-        }
-        return v * s_pow10[k];
-    }
-    k = -k;
-    while (k > 63) {
-        v /= 1e63;
-        k -= 63;
-    }
-    return v / s_pow10[k];
+    return k >= 0 ? v * s_pow10[k] : v / s_pow10[-k];
 }
 
 TITAN_API int titan_format_float32(float f, char *buf, size_t cap)
@@ -289,9 +321,12 @@ TITAN_API int titan_format_float32(float f, char *buf, size_t cap)
         return 3;
     }
     double a = fabs(v);
-    int e2;
-    frexp(a, &e2);
-    int e10 = (int)floor((e2 - 1) * 0.30102999566398119521);
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof(bits));
+    int e2 = (int)((bits >> 23) & 0xff) - 127;
+    if (e2 == -127) frexp(a, &e2), e2 -= 1; /* subnormal */
+    /* floor(e2 * log10(2)), off by at most one; corrected below */
+    int e10 = (e2 * 78913) >> 18;
     /* 9 significant digits always identify a float32; the double scaling error
      * (a few 1e-16) is far below the half-digit that could change the answer. */
     double s = s_scale(a, 8 - e10);

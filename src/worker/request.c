@@ -31,7 +31,9 @@ int titan_request_parse(titan_request *req, const char *text, size_t len, zmq_ms
         return titan_fail(err, "bad_request", "too many frames: a request has at most %d (the header and %d tensors)",
                           TITAN_MAX_BODY_FRAMES, TITAN_MAX_BODY_FRAMES - 1);
     char msg[256];
-    int rc = titan_json_split_object(text, len, &req->split, msg, sizeof(msg));
+    /* JSON arrays parse as float32 on the way (the JSON form's default dtype). */
+    int rc = titan_json_split_object(text, len, TITAN_DTYPE_FLOAT32, limits->max_request_bytes / 4, &req->split, msg,
+                                     sizeof(msg));
     if (rc == -ENOMEM) return titan_fail(err, "internal", "out of memory while reading the request");
     if (rc) return titan_fail(err, "bad_request", "%s", msg);
     json_error_t jerr;
@@ -155,8 +157,23 @@ int titan_request_tensor(titan_request *req, const char *name, titan_dtype json_
     size_t nlen = strlen(name);
     for (size_t i = 0; i < req->split.nspans; i++) {
         titan_json_span *sp = &req->split.spans[i];
-        if (sp->key_len == nlen && memcmp(sp->key, name, nlen) == 0)
-            return s_json_tensor(req, name, sp->val, sp->val_len, json_dtype, out, err);
+        if (sp->key_len != nlen || memcmp(sp->key, name, nlen) != 0) continue;
+        if (sp->status == -E2BIG)
+            return titan_fail(err, "too_large", "'%s' has more elements than the request size limit allows", name);
+        if (sp->data && sp->dtype == json_dtype) {
+            out->dtype = sp->dtype;
+            out->rank = sp->rank;
+            memcpy(out->shape, sp->shape, sizeof(out->shape));
+            out->owned = sp->data;
+            out->data = sp->data;
+            sp->data = NULL;
+            if (titan_shape_elems(out->dtype, out->shape, out->rank, &out->elems)) {
+                titan_tensor_view_release(out);
+                return titan_fail(err, "too_large", "'%s' is too large", name);
+            }
+            return 0;
+        }
+        return s_json_tensor(req, name, sp->val, sp->val_len, json_dtype, out, err);
     }
     json_t *v = json_object_get(req->hdr, name);
     if (!v || json_is_null(v))
@@ -188,7 +205,7 @@ int titan_request_check_frames(titan_request *req, titan_error *err)
 void titan_request_release(titan_request *req)
 {
     if (req->hdr) json_decref(req->hdr);
-    free(req->split.rest);
+    titan_json_split_release(&req->split);
     memset(req, 0, sizeof(*req));
 }
 

@@ -1,7 +1,10 @@
-/* test_client_local.c - cmocka tests of the libtitan client that need no worker. */
+/* test_client_local.c - cmocka tests of the libtitan client that need no worker: argument checks,
+ * timeouts against a closed port, and reply handling against a scripted in-process fake worker. */
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -243,6 +246,319 @@ static void test_reply_null_safe(void **state)
     assert_int_equal(size, 77);
 }
 
+/* --- a scripted fake worker: a ROUTER socket in a thread that answers each request with the
+ * next canned reply (the frames that follow the client's identity), after an optional delay --- */
+
+typedef struct {
+    int delay_ms;
+    int nframes;
+    struct {
+        const void *data;
+        size_t size;
+    } frames[70];
+} canned_reply;
+
+typedef struct {
+    void *ctx;
+    void *router;
+    char endpoint[128];
+    pthread_t thread;
+    atomic_int stop;
+    const canned_reply *script;
+    int nscript;
+    pthread_mutex_t lock; /* guards what the server records below */
+    int served;
+    char last_header[512];
+    size_t last_frame_sizes[4];
+    int last_nframes;
+} fake_worker;
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* Thread body: receives [identity, "", header, frames...] and sends [identity, canned frames]. */
+static void *fake_run(void *arg)
+{
+    fake_worker *f = arg;
+    while (!atomic_load(&f->stop)) {
+        zmq_pollitem_t it = {.socket = f->router, .events = ZMQ_POLLIN};
+        if (zmq_poll(&it, 1, 20) <= 0) continue;
+        zmq_msg_t id, part;
+        zmq_msg_init(&id);
+        zmq_msg_recv(&id, f->router, 0);
+        pthread_mutex_lock(&f->lock);
+        f->last_nframes = 0;
+        /* Parts after the identity: 0 the delimiter, 1 the header, 2.. binary frames. */
+        for (int idx = 0, more = zmq_msg_more(&id); more; idx++) {
+            zmq_msg_init(&part);
+            zmq_msg_recv(&part, f->router, 0);
+            if (idx == 1) {
+                size_t n = zmq_msg_size(&part) < sizeof f->last_header - 1 ? zmq_msg_size(&part)
+                                                                           : sizeof f->last_header - 1;
+                memcpy(f->last_header, zmq_msg_data(&part), n);
+                f->last_header[n] = '\0';
+            } else if (idx > 1 && idx - 2 < 4) {
+                f->last_frame_sizes[idx - 2] = zmq_msg_size(&part);
+                f->last_nframes = idx - 1;
+            }
+            more = zmq_msg_more(&part);
+            zmq_msg_close(&part);
+        }
+        int k = f->served++;
+        pthread_mutex_unlock(&f->lock);
+        if (k >= f->nscript) {
+            zmq_msg_close(&id);
+            continue;
+        }
+        const canned_reply *r = &f->script[k];
+        if (r->delay_ms) sleep_ms(r->delay_ms);
+        zmq_msg_send(&id, f->router, r->nframes ? ZMQ_SNDMORE : 0);
+        for (int i = 0; i < r->nframes; i++)
+            zmq_send(f->router, r->frames[i].data, r->frames[i].size, i + 1 < r->nframes ? ZMQ_SNDMORE : 0);
+    }
+    return NULL;
+}
+
+/* Starts a fake worker on an ephemeral loopback port that plays `script` in order. */
+static void fake_start(fake_worker *f, const canned_reply *script, int nscript)
+{
+    memset(f, 0, sizeof *f);
+    f->script = script;
+    f->nscript = nscript;
+    pthread_mutex_init(&f->lock, NULL);
+    f->ctx = zmq_ctx_new();
+    assert_non_null(f->ctx);
+    f->router = zmq_socket(f->ctx, ZMQ_ROUTER);
+    assert_non_null(f->router);
+    int linger = 0;
+    zmq_setsockopt(f->router, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_bind(f->router, "tcp://127.0.0.1:*"), 0);
+    size_t len = sizeof f->endpoint;
+    assert_int_equal(zmq_getsockopt(f->router, ZMQ_LAST_ENDPOINT, f->endpoint, &len), 0);
+    assert_int_equal(pthread_create(&f->thread, NULL, fake_run, f), 0);
+}
+
+static void fake_stop(fake_worker *f)
+{
+    atomic_store(&f->stop, 1);
+    pthread_join(f->thread, NULL);
+    zmq_close(f->router);
+    zmq_ctx_term(f->ctx);
+    pthread_mutex_destroy(&f->lock);
+}
+
+#define TXT(s) {s, sizeof(s) - 1}
+
+static const float g_c22[4] = {19, 22, 43, 50};
+
+static const canned_reply g_script[] = {
+    /* 0 */ {0, 2, {TXT(""), TXT("{\"status\":\"ok\",\"gpu\":\"Fake GPU\"}")}},
+    /* 1 */ {0, 2, {TXT(""), TXT("{\"error\":\"worker busy: 4 requests running\",\"code\":\"busy\"}")}},
+    /* 2 */ {0, 2, {TXT(""), TXT("this is not json")}},
+    /* 3 */ {0, 1, {TXT("{\"status\":\"ok\",\"gpu\":\"no delimiter\"}")}},
+    /* 4 */ {0, 2, {TXT(""), TXT("{\"status\":\"ok\",\"gpu\":\"after\"}")}},
+    /* 5 */ {0, 2, {TXT(""), TXT("{\"name\":\"Fake GPU\",\"total_memory_gb\":12,\"multi_processor_count\":24,"
+                             "\"cuda_capability\":null,\"backend\":\"cpu\"}")}},
+    /* 6 */ {0, 2, {TXT(""), TXT("{\"total_memory_gb\":12,\"multi_processor_count\":24}")}},
+    /* 7 */ {0, 3, {TXT(""), TXT("{\"result\":{\"dtype\":\"float32\",\"shape\":[2,2],\"frame\":1}}"),
+                   {g_c22, sizeof g_c22}}},
+    /* 8 */ {0, 3, {TXT(""), TXT("{\"result\":{\"dtype\":\"float32\",\"shape\":[2,2],\"frame\":1}}"),
+                   {g_c22, 12}}},
+    /* 9 */ {0, 3, {TXT(""), TXT("{\"result\":{\"dtype\":\"float32\",\"shape\":[1,4],\"frame\":1}}"),
+                   {g_c22, sizeof g_c22}}},
+    /* 10 */ {0, 3, {TXT(""), TXT("{\"result\":{\"dtype\":\"float64\",\"shape\":[2,2],\"frame\":1}}"),
+                    {g_c22, sizeof g_c22}}},
+    /* 11 */ {0, 2, {TXT(""), TXT("{\"result\":[[19,22],[43,50]]}")}},
+    /* 12 */ {0, 2, {TXT(""), TXT("{\"error\":\"something odd\"}")}},
+    /* 13 */ {0, 4, {TXT(""), TXT("{\"anything\":1}"), TXT("abc"), TXT("")}},
+    /* 14 */ {0, 2, {TXT(""), TXT("[1,2,3]")}},
+};
+
+/* Replies of every shape reach the caller as documented: results, worker errors, malformed replies. */
+static void test_fake_worker_replies(void **state)
+{
+    static fake_worker f;
+    fake_start(&f, g_script, (int)(sizeof g_script / sizeof g_script[0]));
+    titan_client_opts o = {.timeout_ms = 5000, .retries = 0};
+    titan_client *c = titan_client_new(f.endpoint, &o);
+    assert_non_null(c);
+    char *dev = NULL;
+
+    assert_int_equal(titan_client_ping(c, &dev), 0); /* 0 */
+    assert_string_equal(dev, "Fake GPU");
+    free(dev);
+    dev = NULL;
+    pthread_mutex_lock(&f.lock);
+    assert_string_equal(f.last_header, "{\"op\":\"ping\"}");
+    pthread_mutex_unlock(&f.lock);
+
+    assert_int_equal(titan_client_ping(c, &dev), -EREMOTEIO); /* 1 */
+    assert_null(dev);
+    assert_string_equal(titan_client_last_code(c), "busy");
+    assert_string_equal(titan_client_last_error(c), "worker busy: 4 requests running");
+
+    assert_int_equal(titan_client_ping(c, &dev), -EPROTO); /* 2 */
+    assert_string_equal(titan_client_last_code(c), "protocol");
+    assert_int_equal(titan_client_ping(c, &dev), -EPROTO); /* 3 */
+    assert_string_equal(titan_client_last_code(c), "protocol");
+    assert_null(dev);
+    /* After a malformed reply the client goes on with a fresh socket. */
+    assert_int_equal(titan_client_ping(c, &dev), 0); /* 4 */
+    assert_string_equal(dev, "after");
+    assert_string_equal(titan_client_last_code(c), "");
+    free(dev);
+
+    titan_gpu_info gi;
+    char *raw = NULL;
+    assert_int_equal(titan_client_gpu_info(c, &gi, &raw), 0); /* 5 */
+    assert_string_equal(gi.name, "Fake GPU");
+    assert_string_equal(gi.backend, "cpu");
+    assert_true(gi.total_memory_gb == 12.0);
+    assert_int_equal(gi.multi_processor_count, 24);
+    assert_string_equal(gi.cuda_capability, "");
+    assert_non_null(strstr(raw, "\"Fake GPU\""));
+    free(raw);
+    raw = NULL;
+    memset(&gi, 0x5a, sizeof gi);
+    assert_int_equal(titan_client_gpu_info(c, &gi, &raw), -EPROTO); /* 6 */
+    assert_null(raw);
+    assert_int_equal((unsigned char)gi.name[0], 0x5a); /* untouched on failure */
+
+    float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8};
+    void *out = NULL;
+    assert_int_equal(titan_client_matmul(c, TITAN_DTYPE_FLOAT32, 2, 2, 2, a, b, &out), 0); /* 7 */
+    assert_non_null(out);
+    assert_memory_equal(out, g_c22, sizeof g_c22);
+    free(out);
+    pthread_mutex_lock(&f.lock);
+    assert_string_equal(f.last_header, "{\"op\":\"matrix_multiply\",\"a\":{\"dtype\":\"float32\",\"shape\":[2,2],"
+                                       "\"frame\":1},\"b\":{\"dtype\":\"float32\",\"shape\":[2,2],\"frame\":2}}");
+    assert_int_equal(f.last_nframes, 2);
+    assert_int_equal(f.last_frame_sizes[0], 16);
+    assert_int_equal(f.last_frame_sizes[1], 16);
+    pthread_mutex_unlock(&f.lock);
+
+    float mine[4] = {-1, -1, -1, -1};
+    void *pmine = mine;
+    for (int i = 8; i <= 11; i++) { /* wrong size, shape, dtype; JSON result */
+        out = NULL;
+        assert_int_equal(titan_client_matmul(c, TITAN_DTYPE_FLOAT32, 2, 2, 2, a, b, i == 9 ? &pmine : &out),
+                         -EPROTO);
+        assert_null(out);
+        assert_string_equal(titan_client_last_code(c), "protocol");
+    }
+    assert_true(pmine == mine && mine[0] == -1 && mine[3] == -1);
+
+    assert_int_equal(titan_client_ping(c, NULL), -EREMOTEIO); /* 12: an error without a code */
+    assert_string_equal(titan_client_last_code(c), "remote");
+    assert_string_equal(titan_client_last_error(c), "something odd");
+
+    titan_reply *r = NULL;
+    titan_frame fr[2] = {{"xy", 2}, {NULL, 0}};
+    assert_int_equal(titan_client_call(c, "{\"op\":\"anything\"}", fr, 2, &r), 0); /* 13 */
+    assert_string_equal(titan_reply_header(r), "{\"anything\":1}");
+    assert_int_equal(titan_reply_frame_count(r), 2);
+    size_t size = 99;
+    const void *d = titan_reply_frame(r, 0, &size);
+    assert_int_equal(size, 3);
+    assert_memory_equal(d, "abc", 3);
+    assert_non_null(titan_reply_frame(r, 1, &size));
+    assert_int_equal(size, 0);
+    size = 99;
+    assert_null(titan_reply_frame(r, 2, &size));
+    assert_int_equal(size, 99);
+    titan_reply_destroy(&r);
+    assert_null(r);
+    pthread_mutex_lock(&f.lock);
+    assert_int_equal(f.last_nframes, 2);
+    assert_int_equal(f.last_frame_sizes[0], 2);
+    assert_int_equal(f.last_frame_sizes[1], 0);
+    pthread_mutex_unlock(&f.lock);
+
+    assert_int_equal(titan_client_ping(c, NULL), -EPROTO); /* 14: JSON, but not an object */
+
+    titan_client_destroy(&c);
+    fake_stop(&f);
+}
+
+static const canned_reply g_late_script[] = {
+    {400, 2, {TXT(""), TXT("{\"status\":\"ok\",\"gpu\":\"late\"}")}},
+    {0, 2, {TXT(""), TXT("{\"status\":\"ok\",\"gpu\":\"retried\"}")}},
+    {400, 2, {TXT(""), TXT("{\"status\":\"ok\",\"gpu\":\"stale\"}")}},
+    {0, 2, {TXT(""), TXT("{\"status\":\"ok\",\"gpu\":\"fresh\"}")}},
+};
+
+/* Replies with many frames keep them all, in order; more than the client's cap is a protocol error. */
+static void test_many_frames(void **state)
+{
+    static canned_reply script[2];
+    static const char digits[] = "0123456789";
+    static fake_worker f;
+    memset(script, 0, sizeof script);
+    for (int k = 0; k < 2; k++) {
+        script[k].nframes = k == 0 ? 2 + 10 : 2 + 65;
+        script[k].frames[0].data = "";
+        script[k].frames[1].data = "{\"many\":true}";
+        script[k].frames[1].size = 13;
+        for (int i = 2; i < script[k].nframes; i++) {
+            script[k].frames[i].data = digits;
+            script[k].frames[i].size = (size_t)(i - 2) % 10 + 1;
+        }
+    }
+    fake_start(&f, script, 2);
+    titan_client_opts o = {.timeout_ms = 5000, .retries = 0};
+    titan_client *c = titan_client_new(f.endpoint, &o);
+    assert_non_null(c);
+    titan_reply *r = NULL;
+    assert_int_equal(titan_client_call(c, "{\"op\":\"many\"}", NULL, 0, &r), 0);
+    assert_int_equal(titan_reply_frame_count(r), 10);
+    for (size_t i = 0; i < 10; i++) {
+        size_t size = 0;
+        const void *d = titan_reply_frame(r, i, &size);
+        assert_int_equal(size, i + 1);
+        assert_memory_equal(d, digits, size);
+    }
+    titan_reply_destroy(&r);
+    assert_int_equal(titan_client_call(c, "{\"op\":\"many\"}", NULL, 0, &r), -EPROTO);
+    assert_null(r);
+    assert_string_equal(titan_client_last_code(c), "protocol");
+    titan_client_destroy(&c);
+    fake_stop(&f);
+}
+
+/* A slow answer is retried on a fresh socket, and a reply that comes after its call gave
+ * up never reaches a later call. */
+static void test_late_and_stale_replies(void **state)
+{
+    static fake_worker f;
+    fake_start(&f, g_late_script, 4);
+    titan_client_opts o = {.timeout_ms = 300, .retries = 1};
+    titan_client *c = titan_client_new(f.endpoint, &o);
+    assert_non_null(c);
+    char *dev = NULL;
+    assert_int_equal(titan_client_ping(c, &dev), 0);
+    assert_string_equal(dev, "retried");
+    assert_int_equal(titan_client_last_retries(c), 1);
+    free(dev);
+    titan_client_destroy(&c);
+
+    o.retries = 0;
+    c = titan_client_new(f.endpoint, &o);
+    assert_non_null(c);
+    dev = NULL;
+    assert_int_equal(titan_client_ping(c, &dev), -ETIMEDOUT);
+    sleep_ms(500); /* the fake worker has now sent "stale" for the abandoned request */
+    assert_int_equal(titan_client_ping(c, &dev), 0);
+    assert_string_equal(dev, "fresh");
+    free(dev);
+    titan_client_destroy(&c);
+    fake_stop(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -255,6 +571,9 @@ int main(void)
         cmocka_unit_test(test_shared_ctx_not_terminated),
         cmocka_unit_test(test_invalid_arguments),
         cmocka_unit_test(test_reply_null_safe),
+        cmocka_unit_test(test_fake_worker_replies),
+        cmocka_unit_test(test_many_frames),
+        cmocka_unit_test(test_late_and_stale_replies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

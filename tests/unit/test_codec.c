@@ -102,18 +102,30 @@ static void test_split_object(void **state)
     titan_json_split sp;
     char err[256];
     const char *t = "{\"op\":\"matrix_multiply\", \"a\" : [[1,2],[3,4]], \"x\":{\"y\":[1]}, \"b\":[[5],[6]]}";
-    assert_int_equal(titan_json_split_object(t, strlen(t), &sp, err, sizeof(err)), 0);
+    assert_int_equal(titan_json_split_object(t, strlen(t), TITAN_DTYPE_FLOAT32, 1000, &sp, err, sizeof(err)), 0);
     assert_int_equal(sp.nspans, 2);
     assert_int_equal(sp.spans[0].key_len, 1);
     assert_memory_equal(sp.spans[0].key, "a", 1);
     assert_memory_equal(sp.spans[1].val, "[[5],[6]]", 9);
     assert_string_equal(sp.rest, "{\"op\":\"matrix_multiply\",\"a\":null,\"x\":{\"y\":[1]},\"b\":null}");
-    free(sp.rest);
+    /* numeric arrays arrive parsed */
+    assert_non_null(sp.spans[0].data);
+    assert_int_equal(sp.spans[0].rank, 2);
+    assert_true(((float *)sp.spans[0].data)[3] == 4.0f);
+    titan_json_split_release(&sp);
+    /* a non-numeric array is kept as text, and invalid JSON inside it is still caught */
+    const char *t2 = "{\"op\":\"x\",\"a\":[\"s\", {\"k\":[1]}]}";
+    assert_int_equal(titan_json_split_object(t2, strlen(t2), TITAN_DTYPE_FLOAT32, 1000, &sp, err, sizeof(err)), 0);
+    assert_int_equal(sp.nspans, 1);
+    assert_null(sp.spans[0].data);
+    titan_json_split_release(&sp);
+    const char *t3 = "{\"op\":\"x\",\"a\":[1, 2,]}";
+    assert_int_equal(titan_json_split_object(t3, strlen(t3), TITAN_DTYPE_FLOAT32, 1000, &sp, err, sizeof(err)), -EINVAL);
     const char *bad[] = {"", "[]", "1", "\"op\"", "{", "{\"a\"}", "{\"a\":1,}", "{\"a\":1} {}", "{\"a\":[1,2}",
                          "{\"a\":\"\x01\"}", "{\"a\":\"\\x\"}", "{\"a\":]}", "null"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         err[0] = 0;
-        assert_int_equal(titan_json_split_object(bad[i], strlen(bad[i]), &sp, err, sizeof(err)), -EINVAL);
+        assert_int_equal(titan_json_split_object(bad[i], strlen(bad[i]), TITAN_DTYPE_FLOAT32, 1000, &sp, err, sizeof(err)), -EINVAL);
         assert_true(err[0] != 0);
     }
     /* depth is bounded without recursion */
@@ -124,7 +136,7 @@ static void test_split_object(void **state)
     for (size_t i = 0; i < depth; i++) *o++ = '{';
     for (size_t i = 0; i < depth; i++) *o++ = '}';
     *o++ = '}';
-    assert_int_equal(titan_json_split_object(deep, (size_t)(o - deep), &sp, err, sizeof(err)), -EINVAL);
+    assert_int_equal(titan_json_split_object(deep, (size_t)(o - deep), TITAN_DTYPE_FLOAT32, 1000, &sp, err, sizeof(err)), -EINVAL);
     assert_non_null(strstr(err, "nested"));
     free(deep);
 }
