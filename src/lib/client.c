@@ -46,11 +46,16 @@ struct titan_reply {
 static int s_errno_from_zmq(int e)
 {
     switch (e) {
-    case ETERM: return ESHUTDOWN;
-    case EMTHREAD: return EMFILE;
-    case EFSM: return EPROTO;
-    case ENOCOMPATPROTO: return EINVAL;
-    default: return e;
+    case ETERM:
+        return ESHUTDOWN;
+    case EMTHREAD:
+        return EMFILE;
+    case EFSM:
+        return EPROTO;
+    case ENOCOMPATPROTO:
+        return EINVAL;
+    default:
+        return e;
     }
 }
 
@@ -112,7 +117,8 @@ static int s_open_socket(titan_client *c)
     void *s = zmq_socket(c->ctx, ZMQ_DEALER);
     if (!s) return -s_errno_from_zmq(errno);
     if (zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
-        zmq_setsockopt(s, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo) != 0 || zmq_connect(s, c->endpoint) != 0) {
+        zmq_setsockopt(s, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo) != 0 ||
+        zmq_connect(s, c->endpoint) != 0) {
         int e = s_errno_from_zmq(errno);
         zmq_close(s);
         return e == EPROTONOSUPPORT ? -EINVAL : -e;
@@ -479,7 +485,8 @@ TITAN_API int titan_client_gpu_info(titan_client *c, titan_gpu_info *info, char 
     snprintf(gi.name, sizeof gi.name, "%s", json_string_value(name));
     gi.total_memory_gb = json_number_value(mem);
     gi.multi_processor_count = (int)json_integer_value(mpc);
-    snprintf(gi.cuda_capability, sizeof gi.cuda_capability, "%s", json_is_string(cap) ? json_string_value(cap) : "");
+    snprintf(gi.cuda_capability, sizeof gi.cuda_capability, "%s",
+             json_is_string(cap) ? json_string_value(cap) : "");
     snprintf(gi.backend, sizeof gi.backend, "%s", backend ? json_string_value(backend) : "");
     if (raw_json) {
         char *raw = strdup(r->header);
@@ -500,7 +507,8 @@ out:
 /* Returns true when `v` is a JSON integer equal to `want`. */
 static bool s_json_int_is(const json_t *v, size_t want)
 {
-    return json_is_integer(v) && json_integer_value(v) >= 0 && (uint64_t)json_integer_value(v) == (uint64_t)want;
+    return json_is_integer(v) && json_integer_value(v) >= 0 &&
+           (uint64_t)json_integer_value(v) == (uint64_t)want;
 }
 
 TITAN_API int titan_client_matmul(titan_client *c, titan_dtype dt, size_t m, size_t k, size_t n,
@@ -544,8 +552,8 @@ TITAN_API int titan_client_matmul(titan_client *c, titan_dtype dt, size_t m, siz
         rc = s_proto(c, "matrix_multiply reply lacks a \"result\" tensor descriptor");
     } else if (!rdt || strcmp(rdt, dname) != 0) {
         rc = s_proto(c, "result dtype differs from the request's");
-    } else if (!json_is_array(shape) || json_array_size(shape) != 2 || !s_json_int_is(json_array_get(shape, 0), m) ||
-               !s_json_int_is(json_array_get(shape, 1), n)) {
+    } else if (!json_is_array(shape) || json_array_size(shape) != 2 ||
+               !s_json_int_is(json_array_get(shape, 0), m) || !s_json_int_is(json_array_get(shape, 1), n)) {
         rc = s_proto(c, "result shape is not [m, n]");
     } else if (!s_json_int_is(json_object_get(res, "frame"), 1)) {
         rc = s_proto(c, "result is not in frame 1");

@@ -13,6 +13,7 @@ void titan_config_init(titan_config *cfg)
     cfg->queue = 64;
     cfg->max_request_bytes = 1ULL << 30;
     cfg->max_result_bytes = 1ULL << 30;
+    cfg->max_inflight_bytes = 4ULL << 30;
 }
 
 void titan_config_free(titan_config *cfg)
@@ -86,6 +87,7 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         {"queue", 0, 1000000},
         {"max-request-bytes", 1024, 1ULL << 40},
         {"max-result-bytes", 1024, 1ULL << 40},
+        {"max-inflight-bytes", 1024, 1ULL << 42},
     };
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
         if (strcmp(key, nums[i].name) != 0) continue;
@@ -100,7 +102,8 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         else if (i == 1) cfg->blas_threads = (int)u;
         else if (i == 2) cfg->queue = (int)u;
         else if (i == 3) cfg->max_request_bytes = u;
-        else cfg->max_result_bytes = u;
+        else if (i == 4) cfg->max_result_bytes = u;
+        else cfg->max_inflight_bytes = u;
         return 0;
     }
     snprintf(err, errcap, "unknown setting '%s'", key);

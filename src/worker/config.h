@@ -16,6 +16,7 @@ typedef struct {
     int queue;               /* requests waiting beyond the busy executors before "busy" */
     uint64_t max_request_bytes;
     uint64_t max_result_bytes;
+    uint64_t max_inflight_bytes; /* request bytes held at once (queued + running) before "busy" */
     char *log_level;
     char *endpoint_file;     /* written with the bound endpoints once ready */
 } titan_config;

@@ -1,5 +1,6 @@
 /* main.c - titan-worker: options, start-up, signals and shutdown. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,11 +18,20 @@
 #include "titan/titan.h"
 
 static volatile sig_atomic_t s_stop;
+/* Signals may land on any thread (BLAS libraries start theirs before main), so the handler
+ * also writes to this pipe, which the I/O loop polls. */
+static int s_wake[2] = {-1, -1};
 
 static void s_on_signal(int sig)
 {
     (void)sig;
+    int saved = errno;
     s_stop = 1;
+    if (s_wake[1] >= 0) {
+        ssize_t w = write(s_wake[1], "x", 1);
+        (void)w;
+    }
+    errno = saved;
 }
 
 static void s_usage(FILE *f)
@@ -40,6 +50,8 @@ static void s_usage(FILE *f)
             "                           answers \"busy\" (default 64)\n"
             "  --max-request-bytes N    largest request accepted, K/M/G suffixes (default 1G)\n"
             "  --max-result-bytes N     largest result computed (default 1G)\n"
+            "  --max-inflight-bytes N   request bytes held at once, queued and running, before the\n"
+            "                           worker answers \"busy\" (default 4G)\n"
             "  --log-level LEVEL        error | warn | info | debug (default info; debug logs every request)\n"
             "  --endpoint-file PATH     write the bound endpoints here once ready (for scripts and tests)\n"
             "  --config FILE            read settings from FILE: 'key = value' lines with the option\n"
@@ -69,7 +81,7 @@ static int s_write_endpoint_file(const char *path, const char *endpoints)
 int main(int argc, char **argv)
 {
     enum { O_BIND = 1000, O_DEVICE, O_THREADS, O_BLAS, O_QUEUE, O_MAXREQ, O_MAXRES, O_LOG, O_EPFILE, O_CONFIG,
-           O_VERSION };
+           O_VERSION, O_MAXINFL };
     static const struct option longopts[] = {
         {"bind", required_argument, 0, O_BIND},
         {"device", required_argument, 0, O_DEVICE},
@@ -78,6 +90,7 @@ int main(int argc, char **argv)
         {"queue", required_argument, 0, O_QUEUE},
         {"max-request-bytes", required_argument, 0, O_MAXREQ},
         {"max-result-bytes", required_argument, 0, O_MAXRES},
+        {"max-inflight-bytes", required_argument, 0, O_MAXINFL},
         {"log-level", required_argument, 0, O_LOG},
         {"endpoint-file", required_argument, 0, O_EPFILE},
         {"config", required_argument, 0, O_CONFIG},
@@ -106,7 +119,7 @@ int main(int argc, char **argv)
             config_path = optarg;
             break;
         default:
-            if (c >= O_BIND && c <= O_EPFILE && ncli < 64) {
+            if (((c >= O_BIND && c <= O_EPFILE) || c == O_MAXINFL) && ncli < 64) {
                 for (const struct option *o = longopts; o->name; o++) {
                     if (o->val == c) {
                         cli_keys[ncli] = o->name;
@@ -160,6 +173,7 @@ int main(int argc, char **argv)
     w.queue = cfg->queue;
     w.limits.max_request_bytes = cfg->max_request_bytes;
     w.limits.max_result_bytes = cfg->max_result_bytes;
+    w.limits.max_inflight_bytes = cfg->max_inflight_bytes;
     int rc = titan_backend_open(cfg->device, w.blas_threads, &w.backend, err, sizeof(err));
     if (rc) {
         titan_log(TITAN_LOG_ERROR, "%s", err);
@@ -188,6 +202,7 @@ int main(int argc, char **argv)
         titan_config_free(cfg);
         return 1;
     }
+    if (pipe2(s_wake, O_NONBLOCK | O_CLOEXEC) != 0) s_wake[0] = s_wake[1] = -1;
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = s_on_signal;
@@ -209,7 +224,7 @@ int main(int argc, char **argv)
         rc = s_write_endpoint_file(cfg->endpoint_file, titan_server_endpoints(srv));
         if (rc) titan_log(TITAN_LOG_ERROR, "cannot write %s: %s", cfg->endpoint_file, strerror(-rc));
     }
-    rc = rc ? rc : titan_server_run(srv, &s_stop);
+    rc = rc ? rc : titan_server_run(srv, &s_stop, s_wake[0]);
     unsigned long long served, errors;
     titan_server_counts(srv, &served, &errors);
     titan_server_destroy(&srv);

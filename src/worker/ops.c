@@ -194,11 +194,12 @@ static int s_ops(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_
         }
         json_array_append_new(list, o);
     }
-    json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:o, s:{s:I, s:I, s:i, s:i, s:i, s:i}}", "protocol",
+    json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:o, s:{s:I, s:I, s:I, s:i, s:i, s:i, s:i}}", "protocol",
                           TITAN_PROTOCOL_VERSION, "version", TITAN_VERSION, "backend", w->backend->info.backend,
                           "device", w->backend->info.name, "ops", list, "limits", "max_request_bytes",
                           (json_int_t)w->limits.max_request_bytes, "max_result_bytes",
-                          (json_int_t)w->limits.max_result_bytes, "max_frames", TITAN_MAX_BODY_FRAMES,
+                          (json_int_t)w->limits.max_result_bytes, "max_inflight_bytes",
+                          (json_int_t)w->limits.max_inflight_bytes, "max_frames", TITAN_MAX_BODY_FRAMES,
                           "max_rank", TITAN_MAX_RANK, "max_json_depth", TITAN_JSON_MAX_DEPTH, "queue", w->queue);
     if (titan_out_json(out, o, req->id)) return titan_fail(err, "internal", "out of memory");
     return 0;

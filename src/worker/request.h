@@ -27,6 +27,7 @@ int titan_fail(titan_error *err, const char *code, const char *fmt, ...) __attri
 typedef struct {
     uint64_t max_request_bytes;
     uint64_t max_result_bytes;
+    uint64_t max_inflight_bytes;
 } titan_limits;
 
 typedef struct {

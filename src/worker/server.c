@@ -52,6 +52,8 @@ struct titan_server {
     bool busy[MAX_EXECUTORS];
     int nexec;
     int queue_cap;
+    uint64_t max_inflight_bytes;
+    uint64_t inflight_bytes; /* body bytes of queued and running jobs */
     titan_job *qhead, *qtail;
     int qlen;
     int running;
@@ -204,6 +206,7 @@ static void s_dispatch(titan_server *s)
         s->qlen--;
         j->next = NULL;
         if (zmq_send(s->pairs[idle], &j, sizeof(j), 0) != sizeof(j)) {
+            s->inflight_bytes -= j->bytes;
             s_job_error(j, "internal", "could not hand the request to an executor");
             s_reply(s, j);
             continue;
@@ -297,6 +300,14 @@ static void s_admit(titan_server *s, titan_job *j)
         s_reply(s, j);
         return;
     }
+    if (s->inflight_bytes + j->bytes > s->max_inflight_bytes && s->inflight_bytes > 0) {
+        s_job_error(j, "busy", "worker busy: %llu bytes of requests in hand, the limit is %llu; retry later or send "
+                    "it to another backend", (unsigned long long)s->inflight_bytes,
+                    (unsigned long long)s->max_inflight_bytes);
+        s_reply(s, j);
+        return;
+    }
+    s->inflight_bytes += j->bytes;
     if (s->qtail)
         s->qtail->next = j;
     else
@@ -315,6 +326,7 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, cha
     }
     s->w = w;
     s->queue_cap = cfg->queue;
+    s->max_inflight_bytes = cfg->max_inflight_bytes;
     s->nexec = w->threads;
     if (s->nexec < 1) s->nexec = 1;
     if (s->nexec > MAX_EXECUTORS) s->nexec = MAX_EXECUTORS;
@@ -322,7 +334,8 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, cha
     if (!s->ctx) goto fail_zmq;
     s->router = zmq_socket(s->ctx, ZMQ_ROUTER);
     if (!s->router) goto fail_zmq;
-    int linger = 1000, hwm = 100000;
+    /* A peer that sends faster than we admit is held back by TCP once its pipe holds this many. */
+    int linger = 1000, hwm = 1000;
     /* The transport drops (and disconnects) frames far over the request cap before they fill memory. */
     int64_t maxmsg = (int64_t)(cfg->max_request_bytes * 2 + (64ULL << 20));
     zmq_setsockopt(s->router, ZMQ_LINGER, &linger, sizeof(linger));
@@ -384,12 +397,13 @@ static void s_collect(titan_server *s, int i)
     if (rc != sizeof(j) || !j) return;
     s->busy[i] = false;
     s->running--;
+    s->inflight_bytes -= j->bytes;
     s_reply(s, j);
 }
 
-int titan_server_run(titan_server *s, volatile sig_atomic_t *stop)
+int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd)
 {
-    zmq_pollitem_t items[1 + MAX_EXECUTORS];
+    zmq_pollitem_t items[2 + MAX_EXECUTORS];
     memset(items, 0, sizeof(items));
     items[0].socket = s->router;
     items[0].events = ZMQ_POLLIN;
@@ -397,9 +411,15 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop)
         items[1 + i].socket = s->pairs[i];
         items[1 + i].events = ZMQ_POLLIN;
     }
+    int nitems = 1 + s->nexec;
+    if (wake_fd >= 0) {
+        items[nitems].fd = wake_fd;
+        items[nitems].events = ZMQ_POLLIN;
+        nitems++;
+    }
     int rc = 0;
     while (!*stop) {
-        int n = zmq_poll(items, 1 + s->nexec, -1);
+        int n = zmq_poll(items, nitems, -1);
         if (n < 0) {
             if (zmq_errno() == EINTR) continue;
             rc = -zmq_errno();
@@ -424,6 +444,7 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop)
         s->qhead = j->next;
         s->qlen--;
         j->next = NULL;
+        s->inflight_bytes -= j->bytes;
         s_job_error(j, "unavailable", "the worker is shutting down; retry on another backend or after restart");
         s_reply(s, j);
     }

@@ -243,6 +243,22 @@ def size_cap_busy_deadline():
     tap.ok("busy" in codes and "ok" in codes, "a full queue answers busy at once", codes)
     d.close()
     w2.stop()
+    # busy by bytes: the queue has room but the bytes in hand are capped
+    w2 = Worker(BIN, "--threads", "1", "--queue", "8", "--max-inflight-bytes", "1M")
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.LINGER, 0)
+    d.setsockopt(zmq.RCVTIMEO, 30000)
+    d.connect(w2.endpoint)
+    a = np.ones((250, 250), np.float64)  # 1 MB a request
+    hdr = json.dumps({"op": "matrix_multiply", "a": desc(a, 1), "b": desc(a, 2)}).encode()
+    for i in range(4):
+        d.send_multipart([b"", hdr, a.tobytes(), a.tobytes()])
+    reps = [json.loads(d.recv_multipart()[1]) for _ in range(4)]
+    codes = [r.get("code", "ok") for r in reps]
+    tap.ok(codes.count("ok") >= 1 and "busy" in codes and any("bytes" in r.get("error", "") for r in reps),
+           "max_inflight_bytes answers busy", codes)
+    d.close()
+    w2.stop()
     w3 = Worker(BIN, "--threads", "1", "--queue", "8")
     d = ctx.socket(zmq.DEALER)
     d.setsockopt(zmq.LINGER, 0)

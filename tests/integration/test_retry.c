@@ -128,8 +128,18 @@ static int worker_start(worker *w, const char *bind, const char *name, const cha
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
-        char *args[] = {(char *)g_worker_path, "--bind", (char *)bind, "--endpoint-file", w->epfile,
-                        "--device", "cpu", "--queue", (char *)queue, "--log-level", "error", NULL};
+        char *args[] = {(char *)g_worker_path,
+                        "--bind",
+                        (char *)bind,
+                        "--endpoint-file",
+                        w->epfile,
+                        "--device",
+                        "cpu",
+                        "--queue",
+                        (char *)queue,
+                        "--log-level",
+                        "error",
+                        NULL};
         execv(g_worker_path, args);
         _exit(127);
     }
@@ -194,8 +204,8 @@ static int check_product(titan_dtype dt, size_t m, size_t k, size_t n, const voi
             }
             double g = elem(dt, got, i * n + j);
             if (!(fabs(g - sum) <= 2.0 * (double)k * eps * mag + 1e-300)) {
-                snprintf(why, cap, "%s %zux%zux%zu: C[%zu][%zu] = %.17g, expected %.17g", titan_dtype_name(dt),
-                         m, k, n, i, j, g, sum);
+                snprintf(why, cap, "%s %zux%zux%zu: C[%zu][%zu] = %.17g, expected %.17g",
+                         titan_dtype_name(dt), m, k, n, i, j, g, sum);
                 return -1;
             }
         }
@@ -283,7 +293,8 @@ static void test_retry_across_restart(void **state)
         fail_msg("matmul failed: %d %s (%s)", call.rc, titan_client_last_code(c), titan_client_last_error(c));
     assert_true(call.retries >= 1);
     char why[256];
-    if (check_product(TITAN_DTYPE_FLOAT64, 3, 4, 5, a, b, call.out, why, sizeof why) != 0) fail_msg("%s", why);
+    if (check_product(TITAN_DTYPE_FLOAT64, 3, 4, 5, a, b, call.out, why, sizeof why) != 0)
+        fail_msg("%s", why);
 
     /* The client goes on normally: the next call needs no retry. */
     assert_int_equal(titan_client_ping(c, NULL), 0);
@@ -368,7 +379,8 @@ static void *mixed_job_run(void *arg)
             titan_gpu_info gi;
             int rc = titan_client_gpu_info(c, &gi, NULL);
             if (rc != 0 || !gi.name[0] || strcmp(gi.backend, "cpu") != 0)
-                return job_fail(j, c, "client %d: gpu_info: %d backend \"%s\"", j->id, rc, rc ? "" : gi.backend);
+                return job_fail(j, c, "client %d: gpu_info: %d backend \"%s\"", j->id, rc,
+                                rc ? "" : gi.backend);
         } else {
             titan_dtype dt = op == 2 ? TITAN_DTYPE_FLOAT32 : TITAN_DTYPE_FLOAT64;
             size_t m = 1 + splitmix64(&seed) % MAX_DIM, k = 1 + splitmix64(&seed) % MAX_DIM;

@@ -68,16 +68,24 @@ static void test_new_with_null_opts_and_destroy(void **state)
 
 static void test_bad_endpoint(void **state)
 {
-    const char *bad[] = {"", "not-an-endpoint", "tcp://", "tcp://127.0.0.1", "tcp://127.0.0.1:notaport",
-                         "bogus://127.0.0.1:5555", "tcp://127.0.0.1:99999", "tcp://127.0.0.1:0",
-                         "tcp://127.0.0.1:*", "tcp://127.0.0.1:-1"};
+    const char *bad[] = {"",
+                         "not-an-endpoint",
+                         "tcp://",
+                         "tcp://127.0.0.1",
+                         "tcp://127.0.0.1:notaport",
+                         "bogus://127.0.0.1:5555",
+                         "tcp://127.0.0.1:99999",
+                         "tcp://127.0.0.1:0",
+                         "tcp://127.0.0.1:*",
+                         "tcp://127.0.0.1:-1"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         errno = 0;
         titan_client *c = titan_client_new(bad[i], NULL);
         if (c) fail_msg("endpoint \"%s\" was accepted", bad[i]);
         assert_int_equal(errno, EINVAL);
     }
-    const char *good[] = {"tcp://localhost:5555", "tcp://[::1]:5555", "ipc:///tmp/titan.sock", "inproc://titan"};
+    const char *good[] = {"tcp://localhost:5555", "tcp://[::1]:5555", "ipc:///tmp/titan.sock",
+                          "inproc://titan"};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
         titan_client *c = titan_client_new(good[i], NULL);
         if (!c) fail_msg("endpoint \"%s\" was refused: %s", good[i], strerror(errno));
@@ -222,8 +230,9 @@ static void test_invalid_arguments(void **state)
     assert_int_equal(titan_client_matmul(c, TITAN_DTYPE_FLOAT32, (size_t)INT64_MAX + 1, 2, 2, a, b, &out),
                      -EINVAL);
     /* Sizes whose byte counts overflow are refused before anything is sent. */
-    assert_int_equal(titan_client_matmul(c, TITAN_DTYPE_FLOAT64, (size_t)1 << 31, (size_t)1 << 31, 2, a, b, &out),
-                     -EOVERFLOW);
+    assert_int_equal(
+        titan_client_matmul(c, TITAN_DTYPE_FLOAT64, (size_t)1 << 31, (size_t)1 << 31, 2, a, b, &out),
+        -EOVERFLOW);
     assert_null(out);
 
     /* Accessors take NULL. */
@@ -351,7 +360,10 @@ static void fake_stop(fake_worker *f)
     pthread_mutex_destroy(&f->lock);
 }
 
-#define TXT(s) {s, sizeof(s) - 1}
+#define TXT(s)                                                                                               \
+    {                                                                                                        \
+        s, sizeof(s) - 1                                                                                     \
+    }
 
 static const float g_c22[4] = {19, 22, 43, 50};
 
@@ -361,17 +373,32 @@ static const canned_reply g_script[] = {
     /* 2 */ {0, 2, {TXT(""), TXT("this is not json")}},
     /* 3 */ {0, 1, {TXT("{\"status\":\"ok\",\"gpu\":\"no delimiter\"}")}},
     /* 4 */ {0, 2, {TXT(""), TXT("{\"status\":\"ok\",\"gpu\":\"after\"}")}},
-    /* 5 */ {0, 2, {TXT(""), TXT("{\"name\":\"Fake GPU\",\"total_memory_gb\":12,\"multi_processor_count\":24,"
-                             "\"cuda_capability\":null,\"backend\":\"cpu\"}")}},
+    /* 5 */
+    {0,
+     2,
+     {TXT(""), TXT("{\"name\":\"Fake GPU\",\"total_memory_gb\":12,\"multi_processor_count\":24,"
+                   "\"cuda_capability\":null,\"backend\":\"cpu\"}")}},
     /* 6 */ {0, 2, {TXT(""), TXT("{\"total_memory_gb\":12,\"multi_processor_count\":24}")}},
-    /* 7 */ {0, 3, {TXT(""), TXT("{\"result\":{\"dtype\":\"float32\",\"shape\":[2,2],\"frame\":1}}"),
-                   {g_c22, sizeof g_c22}}},
-    /* 8 */ {0, 3, {TXT(""), TXT("{\"result\":{\"dtype\":\"float32\",\"shape\":[2,2],\"frame\":1}}"),
-                   {g_c22, 12}}},
-    /* 9 */ {0, 3, {TXT(""), TXT("{\"result\":{\"dtype\":\"float32\",\"shape\":[1,4],\"frame\":1}}"),
-                   {g_c22, sizeof g_c22}}},
-    /* 10 */ {0, 3, {TXT(""), TXT("{\"result\":{\"dtype\":\"float64\",\"shape\":[2,2],\"frame\":1}}"),
-                    {g_c22, sizeof g_c22}}},
+    /* 7 */
+    {0,
+     3,
+     {TXT(""),
+      TXT("{\"result\":{\"dtype\":\"float32\",\"shape\":[2,2],\"frame\":1}}"),
+      {g_c22, sizeof g_c22}}},
+    /* 8 */
+    {0, 3, {TXT(""), TXT("{\"result\":{\"dtype\":\"float32\",\"shape\":[2,2],\"frame\":1}}"), {g_c22, 12}}},
+    /* 9 */
+    {0,
+     3,
+     {TXT(""),
+      TXT("{\"result\":{\"dtype\":\"float32\",\"shape\":[1,4],\"frame\":1}}"),
+      {g_c22, sizeof g_c22}}},
+    /* 10 */
+    {0,
+     3,
+     {TXT(""),
+      TXT("{\"result\":{\"dtype\":\"float64\",\"shape\":[2,2],\"frame\":1}}"),
+      {g_c22, sizeof g_c22}}},
     /* 11 */ {0, 2, {TXT(""), TXT("{\"result\":[[19,22],[43,50]]}")}},
     /* 12 */ {0, 2, {TXT(""), TXT("{\"error\":\"something odd\"}")}},
     /* 13 */ {0, 4, {TXT(""), TXT("{\"anything\":1}"), TXT("abc"), TXT("")}},
@@ -435,8 +462,9 @@ static void test_fake_worker_replies(void **state)
     assert_memory_equal(out, g_c22, sizeof g_c22);
     free(out);
     pthread_mutex_lock(&f.lock);
-    assert_string_equal(f.last_header, "{\"op\":\"matrix_multiply\",\"a\":{\"dtype\":\"float32\",\"shape\":[2,2],"
-                                       "\"frame\":1},\"b\":{\"dtype\":\"float32\",\"shape\":[2,2],\"frame\":2}}");
+    assert_string_equal(f.last_header,
+                        "{\"op\":\"matrix_multiply\",\"a\":{\"dtype\":\"float32\",\"shape\":[2,2],"
+                        "\"frame\":1},\"b\":{\"dtype\":\"float32\",\"shape\":[2,2],\"frame\":2}}");
     assert_int_equal(f.last_nframes, 2);
     assert_int_equal(f.last_frame_sizes[0], 16);
     assert_int_equal(f.last_frame_sizes[1], 16);

@@ -1,0 +1,91 @@
+/* cli.h - shared declarations of the titan command-line tool (options, errors, output). */
+#ifndef TITAN_CLI_H
+#define TITAN_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "titan/titan.h"
+
+#define CLI_DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
+#define CLI_MAX_DIM 1048576 /* largest matrix dimension the CLI accepts */
+#define CLI_MAX_TIMEOUT_MS 3600000
+#define CLI_MAX_RETRIES 100
+
+/* Exit statuses, documented in `titan help`. */
+enum {
+    CLI_EXIT_OK = 0,
+    CLI_EXIT_REMOTE = 1,      /* the worker answered an error, a --check failed, or a local failure */
+    CLI_EXIT_USAGE = 2,       /* unknown command or option, bad number */
+    CLI_EXIT_UNREACHABLE = 3, /* no answer after all retries */
+};
+
+typedef struct {
+    const char *endpoint;
+    int timeout_ms;
+    int retries;
+    bool json;
+} cli_globals;
+
+typedef struct {
+    const char *name;
+    const char *summary;
+    /* Runs the command on argv[0..argc) (the arguments after its name); returns an exit status. */
+    int (*run)(cli_globals *g, int argc, char **argv);
+    void (*help)(FILE *f);
+} cli_command;
+
+/* Commands (cmd_basic.c, cmd_bench.c). */
+int cli_cmd_ping(cli_globals *g, int argc, char **argv);
+int cli_cmd_info(cli_globals *g, int argc, char **argv);
+int cli_cmd_matmul(cli_globals *g, int argc, char **argv);
+int cli_cmd_bench(cli_globals *g, int argc, char **argv);
+void cli_help_ping(FILE *f);
+void cli_help_info(FILE *f);
+void cli_help_matmul(FILE *f);
+void cli_help_bench(FILE *f);
+
+/* Option parsing (main.c). */
+
+/* If argv[*i] is `name` or `name=VALUE`, sets *value (taking the next argument for
+ * the first form, advancing *i) and returns 1; returns 0 when it is another
+ * argument, or prints a usage error and returns -1 when the value is missing. */
+int cli_match_option(const char *cmd, int argc, char **argv, int *i, const char *name, const char **value);
+/* Consumes a global option (--endpoint, --timeout, --retries, --json) at argv[*i] into `g`.
+ * Returns 1 when consumed, 0 when argv[*i] is not one, -1 after printing a usage error. */
+int cli_global_option(const char *cmd, cli_globals *g, int argc, char **argv, int *i);
+/* Parses `s`, the value of option `opt`, as a decimal integer in [min, max]. Returns 0
+ * and *out, or prints a usage error naming the accepted range and returns -1. */
+int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out);
+/* Prints "titan CMD: unknown option X" with a pointer to the help; returns CLI_EXIT_USAGE. */
+int cli_unknown_option(const char *cmd, const char *arg);
+/* Prints a usage error (printf-style) for `cmd` to stderr; returns CLI_EXIT_USAGE. */
+__attribute__((format(printf, 2, 3))) int cli_usage_error(const char *cmd, const char *fmt, ...);
+
+/* Clients and errors (main.c). */
+
+/* Makes a client for g->endpoint with g's timeout and retries. Returns 0 and *c, or
+ * prints why and returns an exit status. */
+int cli_client_new(const cli_globals *g, titan_client **c);
+/* Reports the failure `rc` of `what` ("ping"...) on `c` to stderr, and as one JSON
+ * object on stdout under --json, with a hint of what to do next. Returns the exit status. */
+int cli_report_failure(const cli_globals *g, const titan_client *c, int rc, const char *what);
+/* Prints `obj` (stolen) as one line of JSON on stdout. Returns CLI_EXIT_OK, or
+ * CLI_EXIT_REMOTE when it could not be built or written. */
+int cli_print_json(json_t *obj);
+
+/* Helpers (cmd_basic.c). */
+
+/* Returns the monotonic time in seconds. */
+double cli_now(void);
+/* Fills `count` elements of dtype `dt` at `buf` with uniform values in [-1, 1) drawn
+ * from the splitmix64 stream at *state (advanced). */
+void cli_fill_random(titan_dtype dt, void *buf, size_t count, uint64_t *state);
+/* Parses a --dtype value. Returns 0 and *dt, or prints a usage error and returns -1. */
+int cli_parse_dtype(const char *cmd, const char *s, titan_dtype *dt);
+
+#endif

@@ -1,0 +1,319 @@
+/* cmd_basic.c - the ping, info and matmul commands of the titan CLI. */
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cblas.h>
+
+#include "cli.h"
+
+double cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Returns the next value of the splitmix64 stream at *state. */
+static uint64_t s_splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void cli_fill_random(titan_dtype dt, void *buf, size_t count, uint64_t *state)
+{
+    for (size_t i = 0; i < count; i++) {
+        /* 53 random bits scaled to [0, 1), then mapped to [-1, 1). */
+        double u = (double)(s_splitmix64(state) >> 11) * 0x1.0p-53;
+        double v = 2.0 * u - 1.0;
+        if (dt == TITAN_DTYPE_FLOAT32)
+            ((float *)buf)[i] = (float)v;
+        else
+            ((double *)buf)[i] = v;
+    }
+}
+
+int cli_parse_dtype(const char *cmd, const char *s, titan_dtype *dt)
+{
+    titan_dtype d = titan_dtype_from_name(s);
+    if (d == TITAN_DTYPE_INVALID) {
+        cli_usage_error(cmd, "--dtype must be float32 or float64, not \"%s\"", s);
+        return -1;
+    }
+    *dt = d;
+    return 0;
+}
+
+/* Rejects positional arguments for commands that take none. Returns CLI_EXIT_OK or CLI_EXIT_USAGE. */
+static int s_only_globals(const char *cmd, cli_globals *g, int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        int r = cli_global_option(cmd, g, argc, argv, &i);
+        if (r < 0) return CLI_EXIT_USAGE;
+        if (r == 0) return cli_unknown_option(cmd, argv[i]);
+    }
+    return CLI_EXIT_OK;
+}
+
+void cli_help_ping(FILE *f)
+{
+    fprintf(f, "usage: titan [global options] ping\n"
+               "\n"
+               "Sends one ping to the worker and prints its device and the round-trip time.\n"
+               "\n"
+               "examples:\n"
+               "  titan ping\n"
+               "  titan --endpoint tcp://192.168.122.10:5555 --timeout 1000 --retries 0 ping\n"
+               "  titan ping --json      # {\"status\":\"ok\",\"device\":...,\"rtt_ms\":...}\n"
+               "\n"
+               "exit status: 0 the worker answered, 1 it answered an error, 3 no answer.\n");
+}
+
+int cli_cmd_ping(cli_globals *g, int argc, char **argv)
+{
+    titan_client *c = NULL;
+    char *device = NULL;
+    int rc = s_only_globals("ping", g, argc, argv);
+    if (rc != CLI_EXIT_OK || (rc = cli_client_new(g, &c)) != CLI_EXIT_OK) return rc;
+    double t0 = cli_now();
+    int err = titan_client_ping(c, &device);
+    double ms = (cli_now() - t0) * 1e3;
+    if (err) {
+        rc = cli_report_failure(g, c, err, "ping");
+    } else if (g->json) {
+        rc = cli_print_json(json_pack("{s:s, s:s, s:s, s:f, s:i}", "status", "ok", "endpoint", g->endpoint,
+                                      "device", device, "rtt_ms", ms, "retries",
+                                      titan_client_last_retries(c)));
+    } else {
+        printf("pong from %s at %s: %.3f ms", device, g->endpoint, ms);
+        if (titan_client_last_retries(c)) printf(" (after %d retries)", titan_client_last_retries(c));
+        printf("\n");
+    }
+    free(device);
+    titan_client_destroy(&c);
+    return rc;
+}
+
+void cli_help_info(FILE *f)
+{
+    fprintf(f, "usage: titan [global options] info\n"
+               "\n"
+               "Shows the worker's device: name, backend (cpu or cuda), memory, multiprocessors\n"
+               "(CPU cores on the cpu backend) and CUDA capability. With --json, prints the\n"
+               "worker's gpu_info reply as is.\n"
+               "\n"
+               "examples:\n"
+               "  titan info\n"
+               "  titan info --json | jq .total_memory_gb\n");
+}
+
+int cli_cmd_info(cli_globals *g, int argc, char **argv)
+{
+    titan_client *c = NULL;
+    titan_gpu_info gi;
+    char *raw = NULL;
+    int rc = s_only_globals("info", g, argc, argv);
+    if (rc != CLI_EXIT_OK || (rc = cli_client_new(g, &c)) != CLI_EXIT_OK) return rc;
+    int err = titan_client_gpu_info(c, &gi, &raw);
+    if (err) {
+        rc = cli_report_failure(g, c, err, "gpu_info request");
+    } else if (g->json) {
+        json_error_t jerr;
+        rc = cli_print_json(json_loads(raw, 0, &jerr));
+    } else {
+        bool cpu = strcmp(gi.backend, "cpu") == 0;
+        printf("%-18s %s\n", "device", gi.name);
+        printf("%-18s %s\n", "backend", *gi.backend ? gi.backend : "(not reported)");
+        printf("%-18s %.1f GB\n", "total memory", gi.total_memory_gb);
+        printf("%-18s %d\n", cpu ? "cores" : "multiprocessors", gi.multi_processor_count);
+        printf("%-18s %s\n", "cuda capability", *gi.cuda_capability ? gi.cuda_capability : "-");
+        printf("%-18s %s\n", "endpoint", g->endpoint);
+    }
+    free(raw);
+    titan_client_destroy(&c);
+    return rc;
+}
+
+void cli_help_matmul(FILE *f)
+{
+    fprintf(f,
+            "usage: titan [global options] matmul --m M --k K --n N [--dtype float32|float64]\n"
+            "                                     [--seed S] [--check]\n"
+            "\n"
+            "Multiplies a random M x K matrix by a random K x N matrix (values uniform in [-1, 1))\n"
+            "on the worker, sent as binary frames, and prints the round-trip time and GFLOP/s\n"
+            "(2*M*N*K floating-point operations; the time includes the transfers).\n"
+            "\n"
+            "options:\n"
+            "  --m M, --k K, --n N   matrix sizes, 1 to %d each (required)\n"
+            "  --dtype D             float32 (default) or float64\n"
+            "  --seed S              seed of the random inputs (default 1), for reproducible runs\n"
+            "  --check               also compute the product locally with OpenBLAS and compare:\n"
+            "                        prints the largest absolute error and the relative error\n"
+            "                        (largest absolute error / largest |C| entry); fails with exit\n"
+            "                        status 1 when the relative error exceeds 8*sqrt(K)*epsilon\n"
+            "                        (epsilon = 2^-23 for float32, 2^-52 for float64)\n"
+            "\n"
+            "examples:\n"
+            "  titan matmul --m 512 --k 512 --n 512\n"
+            "  titan matmul --m 1000 --k 300 --n 20 --dtype float64 --check\n"
+            "  titan --timeout 60000 matmul --m 8192 --k 8192 --n 8192 --json\n",
+            CLI_MAX_DIM);
+}
+
+/* Returns the relative-error tolerance of --check for `dt` and inner dimension k:
+ * a few times the typical rounding error of a length-k dot product. */
+static double s_check_tolerance(titan_dtype dt, size_t k)
+{
+    double eps = dt == TITAN_DTYPE_FLOAT32 ? (double)FLT_EPSILON : DBL_EPSILON;
+    return 8.0 * sqrt((double)k) * eps;
+}
+
+/* Compares the worker's product `got` with OpenBLAS's for a (m x k) * b (k x n).
+ * Returns 0 with the largest absolute and relative errors, or -ENOMEM. */
+static int s_check_product(titan_dtype dt, size_t m, size_t k, size_t n, const void *a, const void *b,
+                           const void *got, double *max_abs, double *max_rel)
+{
+    size_t esize = titan_dtype_size(dt);
+    void *ref = malloc(m * n * esize);
+    if (!ref) return -ENOMEM;
+    if (dt == TITAN_DTYPE_FLOAT32)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)m, (blasint)n, (blasint)k, 1.0f, a,
+                    (blasint)k, b, (blasint)n, 0.0f, ref, (blasint)n);
+    else
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)m, (blasint)n, (blasint)k, 1.0, a,
+                    (blasint)k, b, (blasint)n, 0.0, ref, (blasint)n);
+    double worst = 0, scale = 0;
+    bool nan = false;
+    for (size_t i = 0; i < m * n; i++) {
+        double r = dt == TITAN_DTYPE_FLOAT32 ? ((const float *)ref)[i] : ((const double *)ref)[i];
+        double x = dt == TITAN_DTYPE_FLOAT32 ? ((const float *)got)[i] : ((const double *)got)[i];
+        double d = fabs(x - r);
+        if (isnan(d))
+            nan = true;
+        else if (d > worst)
+            worst = d;
+        if (fabs(r) > scale) scale = fabs(r);
+    }
+    free(ref);
+    if (nan) worst = NAN; /* a NaN where OpenBLAS has a number must fail the check */
+    *max_abs = worst;
+    *max_rel = worst / (scale > 0 ? scale : DBL_MIN);
+    return 0;
+}
+
+/* Returns `v` as a JSON real, or null when it is NaN or infinite (JSON has no such numbers). */
+static json_t *s_json_number(double v)
+{
+    return isfinite(v) ? json_real(v) : json_null();
+}
+
+int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
+{
+    const char *cmd = "matmul";
+    uint64_t dims[3] = {0, 0, 0};
+    const char *dim_names[3] = {"--m", "--k", "--n"};
+    uint64_t seed = 1;
+    titan_dtype dt = TITAN_DTYPE_FLOAT32;
+    bool check = false;
+
+    for (int i = 0; i < argc; i++) {
+        const char *v = NULL;
+        int r = cli_global_option(cmd, g, argc, argv, &i);
+        if (r < 0) return CLI_EXIT_USAGE;
+        if (r > 0) continue;
+        if (strcmp(argv[i], "--check") == 0) {
+            check = true;
+            continue;
+        }
+        for (int d = 0; d < 3 && r == 0; d++) {
+            r = cli_match_option(cmd, argc, argv, &i, dim_names[d], &v);
+            if (r > 0 && cli_parse_u64(cmd, dim_names[d], v, 1, CLI_MAX_DIM, &dims[d]) < 0) r = -1;
+        }
+        if (r == 0 && (r = cli_match_option(cmd, argc, argv, &i, "--dtype", &v)) > 0 &&
+            cli_parse_dtype(cmd, v, &dt) < 0)
+            r = -1;
+        if (r == 0 && (r = cli_match_option(cmd, argc, argv, &i, "--seed", &v)) > 0 &&
+            cli_parse_u64(cmd, "--seed", v, 0, UINT64_MAX, &seed) < 0)
+            r = -1;
+        if (r < 0) return CLI_EXIT_USAGE;
+        if (r == 0) return cli_unknown_option(cmd, argv[i]);
+    }
+    if (!dims[0] || !dims[1] || !dims[2])
+        return cli_usage_error(cmd,
+                               "--m, --k and --n are required, e.g. titan matmul --m 512 --k 512 --n 512");
+
+    size_t m = dims[0], k = dims[1], n = dims[2], esize = titan_dtype_size(dt);
+    titan_client *c = NULL;
+    void *a = malloc(m * k * esize), *b = malloc(k * n * esize), *out = NULL;
+    int rc = CLI_EXIT_OK;
+    if (!a || !b) {
+        fprintf(stderr, "titan matmul: cannot allocate %.1f MiB for the inputs; use smaller --m/--k/--n\n",
+                (double)(m * k + k * n) * (double)esize / 1048576.0);
+        rc = CLI_EXIT_REMOTE;
+        goto out;
+    }
+    uint64_t state = seed;
+    cli_fill_random(dt, a, m * k, &state);
+    cli_fill_random(dt, b, k * n, &state);
+    if ((rc = cli_client_new(g, &c)) != CLI_EXIT_OK) goto out;
+
+    double t0 = cli_now();
+    int err = titan_client_matmul(c, dt, m, k, n, a, b, &out);
+    double secs = cli_now() - t0;
+    if (err) {
+        rc = cli_report_failure(g, c, err, "matrix_multiply request");
+        goto out;
+    }
+    double gflops = 2.0 * (double)m * (double)n * (double)k / secs * 1e-9;
+    double max_abs = 0, max_rel = 0, tol = s_check_tolerance(dt, k);
+    bool ok = true;
+    if (check) {
+        if (s_check_product(dt, m, k, n, a, b, out, &max_abs, &max_rel) < 0) {
+            fprintf(stderr,
+                    "titan matmul: cannot allocate the local result for --check; use smaller sizes\n");
+            rc = CLI_EXIT_REMOTE;
+            goto out;
+        }
+        ok = max_rel <= tol; /* false for NaN too */
+    }
+
+    if (g->json) {
+        json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:f, s:i}", "op", "matrix_multiply",
+                              "endpoint", g->endpoint, "dtype", titan_dtype_name(dt), "m", (json_int_t)m, "k",
+                              (json_int_t)k, "n", (json_int_t)n, "seed", (json_int_t)seed, "time_ms",
+                              secs * 1e3, "gflops", gflops, "retries", titan_client_last_retries(c));
+        if (o && check)
+            json_object_set_new(o, "check",
+                                json_pack("{s:o, s:o, s:f, s:b}", "max_abs_error", s_json_number(max_abs),
+                                          "max_rel_error", s_json_number(max_rel), "tolerance", tol, "ok",
+                                          ok));
+        rc = cli_print_json(o);
+    } else {
+        printf("matmul %zux%zu * %zux%zu %s on %s: %.3f ms, %.3g GFLOP/s (round trip, transfers included)\n",
+               m, k, k, n, titan_dtype_name(dt), g->endpoint, secs * 1e3, gflops);
+        if (check)
+            printf("check against OpenBLAS: max abs error %.3g, relative error %.3g (tolerance %.3g): %s\n",
+                   max_abs, max_rel, tol, ok ? "ok" : "FAILED");
+    }
+    if (!ok) {
+        fprintf(
+            stderr,
+            "titan matmul: the worker's result differs from OpenBLAS's by a relative error of %.3g, above "
+            "the tolerance %.3g; the worker's backend may be faulty: check its log and `titan info`\n",
+            max_rel, tol);
+        rc = CLI_EXIT_REMOTE;
+    }
+out:
+    free(a);
+    free(b);
+    free(out);
+    titan_client_destroy(&c);
+    return rc;
+}
