@@ -4,7 +4,7 @@ MESON_OPTS ?=
 BIND ?= tcp://127.0.0.1:5555
 DEVICE ?= auto
 
-.PHONY: all deps run test bench clean format
+.PHONY: all deps run test bench fuzz clean format
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -37,6 +37,15 @@ bench:
 	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD) $(MESON_OPTS)
 	ninja -C $(BUILD)
 	bench/run.sh $(BUILD)
+
+# libFuzzer on the request codec for FUZZ_SECONDS (needs clang; not part of `make test`).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v clang >/dev/null || { echo "make fuzz needs clang: apt-get install clang" >&2; exit 2; }
+	mkdir -p $(BUILD)/fuzz-corpus
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc/lib fuzz/fuzz_request.c \
+	  src/lib/jsonscan.c src/lib/numfmt.c src/lib/tensor.c -ljansson -lm -o $(BUILD)/fuzz_request
+	$(BUILD)/fuzz_request -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(BUILD)/fuzz-corpus fuzz/corpus
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
