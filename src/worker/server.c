@@ -445,7 +445,7 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd)
         s->qlen--;
         j->next = NULL;
         s->inflight_bytes -= j->bytes;
-        s_job_error(j, "unavailable", "the worker is shutting down; retry on another backend or after restart");
+        s_job_error(j, "shutting_down", "the worker is shutting down; retry on another backend or after restart");
         s_reply(s, j);
     }
     s->qtail = NULL;

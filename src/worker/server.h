@@ -16,7 +16,7 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, cha
 const char *titan_server_endpoints(const titan_server *s);
 /* Serves until *stop becomes nonzero; wake_fd (or -1) is polled too, so that a signal
  * handler on any thread can wake the loop by writing to it. Then answers what is queued
- * with "unavailable", waits for running requests and returns 0, or -errno on a fatal socket error. */
+ * with "shutting_down", waits for running requests and returns 0, or -errno on a fatal socket error. */
 int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd);
 /* Requests served and errors answered so far. */
 void titan_server_counts(const titan_server *s, unsigned long long *served, unsigned long long *errors);
