@@ -115,6 +115,37 @@ static int s_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t m
                           void **data, int64_t shape[TITAN_MAX_RANK], int *rank, size_t *used_out, char *err,
                           size_t errcap);
 
+int titan_json_find_member(const char *text, size_t len, const char *key, size_t max_scan, const char **val,
+                           size_t *val_len)
+{
+    const char *p = text, *end = text + len;
+    size_t klen = strlen(key);
+    p = s_ws(p, end);
+    if (p >= end || *p != '{') return -EINVAL;
+    p = s_ws(p + 1, end);
+    while (p < end && *p == '"' && (size_t)(p - text) <= max_scan) {
+        const char *ks = p;
+        p = s_skip_string(p, end);
+        if (!p) return -EINVAL;
+        bool match = (size_t)(p - ks) == klen + 2 && memcmp(ks + 1, key, klen) == 0;
+        p = s_ws(p, end);
+        if (p >= end || *p != ':') return -EINVAL;
+        p = s_ws(p + 1, end);
+        const char *vs = p;
+        if (!match && (size_t)(p - text) > max_scan) break;
+        p = s_skip_value(p, end, 0, NULL, 0);
+        if (!p) return -EINVAL;
+        if (match) {
+            *val = vs;
+            *val_len = (size_t)(p - vs);
+            return 0;
+        }
+        p = s_ws(p, end);
+        if (p < end && *p == ',') p = s_ws(p + 1, end);
+    }
+    return -ENOENT;
+}
+
 static int s_parse_prefix(const char *text, size_t len, titan_dtype dt, size_t max_elems,
                                           void **data, int64_t shape[TITAN_MAX_RANK], int *rank, size_t *used)
 {
@@ -169,7 +200,12 @@ int titan_json_split_object(const char *text, size_t len, titan_dtype dt, size_t
             const char *vs = p;
             char serr[256] = "";
             titan_json_span *sp = NULL;
-            if (p < end && *p == '[' && r.nspans < TITAN_JSON_MAX_SPANS) {
+            if (p < end && *p == '[' && r.nspans == TITAN_JSON_MAX_SPANS) {
+                titan_json_split_release(&r);
+                return s_fail(err, errcap, -EINVAL, "a request may have at most %d top-level array fields",
+                              TITAN_JSON_MAX_SPANS);
+            }
+            if (p < end && *p == '[') {
                 sp = &r.spans[r.nspans++];
                 memset(sp, 0, sizeof(*sp));
                 /* Most arrays are tensors: parse them in this pass. Anything else is only

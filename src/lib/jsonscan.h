@@ -8,7 +8,7 @@
 
 #include "titan/tensor.h"
 
-#define TITAN_JSON_MAX_SPANS 8
+#define TITAN_JSON_MAX_SPANS 32
 #define TITAN_JSON_MAX_DEPTH 64
 
 /* One top-level member whose value is an array. */
@@ -33,7 +33,7 @@ typedef struct {
 } titan_json_split;
 
 /* Splits the JSON object text[0..len). Top-level array values become spans
- * (at most TITAN_JSON_MAX_SPANS; more stay in `rest`), parsed on the way as tensors of
+ * (more than TITAN_JSON_MAX_SPANS of them is an error), parsed on the way as tensors of
  * dtype `dt` (up to max_elems elements) when they are numeric; everything else is copied
  * into `rest` for a DOM parser. Checks the structure, string syntax and nesting depth
  * (<= TITAN_JSON_MAX_DEPTH); UTF-8 and duplicate keys are left to the DOM parser of `rest`.
@@ -41,6 +41,12 @@ typedef struct {
  * with titan_json_split_release. */
 int titan_json_split_object(const char *text, size_t len, titan_dtype dt, size_t max_elems, titan_json_split *out,
                             char *err, size_t errcap);
+/* Finds top-level member `key` of the JSON object text without parsing the rest, reading at
+ * most `max_scan` bytes (members that start later are not seen). Returns 0 and the raw
+ * value text in *val and *val_len (borrowed), -ENOENT, or -EINVAL for malformed input. */
+int titan_json_find_member(const char *text, size_t len, const char *key, size_t max_scan, const char **val,
+                           size_t *val_len);
+
 /* Frees `rest` and any tensor data not taken; takes a zeroed split. */
 void titan_json_split_release(titan_json_split *s);
 

@@ -25,6 +25,8 @@ static int s_wake[2] = {-1, -1};
 static void s_on_signal(int sig)
 {
     (void)sig;
+    /* A second signal means "now": skip the wait for running work. */
+    if (s_stop) _exit(1);
     int saved = errno;
     s_stop = 1;
     if (s_wake[1] >= 0) {
@@ -61,7 +63,7 @@ static void s_usage(FILE *f)
             "\n"
             "Examples:\n"
             "  titan-worker                                  # CPU or GPU, on tcp://127.0.0.1:5555\n"
-            "  titan-worker --bind tcp://0.0.0.0:5555 --device cuda:0 --queue 16\n"
+            "  titan-worker --bind tcp://0.0.0.0:5555 --queue 16 --log-level warn\n"
             "  titan ping                                    # from another shell\n");
 }
 
@@ -98,9 +100,8 @@ int main(int argc, char **argv)
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    titan_config file_cfg, cli_cfg;
+    titan_config file_cfg;
     titan_config_init(&file_cfg);
-    titan_config_init(&cli_cfg);
     char err[512];
     const char *config_path = NULL;
     /* Remember the command-line settings, apply them over the file's afterwards. */
@@ -155,7 +156,6 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    titan_config_free(&cli_cfg);
     if (cfg->nbinds == 0) titan_config_set(cfg, "bind", "tcp://127.0.0.1:5555", err, sizeof(err));
     if (!cfg->device) titan_config_set(cfg, "device", "auto", err, sizeof(err));
     if (cfg->log_level && titan_log_set_level_name(cfg->log_level)) {
@@ -225,10 +225,11 @@ int main(int argc, char **argv)
         if (rc) titan_log(TITAN_LOG_ERROR, "cannot write %s: %s", cfg->endpoint_file, strerror(-rc));
     }
     rc = rc ? rc : titan_server_run(srv, &s_stop, s_wake[0]);
-    unsigned long long served, errors;
-    titan_server_counts(srv, &served, &errors);
+    unsigned long long served, errors, dropped;
+    titan_server_counts(srv, &served, &errors, &dropped);
     titan_server_destroy(&srv);
-    titan_log(TITAN_LOG_INFO, "titan-worker stopped after %llu requests (%llu answered with errors)", served, errors);
+    titan_log(TITAN_LOG_INFO, "titan-worker stopped after %llu requests (%llu answered with errors, %llu replies undeliverable)",
+              served, errors, dropped);
     titan_ops_fini(&w);
     titan_backend_destroy(&w.backend);
     titan_config_free(cfg);

@@ -82,7 +82,8 @@ static int s_json_tensor(titan_request *req, const char *name, const char *text,
 
 static int s_descriptor(titan_request *req, const char *name, json_t *d, titan_tensor_view *out, titan_error *err)
 {
-    if (json_object_get(d, "ref"))
+    json_t *ref = json_object_get(d, "ref");
+    if (ref && !json_is_null(ref))
         return titan_fail(err, "unsupported",
                           "'%s' refers to a resident tensor, which this worker does not support yet; send the data",
                           name);
@@ -182,14 +183,6 @@ int titan_request_tensor(titan_request *req, const char *name, titan_dtype json_
                           "{\"dtype\",\"shape\",\"frame\"}",
                           name);
     if (json_is_object(v)) return s_descriptor(req, name, v, out, err);
-    if (json_is_array(v)) {
-        /* More array members than the splitter keeps: reparse this one from text. */
-        char *txt = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!txt) return titan_fail(err, "internal", "out of memory");
-        int rc = s_json_tensor(req, name, txt, strlen(txt), json_dtype, out, err);
-        free(txt);
-        return rc;
-    }
     return titan_fail(err, "bad_request", "'%s' must be a nested array of numbers or a tensor descriptor object",
                       name);
 }

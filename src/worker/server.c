@@ -31,6 +31,7 @@ typedef struct titan_job {
     titan_out out;
     bool failed;
     titan_error err;
+    json_t *peek_id; /* the "id" of a request refused before it was parsed; owned */
     struct timespec t_recv;
     struct titan_job *next;
 } titan_job;
@@ -58,7 +59,7 @@ struct titan_server {
     int qlen;
     int running;
     char endpoints[2048];
-    unsigned long long served, errors;
+    unsigned long long served, errors, dropped;
 };
 
 static double s_ms_since(const struct timespec *t0)
@@ -74,6 +75,7 @@ static void s_job_free(titan_job *j)
     for (size_t i = 0; i < j->nframes; i++) zmq_msg_close(&j->frames[i]);
     titan_request_release(&j->req);
     titan_out_release(&j->out);
+    if (j->peek_id) json_decref(j->peek_id);
     free(j);
 }
 
@@ -88,10 +90,26 @@ static void s_job_error(titan_job *j, const char *code, const char *fmt, ...)
     va_end(ap);
     j->failed = true;
     titan_out_release(&j->out);
-    if (titan_out_error(&j->out, &j->err, j->req.id)) {
+    if (titan_out_error(&j->out, &j->err, j->req.id ? j->req.id : j->peek_id)) {
         j->out.hdr = strdup("{\"error\":\"out of memory\",\"code\":\"internal\"}");
         j->out.hdr_len = j->out.hdr ? strlen(j->out.hdr) : 0;
     }
+}
+
+/* Looks for the "id" of a request that is refused unparsed, so that pipelining clients can
+ * match the refusal; only the first 64 KiB of the header are read for it. */
+static void s_job_peek_id(titan_job *j)
+{
+    if (j->req.id || j->peek_id || j->nframes <= j->env) return;
+    zmq_msg_t *h = &j->frames[j->env];
+    const char *val;
+    size_t len;
+    if (titan_json_find_member(zmq_msg_data(h), zmq_msg_size(h), "id", 65536, &val, &len) != 0) return;
+    json_t *id = json_loadb(val, len, JSON_DECODE_ANY, NULL);
+    if (id && (json_is_string(id) || json_is_integer(id)))
+        j->peek_id = id;
+    else if (id)
+        json_decref(id);
 }
 
 /* Parses the body and finds the op; on failure the job holds the error reply. */
@@ -150,24 +168,34 @@ static void s_reply(titan_server *s, titan_job *j)
     }
     if (!j->out.hdr) s_job_error(j, "internal", "the operation produced no reply");
     int rc = 0;
-    for (size_t i = 0; i < j->env && rc >= 0; i++) rc = zmq_msg_send(&j->frames[i], s->router, ZMQ_SNDMORE);
+    /* Never block the loop: with ROUTER_MANDATORY a gone or saturated client fails the first frame. */
+    for (size_t i = 0; i < j->env && rc >= 0; i++)
+        rc = zmq_msg_send(&j->frames[i], s->router, ZMQ_SNDMORE | ZMQ_DONTWAIT);
     if (rc >= 0) {
         zmq_msg_t m;
         /* The reply buffers pass to ZeroMQ without a copy; it frees them once sent. */
         if (zmq_msg_init_data(&m, j->out.hdr, j->out.hdr_len, s_free_data, NULL) == 0) {
             j->out.hdr = NULL;
-            rc = zmq_msg_send(&m, s->router, j->out.ndata ? ZMQ_SNDMORE : 0);
+            rc = zmq_msg_send(&m, s->router, (j->out.ndata ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
             if (rc < 0) zmq_msg_close(&m);
             for (size_t i = 0; i < j->out.ndata && rc >= 0; i++) {
                 if (zmq_msg_init_data(&m, j->out.data[i], j->out.size[i], s_free_data, NULL)) break;
                 j->out.data[i] = NULL;
-                rc = zmq_msg_send(&m, s->router, i + 1 < j->out.ndata ? ZMQ_SNDMORE : 0);
+                rc = zmq_msg_send(&m, s->router, (i + 1 < j->out.ndata ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
                 if (rc < 0) zmq_msg_close(&m);
             }
             j->out.ndata = 0;
         }
     }
-    if (rc < 0) titan_log(TITAN_LOG_WARN, "could not send a reply: %s", zmq_strerror(zmq_errno()));
+    if (rc < 0) {
+        int e = zmq_errno();
+        s->dropped++;
+        if (e == EHOSTUNREACH)
+            titan_log_debug("reply dropped: the client has gone (op=%s)", j->req.op ? j->req.op : "?");
+        else
+            titan_log(TITAN_LOG_WARN, "reply dropped (op=%s): %s", j->req.op ? j->req.op : "?",
+                      e == EAGAIN ? "the client is not reading its replies (send queue full)" : zmq_strerror(e));
+    }
     s_job_free(j);
 }
 
@@ -275,12 +303,14 @@ static void s_admit(titan_server *s, titan_job *j)
     for (size_t i = j->env; i < j->nframes; i++) j->bytes += zmq_msg_size(&j->frames[i]);
     size_t hdr_len = zmq_msg_size(&j->frames[j->env]);
     if (j->dropped || j->nframes - j->env > TITAN_MAX_BODY_FRAMES) {
+        s_job_peek_id(j);
         s_job_error(j, "bad_request", "too many frames: a request has at most %d (the header and %d tensors)",
                     TITAN_MAX_BODY_FRAMES, TITAN_MAX_BODY_FRAMES - 1);
         s_reply(s, j);
         return;
     }
     if (j->bytes > s->w->limits.max_request_bytes) {
+        s_job_peek_id(j);
         s_job_error(j, "too_large", "the request has %zu bytes, over this worker's limit of %llu (max_request_bytes)",
                     j->bytes, (unsigned long long)s->w->limits.max_request_bytes);
         s_reply(s, j);
@@ -294,6 +324,9 @@ static void s_admit(titan_server *s, titan_job *j)
         }
     }
     bool idle = s->running < s->nexec;
+    if ((!idle && s->qlen >= s->queue_cap) ||
+        (s->inflight_bytes + j->bytes > s->max_inflight_bytes && s->inflight_bytes > 0))
+        s_job_peek_id(j);
     if (!idle && s->qlen >= s->queue_cap) {
         s_job_error(j, "busy", "worker busy: %d requests running and %d queued; retry later or send it to another "
                     "backend", s->running, s->qlen);
@@ -335,12 +368,13 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, cha
     s->router = zmq_socket(s->ctx, ZMQ_ROUTER);
     if (!s->router) goto fail_zmq;
     /* A peer that sends faster than we admit is held back by TCP once its pipe holds this many. */
-    int linger = 1000, hwm = 1000;
+    int linger = 1000, rcvhwm = 1000, sndhwm = 100000, mandatory = 1;
     /* The transport drops (and disconnects) frames far over the request cap before they fill memory. */
     int64_t maxmsg = (int64_t)(cfg->max_request_bytes * 2 + (64ULL << 20));
     zmq_setsockopt(s->router, ZMQ_LINGER, &linger, sizeof(linger));
-    zmq_setsockopt(s->router, ZMQ_RCVHWM, &hwm, sizeof(hwm));
-    zmq_setsockopt(s->router, ZMQ_SNDHWM, &hwm, sizeof(hwm));
+    zmq_setsockopt(s->router, ZMQ_RCVHWM, &rcvhwm, sizeof(rcvhwm));
+    zmq_setsockopt(s->router, ZMQ_SNDHWM, &sndhwm, sizeof(sndhwm));
+    zmq_setsockopt(s->router, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof(mandatory));
     zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
     size_t off = 0;
     for (int i = 0; i < cfg->nbinds; i++) {
@@ -384,10 +418,12 @@ const char *titan_server_endpoints(const titan_server *s)
     return s->endpoints;
 }
 
-void titan_server_counts(const titan_server *s, unsigned long long *served, unsigned long long *errors)
+void titan_server_counts(const titan_server *s, unsigned long long *served, unsigned long long *errors,
+                         unsigned long long *dropped)
 {
     *served = s->served;
     *errors = s->errors;
+    *dropped = s->dropped;
 }
 
 static void s_collect(titan_server *s, int i)
@@ -439,12 +475,16 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd)
         s_dispatch(s);
     }
     /* Shutting down: refuse what waits, finish what runs. */
+    if (s->running || s->qlen)
+        titan_log(TITAN_LOG_INFO, "shutting down: refusing %d queued requests, finishing %d running (signal again to "
+                  "stop at once)", s->qlen, s->running);
     while (s->qhead) {
         titan_job *j = s->qhead;
         s->qhead = j->next;
         s->qlen--;
         j->next = NULL;
         s->inflight_bytes -= j->bytes;
+        s_job_peek_id(j);
         s_job_error(j, "shutting_down", "the worker is shutting down; retry on another backend or after restart");
         s_reply(s, j);
     }

@@ -136,6 +136,9 @@ BAD = [
     ("duplicate key", b'{"op":"ping","op":"gpu_info"}', "bad_request"),
     ("trailing garbage", b'{"op":"ping"} x', "bad_request"),
     ("bad number", b'{"op":"matrix_multiply","a":[[01]],"b":[[1]]}', "bad_request"),
+    ("too many array fields", ('{"op":"ping",' + ",".join(f'"x{i}":[1]' for i in range(33)) + "}").encode(),
+     "bad_request"),
+    ("invalid JSON inside an unused array", b'{"op":"ping","x":[1,2,]}', "bad_request"),
 ]
 
 
@@ -178,6 +181,8 @@ def bad_frames():
     tap.ok(r.get("code") == "too_large", "binary: 64-bit overflow of the element count -> too_large", r)
     r, _ = call(s, {**good, "a": {"ref": "gpu:1"}}, b.tobytes())
     tap.ok(r.get("code") == "unsupported", "resident tensor refs are unsupported for now", r)
+    r, _ = call(s, {**good, "a": {**desc(a, 1), "ref": None}}, a.tobytes(), b.tobytes())
+    tap.ok(r.get("result") is not None, "a null ref is no ref", r)
     # result bigger than the cap although the inputs are tiny
     col = np.ones((100000, 1), np.float32)
     row = np.ones((1, 100000), np.float32)
@@ -221,8 +226,10 @@ def size_cap_busy_deadline():
     w2 = Worker(BIN, "--max-request-bytes", "1M")
     s2 = req_socket(w2.endpoint)
     big = np.ones((600, 600), np.float32)  # 1.44 MB
-    r, _ = call(s2, {"op": "matrix_multiply", "a": desc(big, 1), "b": desc(big, 2)}, big.tobytes(), big.tobytes())
-    tap.ok(r.get("code") == "too_large", "binary request over the configured cap -> too_large", r)
+    r, _ = call(s2, {"op": "matrix_multiply", "id": "big1", "a": desc(big, 1), "b": desc(big, 2)}, big.tobytes(),
+                big.tobytes())
+    tap.ok(r.get("code") == "too_large" and r.get("id") == "big1",
+           "binary request over the configured cap -> too_large, with its id", r)
     r, _ = call(s2, {"op": "matrix_multiply", "a": big.tolist(), "b": [[1]]})
     tap.ok(r.get("code") == "too_large", "JSON request over the configured cap -> too_large", r)
     r, _ = call(s2, {"op": "ping"})
@@ -239,8 +246,16 @@ def size_cap_busy_deadline():
     hdr = json.dumps({"op": "matrix_multiply", "a": desc(a, 1), "b": desc(a, 2)}).encode()
     for i in range(8):
         d.send_multipart([b"", hdr, a.tobytes(), a.tobytes()])
-    codes = [json.loads(d.recv_multipart()[1]).get("code", "ok") for _ in range(8)]
+    reps = [json.loads(d.recv_multipart()[1]) for _ in range(8)]
+    codes = [r.get("code", "ok") for r in reps]
     tap.ok("busy" in codes and "ok" in codes, "a full queue answers busy at once", codes)
+    # a big JSON-form request refused before it is parsed still carries its id
+    bigjson = json.dumps({"op": "matrix_multiply", "id": "j1", "a": np.ones((200, 200)).tolist(), "b": [[1.0] * 200] * 200})
+    d.send_multipart([b"", hdr, a.tobytes(), a.tobytes()])
+    d.send_multipart([b"", bigjson.encode()])
+    reps = [json.loads(d.recv_multipart()[1]) for _ in range(2)]
+    tap.ok(any(r.get("code") == "busy" and r.get("id") == "j1" for r in reps),
+           "busy refusal of an unparsed large request carries its id", reps)
     d.close()
     w2.stop()
     # busy by bytes: the queue has room but the bytes in hand are capped
@@ -293,6 +308,34 @@ def logs_and_shutdown():
     tap.ok(any("request op=ping" in l for l in open(wd.logpath)), "debug level logs each request")
 
 
+def second_signal():
+    w4 = Worker(BIN, "--threads", "1")
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.LINGER, 0)
+    d.connect(w4.endpoint)
+    a = np.ones((2500, 2500), np.float64)  # a few seconds of work on two cores
+    d.send_multipart([b"", json.dumps({"op": "matrix_multiply", "a": desc(a, 1), "b": desc(a, 2)}).encode(),
+                      a.tobytes(), a.tobytes()])
+    # the I/O thread takes messages in order: once this ping is answered the product is running
+    d.send_multipart([b"", b'{"op":"ping"}'])
+    d.setsockopt(zmq.RCVTIMEO, 20000)
+    d.recv_multipart()
+    w4.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while "shutting down" not in w4.read_log() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    w4.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = w4.proc.wait(5)
+    except Exception:
+        rc = None
+    tap.ok(rc is not None and rc != 0 and time.monotonic() - t0 < 2, "a second SIGTERM ends the worker at once", rc)
+    Worker.started.remove(w4)
+    w4.stop()
+    d.close()
+
+
 def cli_errors():
     import subprocess
     p = subprocess.run([BIN, "--threads", "abc"], capture_output=True, text=True)
@@ -307,7 +350,8 @@ def cli_errors():
 
 for name, fn in [("design forms", design_forms), ("json numerics", json_numerics), ("binary", binary_forms),
                  ("bad inputs", bad_inputs), ("bad frames", bad_frames), ("ids and dealers", ids_and_dealers),
-                 ("caps, busy, deadlines", size_cap_busy_deadline), ("logs", logs_and_shutdown), ("cli", cli_errors)]:
+                 ("caps, busy, deadlines", size_cap_busy_deadline), ("logs", logs_and_shutdown),
+                 ("second signal", second_signal), ("cli", cli_errors)]:
     tap.run(name, fn)
 res = Worker.stop_all()
 tap.ok(all(rc == 0 and not san for _, rc, san in res), "every worker exited 0 with no sanitizer report", res)
