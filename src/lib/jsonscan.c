@@ -167,7 +167,8 @@ int titan_json_split_object(const char *text, size_t len, titan_dtype dt, size_t
     memset(&r, 0, sizeof(r));
     p = s_ws(p, end);
     if (p >= end || *p != '{') return s_fail(err, errcap, -EINVAL, "request header must be a JSON object");
-    size_t cap = len + 16;
+    /* "null" replaces each array, which can be as short as "[]": 2 more bytes each */
+    size_t cap = len + 2 * TITAN_JSON_MAX_SPANS + 16;
     r.rest = malloc(cap);
     if (!r.rest) return -ENOMEM;
     char *o = r.rest;

@@ -128,6 +128,18 @@ static void test_split_object(void **state)
         assert_int_equal(titan_json_split_object(bad[i], strlen(bad[i]), TITAN_DTYPE_FLOAT32, 1000, &sp, err, sizeof(err)), -EINVAL);
         assert_true(err[0] != 0);
     }
+    /* the most array fields, each shorter than the "null" that replaces it */
+    char many[1024];
+    char *m = many + sprintf(many, "{");
+    for (int i = 0; i < TITAN_JSON_MAX_SPANS; i++) m += sprintf(m, "%s\"k%02d\":[]", i ? "," : "", i);
+    sprintf(m, "}");
+    assert_int_equal(titan_json_split_object(many, strlen(many), TITAN_DTYPE_FLOAT32, 1000, &sp, err, sizeof(err)), 0);
+    assert_int_equal(sp.nspans, TITAN_JSON_MAX_SPANS);
+    assert_int_equal(strlen(sp.rest), sp.rest_len);
+    titan_json_split_release(&sp);
+    sprintf(m, ",\"z\":[1]}");
+    assert_int_equal(titan_json_split_object(many, strlen(many), TITAN_DTYPE_FLOAT32, 1000, &sp, err, sizeof(err)),
+                     -EINVAL);
     /* depth is bounded without recursion */
     size_t depth = 100000;
     char *deep = malloc(depth * 2 + 16);
