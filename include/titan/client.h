@@ -22,7 +22,9 @@ typedef struct {
     void *zmq_ctx;  /* optional ZeroMQ context to share; NULL: the client makes and owns one */
 } titan_client_opts;
 
-/* One outgoing binary frame. The bytes are copied when sent. */
+/* One outgoing binary frame. Frames under 64 KiB are copied when sent; larger ones are
+ * sent from the caller's memory without a copy, and the call returns only once ZeroMQ is
+ * done with them, so the caller may reuse or free the memory as soon as the call returns. */
 typedef struct {
     const void *data;
     size_t size;

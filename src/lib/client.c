@@ -1,6 +1,7 @@
 /* client.c - libtitan's ZeroMQ client: a DEALER socket with Lazy Pirate retries, and typed calls. */
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -20,6 +21,18 @@
 #define S_MAX_ENDPOINT 1024
 /* A reply with more binary frames than this is a protocol error, not an allocation. */
 #define S_MAX_REPLY_FRAMES 64
+/* Frames this large are sent from the caller's memory without a copy (see s_lent). */
+#define S_ZERO_COPY_MIN 65536
+
+/* Counts caller buffers lent to ZeroMQ. A zero-copy frame stays in ZeroMQ's hands until its
+ * I/O thread has written it (or dropped it when the socket closed), which can be a little
+ * after the reply arrives; every call waits for the count to reach zero before it returns,
+ * so the caller may reuse or free its buffers as soon as the call returns. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned lent;
+} s_lent;
 
 struct titan_client {
     void *ctx;
@@ -33,6 +46,7 @@ struct titan_client {
     int last_retries;
     char last_code[32];
     char last_error[512];
+    s_lent lent;
 };
 
 struct titan_reply {
@@ -136,14 +150,59 @@ static int s_send_part(void *sock, const void *data, size_t size, int flags)
     }
 }
 
+/* ZeroMQ calls this (on its I/O thread) when it no longer needs a lent buffer. */
+static void s_lent_return(void *data, void *hint)
+{
+    (void)data;
+    s_lent *l = hint;
+    pthread_mutex_lock(&l->mu);
+    if (--l->lent == 0) pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* Blocks until ZeroMQ has given back every lent buffer. It always does: once written, or
+ * when the closed socket's pipes are torn down. */
+static void s_lent_wait(s_lent *l)
+{
+    pthread_mutex_lock(&l->mu);
+    while (l->lent) pthread_cond_wait(&l->cv, &l->mu);
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* Sends one large frame straight from the caller's memory. Returns 0 or -errno. */
+static int s_send_lent(titan_client *c, const void *data, size_t size, int flags)
+{
+    zmq_msg_t m;
+    pthread_mutex_lock(&c->lent.mu);
+    c->lent.lent++;
+    pthread_mutex_unlock(&c->lent.mu);
+    /* ZeroMQ only reads the bytes; the cast drops const for its API. */
+    if (zmq_msg_init_data(&m, (void *)data, size, s_lent_return, &c->lent) != 0) {
+        s_lent_return(NULL, &c->lent);
+        return -ENOMEM;
+    }
+    for (;;) {
+        if (zmq_msg_send(&m, c->sock, flags) >= 0) return 0;
+        if (errno != EINTR) break;
+    }
+    int e = s_errno_from_zmq(errno);
+    zmq_msg_close(&m); /* gives the buffer back */
+    return -e;
+}
+
 /* Sends delimiter, header and frames as one multipart message. Returns 0, -ETIMEDOUT or -errno. */
 static int s_send_request(titan_client *c, const char *header, size_t hlen, const titan_frame *frames,
                           size_t nframes)
 {
     int rc = s_send_part(c->sock, "", 0, ZMQ_SNDMORE);
     if (rc == 0) rc = s_send_part(c->sock, header, hlen, nframes ? ZMQ_SNDMORE : 0);
-    for (size_t i = 0; rc == 0 && i < nframes; i++)
-        rc = s_send_part(c->sock, frames[i].data, frames[i].size, i + 1 < nframes ? ZMQ_SNDMORE : 0);
+    for (size_t i = 0; rc == 0 && i < nframes; i++) {
+        int flags = i + 1 < nframes ? ZMQ_SNDMORE : 0;
+        if (frames[i].size >= S_ZERO_COPY_MIN)
+            rc = s_send_lent(c, frames[i].data, frames[i].size, flags);
+        else
+            rc = s_send_part(c->sock, frames[i].data, frames[i].size, flags);
+    }
     /* The send timeout passing means no peer took the request: the same as no answer. */
     return rc == -EAGAIN ? -ETIMEDOUT : rc;
 }
@@ -267,11 +326,14 @@ static int s_call(titan_client *c, const char *header, const titan_frame *frames
         rc = s_send_request(c, header, hlen, frames, nframes);
         if (rc == 0) rc = s_wait_readable(c, deadline);
         if (rc == 0) rc = s_recv_reply(c, out);
-        if (rc == 0) return 0;
+        if (rc == 0) break;
         /* Any failure leaves the socket in an unknown state (request queued, reply half read). */
         s_close_socket(c);
         if (rc != -ETIMEDOUT || attempt >= c->retries) break;
     }
+    /* The caller's frames must be ours again before we return. */
+    s_lent_wait(&c->lent);
+    if (rc == 0) return 0;
     if (rc == -ETIMEDOUT)
         s_set_error(c, "timeout", "no answer from %s after %d attempt(s) of %d ms", c->endpoint,
                     c->last_retries + 1, c->timeout_ms);
@@ -302,6 +364,8 @@ TITAN_API titan_client *titan_client_new(const char *endpoint, const titan_clien
     }
     c = calloc(1, sizeof *c);
     if (!c) goto fail;
+    pthread_mutex_init(&c->lent.mu, NULL);
+    pthread_cond_init(&c->lent.cv, NULL);
     c->timeout_ms = o.timeout_ms;
     c->retries = o.retries;
     c->endpoint = strdup(endpoint);
@@ -337,6 +401,8 @@ TITAN_API void titan_client_destroy(titan_client **c)
         }
     }
     free(p->endpoint);
+    pthread_cond_destroy(&p->lent.cv);
+    pthread_mutex_destroy(&p->lent.mu);
     free(p);
     *c = NULL;
 }
