@@ -336,6 +336,35 @@ def second_signal():
     d.close()
 
 
+def config_file():
+    import os
+    import subprocess
+    import tempfile
+    d = tempfile.mkdtemp(prefix="titan-cfg-")
+    cfg = os.path.join(d, "worker.conf")
+    with open(cfg, "w") as f:
+        f.write("# a worker config\nqueue = 7   # comment after a value\nmax-request-bytes = 2M\n"
+                "bind = tcp://127.0.0.1:1\nlog-level = warn\n")
+    # --bind on the command line replaces the file's binds; the other settings come from the file
+    wc = Worker(BIN, "--config", cfg)
+    sc = req_socket(wc.endpoint)
+    r, _ = call(sc, {"op": "ops"})
+    lim = r.get("limits", {})
+    tap.ok(lim.get("queue") == 7 and lim.get("max_request_bytes") == 2 << 20, "--config settings apply", lim)
+    sc.close()
+    wc.stop()
+    with open(cfg, "w") as f:
+        f.write("queue = 7\nthreads = many\n")
+    p = subprocess.run([BIN, "--config", cfg], capture_output=True, text=True, timeout=20)
+    tap.ok(p.returncode == 2 and ":2:" in p.stderr and "threads" in p.stderr, "a bad config line is named", p.stderr)
+    with open(cfg, "w") as f:
+        f.write("colour = blue\n")
+    p = subprocess.run([BIN, "--config", cfg], capture_output=True, text=True, timeout=20)
+    tap.ok(p.returncode == 2 and "colour" in p.stderr, "an unknown config key is refused", p.stderr)
+    p = subprocess.run([BIN, "--config", os.path.join(d, "missing.conf")], capture_output=True, text=True, timeout=20)
+    tap.ok(p.returncode == 2 and "missing.conf" in p.stderr, "a missing config file is reported", p.stderr)
+
+
 def cli_errors():
     import subprocess
     p = subprocess.run([BIN, "--threads", "abc"], capture_output=True, text=True)
@@ -351,7 +380,7 @@ def cli_errors():
 for name, fn in [("design forms", design_forms), ("json numerics", json_numerics), ("binary", binary_forms),
                  ("bad inputs", bad_inputs), ("bad frames", bad_frames), ("ids and dealers", ids_and_dealers),
                  ("caps, busy, deadlines", size_cap_busy_deadline), ("logs", logs_and_shutdown),
-                 ("second signal", second_signal), ("cli", cli_errors)]:
+                 ("second signal", second_signal), ("config file", config_file), ("cli", cli_errors)]:
     tap.run(name, fn)
 res = Worker.stop_all()
 tap.ok(all(rc == 0 and not san for _, rc, san in res), "every worker exited 0 with no sanitizer report", res)
