@@ -1,10 +1,10 @@
-# Makefile - thin wrapper over Meson: `make`, `make run`, `make test`, `make bench`.
+# Makefile - thin wrapper over Meson: `make`, `make run`, `make test`, `make bench`, `make fuzz`, `make soak`.
 BUILD ?= build
 MESON_OPTS ?=
 BIND ?= tcp://127.0.0.1:5555
 DEVICE ?= auto
 
-.PHONY: all deps run test bench fuzz clean format
+.PHONY: all deps run test test-asan bench fuzz soak clean format
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -23,6 +23,8 @@ run:
 	exec $(BUILD)/titan-worker --bind $(BIND) --device $(DEVICE)
 
 # The suite runs twice: the normal build, and one under AddressSanitizer and UBSan.
+# In the normal build it includes 60 s of each fuzz target when clang is installed (suite 'fuzz')
+# and a short soak (suite 'soak').
 test:
 	@scripts/deps.sh test
 	@# --reconfigure: a build set up before cmocka was installed must pick the tests up now
@@ -34,20 +36,43 @@ test:
 	ninja -C $(BUILD)-asan
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run.sh $(BUILD) $(BUILD)-asan
 
+# The suite under AddressSanitizer and UBSan only (the second half of `make test`).
+test-asan:
+	@scripts/deps.sh test
+	@if [ -f $(BUILD)-asan/build.ninja ]; then meson setup --reconfigure $(BUILD)-asan >/dev/null; \
+	 else meson setup $(BUILD)-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true >/dev/null; fi
+	ninja -C $(BUILD)-asan
+	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run.sh $(BUILD)-asan
+
 bench:
 	@scripts/deps.sh bench
 	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD) $(MESON_OPTS)
 	ninja -C $(BUILD)
 	bench/run.sh $(BUILD)
 
-# libFuzzer on the request codec for FUZZ_SECONDS (needs clang; not part of `make test`).
+# libFuzzer, FUZZ_SECONDS per target, under ASan and UBSan (needs clang and libclang-rt-14-dev).
+# Each target keeps a scratch corpus in $(BUILD)/fuzz-corpus/NAME (libFuzzer adds to it) and
+# reads its seeds from fuzz/corpus/NAME; every target runs, and the target fails if any crashed.
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = request reply
+FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -std=gnu11 -D_GNU_SOURCE \
+  -Wall -Wextra -Wno-unused-parameter -Iinclude -Isrc/lib -Isrc/worker
 fuzz:
-	@command -v clang >/dev/null || { echo "make fuzz needs clang: apt-get install clang" >&2; exit 2; }
-	mkdir -p $(BUILD)/fuzz-corpus
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc/lib fuzz/fuzz_request.c \
-	  src/lib/jsonscan.c src/lib/numfmt.c src/lib/tensor.c -ljansson -lm -o $(BUILD)/fuzz_request
-	$(BUILD)/fuzz_request -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(BUILD)/fuzz-corpus fuzz/corpus
+	@command -v clang >/dev/null || { echo "make fuzz needs clang: apt-get install clang libclang-rt-14-dev" >&2; exit 2; }
+	mkdir -p $(BUILD)/fuzz
+	clang $(FUZZ_CFLAGS) fuzz/fuzz_request.c src/lib/jsonscan.c src/lib/numfmt.c src/lib/tensor.c \
+	  -ljansson -lm -o $(BUILD)/fuzz/fuzz_request
+	clang $(FUZZ_CFLAGS) fuzz/fuzz_reply.c src/worker/request.c src/lib/jsonscan.c src/lib/numfmt.c src/lib/tensor.c \
+	  -lzmq -ljansson -lm -lpthread -o $(BUILD)/fuzz/fuzz_reply
+	@rc=0; for t in $(FUZZ_TARGETS); do \
+	  fuzz/run.sh $(BUILD)/fuzz/fuzz_$$t $(FUZZ_SECONDS) $(BUILD)/fuzz-corpus/$$t fuzz/corpus/$$t || rc=1; \
+	done; exit $$rc
+
+# The long soak: 200k requests from 64 clients, two worker restarts, RSS watched (tests/soak/soak.py).
+SOAK_REQUESTS ?= 200000
+soak: all
+	@scripts/deps.sh test
+	/usr/bin/python3 tests/soak/soak.py $(BUILD)/titan-worker --requests $(SOAK_REQUESTS)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

@@ -3,8 +3,9 @@
 # Usage: scripts/deps.sh build|test|bench|run
 set -euo pipefail
 
-build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libjansson-dev libopenblas-dev"
-test_pkgs="libcmocka-dev python3-zmq python3-numpy"
+build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsystemd-dev libjansson-dev libopenblas-dev"
+# clang and libclang-rt-14-dev (libFuzzer): make test runs each fuzz target for 60 s.
+test_pkgs="libcmocka-dev python3-zmq python3-numpy clang libclang-rt-14-dev"
 bench_pkgs="python3-zmq python3-numpy python3-torch"
 
 case "${1:-build}" in

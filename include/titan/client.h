@@ -20,6 +20,17 @@ typedef struct {
     int timeout_ms; /* per attempt; default 5000; must be > 0 */
     int retries;    /* attempts after the first one times out; default 2; >= 0 */
     void *zmq_ctx;  /* optional ZeroMQ context to share; NULL: the client makes and owns one */
+    /* CURVE (encryption and authentication). Keys are 40-character Z85 strings, copied by
+     * titan_client_new. server_key is the worker's public key; NULL (default): no CURVE.
+     * public_key + secret_key are this client's pair (both or neither; only with server_key);
+     * NULL (default) with server_key: a fresh pair is generated for each client. A worker
+     * that refuses the key never answers, so a refused client sees -ETIMEDOUT. */
+    const char *server_key;
+    const char *public_key;
+    const char *secret_key;
+    /* ZMTP heartbeat interval in ms (0..3600000); the connection is dropped and remade after
+     * 3 intervals without traffic. Default 0: off (each attempt's timeout still applies). */
+    int heartbeat_ms;
 } titan_client_opts;
 
 /* One outgoing binary frame. Frames under 64 KiB are copied when sent; larger ones are
@@ -41,8 +52,9 @@ typedef struct {
 /* Fills `opts` with the defaults above. */
 TITAN_API void titan_client_opts_init(titan_client_opts *opts);
 
-/* Returns a client for `endpoint` (e.g. "tcp://127.0.0.1:5555"), or NULL with
- * errno set: EINVAL for a bad endpoint or option, ENOMEM. `opts` may be NULL.
+/* Returns a client for `endpoint` (e.g. "tcp://127.0.0.1:5555"), or NULL with errno set:
+ * EINVAL for a bad endpoint or option (a key that is not 40 valid Z85 characters, a public key
+ * that does not match the secret one), ENOTSUP when libzmq lacks CURVE, ENOMEM. `opts` may be NULL.
  * Connecting is lazy: an absent worker shows up as -ETIMEDOUT on the first call. */
 TITAN_API titan_client *titan_client_new(const char *endpoint, const titan_client_opts *opts);
 /* Closes the socket (dropping anything unsent) and frees; takes NULL, sets *c to NULL. */

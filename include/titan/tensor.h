@@ -31,12 +31,18 @@ TITAN_API size_t titan_dtype_size(titan_dtype dt);
  * count or its byte size for `dt` does not fit in size_t. *elems is written only on success. */
 TITAN_API int titan_shape_elems(titan_dtype dt, const int64_t *shape, int rank, size_t *elems);
 
+/* The longest text titan_format_float32/64 write, without the NUL: fixed notation
+ * runs up to 1e16, so a float32 can take 19 characters ("-9876543590000000.0");
+ * a float64 takes at most 24 ("-2.2250738585072014e-308"). */
+#define TITAN_FLOAT32_TEXT_MAX 19
+#define TITAN_FLOAT64_TEXT_MAX 24
+
 /* Writes at most `cap` bytes of the shortest-round-trip-safe JSON text for one
  * float32 (9 significant digits) into `buf`, NUL-terminated. NaN and infinities
- * are written as NaN, Infinity and -Infinity. Returns the length (no NUL), or
- * -ENOSPC when `cap` < 32. */
+ * are written as NaN, Infinity and -Infinity. Returns the length (no NUL; at most
+ * TITAN_FLOAT32_TEXT_MAX), or -ENOSPC when `cap` < 32. */
 TITAN_API int titan_format_float32(float v, char *buf, size_t cap);
-/* Same for float64, 17 significant digits. */
+/* Same for float64, 17 significant digits (at most TITAN_FLOAT64_TEXT_MAX characters). */
 TITAN_API int titan_format_float64(double v, char *buf, size_t cap);
 
 #ifdef __cplusplus

@@ -29,7 +29,20 @@ typedef struct {
     int timeout_ms;
     int retries;
     bool json;
+    const char *server_key;        /* a Z85 key or the worker's public certificate file; NULL: no CURVE */
+    const char *server_key_from;   /* "--server-key" or "TITAN_SERVER_KEY", for messages */
+    const char *curve_secret;      /* this client's secret certificate file; NULL: an ephemeral key pair */
+    const char *curve_secret_from; /* "--curve-secret" or "TITAN_CURVE_SECRET" */
 } cli_globals;
+
+/* The CURVE keys of a client, as Z85 text. */
+typedef struct {
+    bool on;  /* a server key was given */
+    bool own; /* client_public/_secret hold this client's pair; false: libtitan makes one */
+    char server[41];
+    char client_public[41];
+    char client_secret[41];
+} cli_curve;
 
 typedef struct {
     const char *name;
@@ -39,15 +52,23 @@ typedef struct {
     void (*help)(FILE *f);
 } cli_command;
 
-/* Commands (cmd_basic.c, cmd_bench.c). */
+/* Commands (cmd_basic.c, cmd_bench.c, cmd_keygen.c). */
 int cli_cmd_ping(cli_globals *g, int argc, char **argv);
 int cli_cmd_info(cli_globals *g, int argc, char **argv);
 int cli_cmd_matmul(cli_globals *g, int argc, char **argv);
 int cli_cmd_bench(cli_globals *g, int argc, char **argv);
+int cli_cmd_keygen(cli_globals *g, int argc, char **argv);
 void cli_help_ping(FILE *f);
 void cli_help_info(FILE *f);
 void cli_help_matmul(FILE *f);
 void cli_help_bench(FILE *f);
+void cli_help_keygen(FILE *f);
+
+/* CURVE keys (cmd_keygen.c). */
+
+/* Resolves g's --server-key and --curve-secret (Z85 keys or CZMQ certificate files) into *out.
+ * Returns CLI_EXIT_OK, or prints why and returns CLI_EXIT_USAGE. Wipe out->client_secret after use. */
+int cli_curve_keys(const cli_globals *g, cli_curve *out);
 
 /* Option parsing (main.c). */
 
@@ -55,8 +76,9 @@ void cli_help_bench(FILE *f);
  * the first form, advancing *i) and returns 1; returns 0 when it is another
  * argument, or prints a usage error and returns -1 when the value is missing. */
 int cli_match_option(const char *cmd, int argc, char **argv, int *i, const char *name, const char **value);
-/* Consumes a global option (--endpoint, --timeout, --retries, --json) at argv[*i] into `g`.
- * Returns 1 when consumed, 0 when argv[*i] is not one, -1 after printing a usage error. */
+/* Consumes a global option (--endpoint, --timeout, --retries, --server-key, --curve-secret,
+ * --json) at argv[*i] into `g`. Returns 1 when consumed, 0 when argv[*i] is not one, -1 after printing a
+ * usage error. */
 int cli_global_option(const char *cmd, cli_globals *g, int argc, char **argv, int *i);
 /* Parses `s`, the value of option `opt`, as a decimal integer in [min, max]. Returns 0
  * and *out, or prints a usage error naming the accepted range and returns -1. */

@@ -16,6 +16,8 @@ static const cli_command s_commands[] = {
     {"matmul", "multiply random matrices on the worker; --check verifies against OpenBLAS", cli_cmd_matmul,
      cli_help_matmul},
     {"bench", "measure ping latency and matmul throughput", cli_cmd_bench, cli_help_bench},
+    {"keygen", "make a CURVE key pair (certificate files) for a worker or a client", cli_cmd_keygen,
+     cli_help_keygen},
 };
 #define S_NCOMMANDS (sizeof s_commands / sizeof s_commands[0])
 
@@ -29,7 +31,8 @@ static const cli_command *s_find_command(const char *name)
 
 static void s_help_main(FILE *f)
 {
-    fprintf(f, "usage: titan [--endpoint E] [--timeout MS] [--retries N] [--json] COMMAND [ARGS]\n"
+    fprintf(f, "usage: titan [--endpoint E] [--timeout MS] [--retries N] [--server-key KEY|FILE]\n"
+               "             [--curve-secret FILE] [--json] COMMAND [ARGS]\n"
                "\n"
                "Sends compute requests to a titan-worker over ZeroMQ.\n"
                "\n"
@@ -43,6 +46,15 @@ static void s_help_main(FILE *f)
             "  --endpoint E   the worker's ZeroMQ endpoint (default: $TITAN_ENDPOINT, else %s)\n"
             "  --timeout MS   milliseconds to wait for each attempt's answer (default 5000)\n"
             "  --retries N    attempts after the first one times out (default 2)\n"
+            "  --server-key KEY|FILE\n"
+            "                 talk CURVE (encrypted, authenticated) to a worker started with\n"
+            "                 --curve-secret: its public key (40 Z85 characters) or its public\n"
+            "                 certificate file (default: $TITAN_SERVER_KEY; none: plain)\n"
+            "  --curve-secret FILE\n"
+            "                 this client's secret certificate (from `titan keygen`), whose public\n"
+            "                 key must be in the worker's --allow-keys directory (default:\n"
+            "                 $TITAN_CURVE_SECRET; none: a throwaway key, which only a worker\n"
+            "                 without --allow-keys admits)\n"
             "  --json         print one JSON object on stdout, for scripts\n"
             "  --version      print the version and exit\n"
             "  -h, --help     print this help and exit\n"
@@ -53,6 +65,7 @@ static void s_help_main(FILE *f)
             "  titan matmul --m 1024 --k 512 --n 256 --check\n"
             "  titan bench --sizes 256,512,1024,2048 --json\n"
             "  TITAN_ENDPOINT=tcp://10.0.0.2:5555 titan --timeout 60000 matmul --m 8192 --k 8192 --n 8192\n"
+            "  titan --server-key worker --curve-secret alice_secret ping   # files from `titan keygen`\n"
             "\n"
             "No worker yet? Start one with `make run` in the titan source tree.\n"
             "\n"
@@ -159,6 +172,18 @@ int cli_global_option(const char *cmd, cli_globals *g, int argc, char **argv, in
         g->endpoint = v;
         return 1;
     }
+    if ((r = cli_match_option(cmd, argc, argv, i, "--server-key", &v)) != 0) {
+        if (r < 0) return -1;
+        g->server_key = *v ? v : NULL;
+        g->server_key_from = "--server-key";
+        return 1;
+    }
+    if ((r = cli_match_option(cmd, argc, argv, i, "--curve-secret", &v)) != 0) {
+        if (r < 0) return -1;
+        g->curve_secret = *v ? v : NULL;
+        g->curve_secret_from = "--curve-secret";
+        return 1;
+    }
     if ((r = cli_match_option(cmd, argc, argv, i, "--timeout", &v)) != 0) {
         if (r < 0 || cli_parse_u64(cmd, "--timeout", v, 1, CLI_MAX_TIMEOUT_MS, &n) < 0) return -1;
         g->timeout_ms = (int)n;
@@ -175,15 +200,26 @@ int cli_global_option(const char *cmd, cli_globals *g, int argc, char **argv, in
 int cli_client_new(const cli_globals *g, titan_client **c)
 {
     titan_client_opts o;
+    cli_curve keys;
+    int rc = cli_curve_keys(g, &keys);
+    if (rc != CLI_EXIT_OK) return rc;
     titan_client_opts_init(&o);
     o.timeout_ms = g->timeout_ms;
     o.retries = g->retries;
+    o.server_key = keys.on ? keys.server : NULL;
+    o.public_key = keys.own ? keys.client_public : NULL;
+    o.secret_key = keys.own ? keys.client_secret : NULL;
     titan_client *p = titan_client_new(g->endpoint, &o);
+    int e = errno;
+    explicit_bzero(keys.client_secret, sizeof keys.client_secret);
     if (!p) {
-        if (errno == EINVAL)
+        if (e == EINVAL)
             return cli_usage_error(NULL, "invalid endpoint \"%s\"; expected e.g. %s or ipc:///run/titan.sock",
                                    g->endpoint, CLI_DEFAULT_ENDPOINT);
-        fprintf(stderr, "titan: cannot create a client: %s\n", strerror(errno));
+        if (e == ENOTSUP)
+            fprintf(stderr, "titan: this libzmq has no CURVE support, so --server-key cannot be used\n");
+        else
+            fprintf(stderr, "titan: cannot create a client: %s\n", strerror(e));
         return CLI_EXIT_REMOTE;
     }
     *c = p;
@@ -223,9 +259,16 @@ int cli_report_failure(const cli_globals *g, const titan_client *c, int rc, cons
         fprintf(stderr,
                 "titan: no answer from %s after %d tr%s of %d ms; is titan-worker running? start it with "
                 "`make run`, or point --endpoint/TITAN_ENDPOINT at a running worker (large requests may need "
-                "a longer --timeout)\n",
+                "a longer --timeout)%s\n",
                 g->endpoint, titan_client_last_retries(c) + 1, titan_client_last_retries(c) ? "ies" : "y",
-                g->timeout_ms);
+                g->timeout_ms,
+                g->server_key
+                    ? ". With --server-key, a worker that refused this client's key does not answer "
+                      "either: check that the client's public key is in the worker's --allow-keys "
+                      "directory (the worker logs each refusal) and that the server key is the "
+                      "worker's"
+                    : ". A worker started with --curve-secret answers only clients given its "
+                      "--server-key");
         code = "timeout";
     } else if (rc == -EREMOTEIO) {
         const char *hint = s_remote_hint(code);
@@ -270,11 +313,17 @@ static bool s_is_help(const char *arg)
 int main(int argc, char **argv)
 {
     const char *env = getenv("TITAN_ENDPOINT");
+    const char *env_key = getenv("TITAN_SERVER_KEY");
+    const char *env_secret = getenv("TITAN_CURVE_SECRET");
     cli_globals g = {
         .endpoint = env && *env ? env : CLI_DEFAULT_ENDPOINT,
         .timeout_ms = 5000,
         .retries = 2,
         .json = false,
+        .server_key = env_key && *env_key ? env_key : NULL,
+        .server_key_from = "TITAN_SERVER_KEY",
+        .curve_secret = env_secret && *env_secret ? env_secret : NULL,
+        .curve_secret_from = "TITAN_CURVE_SECRET",
     };
     bool version = false;
     int i = 1;

@@ -23,6 +23,9 @@
 #define S_MAX_REPLY_FRAMES 64
 /* Frames this large are sent from the caller's memory without a copy (see s_lent). */
 #define S_ZERO_COPY_MIN 65536
+/* A CURVE key in Z85 text; the buffers hold the terminating NUL, which ZeroMQ wants too. */
+#define S_Z85_KEY_LEN 40
+#define S_MAX_HEARTBEAT_MS 3600000
 
 /* Counts caller buffers lent to ZeroMQ. A zero-copy frame stays in ZeroMQ's hands until its
  * I/O thread has written it (or dropped it when the socket closed), which can be a little
@@ -44,6 +47,11 @@ struct titan_client {
     int timeout_ms;
     int retries;
     int last_retries;
+    int heartbeat_ms;
+    bool curve;
+    char server_key[S_Z85_KEY_LEN + 1];
+    char public_key[S_Z85_KEY_LEN + 1];
+    char secret_key[S_Z85_KEY_LEN + 1];
     char last_code[32];
     char last_error[512];
     s_lent lent;
@@ -130,8 +138,14 @@ static int s_open_socket(titan_client *c)
     int sndtimeo = c->timeout_ms;
     void *s = zmq_socket(c->ctx, ZMQ_DEALER);
     if (!s) return -s_errno_from_zmq(errno);
+    int hb_ivl = c->heartbeat_ms, hb_timeout = 3 * c->heartbeat_ms;
     if (zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
         zmq_setsockopt(s, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo) != 0 ||
+        (hb_ivl && (zmq_setsockopt(s, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl) != 0 ||
+                    zmq_setsockopt(s, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout) != 0)) ||
+        (c->curve && (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, c->server_key, sizeof c->server_key) != 0 ||
+                      zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, c->public_key, sizeof c->public_key) != 0 ||
+                      zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, c->secret_key, sizeof c->secret_key) != 0)) ||
         zmq_connect(s, c->endpoint) != 0) {
         int e = s_errno_from_zmq(errno);
         zmq_close(s);
@@ -335,8 +349,11 @@ static int s_call(titan_client *c, const char *header, const titan_frame *frames
     s_lent_wait(&c->lent);
     if (rc == 0) return 0;
     if (rc == -ETIMEDOUT)
-        s_set_error(c, "timeout", "no answer from %s after %d attempt(s) of %d ms", c->endpoint,
-                    c->last_retries + 1, c->timeout_ms);
+        s_set_error(c, "timeout", "no answer from %s after %d attempt(s) of %d ms%s", c->endpoint,
+                    c->last_retries + 1, c->timeout_ms,
+                    c->curve ? " (with CURVE, this is also what a worker that refused this client's key, or "
+                               "whose key is not the given server key, looks like)"
+                             : "");
     else if (rc != -EPROTO)
         s_set_error(c, "local", "request to %s failed: %s", c->endpoint, strerror(-rc));
     return rc;
@@ -348,6 +365,42 @@ TITAN_API void titan_client_opts_init(titan_client_opts *opts)
     opts->timeout_ms = S_DEFAULT_TIMEOUT_MS;
     opts->retries = S_DEFAULT_RETRIES;
     opts->zmq_ctx = NULL;
+    opts->server_key = NULL;
+    opts->public_key = NULL;
+    opts->secret_key = NULL;
+    opts->heartbeat_ms = 0;
+}
+
+/* Returns true when `key` is a 40-character Z85 text that decodes. */
+static bool s_key_ok(const char *key)
+{
+    uint8_t bin[32];
+    return strlen(key) == S_Z85_KEY_LEN && zmq_z85_decode(bin, key) != NULL;
+}
+
+/* Copies the CURVE settings of `o` into `c`, generating a key pair if none is given. Returns 0,
+ * -EINVAL for keys that are malformed, inconsistent or given without a server key, -ENOTSUP. */
+static int s_setup_curve(titan_client *c, const titan_client_opts *o)
+{
+    if (!o->server_key) return o->public_key || o->secret_key ? -EINVAL : 0;
+    if (!s_key_ok(o->server_key) || !o->public_key != !o->secret_key) return -EINVAL;
+    if (!zmq_has("curve")) return -ENOTSUP;
+    memcpy(c->server_key, o->server_key, sizeof c->server_key);
+    if (o->public_key) {
+        /* A public key that is not the secret key's would only show up as a refusal later. */
+        char derived[S_Z85_KEY_LEN + 1];
+        uint8_t want[32], got[32];
+        if (!s_key_ok(o->public_key) || !s_key_ok(o->secret_key) ||
+            zmq_curve_public(derived, o->secret_key) != 0 || !zmq_z85_decode(got, derived) ||
+            !zmq_z85_decode(want, o->public_key) || memcmp(got, want, 32) != 0)
+            return -EINVAL;
+        memcpy(c->public_key, o->public_key, sizeof c->public_key);
+        memcpy(c->secret_key, o->secret_key, sizeof c->secret_key);
+    } else if (zmq_curve_keypair(c->public_key, c->secret_key) != 0) {
+        return -s_errno_from_zmq(errno);
+    }
+    c->curve = true;
+    return 0;
 }
 
 TITAN_API titan_client *titan_client_new(const char *endpoint, const titan_client_opts *opts)
@@ -358,7 +411,7 @@ TITAN_API titan_client *titan_client_new(const char *endpoint, const titan_clien
     titan_client_opts_init(&o);
     if (opts) o = *opts;
     if (!endpoint || !*endpoint || strlen(endpoint) >= S_MAX_ENDPOINT || !s_tcp_port_ok(endpoint) ||
-        o.timeout_ms <= 0 || o.retries < 0) {
+        o.timeout_ms <= 0 || o.retries < 0 || o.heartbeat_ms < 0 || o.heartbeat_ms > S_MAX_HEARTBEAT_MS) {
         rc = -EINVAL;
         goto fail;
     }
@@ -368,6 +421,9 @@ TITAN_API titan_client *titan_client_new(const char *endpoint, const titan_clien
     pthread_cond_init(&c->lent.cv, NULL);
     c->timeout_ms = o.timeout_ms;
     c->retries = o.retries;
+    c->heartbeat_ms = o.heartbeat_ms;
+    if ((rc = s_setup_curve(c, &o)) != 0) goto fail;
+    rc = -ENOMEM;
     c->endpoint = strdup(endpoint);
     if (!c->endpoint) goto fail;
     if (o.zmq_ctx) {
@@ -401,6 +457,7 @@ TITAN_API void titan_client_destroy(titan_client **c)
         }
     }
     free(p->endpoint);
+    explicit_bzero(p->secret_key, sizeof p->secret_key);
     pthread_cond_destroy(&p->lent.cv);
     pthread_mutex_destroy(&p->lent.mu);
     free(p);

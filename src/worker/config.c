@@ -14,6 +14,9 @@ void titan_config_init(titan_config *cfg)
     cfg->max_request_bytes = 1ULL << 30;
     cfg->max_result_bytes = 1ULL << 30;
     cfg->max_inflight_bytes = 4ULL << 30;
+    cfg->drain_timeout_ms = 30000;
+    cfg->heartbeat_ms = 5000;
+    cfg->max_client_share = 50;
 }
 
 void titan_config_free(titan_config *cfg)
@@ -22,6 +25,8 @@ void titan_config_free(titan_config *cfg)
     free(cfg->device);
     free(cfg->log_level);
     free(cfg->endpoint_file);
+    free(cfg->curve_secret);
+    free(cfg->allow_keys);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -78,6 +83,19 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
     if (strcmp(key, "device") == 0) return s_set_str(&cfg->device, value);
     if (strcmp(key, "log-level") == 0) return s_set_str(&cfg->log_level, value);
     if (strcmp(key, "endpoint-file") == 0) return s_set_str(&cfg->endpoint_file, value);
+    if (strcmp(key, "curve-secret") == 0) return s_set_str(&cfg->curve_secret, value);
+    if (strcmp(key, "allow-keys") == 0) return s_set_str(&cfg->allow_keys, value);
+    if (strcmp(key, "insecure") == 0) {
+        if (strcmp(value, "true") == 0 || strcmp(value, "yes") == 0 || strcmp(value, "1") == 0)
+            cfg->insecure = true;
+        else if (strcmp(value, "false") == 0 || strcmp(value, "no") == 0 || strcmp(value, "0") == 0)
+            cfg->insecure = false;
+        else {
+            snprintf(err, errcap, "insecure must be true or false, not '%s'", value);
+            return -EINVAL;
+        }
+        return 0;
+    }
     struct {
         const char *name;
         uint64_t lo, hi;
@@ -88,6 +106,10 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         {"max-request-bytes", 1024, 1ULL << 40},
         {"max-result-bytes", 1024, 1ULL << 40},
         {"max-inflight-bytes", 1024, 1ULL << 42},
+        {"max-queue", 0, 1000000},
+        {"drain-timeout", 0, 3600000},
+        {"heartbeat", 0, 3600000},
+        {"max-client-share", 1, 100},
     };
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
         if (strcmp(key, nums[i].name) != 0) continue;
@@ -103,7 +125,11 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         else if (i == 2) cfg->queue = (int)u;
         else if (i == 3) cfg->max_request_bytes = u;
         else if (i == 4) cfg->max_result_bytes = u;
-        else cfg->max_inflight_bytes = u;
+        else if (i == 5) cfg->max_inflight_bytes = u;
+        else if (i == 6) cfg->queue = (int)u;
+        else if (i == 7) cfg->drain_timeout_ms = (int)u;
+        else if (i == 8) cfg->heartbeat_ms = (int)u;
+        else cfg->max_client_share = (int)u;
         return 0;
     }
     snprintf(err, errcap, "unknown setting '%s'", key);

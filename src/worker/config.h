@@ -2,6 +2,7 @@
 #ifndef TITAN_WORKER_CONFIG_H
 #define TITAN_WORKER_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +20,12 @@ typedef struct {
     uint64_t max_inflight_bytes; /* request bytes held at once (queued + running) before "busy" */
     char *log_level;
     char *endpoint_file;     /* written with the bound endpoints once ready */
+    char *curve_secret;      /* the worker's CURVE secret certificate file; NULL: no CURVE */
+    char *allow_keys;        /* directory of admitted client public certificates; NULL: any key */
+    bool insecure;           /* allow binding beyond loopback without CURVE */
+    int drain_timeout_ms;    /* how long shutdown waits for running requests */
+    int heartbeat_ms;        /* ZMTP heartbeat interval; 0 = off */
+    int max_client_share;    /* percent of the queue one client may hold (fairness); 100 = no cap */
 } titan_config;
 
 /* Sets the defaults. */

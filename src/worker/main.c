@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "notify.h"
 #include "ops.h"
 #include "server.h"
 #include "sysinfo.h"
@@ -48,13 +49,21 @@ static void s_usage(FILE *f)
             "  --device DEV             auto | cpu | cuda | cuda:N (default auto: the best available)\n"
             "  --threads N              executor threads serving requests at once (default: one per core)\n"
             "  --blas-threads N         BLAS threads for each product (default: all cores)\n"
-            "  --queue N                requests that may wait for an executor before the worker\n"
+            "  --queue N, --max-queue N requests that may wait for an executor before the worker\n"
             "                           answers \"busy\" (default 64)\n"
+            "  --max-client-share PCT   the part of the queue one client may fill (default 50), so a\n"
+            "                           flooding client cannot starve the others\n"
             "  --max-request-bytes N    largest request accepted, K/M/G suffixes (default 1G)\n"
             "  --max-result-bytes N     largest result computed (default 1G)\n"
             "  --max-inflight-bytes N   request bytes held at once, queued and running, before the\n"
             "                           worker answers \"busy\" (default 4G)\n"
             "  --log-level LEVEL        error | warn | info | debug (default info; debug logs every request)\n"
+            "  --curve-secret FILE      turn on CurveZMQ: the worker's secret certificate (titan keygen)\n"
+            "  --allow-keys DIR         admit only clients whose public certificates are in DIR; the\n"
+            "                           directory is re-read while running (add or revoke keys live)\n"
+            "  --insecure               allow binding beyond loopback without CURVE (warns)\n"
+            "  --drain-timeout MS       on SIGTERM, how long running requests may finish (default 30000)\n"
+            "  --heartbeat MS           ZMTP heartbeat interval; dead peers drop after 3x (default 5000, 0 off)\n"
             "  --endpoint-file PATH     write the bound endpoints here once ready (for scripts and tests)\n"
             "  --config FILE            read settings from FILE: 'key = value' lines with the option\n"
             "                           names above (bind may repeat); command-line options win\n"
@@ -82,19 +91,26 @@ static int s_write_endpoint_file(const char *path, const char *endpoints)
 
 int main(int argc, char **argv)
 {
-    enum { O_BIND = 1000, O_DEVICE, O_THREADS, O_BLAS, O_QUEUE, O_MAXREQ, O_MAXRES, O_LOG, O_EPFILE, O_CONFIG,
-           O_VERSION, O_MAXINFL };
+    /* Every option with val >= O_SETTING is a setting, named as in the config file. */
+    enum { O_CONFIG = 1000, O_VERSION, O_SETTING };
     static const struct option longopts[] = {
-        {"bind", required_argument, 0, O_BIND},
-        {"device", required_argument, 0, O_DEVICE},
-        {"threads", required_argument, 0, O_THREADS},
-        {"blas-threads", required_argument, 0, O_BLAS},
-        {"queue", required_argument, 0, O_QUEUE},
-        {"max-request-bytes", required_argument, 0, O_MAXREQ},
-        {"max-result-bytes", required_argument, 0, O_MAXRES},
-        {"max-inflight-bytes", required_argument, 0, O_MAXINFL},
-        {"log-level", required_argument, 0, O_LOG},
-        {"endpoint-file", required_argument, 0, O_EPFILE},
+        {"bind", required_argument, 0, O_SETTING},
+        {"device", required_argument, 0, O_SETTING + 1},
+        {"threads", required_argument, 0, O_SETTING + 2},
+        {"blas-threads", required_argument, 0, O_SETTING + 3},
+        {"queue", required_argument, 0, O_SETTING + 4},
+        {"max-queue", required_argument, 0, O_SETTING + 5},
+        {"max-request-bytes", required_argument, 0, O_SETTING + 6},
+        {"max-result-bytes", required_argument, 0, O_SETTING + 7},
+        {"max-inflight-bytes", required_argument, 0, O_SETTING + 8},
+        {"log-level", required_argument, 0, O_SETTING + 9},
+        {"endpoint-file", required_argument, 0, O_SETTING + 10},
+        {"curve-secret", required_argument, 0, O_SETTING + 11},
+        {"allow-keys", required_argument, 0, O_SETTING + 12},
+        {"insecure", no_argument, 0, O_SETTING + 13},
+        {"drain-timeout", required_argument, 0, O_SETTING + 14},
+        {"heartbeat", required_argument, 0, O_SETTING + 15},
+        {"max-client-share", required_argument, 0, O_SETTING + 16},
         {"config", required_argument, 0, O_CONFIG},
         {"version", no_argument, 0, O_VERSION},
         {"help", no_argument, 0, 'h'},
@@ -120,11 +136,11 @@ int main(int argc, char **argv)
             config_path = optarg;
             break;
         default:
-            if (((c >= O_BIND && c <= O_EPFILE) || c == O_MAXINFL) && ncli < 64) {
+            if (c >= O_SETTING && ncli < 64) {
                 for (const struct option *o = longopts; o->name; o++) {
                     if (o->val == c) {
                         cli_keys[ncli] = o->name;
-                        cli_vals[ncli++] = optarg;
+                        cli_vals[ncli++] = o->has_arg == no_argument ? "true" : optarg;
                     }
                 }
                 break;
@@ -224,9 +240,22 @@ int main(int argc, char **argv)
         rc = s_write_endpoint_file(cfg->endpoint_file, titan_server_endpoints(srv));
         if (rc) titan_log(TITAN_LOG_ERROR, "cannot write %s: %s", cfg->endpoint_file, strerror(-rc));
     }
+    if (rc == 0) {
+        char status[2300];
+        snprintf(status, sizeof(status), "serving on %s (%s)", eps, w.backend->info.backend);
+        titan_notify_ready(status);
+    }
     rc = rc ? rc : titan_server_run(srv, &s_stop, s_wake[0]);
     unsigned long long served, errors, dropped;
     titan_server_counts(srv, &served, &errors, &dropped);
+    if (titan_server_abandoned(srv) > 0) {
+        /* A product is still computing: waiting for its threads (BLAS joins them at exit)
+         * would outlast the drain timeout, so leave now. */
+        titan_log(TITAN_LOG_INFO, "titan-worker stopped after %llu requests (%d abandoned at the drain timeout)", served,
+                  titan_server_abandoned(srv));
+        fflush(stderr);
+        _exit(rc ? 1 : 0);
+    }
     titan_server_destroy(&srv);
     titan_log(TITAN_LOG_INFO, "titan-worker stopped after %llu requests (%llu answered with errors, %llu replies undeliverable)",
               served, errors, dropped);

@@ -57,8 +57,8 @@ static int s_json_matrix_reply(titan_out *out, titan_dtype dt, const void *c, si
         if (!idtxt) return -ENOMEM;
         idlen = strlen(idtxt);
     }
-    /* At most 24 characters a number (e.g. -1.2345678901234567e-308) plus a separator. */
-    size_t per = dt == TITAN_DTYPE_FLOAT32 ? 16 : 25;
+    /* The longest number text plus a separator, for every element. */
+    size_t per = (dt == TITAN_DTYPE_FLOAT32 ? TITAN_FLOAT32_TEXT_MAX : TITAN_FLOAT64_TEXT_MAX) + 1;
     size_t cap = m * n * per + m * 3 + idlen + 64;
     char *buf = malloc(cap);
     if (!buf) {

@@ -11,7 +11,10 @@
 
 #include <zmq.h>
 
+#include "auth.h"
+#include "fairq.h"
 #include "log.h"
+#include "notify.h"
 #include "server.h"
 
 #define MAX_ENVELOPE 8
@@ -53,11 +56,15 @@ struct titan_server {
     bool busy[MAX_EXECUTORS];
     int nexec;
     int queue_cap;
+    int client_cap; /* most requests one client may have queued */
     uint64_t max_inflight_bytes;
     uint64_t inflight_bytes; /* body bytes of queued and running jobs */
-    titan_job *qhead, *qtail;
+    titan_fairq *queue;      /* waiting jobs, per client in turn */
     int qlen;
     int running;
+    bool draining;
+    int drain_timeout_ms;
+    titan_auth *auth;
     char endpoints[2048];
     unsigned long long served, errors, dropped;
 };
@@ -219,7 +226,7 @@ static void *s_executor_main(void *arg)
 
 static void s_dispatch(titan_server *s)
 {
-    while (s->qhead) {
+    while (s->qlen > 0) {
         int idle = -1;
         for (int i = 0; i < s->nexec; i++) {
             if (!s->busy[i]) {
@@ -228,11 +235,9 @@ static void s_dispatch(titan_server *s)
             }
         }
         if (idle < 0) return;
-        titan_job *j = s->qhead;
-        s->qhead = j->next;
-        if (!s->qhead) s->qtail = NULL;
+        titan_job *j = titan_fairq_pop(s->queue);
+        if (!j) return;
         s->qlen--;
-        j->next = NULL;
         if (zmq_send(s->pairs[idle], &j, sizeof(j), 0) != sizeof(j)) {
             s->inflight_bytes -= j->bytes;
             s_job_error(j, "internal", "could not hand the request to an executor");
@@ -295,6 +300,16 @@ static titan_job *s_receive(titan_server *s)
 static void s_admit(titan_server *s, titan_job *j)
 {
     j->env = s_envelope(j);
+    if (s->auth) {
+        /* ZAP named the client by its key when it connected; the key may have been revoked since. */
+        const char *who = zmq_msg_gets(&j->frames[j->nframes - 1], "User-Id");
+        if (!titan_auth_admits(s->auth, who)) {
+            s_job_peek_id(j);
+            s_job_error(j, "unauthorized", "this client's key is no longer admitted (--allow-keys)");
+            s_reply(s, j);
+            return;
+        }
+    }
     if (j->nframes <= j->env) {
         s_job_error(j, "bad_request", "empty request: send a JSON header such as {\"op\":\"ping\"}");
         s_reply(s, j);
@@ -324,12 +339,24 @@ static void s_admit(titan_server *s, titan_job *j)
         }
     }
     bool idle = s->running < s->nexec;
-    if ((!idle && s->qlen >= s->queue_cap) ||
+    const void *key = zmq_msg_data(&j->frames[0]);
+    size_t keylen = zmq_msg_size(&j->frames[0]);
+    if (keylen == 0 || keylen > TITAN_FAIRQ_MAX_KEY) keylen = 0; /* no usable routing id: count as one */
+    size_t mine = keylen ? titan_fairq_client_len(s->queue, key, keylen) : 0;
+    bool over_share = !idle && (int)mine >= s->client_cap;
+    if ((!idle && s->qlen >= s->queue_cap) || over_share ||
         (s->inflight_bytes + j->bytes > s->max_inflight_bytes && s->inflight_bytes > 0))
         s_job_peek_id(j);
     if (!idle && s->qlen >= s->queue_cap) {
         s_job_error(j, "busy", "worker busy: %d requests running and %d queued; retry later or send it to another "
                     "backend", s->running, s->qlen);
+        s_reply(s, j);
+        return;
+    }
+    if (over_share) {
+        /* One client may not take the whole queue: the others keep their turn. */
+        s_job_error(j, "busy", "worker busy: this client already has %zu requests queued, its share of the queue; "
+                    "wait for answers before sending more", mine);
         s_reply(s, j);
         return;
     }
@@ -340,12 +367,12 @@ static void s_admit(titan_server *s, titan_job *j)
         s_reply(s, j);
         return;
     }
+    if (titan_fairq_push(s->queue, keylen ? key : "?", keylen ? keylen : 1, j) != 0) {
+        s_job_error(j, "internal", "out of memory while queueing the request");
+        s_reply(s, j);
+        return;
+    }
     s->inflight_bytes += j->bytes;
-    if (s->qtail)
-        s->qtail->next = j;
-    else
-        s->qhead = j;
-    s->qtail = j;
     s->qlen++;
     s_dispatch(s);
 }
@@ -359,7 +386,15 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, cha
     }
     s->w = w;
     s->queue_cap = cfg->queue;
+    s->client_cap = cfg->queue * cfg->max_client_share / 100;
+    if (s->client_cap < 1) s->client_cap = 1;
     s->max_inflight_bytes = cfg->max_inflight_bytes;
+    s->drain_timeout_ms = cfg->drain_timeout_ms;
+    s->queue = titan_fairq_new();
+    if (!s->queue) {
+        snprintf(err, errcap, "out of memory");
+        goto fail;
+    }
     s->nexec = w->threads;
     if (s->nexec < 1) s->nexec = 1;
     if (s->nexec > MAX_EXECUTORS) s->nexec = MAX_EXECUTORS;
@@ -376,6 +411,14 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, cha
     zmq_setsockopt(s->router, ZMQ_SNDHWM, &sndhwm, sizeof(sndhwm));
     zmq_setsockopt(s->router, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof(mandatory));
     zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
+    if (cfg->heartbeat_ms > 0) {
+        /* ZMTP pings find dead peers (a VM that vanished) and free their pipes. */
+        int ivl = cfg->heartbeat_ms, timeout = 3 * cfg->heartbeat_ms;
+        zmq_setsockopt(s->router, ZMQ_HEARTBEAT_IVL, &ivl, sizeof(ivl));
+        zmq_setsockopt(s->router, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof(timeout));
+        zmq_setsockopt(s->router, ZMQ_HEARTBEAT_TTL, &timeout, sizeof(timeout));
+    }
+    if (titan_auth_setup(s->ctx, s->router, cfg, &s->auth, err, errcap) != 0) goto fail;
     size_t off = 0;
     for (int i = 0; i < cfg->nbinds; i++) {
         if (zmq_bind(s->router, cfg->binds[i]) != 0) {
@@ -413,6 +456,11 @@ fail:
     return NULL;
 }
 
+int titan_server_abandoned(const titan_server *s)
+{
+    return s->running;
+}
+
 const char *titan_server_endpoints(const titan_server *s)
 {
     return s->endpoints;
@@ -424,6 +472,27 @@ void titan_server_counts(const titan_server *s, unsigned long long *served, unsi
     *served = s->served;
     *errors = s->errors;
     *dropped = s->dropped;
+}
+
+/* Stops taking work: refuses every queued request and starts the drain clock. */
+static void s_start_drain(titan_server *s, struct timespec *t_drain)
+{
+    s->draining = true;
+    clock_gettime(CLOCK_MONOTONIC, t_drain);
+    titan_notify_stopping();
+    if (s->running || s->qlen) {
+        titan_log(TITAN_LOG_INFO, "shutting down: refusing %d queued requests, finishing %d running for up to %d ms "
+                  "(signal again to stop at once)", s->qlen, s->running, s->drain_timeout_ms);
+        titan_notify_status("draining %d requests", s->running);
+    }
+    titan_job *j;
+    while ((j = titan_fairq_pop(s->queue)) != NULL) {
+        s->qlen--;
+        s->inflight_bytes -= j->bytes;
+        s_job_peek_id(j);
+        s_job_error(j, "shutting_down", "the worker is shutting down; retry on another backend or after its restart");
+        s_reply(s, j);
+    }
 }
 
 static void s_collect(titan_server *s, int i)
@@ -454,13 +523,35 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd)
         nitems++;
     }
     int rc = 0;
-    while (!*stop) {
-        int n = zmq_poll(items, nitems, -1);
+    int wd_ms = titan_notify_watchdog_interval_ms();
+    struct timespec t_wd, t_drain;
+    clock_gettime(CLOCK_MONOTONIC, &t_wd);
+    /* Serve until stopped, then drain: new requests are answered "shutting_down" while the
+     * running ones finish, for at most drain_timeout_ms. */
+    for (;;) {
+        if (*stop && !s->draining) s_start_drain(s, &t_drain);
+        if (s->draining && (s->running == 0 || s_ms_since(&t_drain) >= s->drain_timeout_ms)) break;
+        long timeout = -1;
+        if (wd_ms > 0) {
+            /* wake for the next ping when it is due, not a whole interval after the last event */
+            double wd_left = wd_ms - s_ms_since(&t_wd);
+            timeout = wd_left > 0 ? (long)wd_left + 1 : 0;
+        }
+        if (s->draining) {
+            long left = (long)(s->drain_timeout_ms - s_ms_since(&t_drain)) + 1;
+            if (timeout < 0 || left < timeout) timeout = left;
+        }
+        int n = zmq_poll(items, nitems, timeout);
         if (n < 0) {
             if (zmq_errno() == EINTR) continue;
             rc = -zmq_errno();
             titan_log(TITAN_LOG_ERROR, "poll failed: %s", zmq_strerror(-rc));
             break;
+        }
+        if (wd_ms > 0 && s_ms_since(&t_wd) >= wd_ms) {
+            /* The loop is alive and turning: tell systemd's watchdog. */
+            titan_notify_watchdog();
+            clock_gettime(CLOCK_MONOTONIC, &t_wd);
         }
         for (int i = 0; i < s->nexec; i++)
             if (items[1 + i].revents & ZMQ_POLLIN) s_collect(s, i);
@@ -469,34 +560,22 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd)
             for (int k = 0; k < 256; k++) {
                 titan_job *j = s_receive(s);
                 if (!j) break;
-                s_admit(s, j);
+                if (s->draining) {
+                    j->env = s_envelope(j);
+                    s_job_peek_id(j);
+                    s_job_error(j, "shutting_down",
+                                "the worker is shutting down; retry on another backend or after its restart");
+                    s_reply(s, j);
+                } else {
+                    s_admit(s, j);
+                }
             }
         }
-        s_dispatch(s);
+        if (!s->draining) s_dispatch(s);
     }
-    /* Shutting down: refuse what waits, finish what runs. */
-    if (s->running || s->qlen)
-        titan_log(TITAN_LOG_INFO, "shutting down: refusing %d queued requests, finishing %d running (signal again to "
-                  "stop at once)", s->qlen, s->running);
-    while (s->qhead) {
-        titan_job *j = s->qhead;
-        s->qhead = j->next;
-        s->qlen--;
-        j->next = NULL;
-        s->inflight_bytes -= j->bytes;
-        s_job_peek_id(j);
-        s_job_error(j, "shutting_down", "the worker is shutting down; retry on another backend or after restart");
-        s_reply(s, j);
-    }
-    s->qtail = NULL;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (s->running > 0 && s_ms_since(&t0) < 30000) {
-        int n = zmq_poll(items + 1, s->nexec, 100);
-        if (n < 0 && zmq_errno() != EINTR) break;
-        for (int i = 0; i < s->nexec; i++)
-            if (items[1 + i].revents & ZMQ_POLLIN) s_collect(s, i);
-    }
+    if (s->running)
+        titan_log(TITAN_LOG_WARN, "drain timeout (%d ms) passed with %d requests still running; exiting without "
+                  "their replies", s->drain_timeout_ms, s->running);
     return rc;
 }
 
@@ -521,12 +600,11 @@ void titan_server_destroy(titan_server **sp)
         }
         if (s->pairs[i] && !(e->started && s->busy[i])) zmq_close(s->pairs[i]);
     }
-    while (s->qhead) {
-        titan_job *j = s->qhead;
-        s->qhead = j->next;
-        s_job_free(j);
-    }
+    titan_job *j;
+    while (s->queue && (j = titan_fairq_pop(s->queue)) != NULL) s_job_free(j);
+    titan_fairq_destroy(&s->queue);
     if (s->router) zmq_close(s->router);
+    titan_auth_destroy(&s->auth);
     bool detached = false;
     for (int i = 0; i < MAX_EXECUTORS; i++) detached |= s->execs[i].started && s->busy[i];
     /* zmq_ctx_term would wait forever on a detached executor's socket; the process is exiting anyway. */

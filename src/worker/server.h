@@ -21,6 +21,8 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd);
 /* Requests served, errors answered, and replies that could not be delivered, so far. */
 void titan_server_counts(const titan_server *s, unsigned long long *served, unsigned long long *errors,
                          unsigned long long *dropped);
+/* Requests still running when titan_server_run gave up draining them. */
+int titan_server_abandoned(const titan_server *s);
 void titan_server_destroy(titan_server **s);
 
 #endif

@@ -11,7 +11,8 @@ class Worker:
 
     started = []  # every worker a test started, so it can check they all exited cleanly
 
-    def __init__(self, binary, *args, log_level="info"):
+    def __init__(self, binary, *args, log_level="info", env=None):
+        """env: the child's whole environment (default: this process's)."""
         Worker.started.append(self)
         self.dir = tempfile.mkdtemp(prefix="titan-test-")
         self.epfile = os.path.join(self.dir, "endpoint")
@@ -19,7 +20,7 @@ class Worker:
         self.log = open(self.logpath, "w")
         cmd = [binary, "--bind", "tcp://127.0.0.1:*", "--endpoint-file", self.epfile,
                "--log-level", log_level, *args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 20
         while not os.path.exists(self.epfile):
             if self.proc.poll() is not None:

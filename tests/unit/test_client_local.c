@@ -50,6 +50,10 @@ static void test_opts_defaults(void **state)
     assert_int_equal(o.timeout_ms, 5000);
     assert_int_equal(o.retries, 2);
     assert_null(o.zmq_ctx);
+    assert_null(o.server_key);
+    assert_null(o.public_key);
+    assert_null(o.secret_key);
+    assert_int_equal(o.heartbeat_ms, 0);
     titan_client_opts_init(NULL); /* must not crash */
 }
 
@@ -332,8 +336,10 @@ static void *fake_run(void *arg)
     return NULL;
 }
 
-/* Starts a fake worker on an ephemeral loopback port that plays `script` in order. */
-static void fake_start(fake_worker *f, const canned_reply *script, int nscript)
+/* Starts a fake worker on an ephemeral loopback port that plays `script` in order; a CURVE
+ * server (admitting any client key) when `curve_secret` (Z85) is not NULL. */
+static void fake_start_curve(fake_worker *f, const canned_reply *script, int nscript,
+                             const char *curve_secret)
 {
     memset(f, 0, sizeof *f);
     f->script = script;
@@ -345,10 +351,20 @@ static void fake_start(fake_worker *f, const canned_reply *script, int nscript)
     assert_non_null(f->router);
     int linger = 0;
     zmq_setsockopt(f->router, ZMQ_LINGER, &linger, sizeof linger);
+    if (curve_secret) {
+        int on = 1;
+        assert_int_equal(zmq_setsockopt(f->router, ZMQ_CURVE_SERVER, &on, sizeof on), 0);
+        assert_int_equal(zmq_setsockopt(f->router, ZMQ_CURVE_SECRETKEY, curve_secret, 41), 0);
+    }
     assert_int_equal(zmq_bind(f->router, "tcp://127.0.0.1:*"), 0);
     size_t len = sizeof f->endpoint;
     assert_int_equal(zmq_getsockopt(f->router, ZMQ_LAST_ENDPOINT, f->endpoint, &len), 0);
     assert_int_equal(pthread_create(&f->thread, NULL, fake_run, f), 0);
+}
+
+static void fake_start(fake_worker *f, const canned_reply *script, int nscript)
+{
+    fake_start_curve(f, script, nscript, NULL);
 }
 
 static void fake_stop(fake_worker *f)
@@ -587,6 +603,103 @@ static void test_late_and_stale_replies(void **state)
     fake_stop(&f);
 }
 
+/* Returns a client for `ep` with the given CURVE settings, or NULL with errno. */
+static titan_client *curve_client(const char *ep, const char *server, const char *pub, const char *sec,
+                                  int hb)
+{
+    titan_client_opts o;
+    titan_client_opts_init(&o);
+    o.timeout_ms = 300;
+    o.retries = 0;
+    o.server_key = server;
+    o.public_key = pub;
+    o.secret_key = sec;
+    o.heartbeat_ms = hb;
+    errno = 0;
+    return titan_client_new(ep, &o);
+}
+
+/* Keys must be 40 valid Z85 characters, given consistently; bad ones fail early with EINVAL. */
+static void test_curve_key_validation(void **state)
+{
+    const char *ep = "tcp://127.0.0.1:5555";
+    char srv_pub[41], srv_sec[41], pub[41], sec[41], other_pub[41], other_sec[41];
+    assert_int_equal(zmq_curve_keypair(srv_pub, srv_sec), 0);
+    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
+    assert_int_equal(zmq_curve_keypair(other_pub, other_sec), 0);
+    char short_key[41], bad_char[41];
+    snprintf(short_key, sizeof short_key, "%.39s", srv_pub);
+    snprintf(bad_char, sizeof bad_char, "%s", srv_pub);
+    bad_char[7] = '~'; /* not in the Z85 alphabet */
+    const struct {
+        const char *server, *pub, *sec;
+        int hb;
+    } bad[] = {
+        {short_key, NULL, NULL, 0},  {bad_char, NULL, NULL, 0},    {"", NULL, NULL, 0},
+        {NULL, pub, sec, 0},         {NULL, pub, NULL, 0},         {srv_pub, pub, NULL, 0},
+        {srv_pub, NULL, sec, 0},     {srv_pub, other_pub, sec, 0}, {srv_pub, pub, short_key, 0},
+        {srv_pub, bad_char, sec, 0}, {NULL, NULL, NULL, -1},       {NULL, NULL, NULL, 3600001},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        titan_client *c = curve_client(ep, bad[i].server, bad[i].pub, bad[i].sec, bad[i].hb);
+        if (c) fail_msg("case %zu was accepted", i);
+        assert_int_equal(errno, EINVAL);
+    }
+    titan_client *c = curve_client(ep, srv_pub, NULL, NULL, 0); /* an ephemeral pair */
+    assert_non_null(c);
+    titan_client_destroy(&c);
+    c = curve_client(ep, srv_pub, pub, sec, 1000);
+    assert_non_null(c);
+    titan_client_destroy(&c);
+}
+
+static const canned_reply g_pong[] = {
+    {0, 2, {TXT(""), TXT("{\"status\":\"ok\",\"gpu\":\"Curve GPU\"}")}},
+    {0, 2, {TXT(""), TXT("{\"status\":\"ok\",\"gpu\":\"Curve GPU\"}")}},
+};
+
+/* Against a CURVE server: the right server key is answered (ephemeral or given client keys);
+ * no key or the wrong one gets a timeout whose message mentions a refused key. */
+static void test_curve_round_trip(void **state)
+{
+    char srv_pub[41], srv_sec[41], pub[41], sec[41], wrong[41], wrong_sec[41];
+    assert_int_equal(zmq_curve_keypair(srv_pub, srv_sec), 0);
+    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
+    assert_int_equal(zmq_curve_keypair(wrong, wrong_sec), 0);
+    static fake_worker f;
+    fake_start_curve(&f, g_pong, 2, srv_sec);
+    char *dev = NULL;
+
+    titan_client *c = curve_client(f.endpoint, srv_pub, NULL, NULL, 0);
+    assert_non_null(c);
+    assert_int_equal(titan_client_ping(c, &dev), 0);
+    assert_string_equal(dev, "Curve GPU");
+    free(dev);
+    titan_client_destroy(&c);
+
+    c = curve_client(f.endpoint, srv_pub, pub, sec, 100);
+    assert_non_null(c);
+    assert_int_equal(titan_client_ping(c, NULL), 0);
+    titan_client_destroy(&c);
+
+    c = curve_client(f.endpoint, NULL, NULL, NULL, 0);
+    assert_non_null(c);
+    assert_int_equal(titan_client_ping(c, NULL), -ETIMEDOUT);
+    assert_null(strstr(titan_client_last_error(c), "refused"));
+    titan_client_destroy(&c);
+
+    c = curve_client(f.endpoint, wrong, NULL, NULL, 0);
+    assert_non_null(c);
+    assert_int_equal(titan_client_ping(c, NULL), -ETIMEDOUT);
+    assert_non_null(strstr(titan_client_last_error(c), "refused"));
+    titan_client_destroy(&c);
+
+    pthread_mutex_lock(&f.lock);
+    assert_int_equal(f.served, 2);
+    pthread_mutex_unlock(&f.lock);
+    fake_stop(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -602,6 +715,8 @@ int main(void)
         cmocka_unit_test(test_fake_worker_replies),
         cmocka_unit_test(test_many_frames),
         cmocka_unit_test(test_late_and_stale_replies),
+        cmocka_unit_test(test_curve_key_validation),
+        cmocka_unit_test(test_curve_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
