@@ -148,8 +148,9 @@ void cli_help_keygen(FILE *f)
         "{\"public_key\":...,\"public_file\":...,\"secret_file\":...}\n"
         "\n"
         "Admit a client by copying its public certificate (not the _secret one) into the\n"
-        "worker's --allow-keys directory; remove it to refuse the client's new connections\n"
-        "(one already connected keeps its connection). No restart needed.\n"
+        "worker's --allow-keys directory; remove it to refuse the client: new connections are\n"
+        "refused, and a connection already open gets \"unauthorized\" on its next request.\n"
+        "No restart needed.\n"
         "\n"
         "exit status: 0 written; 1 the files exist (without --force) or cannot be written; 2 usage error.\n");
 }

@@ -494,9 +494,10 @@ static int s_setup_server_key(void *router, const char *path, char *err, size_t 
         rc = -EINVAL;
         goto out;
     }
-    if ((sst.st_mode & 077) != 0)
-        titan_log(TITAN_LOG_WARN, "--curve-secret: %s can be read by other users (mode %03o); chmod 600 it",
-                  used, (unsigned)(sst.st_mode & 0777));
+    /* Group read is how a service account is usually given the file (root:titan 0640). */
+    if ((sst.st_mode & 027) != 0)
+        titan_log(TITAN_LOG_WARN, "--curve-secret: %s can be read or written by other users (mode %03o); chmod 600 "
+                  "(or 640 for the service's group) it", used, (unsigned)(sst.st_mode & 0777));
     int on = 1;
     if (zmq_setsockopt(router, ZMQ_CURVE_SERVER, &on, sizeof(on)) != 0 ||
         zmq_setsockopt(router, ZMQ_CURVE_SECRETKEY, zcert_secret_key(cert), S_KEY_BYTES) != 0 ||

@@ -108,7 +108,7 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         {"max-inflight-bytes", 1024, 1ULL << 42},
         {"max-queue", 0, 1000000},
         {"drain-timeout", 0, 3600000},
-        {"heartbeat", 0, 3600000},
+        {"heartbeat", 0, 2000000}, /* ZeroMQ caps the heartbeat TTL (3 intervals) at 6553500 ms */
         {"max-client-share", 1, 100},
     };
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {

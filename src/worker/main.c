@@ -72,7 +72,7 @@ static void s_usage(FILE *f)
             "\n"
             "Examples:\n"
             "  titan-worker                                  # CPU or GPU, on tcp://127.0.0.1:5555\n"
-            "  titan-worker --bind tcp://0.0.0.0:5555 --queue 16 --log-level warn\n"
+            "  titan-worker --bind tcp://0.0.0.0:5555 --curve-secret worker_secret --allow-keys clients/\n"
             "  titan ping                                    # from another shell\n");
 }
 
@@ -246,19 +246,24 @@ int main(int argc, char **argv)
         titan_notify_ready(status);
     }
     rc = rc ? rc : titan_server_run(srv, &s_stop, s_wake[0]);
-    unsigned long long served, errors, dropped;
-    titan_server_counts(srv, &served, &errors, &dropped);
+    unsigned long long served, errors, dropped, refused;
+    titan_server_counts(srv, &served, &errors, &dropped, &refused);
+    char refused_txt[64] = "";
+    if (refused) snprintf(refused_txt, sizeof(refused_txt), ", %llu clients refused", refused);
     if (titan_server_abandoned(srv) > 0) {
         /* A product is still computing: waiting for its threads (BLAS joins them at exit)
          * would outlast the drain timeout, so leave now. */
-        titan_log(TITAN_LOG_INFO, "titan-worker stopped after %llu requests (%d abandoned at the drain timeout)", served,
-                  titan_server_abandoned(srv));
+        titan_log(TITAN_LOG_INFO,
+                  "titan-worker stopped after %llu requests (%llu answered with errors, %llu replies undeliverable%s, "
+                  "%d abandoned at the drain timeout)",
+                  served, errors, dropped, refused_txt, titan_server_abandoned(srv));
         fflush(stderr);
         _exit(rc ? 1 : 0);
     }
     titan_server_destroy(&srv);
-    titan_log(TITAN_LOG_INFO, "titan-worker stopped after %llu requests (%llu answered with errors, %llu replies undeliverable)",
-              served, errors, dropped);
+    titan_log(TITAN_LOG_INFO,
+              "titan-worker stopped after %llu requests (%llu answered with errors, %llu replies undeliverable%s)",
+              served, errors, dropped, refused_txt);
     titan_ops_fini(&w);
     titan_backend_destroy(&w.backend);
     titan_config_free(cfg);

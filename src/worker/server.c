@@ -411,6 +411,8 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, cha
     zmq_setsockopt(s->router, ZMQ_SNDHWM, &sndhwm, sizeof(sndhwm));
     zmq_setsockopt(s->router, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof(mandatory));
     zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
+    int ipv6 = 1; /* so that tcp://[::1]:PORT binds too; IPv4 addresses work as before */
+    zmq_setsockopt(s->router, ZMQ_IPV6, &ipv6, sizeof(ipv6));
     if (cfg->heartbeat_ms > 0) {
         /* ZMTP pings find dead peers (a VM that vanished) and free their pipes. */
         int ivl = cfg->heartbeat_ms, timeout = 3 * cfg->heartbeat_ms;
@@ -467,11 +469,12 @@ const char *titan_server_endpoints(const titan_server *s)
 }
 
 void titan_server_counts(const titan_server *s, unsigned long long *served, unsigned long long *errors,
-                         unsigned long long *dropped)
+                         unsigned long long *dropped, unsigned long long *refused)
 {
     *served = s->served;
     *errors = s->errors;
     *dropped = s->dropped;
+    *refused = titan_auth_refused(s->auth);
 }
 
 /* Stops taking work: refuses every queued request and starts the drain clock. */

@@ -18,9 +18,10 @@ const char *titan_server_endpoints(const titan_server *s);
  * handler on any thread can wake the loop by writing to it. Then answers what is queued
  * with "shutting_down", waits for running requests and returns 0, or -errno on a fatal socket error. */
 int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd);
-/* Requests served, errors answered, and replies that could not be delivered, so far. */
+/* Requests served, errors answered, replies that could not be delivered, and clients
+ * refused by CURVE authentication, so far. */
 void titan_server_counts(const titan_server *s, unsigned long long *served, unsigned long long *errors,
-                         unsigned long long *dropped);
+                         unsigned long long *dropped, unsigned long long *refused);
 /* Requests still running when titan_server_run gave up draining them. */
 int titan_server_abandoned(const titan_server *s);
 void titan_server_destroy(titan_server **s);
