@@ -28,8 +28,8 @@ typedef struct {
     const char *server_key;
     const char *public_key;
     const char *secret_key;
-    /* ZMTP heartbeat interval in ms (0..3600000); the connection is dropped and remade after
-     * 3 intervals without traffic. Default 0: off (each attempt's timeout still applies). */
+    /* ZMTP heartbeat interval in ms (0..3600000; 0 = off); the connection is dropped and
+     * remade after 3 intervals without traffic. Default 5000. Each attempt's timeout still applies. */
     int heartbeat_ms;
 } titan_client_opts;
 

@@ -26,6 +26,7 @@
 /* A CURVE key in Z85 text; the buffers hold the terminating NUL, which ZeroMQ wants too. */
 #define S_Z85_KEY_LEN 40
 #define S_MAX_HEARTBEAT_MS 3600000
+#define S_DEFAULT_HEARTBEAT_MS 5000
 
 /* Counts caller buffers lent to ZeroMQ. A zero-copy frame stays in ZeroMQ's hands until its
  * I/O thread has written it (or dropped it when the socket closed), which can be a little
@@ -368,7 +369,7 @@ TITAN_API void titan_client_opts_init(titan_client_opts *opts)
     opts->server_key = NULL;
     opts->public_key = NULL;
     opts->secret_key = NULL;
-    opts->heartbeat_ms = 0;
+    opts->heartbeat_ms = S_DEFAULT_HEARTBEAT_MS;
 }
 
 /* Returns true when `key` is a 40-character Z85 text that decodes. */

@@ -201,6 +201,9 @@ static int s_ops(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_
                           (json_int_t)w->limits.max_result_bytes, "max_inflight_bytes",
                           (json_int_t)w->limits.max_inflight_bytes, "max_frames", TITAN_MAX_BODY_FRAMES,
                           "max_rank", TITAN_MAX_RANK, "max_json_depth", TITAN_JSON_MAX_DEPTH, "queue", w->queue);
+    /* A tensor's elements are capped through its bytes: the request cap over the smallest dtype. */
+    json_t *lim = o ? json_object_get(o, "limits") : NULL;
+    if (lim) json_object_set_new(lim, "max_tensor_elements", json_integer((json_int_t)(w->limits.max_request_bytes / 4)));
     if (titan_out_json(out, o, req->id)) return titan_fail(err, "internal", "out of memory");
     return 0;
 }

@@ -350,7 +350,8 @@ def config_file():
     sc = req_socket(wc.endpoint)
     r, _ = call(sc, {"op": "ops"})
     lim = r.get("limits", {})
-    tap.ok(lim.get("queue") == 7 and lim.get("max_request_bytes") == 2 << 20, "--config settings apply", lim)
+    tap.ok(lim.get("queue") == 7 and lim.get("max_request_bytes") == 2 << 20
+           and lim.get("max_tensor_elements") == (2 << 20) // 4, "--config settings apply", lim)
     sc.close()
     wc.stop()
     with open(cfg, "w") as f:

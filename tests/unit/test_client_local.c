@@ -53,7 +53,7 @@ static void test_opts_defaults(void **state)
     assert_null(o.server_key);
     assert_null(o.public_key);
     assert_null(o.secret_key);
-    assert_int_equal(o.heartbeat_ms, 0);
+    assert_int_equal(o.heartbeat_ms, 5000);
     titan_client_opts_init(NULL); /* must not crash */
 }
 
