@@ -12,11 +12,11 @@
 #include <zmq.h>
 
 #include "cli.h"
+#include "zpl.h"
 
 #define S_KEY_BYTES 32
 #define S_MAX_NAME 200
 /* Certificates are a few hundred bytes; anything far larger is not one. */
-#define S_MAX_CERT_BYTES 65536
 
 /* Returns true when `key` is 40 characters of Z85 that decode to a 32-byte key. */
 static bool s_z85_key_ok(const char *key)
@@ -25,34 +25,12 @@ static bool s_z85_key_ok(const char *key)
     return strlen(key) == 40 && zmq_z85_decode(bin, key) != NULL;
 }
 
-/* Returns true when `path` is a small file that parses as ZPL (a CZMQ certificate's format).
- * zconfig_load, which zcert_load uses, leaks on a syntax error (CZMQ 4.2): check first. */
+/* Returns true when `path` is a small file that parses as ZPL (a CZMQ certificate's format). */
 static bool s_zpl_ok(const char *path)
 {
-    bool ok = false;
-    char *buf = NULL;
-    struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return false;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > S_MAX_CERT_BYTES) goto out;
-    buf = malloc(S_MAX_CERT_BYTES + 2);
-    if (!buf) goto out;
-    size_t len = 0;
-    for (;;) {
-        ssize_t got = read(fd, buf + len, S_MAX_CERT_BYTES + 1 - len);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0) goto out;
-        if (got == 0) break;
-        len += (size_t)got;
-        if (len > S_MAX_CERT_BYTES) goto out;
-    }
-    buf[len] = '\0';
-    zconfig_t *root = memchr(buf, '\0', len) ? NULL : zconfig_str_load(buf);
-    ok = root != NULL;
+    zconfig_t *root = titan_zpl_load(path);
+    bool ok = root != NULL;
     zconfig_destroy(&root);
-out:
-    free(buf);
-    close(fd);
     return ok;
 }
 

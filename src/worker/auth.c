@@ -21,6 +21,7 @@
 #include <zmq.h>
 
 #include "auth.h"
+#include "zpl.h"
 #include "log.h"
 
 #define S_ZAP_ENDPOINT "inproc://zeromq.zap.01"
@@ -28,7 +29,6 @@
 #define S_KEY_BYTES 32
 /* Caps on what the allow-keys directory can make us hold or read. */
 #define S_MAX_KEYS 65536
-#define S_MAX_CERT_BYTES 65536
 /* How often the allow-keys files are compared with what was loaded, at most. */
 #define S_RESCAN_MS 1000
 /* Refusals logged per second; the others are counted and reported with the next logged one. */
@@ -175,41 +175,12 @@ static uint64_t s_dir_signature(const char *dir)
     return sum ? sum : 1;
 }
 
-/* Parses the ZPL (CZMQ certificate) file `path` of at most S_MAX_CERT_BYTES. Returns the tree
- * (the caller's) or NULL. Reads the file itself: zconfig_load leaks on a syntax error (CZMQ 4.2). */
-static zconfig_t *s_load_zpl(const char *path)
-{
-    zconfig_t *root = NULL;
-    char *buf = NULL;
-    struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return NULL;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > S_MAX_CERT_BYTES) goto out;
-    buf = malloc(S_MAX_CERT_BYTES + 2);
-    if (!buf) goto out;
-    size_t len = 0;
-    for (;;) {
-        ssize_t got = read(fd, buf + len, S_MAX_CERT_BYTES + 1 - len);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0) goto out;
-        if (got == 0) break;
-        len += (size_t)got;
-        if (len > S_MAX_CERT_BYTES) goto out; /* grew since fstat */
-    }
-    buf[len] = '\0';
-    if (memchr(buf, '\0', len) == NULL) root = zconfig_str_load(buf);
-out:
-    free(buf);
-    close(fd);
-    return root;
-}
-
 /* Reads the public key of the certificate file `path` into `key`. Returns 0, or -EINVAL when it
  * is not a certificate with a valid 40-character Z85 public key. */
 static int s_read_public_key(const char *path, uint8_t key[S_KEY_BYTES])
 {
     /* Not zcert_load: it prefers PATH_secret and accepts a malformed key. */
-    zconfig_t *root = s_load_zpl(path);
+    zconfig_t *root = titan_zpl_load(path);
     if (!root) return -EINVAL;
     const char *txt = zconfig_get(root, "/curve/public-key", NULL);
     int rc = txt && strlen(txt) == 40 && zmq_z85_decode(key, txt) ? 0 : -EINVAL;
@@ -474,7 +445,7 @@ static int s_setup_server_key(void *router, const char *path, char *err, size_t 
         snprintf(used, sizeof(used), "%s", path);
         sst = st;
     }
-    zconfig_t *zpl = s_load_zpl(used);
+    zconfig_t *zpl = titan_zpl_load(used);
     zcert_t *cert = zpl ? zcert_load(path) : NULL;
     zconfig_destroy(&zpl);
     if (!cert) {

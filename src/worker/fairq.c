@@ -41,6 +41,21 @@ static s_client *s_find(const titan_fairq *q, const void *key, size_t keylen)
     return NULL;
 }
 
+/* Takes client c (the cursor) out of the ring, frees it and moves the cursor on. */
+static void s_unlink_cursor(titan_fairq *q)
+{
+    s_client *c = q->cursor;
+    if (c->next == c) {
+        q->cursor = NULL;
+    } else {
+        s_client *prev = c;
+        while (prev->next != c) prev = prev->next;
+        prev->next = c->next;
+        q->cursor = c->next;
+    }
+    free(c);
+}
+
 int titan_fairq_push(titan_fairq *q, const void *key, size_t keylen, void *item)
 {
     if (!q || !key || keylen == 0 || keylen > TITAN_FAIRQ_MAX_KEY || !item) return -EINVAL;
@@ -91,17 +106,8 @@ void *titan_fairq_pop(titan_fairq *q)
     q->len--;
     free(node);
     if (c->n == 0) {
-        /* drop the client from the ring */
-        if (c->next == c) {
-            q->cursor = NULL;
-        } else {
-            s_client *prev = c;
-            while (prev->next != c) prev = prev->next;
-            prev->next = c->next;
-            q->cursor = c->next;
-        }
+        s_unlink_cursor(q);
         q->clients--;
-        free(c);
     } else {
         q->cursor = c->next;
     }
@@ -136,15 +142,7 @@ void titan_fairq_destroy(titan_fairq **qp)
             c->head = n->next;
             free(n);
         }
-        if (c->next == c) {
-            q->cursor = NULL;
-        } else {
-            s_client *prev = c;
-            while (prev->next != c) prev = prev->next;
-            prev->next = c->next;
-            q->cursor = c->next;
-        }
-        free(c);
+        s_unlink_cursor(q);
     }
     free(q);
     *qp = NULL;

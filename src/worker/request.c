@@ -39,6 +39,16 @@ int titan_request_parse(titan_request *req, const char *text, size_t len, zmq_ms
     json_error_t jerr;
     req->hdr = json_loadb(req->split.rest, req->split.rest_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!req->hdr) return titan_fail(err, "bad_request", "invalid JSON header: %s", jerr.text);
+    /* Array values became null placeholders in the DOM: a scalar field given as an array
+     * would otherwise read as absent. */
+    static const char *scalars[] = {"op", "id", "deadline_ms", "dtype"};
+    for (size_t i = 0; i < req->split.nspans; i++) {
+        for (size_t k = 0; k < sizeof(scalars) / sizeof(scalars[0]); k++) {
+            size_t n = strlen(scalars[k]);
+            if (req->split.spans[i].key_len == n && memcmp(req->split.spans[i].key, scalars[k], n) == 0)
+                return titan_fail(err, "bad_request", "\"%s\" must not be an array", scalars[k]);
+        }
+    }
     json_t *id = json_object_get(req->hdr, "id");
     if (id && !json_is_null(id)) {
         if (!json_is_string(id) && !json_is_integer(id))

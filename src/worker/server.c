@@ -411,8 +411,14 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, cha
     zmq_setsockopt(s->router, ZMQ_SNDHWM, &sndhwm, sizeof(sndhwm));
     zmq_setsockopt(s->router, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof(mandatory));
     zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
-    int ipv6 = 1; /* so that tcp://[::1]:PORT binds too; IPv4 addresses work as before */
-    zmq_setsockopt(s->router, ZMQ_IPV6, &ipv6, sizeof(ipv6));
+    /* IPv6 only when asked for: with it on, IPv4 endpoints are reported as [::ffff:a.b.c.d]. */
+    for (int i = 0; i < cfg->nbinds; i++) {
+        if (strchr(cfg->binds[i], '[')) {
+            int ipv6 = 1;
+            zmq_setsockopt(s->router, ZMQ_IPV6, &ipv6, sizeof(ipv6));
+            break;
+        }
+    }
     if (cfg->heartbeat_ms > 0) {
         /* ZMTP pings find dead peers (a VM that vanished) and free their pipes. */
         int ivl = cfg->heartbeat_ms, timeout = 3 * cfg->heartbeat_ms;

@@ -14,7 +14,7 @@ for _ in $(seq 200); do [ -s "$tmp/ep" ] && break; sleep 0.05; done
 export TITAN_ENDPOINT=$(head -n1 "$tmp/ep")
 
 out=$("$titan" ping); rc=$?
-[ $rc = 0 ] && grep -q "$TITAN_ENDPOINT" <<<"$out"; check $? "ping uses TITAN_ENDPOINT, exit 0"
+[ $rc = 0 ] && grep -qF "$TITAN_ENDPOINT" <<<"$out"; check $? "ping uses TITAN_ENDPOINT, exit 0"
 out=$("$titan" --json info); rc=$?
 [ $rc = 0 ] && /usr/bin/python3 -c 'import json,sys; d=json.loads(sys.argv[1]); assert d["backend"]=="cpu" and d["cuda_capability"] is None' "$out"
 check $? "info --json is one JSON object"
