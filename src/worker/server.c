@@ -303,7 +303,9 @@ static void s_admit(titan_server *s, titan_job *j)
     if (s->auth) {
         /* ZAP named the client by its key when it connected; the key may have been revoked since. */
         const char *who = zmq_msg_gets(&j->frames[j->nframes - 1], "User-Id");
-        if (!titan_auth_admits(s->auth, who)) {
+        /* No User-Id: the message came over inproc from this process (the job consumer);
+         * a TCP peer cannot reach a CURVE socket without passing ZAP, which names it. */
+        if (who && !titan_auth_admits(s->auth, who)) {
             s_job_peek_id(j);
             s_job_error(j, "unauthorized", "this client's key is no longer admitted (--allow-keys)");
             s_reply(s, j);
@@ -441,6 +443,7 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, cha
         off += (size_t)snprintf(s->endpoints + off, sizeof(s->endpoints) - off, "%s\n", ep);
         if (off >= sizeof(s->endpoints)) off = sizeof(s->endpoints) - 1;
     }
+    if (zmq_bind(s->router, TITAN_SERVER_INPROC) != 0) goto fail_zmq;
     for (int i = 0; i < s->nexec; i++) {
         char name[64];
         snprintf(name, sizeof(name), "inproc://titan-exec-%d", i);
@@ -462,6 +465,11 @@ fail_zmq:
 fail:
     titan_server_destroy(&s);
     return NULL;
+}
+
+void *titan_server_zmq_ctx(const titan_server *s)
+{
+    return s->ctx;
 }
 
 int titan_server_abandoned(const titan_server *s)

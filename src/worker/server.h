@@ -12,6 +12,11 @@ typedef struct titan_server titan_server;
 /* Binds every endpoint in cfg and starts cfg->threads executors (callers block SIGINT and
  * SIGTERM first so that only the main thread sees them). Returns NULL with a reason in err. */
 titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, char *err, size_t errcap);
+/* The in-process endpoint on which the worker also serves requests, for its own job
+ * consumer (a DEALER on titan_server_zmq_ctx): such requests share the admission limits. */
+#define TITAN_SERVER_INPROC "inproc://titan-requests"
+/* The ZeroMQ context of the server (borrowed), for sockets that talk to TITAN_SERVER_INPROC. */
+void *titan_server_zmq_ctx(const titan_server *s);
 /* The endpoints actually bound ("tcp://127.0.0.1:41234"), one per line; borrowed. */
 const char *titan_server_endpoints(const titan_server *s);
 /* Serves until *stop becomes nonzero; wake_fd (or -1) is polled too, so that a signal
