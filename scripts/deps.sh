@@ -3,9 +3,10 @@
 # Usage: scripts/deps.sh build|test|bench|run
 set -euo pipefail
 
-build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsystemd-dev libjansson-dev libopenblas-dev"
+build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsystemd-dev libjansson-dev libopenblas-dev libhiredis-dev"
 # clang and libclang-rt-14-dev (libFuzzer): make test runs each fuzz target for 60 s.
-test_pkgs="libcmocka-dev python3-zmq python3-numpy clang libclang-rt-14-dev"
+# redis-server and python3-redis: the job tests run their own Redis.
+test_pkgs="libcmocka-dev python3-zmq python3-numpy clang libclang-rt-14-dev redis-server python3-redis"
 bench_pkgs="python3-zmq python3-numpy python3-torch"
 
 case "${1:-build}" in

@@ -8,5 +8,6 @@
 #include "titan/export.h"
 #include "titan/tensor.h"
 #include "titan/client.h"
+#include "titan/jobs.h"
 
 #endif

@@ -52,7 +52,7 @@ typedef struct {
     void (*help)(FILE *f);
 } cli_command;
 
-/* Commands (cmd_basic.c, cmd_bench.c, cmd_keygen.c). */
+/* Commands (cmd_basic.c, cmd_bench.c, cmd_keygen.c, cmd_jobs.c). */
 int cli_cmd_ping(cli_globals *g, int argc, char **argv);
 int cli_cmd_info(cli_globals *g, int argc, char **argv);
 int cli_cmd_matmul(cli_globals *g, int argc, char **argv);
@@ -63,6 +63,13 @@ void cli_help_info(FILE *f);
 void cli_help_matmul(FILE *f);
 void cli_help_bench(FILE *f);
 void cli_help_keygen(FILE *f);
+/* Batch jobs in Redis (cmd_jobs.c). */
+int cli_cmd_submit(cli_globals *g, int argc, char **argv);
+int cli_cmd_job(cli_globals *g, int argc, char **argv);
+int cli_cmd_jobs(cli_globals *g, int argc, char **argv);
+void cli_help_submit(FILE *f);
+void cli_help_job(FILE *f);
+void cli_help_jobs(FILE *f);
 
 /* CURVE keys (cmd_keygen.c). */
 

@@ -18,6 +18,9 @@ static const cli_command s_commands[] = {
     {"bench", "measure ping latency and matmul throughput", cli_cmd_bench, cli_help_bench},
     {"keygen", "make a CURVE key pair (certificate files) for a worker or a client", cli_cmd_keygen,
      cli_help_keygen},
+    {"submit", "queue a request as a batch job in Redis; prints the job id", cli_cmd_submit, cli_help_submit},
+    {"job", "status, result, wait or cancel of batch jobs: titan job wait ID...", cli_cmd_job, cli_help_job},
+    {"jobs", "list batch jobs: titan jobs list --state failed", cli_cmd_jobs, cli_help_jobs},
 };
 #define S_NCOMMANDS (sizeof s_commands / sizeof s_commands[0])
 
@@ -69,8 +72,11 @@ static void s_help_main(FILE *f)
             "\n"
             "No worker yet? Start one with `make run` in the titan source tree.\n"
             "\n"
-            "exit status: 0 ok; 1 the worker answered an error, a --check failed or a local failure;\n"
-            "2 usage error; 3 the worker is unreachable or did not answer in time.\n",
+            "Batch jobs (submit, job, jobs) go through Redis instead: --redis URL or $TITAN_REDIS\n"
+            "(default redis://127.0.0.1:6379); see `titan help submit`.\n"
+            "\n"
+            "exit status: 0 ok; 1 the worker answered an error (a job failed), a --check failed or a local\n"
+            "failure; 2 usage error; 3 the worker (or Redis) is unreachable or did not answer in time.\n",
             CLI_DEFAULT_ENDPOINT);
 }
 

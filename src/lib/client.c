@@ -15,6 +15,7 @@
 #include <zmq.h>
 
 #include "titan/client.h"
+#include "reply_internal.h"
 
 #define S_DEFAULT_TIMEOUT_MS 5000
 #define S_DEFAULT_RETRIES 2
@@ -743,4 +744,48 @@ TITAN_API void titan_reply_destroy(titan_reply **r)
     free(p->header);
     free(p);
     *r = NULL;
+}
+
+/* Frees a buffer adopted by titan_reply_adopt once ZeroMQ's message lets it go. */
+static void s_adopted_free(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+int titan_reply_adopt(char **header, void **data, const size_t *sizes, size_t n, titan_reply **out)
+{
+    int rc = -EINVAL;
+    titan_reply *r = NULL;
+    if (!header || !*header || !out || (n && (!data || !sizes)) || n > S_MAX_REPLY_FRAMES) goto out;
+    rc = -ENOMEM;
+    if (!(r = calloc(1, sizeof *r)) || (n && !(r->frames = calloc(n, sizeof *r->frames)))) goto out;
+    r->cap = n;
+    r->header = *header;
+    *header = NULL;
+    for (; r->nframes < n; r->nframes++) {
+        size_t i = r->nframes;
+        /* zmq_msg_init_data wants data for a non-empty message only; an empty one owns nothing. */
+        if (sizes[i] == 0 || !data[i]) {
+            zmq_msg_init(&r->frames[i]);
+            free(data[i]);
+        } else if (zmq_msg_init_data(&r->frames[i], data[i], sizes[i], s_adopted_free, NULL) != 0) {
+            goto out;
+        }
+        data[i] = NULL;
+    }
+    *out = r;
+    r = NULL;
+    rc = 0;
+out:
+    titan_reply_destroy(&r);
+    if (header) {
+        free(*header);
+        *header = NULL;
+    }
+    for (size_t i = 0; data && i < n; i++) {
+        free(data[i]);
+        data[i] = NULL;
+    }
+    return rc;
 }

@@ -17,6 +17,9 @@ void titan_config_init(titan_config *cfg)
     cfg->drain_timeout_ms = 30000;
     cfg->heartbeat_ms = 5000;
     cfg->max_client_share = 50;
+    cfg->visibility_timeout_ms = 60000;
+    cfg->max_attempts = 3;
+    cfg->result_ttl_s = 86400;
 }
 
 void titan_config_free(titan_config *cfg)
@@ -27,6 +30,10 @@ void titan_config_free(titan_config *cfg)
     free(cfg->endpoint_file);
     free(cfg->curve_secret);
     free(cfg->allow_keys);
+    free(cfg->redis_url);
+    free(cfg->redis_password);
+    free(cfg->redis_prefix);
+    free(cfg->jobs_group);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -85,6 +92,22 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
     if (strcmp(key, "endpoint-file") == 0) return s_set_str(&cfg->endpoint_file, value);
     if (strcmp(key, "curve-secret") == 0) return s_set_str(&cfg->curve_secret, value);
     if (strcmp(key, "allow-keys") == 0) return s_set_str(&cfg->allow_keys, value);
+    /* The URL itself is checked by the job consumer (titan_jobs_consumer_check). */
+    if (strcmp(key, "redis") == 0) return s_set_str(&cfg->redis_url, value);
+    if (strcmp(key, "redis-password") == 0) return s_set_str(&cfg->redis_password, value);
+    if (strcmp(key, "redis-prefix") == 0 || strcmp(key, "jobs-group") == 0) {
+        /* The prefix goes between braces (a Redis Cluster hash tag), the group into commands. */
+        size_t n = strlen(value);
+        bool ok = n >= 1 && n <= 64;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = isgraph((unsigned char)value[i]) && value[i] != '{' && value[i] != '}';
+        if (!ok) {
+            snprintf(err, errcap, "--%s must be 1 to 64 printable characters without spaces, '{' or '}', not '%s'",
+                     key, value);
+            return -EINVAL;
+        }
+        return s_set_str(key[0] == 'r' ? &cfg->redis_prefix : &cfg->jobs_group, value);
+    }
     if (strcmp(key, "insecure") == 0) {
         if (strcmp(value, "true") == 0 || strcmp(value, "yes") == 0 || strcmp(value, "1") == 0)
             cfg->insecure = true;
@@ -110,6 +133,9 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         {"drain-timeout", 0, 3600000},
         {"heartbeat", 0, 2000000}, /* ZeroMQ caps the heartbeat TTL (3 intervals) at 6553500 ms */
         {"max-client-share", 1, 100},
+        {"visibility-timeout", 100, 86400000},
+        {"max-attempts", 1, 1000},
+        {"result-ttl", 1, 315360000},
     };
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
         if (strcmp(key, nums[i].name) != 0) continue;
@@ -129,7 +155,10 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         else if (i == 6) cfg->queue = (int)u;
         else if (i == 7) cfg->drain_timeout_ms = (int)u;
         else if (i == 8) cfg->heartbeat_ms = (int)u;
-        else cfg->max_client_share = (int)u;
+        else if (i == 9) cfg->max_client_share = (int)u;
+        else if (i == 10) cfg->visibility_timeout_ms = (int)u;
+        else if (i == 11) cfg->max_attempts = (int)u;
+        else cfg->result_ttl_s = (int)u;
         return 0;
     }
     snprintf(err, errcap, "unknown setting '%s'", key);

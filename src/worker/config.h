@@ -26,6 +26,14 @@ typedef struct {
     int drain_timeout_ms;    /* how long shutdown waits for running requests */
     int heartbeat_ms;        /* ZMTP heartbeat interval; 0 = off */
     int max_client_share;    /* percent of the queue one client may hold (fairness); 100 = no cap */
+    /* Batch jobs from Redis Streams (docs/JOBS.md); no consumer without redis_url. */
+    char *redis_url;          /* redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] */
+    char *redis_password;     /* overrides the URL's password */
+    char *redis_prefix;       /* keys are "{PREFIX}:..."; NULL: "titan" */
+    char *jobs_group;         /* consumer group; NULL: "titan-workers" */
+    int visibility_timeout_ms; /* a pending entry idle this long is reclaimed by another worker */
+    int max_attempts;         /* starts of one job before it goes to the dead-letter stream */
+    int result_ttl_s;         /* TTL of a job record once it has ended */
 } titan_config;
 
 /* Sets the defaults. */

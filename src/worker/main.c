@@ -11,6 +11,7 @@
 #include <zmq.h>
 
 #include "config.h"
+#include "jobs.h"
 #include "log.h"
 #include "notify.h"
 #include "ops.h"
@@ -65,6 +66,16 @@ static void s_usage(FILE *f)
             "  --drain-timeout MS       on SIGTERM, how long running requests may finish (default 30000)\n"
             "  --heartbeat MS           ZMTP heartbeat interval; dead peers drop after 3x (default 5000, 0 off)\n"
             "  --endpoint-file PATH     write the bound endpoints here once ready (for scripts and tests)\n"
+            "  --redis URL              also run batch jobs from Redis Streams (docs/JOBS.md):\n"
+            "                           redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]; off by default\n"
+            "  --redis-password P       Redis password; overrides the URL's (prefer the config file)\n"
+            "  --redis-prefix NAME      job keys are {NAME}:... (default titan)\n"
+            "  --jobs-group G           the Redis consumer group of the workers (default titan-workers)\n"
+            "  --visibility-timeout MS  a job pending this long on a worker that stopped answering is\n"
+            "                           run by another worker (default 60000)\n"
+            "  --max-attempts N         starts of one job before it goes to {NAME}:dead (default 3)\n"
+            "  --result-ttl S           seconds a job's record and result are kept once it ended\n"
+            "                           (default 86400)\n"
             "  --config FILE            read settings from FILE: 'key = value' lines with the option\n"
             "                           names above (bind may repeat); command-line options win\n"
             "  --version                print the version and exit\n"
@@ -111,6 +122,13 @@ int main(int argc, char **argv)
         {"drain-timeout", required_argument, 0, O_SETTING + 14},
         {"heartbeat", required_argument, 0, O_SETTING + 15},
         {"max-client-share", required_argument, 0, O_SETTING + 16},
+        {"redis", required_argument, 0, O_SETTING + 17},
+        {"redis-password", required_argument, 0, O_SETTING + 18},
+        {"redis-prefix", required_argument, 0, O_SETTING + 19},
+        {"jobs-group", required_argument, 0, O_SETTING + 20},
+        {"visibility-timeout", required_argument, 0, O_SETTING + 21},
+        {"max-attempts", required_argument, 0, O_SETTING + 22},
+        {"result-ttl", required_argument, 0, O_SETTING + 23},
         {"config", required_argument, 0, O_CONFIG},
         {"version", no_argument, 0, O_VERSION},
         {"help", no_argument, 0, 'h'},
@@ -174,6 +192,11 @@ int main(int argc, char **argv)
     }
     if (cfg->nbinds == 0) titan_config_set(cfg, "bind", "tcp://127.0.0.1:5555", err, sizeof(err));
     if (!cfg->device) titan_config_set(cfg, "device", "auto", err, sizeof(err));
+    if (titan_jobs_consumer_check(cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "titan-worker: %s\nTry 'titan-worker --help'.\n", err);
+        titan_config_free(cfg);
+        return 2;
+    }
     if (cfg->log_level && titan_log_set_level_name(cfg->log_level)) {
         fprintf(stderr, "titan-worker: --log-level must be error, warn, info or debug, not '%s'\n", cfg->log_level);
         titan_config_free(cfg);
@@ -240,12 +263,27 @@ int main(int argc, char **argv)
         rc = s_write_endpoint_file(cfg->endpoint_file, titan_server_endpoints(srv));
         if (rc) titan_log(TITAN_LOG_ERROR, "cannot write %s: %s", cfg->endpoint_file, strerror(-rc));
     }
+    /* Jobs go through the same admission as ZeroMQ requests, so the consumer starts once the
+     * server is up. On SIGTERM it starts no new job, the server drains the one in hand (a job
+     * still queued gets "shutting_down": its start is undone and its entry stays pending in Redis
+     * for another worker), and the consumer is stopped once the server has drained. */
+    titan_jobs_consumer *jobs = NULL;
+    if (rc == 0 && cfg->redis_url) {
+        jobs = titan_jobs_consumer_start(cfg, titan_server_zmq_ctx(srv), err, sizeof(err));
+        if (!jobs) {
+            titan_log(TITAN_LOG_ERROR, "%s", err);
+            rc = -EINVAL;
+        } else {
+            titan_jobs_consumer_watch(jobs, &s_stop);
+        }
+    }
     if (rc == 0) {
         char status[2300];
         snprintf(status, sizeof(status), "serving on %s (%s)", eps, w.backend->info.backend);
         titan_notify_ready(status);
     }
     rc = rc ? rc : titan_server_run(srv, &s_stop, s_wake[0]);
+    titan_jobs_consumer_stop(&jobs);
     unsigned long long served, errors, dropped, refused;
     titan_server_counts(srv, &served, &errors, &dropped, &refused);
     char refused_txt[64] = "";

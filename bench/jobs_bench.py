@@ -1,0 +1,143 @@
+#!/usr/bin/python3
+"""jobs_bench.py - small-job throughput through Redis Streams with 1 and 3 titan-workers, against a
+bare LPUSH/BRPOP queue (bench/redis_ceiling, C) measured in the same run on the same redis-server.
+
+Usage: jobs_bench.py BUILD_DIR [--jobs N]
+Jobs are 8x8 float32 binary matmuls submitted (pipelined) as docs/JOBS.md lays them out; the clock
+runs from the first submit until the consumer group has no entry left to deliver or acknowledge.
+Prints one line per figure and a summary with the ratio to the ceiling (target >= 0.5).
+"""
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import redis
+
+P = "{titan}"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(tmp):
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp,
+                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    r = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            r.ping()
+            return proc, port, r
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.02)
+    raise RuntimeError("redis-server did not start")
+
+
+def submit(r, n):
+    a = np.arange(64, dtype=np.float32).reshape(8, 8)
+    hdr = json.dumps({"op": "matrix_multiply", "a": {"dtype": "float32", "shape": [8, 8], "frame": 1},
+                      "b": {"dtype": "float32", "shape": [8, 8], "frame": 2}})
+    pipe = r.pipeline(transaction=False)
+    now = int(time.time() * 1000)
+    for i in range(n):
+        jid = secrets.token_hex(16)
+        pipe.hset(f"{P}:job:{jid}", mapping={"state": "queued", "header": hdr, "nframes": 2, "frame:1": a.tobytes(),
+                                             "frame:2": a.tobytes(), "priority": "normal", "attempts": 0,
+                                             "created_ms": now})
+        pipe.zadd(f"{P}:index", {jid: now})
+        pipe.xadd(f"{P}:jobs", {"id": jid})
+        if i % 500 == 499:
+            pipe.execute()
+    pipe.execute()
+
+
+def drained(r):
+    for g in r.xinfo_groups(f"{P}:jobs"):
+        if g["name"] == b"titan-workers":
+            return g.get("lag") == 0 and g["pending"] == 0
+    return False
+
+
+def run_jobs(build, port, r, workers, n, tmp):
+    r.flushall()
+    procs = []
+    for i in range(workers):
+        ep = os.path.join(tmp, f"w{i}.ep")
+        procs.append(subprocess.Popen([os.path.join(build, "titan-worker"), "--bind", "tcp://127.0.0.1:*",
+                                       "--endpoint-file", ep, "--log-level", "warn", "--threads", "1",
+                                       "--redis", f"redis://127.0.0.1:{port}"]))
+        while not os.path.exists(ep):
+            time.sleep(0.01)
+    # the group exists once a worker has started consuming
+    for _ in range(500):
+        try:
+            if any(g["name"] == b"titan-workers" for g in r.xinfo_groups(f"{P}:jobs")):
+                break
+        except redis.exceptions.ResponseError:
+            pass
+        time.sleep(0.01)
+    t0 = time.perf_counter()
+    submit(r, n)
+    while not drained(r):
+        time.sleep(0.01)
+    s = time.perf_counter() - t0
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait(20)
+    done = sum(1 for k in r.scan_iter(f"{P}:job:*", count=1000) if r.hget(k, "state") == b"done")
+    return s, done
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("build")
+    ap.add_argument("--jobs", type=int, default=5000)
+    args = ap.parse_args()
+    if not shutil.which("redis-server"):
+        print("jobs_bench: redis-server not installed (apt-get install redis-server)", file=sys.stderr)
+        return 2
+    tmp = tempfile.mkdtemp(prefix="titan-jobs-bench-")
+    proc, port, r = start_redis(tmp)
+    try:
+        rows = []
+        for workers in (1, 3):
+            out = subprocess.run([os.path.join(args.build, "bench", "redis_ceiling"), "127.0.0.1", str(port),
+                                  str(args.jobs), str(workers)], capture_output=True, text=True, check=True).stdout
+            ceiling = float(out.split("per_s=")[1])
+            s, done = run_jobs(args.build, port, r, workers, args.jobs, tmp)
+            per_s = args.jobs / s
+            print(f"jobs workers={workers} jobs={args.jobs} done={done} s={s:.3f} per_s={per_s:.0f} "
+                  f"ceiling_per_s={ceiling:.0f} ratio={per_s / ceiling:.3f}", flush=True)
+            rows.append((workers, per_s, ceiling, done))
+        print("\n== jobs summary (ratio = titan jobs/s / bare LPUSH-BRPOP items/s, same redis-server)")
+        print(f"{'workers':>8} {'jobs/s':>10} {'ceiling/s':>10} {'ratio':>7} {'target':>8}  result")
+        bad = 0
+        for workers, per_s, ceiling, done in rows:
+            ok = per_s / ceiling >= 0.5
+            print(f"{workers:>8} {per_s:>10.0f} {ceiling:>10.0f} {per_s / ceiling:>7.3f} {'>= 0.5':>8}  "
+                  f"{'PASS' if ok else 'MISS'}")
+            if done != args.jobs:
+                print(f"jobs_bench: only {done} of {args.jobs} jobs ended done", file=sys.stderr)
+                bad = 1
+        return bad
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

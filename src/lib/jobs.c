@@ -1,0 +1,1092 @@
+/* jobs.c - libtitan's Redis job client: the client side of docs/JOBS.md over hiredis. */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+#include "titan/jobs.h"
+#include "jsonscan.h"
+#include "reply_internal.h"
+
+#define S_DEFAULT_PREFIX "titan"
+#define S_DEFAULT_TIMEOUT_MS 5000
+#define S_MAX_TIMEOUT_MS 3600000
+#define S_DEFAULT_RESULT_TTL_S 86400
+#define S_MAX_HOST 253
+#define S_MAX_CRED 1024
+#define S_MAX_DB 1000000
+/* Room for "{PREFIX}:idem:" plus the longest idempotency key. */
+#define S_MAX_KEY (TITAN_JOB_MAX_PREFIX_LEN + TITAN_JOB_MAX_KEY_LEN + 16)
+/* Jobs titan_jobs_list and titan_jobs_wait ask about in one pipelined round trip. */
+#define S_BATCH 256
+#define S_POLL_MIN_MS 20
+#define S_POLL_MAX_MS 500
+
+struct titan_jobs {
+    redisContext *ctx; /* NULL until the first call, and after an I/O error (remade on the next call) */
+    char *host;
+    int port;
+    int db;
+    char *user;                                /* NULL: AUTH with the password alone */
+    char *password;                            /* NULL: no AUTH */
+    char prefix[TITAN_JOB_MAX_PREFIX_LEN + 3]; /* "{titan}" */
+    int timeout_ms;
+    int result_ttl_s;
+    char last_error[512];
+};
+
+/* The fields titan_jobs_status reads, in the order s_fill_info expects. */
+static const char *const s_info_fields[] = {"state",       "priority", "attempts", "created_ms", "started_ms",
+                                            "finished_ms", "error",    "code",     "worker"};
+#define S_NINFO (sizeof s_info_fields / sizeof s_info_fields[0])
+
+/* Writes the record and the queue entry in one atomic step, so that an idempotency key is taken if and
+ * only if its job exists, and a worker never sees an id without its record (docs/JOBS.md, "submit").
+ * KEYS: job, index, queue[, idem]. ARGV: id, created_ms, then the record's field/value pairs. */
+static const char s_submit_lua[] = "if #KEYS == 4 then\n"
+                                   "  if not redis.call('SET', KEYS[4], ARGV[1], 'NX') then\n"
+                                   "    return {0, redis.call('GET', KEYS[4])}\n"
+                                   "  end\n"
+                                   "end\n"
+                                   "redis.call('HSET', KEYS[1], unpack(ARGV, 3))\n"
+                                   "redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])\n"
+                                   "redis.call('XADD', KEYS[3], '*', 'id', ARGV[1])\n"
+                                   "return {1, ARGV[1]}\n";
+
+/* Cancels a queued job atomically: a worker that takes it up at the same moment either sees it
+ * cancelled or has already marked it running. Ends it as JOBS.md says: request frames deleted,
+ * TTL set. KEYS: job. ARGV: finished_ms, ttl. Returns the state found ("missing" when none). */
+static const char s_cancel_lua[] =
+    "local s = redis.call('HGET', KEYS[1], 'state')\n"
+    "if not s then return 'missing' end\n"
+    "if s ~= 'queued' then return s end\n"
+    "local n = math.min(tonumber(redis.call('HGET', KEYS[1], 'nframes') or '0') or 0, 64)\n"
+    "redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_ms', ARGV[1])\n"
+    "for i = 1, n do redis.call('HDEL', KEYS[1], 'frame:' .. i) end\n"
+    "redis.call('EXPIRE', KEYS[1], ARGV[2])\n"
+    "return 'queued'\n";
+
+static const char *const s_state_names[] = {"any", "queued", "running", "done", "failed", "cancelled"};
+
+/* Records the last error of `j` (printf-style). */
+__attribute__((format(printf, 2, 3))) static void s_set_error(titan_jobs *j, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(j->last_error, sizeof j->last_error, fmt, ap);
+    va_end(ap);
+}
+
+static int64_t s_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t s_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void s_sleep_ms(int64_t ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+TITAN_API const char *titan_job_state_name(titan_job_state s)
+{
+    return (unsigned)s < sizeof s_state_names / sizeof s_state_names[0] ? s_state_names[s] : NULL;
+}
+
+TITAN_API int titan_job_state_from_name(const char *name)
+{
+    for (size_t i = 0; name && i < sizeof s_state_names / sizeof s_state_names[0]; i++)
+        if (strcmp(name, s_state_names[i]) == 0) return (int)i;
+    return -1;
+}
+
+TITAN_API int titan_job_state_ended(titan_job_state s)
+{
+    return s == TITAN_JOB_DONE || s == TITAN_JOB_FAILED || s == TITAN_JOB_CANCELLED;
+}
+
+/* Returns true when `id` is a job id: 32 lowercase hex characters. */
+static bool s_id_ok(const char *id)
+{
+    if (!id) return false;
+    for (int i = 0; i < TITAN_JOB_ID_LEN; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f'))) return false;
+    return id[TITAN_JOB_ID_LEN] == '\0';
+}
+
+static bool s_prefix_ok(const char *p)
+{
+    size_t n = strlen(p);
+    if (n == 0 || n > TITAN_JOB_MAX_PREFIX_LEN) return false;
+    for (const char *c = p; *c; c++)
+        if (*c == '{' || *c == '}' || (unsigned char)*c <= ' ' || *c == 0x7f) return false;
+    return true;
+}
+
+/* --- URL parsing --- */
+
+typedef struct {
+    char host[S_MAX_HOST + 1];
+    int port;
+    int db;
+    char *user;     /* malloc'd, or NULL */
+    char *password; /* malloc'd, or NULL */
+} s_url;
+
+static void s_url_release(s_url *u)
+{
+    free(u->user);
+    if (u->password) explicit_bzero(u->password, strlen(u->password));
+    free(u->password);
+    u->user = u->password = NULL;
+}
+
+static int s_hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    c = tolower(c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Returns a malloc'd, %XX-decoded copy of s[0..n), or NULL (why in `why`) for a bad escape, a NUL or ENOMEM.
+ */
+static char *s_decode(const char *s, size_t n, const char *what, char *why, size_t cap)
+{
+    if (n > S_MAX_CRED) {
+        snprintf(why, cap, "the %s is longer than %d characters", what, S_MAX_CRED);
+        return NULL;
+    }
+    char *out = malloc(n + 1), *o = out;
+    if (!out) {
+        snprintf(why, cap, "out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '%') {
+            *o++ = s[i];
+            continue;
+        }
+        int hi = i + 2 < n ? s_hexval((unsigned char)s[i + 1]) : -1;
+        int lo = hi >= 0 ? s_hexval((unsigned char)s[i + 2]) : -1;
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+            snprintf(why, cap, "the %s has a bad %%-escape (write %% as %%25)", what);
+            free(out);
+            return NULL;
+        }
+        *o++ = (char)(hi * 16 + lo);
+        i += 2;
+    }
+    *o = '\0';
+    return out;
+}
+
+/* Parses a whole decimal number in s[0..n) within [min, max]. */
+static bool s_parse_num(const char *s, size_t n, long min, long max, long *out)
+{
+    long v = 0;
+    if (n == 0 || n > 10) return false;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v < min || v > max) return false;
+    *out = v;
+    return true;
+}
+
+/* Parses "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]" into *u. Returns 0, or -EINVAL with why. */
+static int s_parse_url(const char *url, s_url *u, char *why, size_t cap)
+{
+    static const char scheme[] = "redis://";
+    const char *ex = "; expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], e.g. redis://127.0.0.1:6379/0";
+    memset(u, 0, sizeof *u);
+    u->port = 6379;
+    if (!url || !*url) {
+        snprintf(why, cap, "empty Redis URL%s", ex);
+        return -EINVAL;
+    }
+    if (strncasecmp(url, "rediss://", 9) == 0) {
+        snprintf(why, cap, "TLS (rediss://) is not supported; use redis:// (through a TLS tunnel if needed)");
+        return -EINVAL;
+    }
+    if (strncasecmp(url, scheme, sizeof scheme - 1) != 0) {
+        snprintf(why, cap, "\"%.200s\" is not a redis:// URL%s", url, ex);
+        return -EINVAL;
+    }
+    const char *a = url + sizeof scheme - 1;
+    const char *end = a + strcspn(a, "/?#");
+    if (*end == '?' || *end == '#' || strchr(end, '?') || strchr(end, '#')) {
+        snprintf(why, cap, "query parameters and fragments are not supported in a Redis URL%s", ex);
+        return -EINVAL;
+    }
+    /* The last '@' ends the credentials, so a password may hold a raw '@' but not a '/'. */
+    const char *at = NULL;
+    for (const char *p = a; p < end; p++)
+        if (*p == '@') at = p;
+    if (at) {
+        const char *colon = memchr(a, ':', (size_t)(at - a));
+        const char *pw = colon ? colon + 1 : a;
+        if (colon && colon > a && !(u->user = s_decode(a, (size_t)(colon - a), "user name", why, cap)))
+            goto bad;
+        if (!(u->password = s_decode(pw, (size_t)(at - pw), "password", why, cap))) goto bad;
+        if (!*u->password) {
+            snprintf(why, cap, "the Redis URL has an empty password; leave out the \"@\" for none");
+            goto bad;
+        }
+        a = at + 1;
+    }
+    const char *host = a, *host_end, *port = NULL;
+    if (*a == '[') {
+        host = a + 1;
+        host_end = memchr(host, ']', (size_t)(end - host));
+        if (!host_end) {
+            snprintf(why, cap, "the IPv6 address in the Redis URL lacks its \"]\"%s", ex);
+            goto bad;
+        }
+        if (host_end + 1 < end && host_end[1] != ':') {
+            snprintf(why, cap, "unexpected text after the IPv6 address in the Redis URL%s", ex);
+            goto bad;
+        }
+        if (host_end + 1 < end) port = host_end + 2;
+        for (const char *p = host; p < host_end; p++)
+            if (!isxdigit((unsigned char)*p) && *p != ':' && *p != '.') {
+                snprintf(why, cap, "\"%.*s\" is not an IPv6 address", (int)(host_end - host), host);
+                goto bad;
+            }
+    } else {
+        host_end = memchr(a, ':', (size_t)(end - a));
+        if (host_end)
+            port = host_end + 1;
+        else
+            host_end = end;
+        for (const char *p = host; p < host_end; p++)
+            if (!isalnum((unsigned char)*p) && *p != '.' && *p != '-' && *p != '_') {
+                snprintf(why, cap,
+                         "the Redis URL's host \"%.*s\" has a character '%c' that no host name has%s",
+                         (int)(host_end - host), host, *p, at ? "" : " (a password goes before an \"@\")");
+                goto bad;
+            }
+    }
+    if (host_end == host) {
+        snprintf(why, cap, "the Redis URL has no host%s", ex);
+        goto bad;
+    }
+    if (host_end - host > S_MAX_HOST) {
+        snprintf(why, cap, "the Redis URL's host is longer than %d characters", S_MAX_HOST);
+        goto bad;
+    }
+    memcpy(u->host, host, (size_t)(host_end - host));
+    u->host[host_end - host] = '\0';
+    long v;
+    if (port) {
+        if (!s_parse_num(port, (size_t)(end - port), 1, 65535, &v)) {
+            snprintf(why, cap, "the Redis URL's port \"%.*s\" is not a number from 1 to 65535",
+                     (int)(end - port > 32 ? 32 : end - port), port);
+            goto bad;
+        }
+        u->port = (int)v;
+    }
+    if (*end == '/' && end[1] != '\0') {
+        if (!s_parse_num(end + 1, strlen(end + 1), 0, S_MAX_DB, &v)) {
+            snprintf(why, cap, "the Redis URL's database \"%.32s\" is not a number from 0 to %d", end + 1,
+                     S_MAX_DB);
+            goto bad;
+        }
+        u->db = (int)v;
+    }
+    return 0;
+bad:
+    s_url_release(u);
+    return -EINVAL;
+}
+
+TITAN_API int titan_jobs_check_url(const char *redis_url, char *why, size_t cap)
+{
+    char buf[256];
+    s_url u;
+    if (!why || cap == 0) {
+        why = buf;
+        cap = sizeof buf;
+    }
+    int rc = s_parse_url(redis_url, &u, why, cap);
+    if (rc == 0) {
+        why[0] = '\0';
+        s_url_release(&u);
+    }
+    return rc;
+}
+
+TITAN_API void titan_jobs_opts_init(titan_jobs_opts *opts)
+{
+    if (!opts) return;
+    memset(opts, 0, sizeof *opts);
+    opts->prefix = S_DEFAULT_PREFIX;
+    opts->timeout_ms = S_DEFAULT_TIMEOUT_MS;
+    opts->result_ttl_s = S_DEFAULT_RESULT_TTL_S;
+}
+
+TITAN_API titan_jobs *titan_jobs_new(const char *redis_url, const titan_jobs_opts *opts)
+{
+    titan_jobs_opts o;
+    char why[256];
+    s_url u;
+    titan_jobs *j = NULL;
+    int e = EINVAL;
+    titan_jobs_opts_init(&o);
+    if (opts) o = *opts;
+    if (!o.prefix) o.prefix = S_DEFAULT_PREFIX;
+    if (!s_prefix_ok(o.prefix) || o.timeout_ms < 1 || o.timeout_ms > S_MAX_TIMEOUT_MS || o.result_ttl_s < 1 ||
+        (o.password && (!*o.password || strlen(o.password) > S_MAX_CRED)))
+        goto fail;
+    if (s_parse_url(redis_url, &u, why, sizeof why) != 0) goto fail;
+    e = ENOMEM;
+    if (!(j = calloc(1, sizeof *j)) || !(j->host = strdup(u.host))) goto fail_url;
+    j->port = u.port;
+    j->db = u.db;
+    j->user = u.user;
+    u.user = NULL;
+    if (o.password) {
+        if (!(j->password = strdup(o.password))) goto fail_url;
+    } else {
+        j->password = u.password;
+        u.password = NULL;
+    }
+    snprintf(j->prefix, sizeof j->prefix, "{%s}", o.prefix);
+    j->timeout_ms = o.timeout_ms;
+    j->result_ttl_s = o.result_ttl_s;
+    s_url_release(&u);
+    return j;
+fail_url:
+    s_url_release(&u);
+fail:
+    titan_jobs_destroy(&j);
+    errno = e;
+    return NULL;
+}
+
+static void s_disconnect(titan_jobs *j)
+{
+    if (j->ctx) {
+        redisFree(j->ctx);
+        j->ctx = NULL;
+    }
+}
+
+TITAN_API void titan_jobs_destroy(titan_jobs **j)
+{
+    if (!j || !*j) return;
+    titan_jobs *p = *j;
+    s_disconnect(p);
+    free(p->host);
+    free(p->user);
+    if (p->password) explicit_bzero(p->password, strlen(p->password));
+    free(p->password);
+    free(p);
+    *j = NULL;
+}
+
+TITAN_API const char *titan_jobs_last_error(const titan_jobs *j)
+{
+    return j ? j->last_error : "";
+}
+
+/* --- Redis plumbing --- */
+
+/* Maps the failure of the hiredis context (errno `e` saved right after the failed call) to -errno, records
+ * why, and drops the connection: hiredis leaves a failed context unusable. */
+static int s_io_failure(titan_jobs *j, int e, const char *doing)
+{
+    int rc;
+    int err = j->ctx ? j->ctx->err : REDIS_ERR_OTHER;
+    const char *text = j->ctx ? j->ctx->errstr : "cannot allocate a connection";
+    switch (err) {
+    case REDIS_ERR_IO:
+        rc = (e == EAGAIN || e == EWOULDBLOCK || e == EINPROGRESS || e == ETIMEDOUT) ? -ETIMEDOUT
+             : e > 0                                                                 ? -e
+                                                                                     : -ECONNRESET;
+        break;
+    case REDIS_ERR_EOF:
+        rc = -ECONNRESET;
+        break;
+    case REDIS_ERR_PROTOCOL:
+        rc = -EPROTO;
+        text = j->ctx->errstr[0] ? j->ctx->errstr : "protocol error";
+        s_set_error(j, "%s Redis at %s:%d: %s (is that a Redis server?)", doing, j->host, j->port, text);
+        s_disconnect(j);
+        return rc;
+    case REDIS_ERR_OOM:
+        rc = -ENOMEM;
+        break;
+    default:
+        /* hiredis reports a name that does not resolve as a generic error. */
+        rc = strstr(text, "resolve") ? -EHOSTUNREACH : -ECONNRESET;
+        break;
+    }
+    if (rc == -ETIMEDOUT)
+        s_set_error(j, "%s Redis at %s:%d: no answer within %d ms", doing, j->host, j->port, j->timeout_ms);
+    else
+        s_set_error(j, "%s Redis at %s:%d: %s", doing, j->host, j->port, text);
+    s_disconnect(j);
+    return rc;
+}
+
+/* Maps a Redis error reply to -errno and records its text. */
+static int s_reply_error(titan_jobs *j, const redisReply *r)
+{
+    const char *s = r->str ? r->str : "";
+    s_set_error(j, "Redis at %s:%d answered: %.400s", j->host, j->port, s);
+    if (strncmp(s, "NOAUTH", 6) == 0 || strncmp(s, "WRONGPASS", 9) == 0 || strncmp(s, "NOPERM", 6) == 0 ||
+        strstr(s, "invalid password") || strstr(s, "without any password"))
+        return -EACCES;
+    return -EPROTO;
+}
+
+static int s_connect(titan_jobs *j);
+
+/* Runs one command of `argc` binary-safe arguments. Returns 0 and *out (freeReplyObject it), or -errno. */
+static int s_command(titan_jobs *j, int argc, const char **argv, const size_t *lens, redisReply **out)
+{
+    int rc = s_connect(j);
+    if (rc) return rc;
+    errno = 0;
+    redisReply *r = redisCommandArgv(j->ctx, argc, argv, lens);
+    if (!r) return s_io_failure(j, errno, "talking to");
+    if (r->type == REDIS_REPLY_ERROR) {
+        rc = s_reply_error(j, r);
+        freeReplyObject(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+/* Connects (and authenticates, and selects the database) unless connected. Returns 0 or -errno. */
+static int s_connect(titan_jobs *j)
+{
+    if (j->ctx) return 0;
+    struct timeval tv = {.tv_sec = j->timeout_ms / 1000, .tv_usec = (j->timeout_ms % 1000) * 1000};
+    errno = 0;
+    j->ctx = redisConnectWithTimeout(j->host, j->port, tv);
+    int e = errno;
+    if (!j->ctx) return s_io_failure(j, ENOMEM, "connecting to");
+    if (j->ctx->err) return s_io_failure(j, e, "connecting to");
+    if (redisSetTimeout(j->ctx, tv) != REDIS_OK) return s_io_failure(j, errno, "connecting to");
+    redisReply *r = NULL;
+    int rc = 0;
+    if (j->password) {
+        const char *argv[3] = {"AUTH", j->user ? j->user : j->password, j->password};
+        size_t lens[3] = {4, strlen(argv[1]), strlen(j->password)};
+        rc = s_command(j, j->user ? 3 : 2, argv, lens, &r);
+        freeReplyObject(r);
+        r = NULL;
+    }
+    if (rc == 0 && j->db) {
+        char db[16];
+        int n = snprintf(db, sizeof db, "%d", j->db);
+        const char *argv[2] = {"SELECT", db};
+        size_t lens[2] = {6, (size_t)n};
+        rc = s_command(j, 2, argv, lens, &r);
+        freeReplyObject(r);
+    }
+    if (rc) {
+        if (rc == -EPROTO && j->db) {
+            char why[sizeof j->last_error];
+            snprintf(why, sizeof why, "%s", j->last_error);
+            s_set_error(j, "%s (database %d of the URL)", why, j->db);
+        }
+        s_disconnect(j);
+    }
+    return rc;
+}
+
+/* A command for s_pipeline: up to 24 binary-safe arguments. */
+typedef struct {
+    int argc;
+    const char *argv[24];
+    size_t lens[24];
+} s_cmd;
+
+static void s_arg(s_cmd *c, const char *s, size_t n)
+{
+    c->argv[c->argc] = s;
+    c->lens[c->argc] = n;
+    c->argc++;
+}
+
+static void s_arg_str(s_cmd *c, const char *s)
+{
+    s_arg(c, s, strlen(s));
+}
+
+/* Sends n commands in one round trip and reads their replies into out[0..n) (each the caller's to
+ * freeReplyObject; error replies included). Returns 0, or -errno with every out[i] NULL. */
+static int s_pipeline(titan_jobs *j, const s_cmd *cmds, size_t n, redisReply **out)
+{
+    int rc = s_connect(j);
+    if (rc) return rc;
+    for (size_t i = 0; i < n; i++)
+        /* hiredis 0.14 takes a non-const argv that it only reads. */
+        if (redisAppendCommandArgv(j->ctx, cmds[i].argc, (const char **)cmds[i].argv, cmds[i].lens) !=
+            REDIS_OK)
+            return s_io_failure(j, ENOMEM, "talking to");
+    for (size_t i = 0; i < n; i++) {
+        void *r = NULL;
+        errno = 0;
+        if (redisGetReply(j->ctx, &r) != REDIS_OK || !r) {
+            rc = s_io_failure(j, errno, "talking to");
+            for (size_t k = 0; k < i; k++) {
+                freeReplyObject(out[k]);
+                out[k] = NULL;
+            }
+            return rc;
+        }
+        out[i] = r;
+    }
+    return 0;
+}
+
+/* Writes "{prefix}:<what><id>" into buf. */
+static size_t s_key(const titan_jobs *j, char *buf, size_t cap, const char *what, const char *id)
+{
+    int n = snprintf(buf, cap, "%s:%s%s", j->prefix, what, id ? id : "");
+    return n < 0 ? 0 : (size_t)n;
+}
+
+/* --- record parsing --- */
+
+static const char *s_str(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_STRING ? r->str : NULL;
+}
+
+/* Parses an optional integer field; absent is 0. Returns false for anything but a decimal in range. */
+static bool s_int_field(const redisReply *r, int64_t max, int64_t *out)
+{
+    const char *s = s_str(r);
+    *out = 0;
+    if (!s) return !r || r->type == REDIS_REPLY_NIL;
+    if (!*s || r->len > 19) return false;
+    int64_t v = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9') return false;
+        v = v * 10 + (*p - '0');
+    }
+    if (v > max) return false;
+    *out = v;
+    return true;
+}
+
+/* Fills *info from the HMGET reply of s_info_fields. Returns 0, -ENOENT (no record) or -EPROTO. */
+static int s_fill_info(titan_jobs *j, const char *id, const redisReply *r, titan_job_info *info)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != S_NINFO) {
+        s_set_error(j, "Redis answered HMGET with something other than %zu values", S_NINFO);
+        return -EPROTO;
+    }
+    redisReply **e = r->element;
+    titan_job_info in;
+    memset(&in, 0, sizeof in);
+    const char *state = s_str(e[0]);
+    if (!state) {
+        s_set_error(j, "no job %s (unknown, or its record expired)", id);
+        return -ENOENT;
+    }
+    int st = titan_job_state_from_name(state);
+    if (st <= 0) {
+        s_set_error(j, "job %s has an unknown state \"%.64s\"", id, state);
+        return -EPROTO;
+    }
+    in.state = (titan_job_state)st;
+    const char *prio = s_str(e[1]);
+    in.priority = prio && strcmp(prio, "high") == 0 ? TITAN_JOB_HIGH : TITAN_JOB_NORMAL;
+    int64_t attempts;
+    if (!s_int_field(e[2], INT_MAX, &attempts) || !s_int_field(e[3], INT64_MAX, &in.created_ms) ||
+        !s_int_field(e[4], INT64_MAX, &in.started_ms) || !s_int_field(e[5], INT64_MAX, &in.finished_ms)) {
+        s_set_error(j, "job %s has a malformed number in its record", id);
+        return -EPROTO;
+    }
+    in.attempts = (int)attempts;
+    snprintf(in.error, sizeof in.error, "%s", s_str(e[6]) ? s_str(e[6]) : "");
+    snprintf(in.code, sizeof in.code, "%s", s_str(e[7]) ? s_str(e[7]) : "");
+    snprintf(in.worker, sizeof in.worker, "%s", s_str(e[8]) ? s_str(e[8]) : "");
+    *info = in;
+    return 0;
+}
+
+/* Builds the HMGET of s_info_fields for the job key in `key`. */
+static void s_info_cmd(s_cmd *c, const char *key, size_t klen)
+{
+    c->argc = 0;
+    s_arg_str(c, "HMGET");
+    s_arg(c, key, klen);
+    for (size_t i = 0; i < S_NINFO; i++)
+        s_arg_str(c, s_info_fields[i]);
+}
+
+/* --- the API --- */
+
+/* Checks a request header cheaply: a JSON object whose "op" is a string. The worker checks the rest. */
+static bool s_header_ok(const char *h)
+{
+    const char *v = NULL;
+    size_t n = 0;
+    return titan_json_find_member(h, strlen(h), "op", SIZE_MAX, &v, &n) == 0 && n >= 2 && v[0] == '"';
+}
+
+TITAN_API int titan_jobs_submit(titan_jobs *j, const char *header_json, const titan_frame *frames,
+                                size_t nframes, titan_job_priority priority, const char *idempotency_key,
+                                char id_out[TITAN_JOB_ID_LEN + 1])
+{
+    if (!j) return -EINVAL;
+    j->last_error[0] = '\0';
+    if (!header_json || !id_out || (nframes && !frames) || nframes > TITAN_JOB_MAX_FRAMES ||
+        (priority != TITAN_JOB_NORMAL && priority != TITAN_JOB_HIGH)) {
+        s_set_error(j, "invalid argument");
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < nframes; i++)
+        if (!frames[i].data && frames[i].size) {
+            s_set_error(j, "frame %zu has no data", i + 1);
+            return -EINVAL;
+        }
+    if (idempotency_key && (!*idempotency_key || strlen(idempotency_key) > TITAN_JOB_MAX_KEY_LEN)) {
+        s_set_error(j, "an idempotency key has 1 to %d bytes", TITAN_JOB_MAX_KEY_LEN);
+        return -EINVAL;
+    }
+    if (!s_header_ok(header_json)) {
+        s_set_error(j, "the request header is not a JSON object with a string \"op\"");
+        return -EINVAL;
+    }
+
+    unsigned char raw[16];
+    char id[TITAN_JOB_ID_LEN + 1];
+    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
+        int e = errno ? errno : EIO;
+        s_set_error(j, "cannot draw a random job id: %s", strerror(e));
+        return -e;
+    }
+    for (size_t i = 0; i < sizeof raw; i++)
+        snprintf(id + 2 * i, 3, "%02x", raw[i]);
+
+    char kjob[S_MAX_KEY], kindex[S_MAX_KEY], kqueue[S_MAX_KEY], kidem[S_MAX_KEY], created[24], nf[8];
+    char fnames[TITAN_JOB_MAX_FRAMES][16];
+    size_t ljob = s_key(j, kjob, sizeof kjob, "job:", id);
+    size_t lindex = s_key(j, kindex, sizeof kindex, "index", NULL);
+    size_t lqueue = s_key(j, kqueue, sizeof kqueue, priority == TITAN_JOB_HIGH ? "jobs:high" : "jobs", NULL);
+    size_t lidem = idempotency_key ? s_key(j, kidem, sizeof kidem, "idem:", idempotency_key) : 0;
+    int lcreated = snprintf(created, sizeof created, "%lld", (long long)s_wall_ms());
+    int lnf = snprintf(nf, sizeof nf, "%zu", nframes);
+
+    /* EVAL script numkeys KEYS... id created_ms field value ... */
+    enum { S_MAXARGS = 3 + 4 + 2 + 2 * (7 + TITAN_JOB_MAX_FRAMES) };
+    const char *argv[S_MAXARGS];
+    size_t lens[S_MAXARGS];
+    int argc = 0;
+#define S_ARG(s, n) (argv[argc] = (s), lens[argc] = (n), argc++)
+#define S_STR(s) S_ARG((s), strlen(s))
+    S_STR("EVAL");
+    S_ARG(s_submit_lua, sizeof s_submit_lua - 1);
+    S_STR(idempotency_key ? "4" : "3");
+    S_ARG(kjob, ljob);
+    S_ARG(kindex, lindex);
+    S_ARG(kqueue, lqueue);
+    if (idempotency_key) S_ARG(kidem, lidem);
+    S_ARG(id, TITAN_JOB_ID_LEN);
+    S_ARG(created, (size_t)lcreated);
+    S_STR("state");
+    S_STR("queued");
+    S_STR("header");
+    S_STR(header_json);
+    S_STR("nframes");
+    S_ARG(nf, (size_t)lnf);
+    for (size_t i = 0; i < nframes; i++) {
+        snprintf(fnames[i], sizeof fnames[i], "frame:%zu", i + 1);
+        S_STR(fnames[i]);
+        S_ARG(frames[i].size ? frames[i].data : "", frames[i].size);
+    }
+    S_STR("priority");
+    S_STR(priority == TITAN_JOB_HIGH ? "high" : "normal");
+    S_STR("attempts");
+    S_STR("0");
+    S_STR("created_ms");
+    S_ARG(created, (size_t)lcreated);
+    if (idempotency_key) {
+        S_STR("idempotency_key");
+        S_STR(idempotency_key);
+    }
+#undef S_ARG
+#undef S_STR
+
+    redisReply *r = NULL;
+    int rc = s_command(j, argc, argv, lens, &r);
+    if (rc) return rc;
+    const char *got = NULL;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_INTEGER)
+        got = s_str(r->element[1]);
+    if (!s_id_ok(got)) {
+        s_set_error(j, "Redis answered the submission with something other than a job id%s",
+                    idempotency_key ? " (is the idempotency key's value a titan job id?)" : "");
+        freeReplyObject(r);
+        return -EPROTO;
+    }
+    memcpy(id_out, got, TITAN_JOB_ID_LEN + 1);
+    freeReplyObject(r);
+    return 0;
+}
+
+TITAN_API int titan_jobs_status(titan_jobs *j, const char *id, titan_job_info *out)
+{
+    if (!j) return -EINVAL;
+    j->last_error[0] = '\0';
+    if (!s_id_ok(id) || !out) {
+        s_set_error(j, "\"%.64s\" is not a job id (32 lowercase hex characters)", id ? id : "(null)");
+        return -EINVAL;
+    }
+    char key[S_MAX_KEY];
+    s_cmd c;
+    size_t klen = s_key(j, key, sizeof key, "job:", id);
+    s_info_cmd(&c, key, klen);
+    redisReply *r = NULL;
+    int rc = s_command(j, c.argc, c.argv, c.lens, &r);
+    if (rc) return rc;
+    titan_job_info info;
+    rc = s_fill_info(j, id, r, &info);
+    freeReplyObject(r);
+    if (rc == 0) *out = info;
+    return rc;
+}
+
+/* Steals the string of reply `r` (hiredis mallocs it apart from the object). */
+static char *s_steal(redisReply *r)
+{
+    char *s = r->str;
+    r->str = NULL;
+    r->len = 0;
+    return s;
+}
+
+TITAN_API int titan_jobs_result(titan_jobs *j, const char *id, titan_reply **reply)
+{
+    if (!j) return -EINVAL;
+    j->last_error[0] = '\0';
+    if (!s_id_ok(id) || !reply) {
+        s_set_error(j, "\"%.64s\" is not a job id (32 lowercase hex characters)", id ? id : "(null)");
+        return -EINVAL;
+    }
+    /* One HMGET reads the state and the whole reply at once, so a worker that writes the outcome
+     * meanwhile cannot leave us with half of it. */
+    char key[S_MAX_KEY], fnames[TITAN_JOB_MAX_FRAMES][16];
+    s_cmd c = {0};
+    size_t klen = s_key(j, key, sizeof key, "job:", id);
+    s_arg_str(&c, "HMGET");
+    s_arg(&c, key, klen);
+    s_arg_str(&c, "state");
+    s_arg_str(&c, "error");
+    s_arg_str(&c, "code");
+    s_arg_str(&c, "result_header");
+    s_arg_str(&c, "result_nframes");
+    for (int i = 0; i < TITAN_JOB_MAX_FRAMES; i++) {
+        snprintf(fnames[i], sizeof fnames[i], "result:%d", i + 1);
+        s_arg_str(&c, fnames[i]);
+    }
+    redisReply *r = NULL;
+    int rc = s_command(j, c.argc, c.argv, c.lens, &r);
+    if (rc) return rc;
+    char *header = NULL;
+    void *data[TITAN_JOB_MAX_FRAMES] = {0};
+    size_t sizes[TITAN_JOB_MAX_FRAMES] = {0};
+    int64_t nframes = 0;
+    rc = -EPROTO;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 + TITAN_JOB_MAX_FRAMES) {
+        s_set_error(j, "Redis answered HMGET with an unexpected reply");
+        goto out;
+    }
+    redisReply **e = r->element;
+    const char *state = s_str(e[0]);
+    if (!state) {
+        s_set_error(j, "no job %s (unknown, or its record expired)", id);
+        rc = -ENOENT;
+        goto out;
+    }
+    int st = titan_job_state_from_name(state);
+    if (st == TITAN_JOB_QUEUED || st == TITAN_JOB_RUNNING) {
+        s_set_error(j, "job %s is %s: it has no result yet", id, state);
+        rc = -EAGAIN;
+        goto out;
+    }
+    if (st == TITAN_JOB_CANCELLED) {
+        s_set_error(j, "job %s was cancelled: it has no result", id);
+        rc = -ECANCELED;
+        goto out;
+    }
+    if (st != TITAN_JOB_DONE && st != TITAN_JOB_FAILED) {
+        s_set_error(j, "job %s has an unknown state \"%.64s\"", id, state);
+        goto out;
+    }
+    if (!s_str(e[3])) {
+        if (st == TITAN_JOB_DONE) {
+            s_set_error(j, "job %s is done but its record has no result_header", id);
+            goto out;
+        }
+        /* Failed without a reply (e.g. out of attempts): the reply a client would have got. */
+        const char *code = s_str(e[2]);
+        json_t *o = json_pack("{s:s, s:s}", "error", s_str(e[1]) ? s_str(e[1]) : "the job failed", "code",
+                              code && *code ? code : "internal");
+        header = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        json_decref(o);
+        if (!header) {
+            rc = -ENOMEM;
+            goto out;
+        }
+    } else {
+        if (strlen(e[3]->str) != e[3]->len || e[3]->len == 0) {
+            s_set_error(j, "job %s has an empty result_header or one with a NUL byte", id);
+            goto out;
+        }
+        if (!s_int_field(e[4], TITAN_JOB_MAX_FRAMES, &nframes)) {
+            s_set_error(j, "job %s has a result_nframes that is not a number from 0 to %d", id,
+                        TITAN_JOB_MAX_FRAMES);
+            goto out;
+        }
+        for (int64_t i = 0; i < nframes; i++)
+            if (!s_str(e[5 + i])) {
+                s_set_error(j, "job %s lacks result:%lld of its %lld result frames", id, (long long)i + 1,
+                            (long long)nframes);
+                goto out;
+            }
+        header = s_steal(e[3]);
+        for (int64_t i = 0; i < nframes; i++) {
+            sizes[i] = e[5 + i]->len;
+            data[i] = s_steal(e[5 + i]);
+        }
+    }
+    rc = titan_reply_adopt(&header, data, sizes, (size_t)nframes, reply);
+out:
+    free(header);
+    freeReplyObject(r);
+    return rc;
+}
+
+TITAN_API int titan_jobs_cancel(titan_jobs *j, const char *id)
+{
+    if (!j) return -EINVAL;
+    j->last_error[0] = '\0';
+    if (!s_id_ok(id)) {
+        s_set_error(j, "\"%.64s\" is not a job id (32 lowercase hex characters)", id ? id : "(null)");
+        return -EINVAL;
+    }
+    char key[S_MAX_KEY], now[24], ttl[16];
+    s_cmd c = {0};
+    size_t klen = s_key(j, key, sizeof key, "job:", id);
+    snprintf(now, sizeof now, "%lld", (long long)s_wall_ms());
+    snprintf(ttl, sizeof ttl, "%d", j->result_ttl_s);
+    s_arg_str(&c, "EVAL");
+    s_arg(&c, s_cancel_lua, sizeof s_cancel_lua - 1);
+    s_arg_str(&c, "1");
+    s_arg(&c, key, klen);
+    s_arg_str(&c, now);
+    s_arg_str(&c, ttl);
+    redisReply *r = NULL;
+    int rc = s_command(j, c.argc, c.argv, c.lens, &r);
+    if (rc) return rc;
+    const char *s = r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS ? r->str : "";
+    int st = titan_job_state_from_name(s);
+    if (strcmp(s, "missing") == 0) {
+        s_set_error(j, "no job %s (unknown, or its record expired)", id);
+        rc = -ENOENT;
+    } else if (st == TITAN_JOB_QUEUED) {
+        rc = 0;
+    } else if (st == TITAN_JOB_RUNNING) {
+        s_set_error(j, "job %s is running; a running job cannot be cancelled", id);
+        rc = -EBUSY;
+    } else if (st > 0 && titan_job_state_ended((titan_job_state)st)) {
+        s_set_error(j, "job %s has already ended (%s)", id, s);
+        rc = -EALREADY;
+    } else {
+        s_set_error(j, "job %s has an unknown state \"%.64s\"", id, s);
+        rc = -EPROTO;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+/* Asks for the records of ids[0..n) (n <= S_BATCH) in one round trip, into infos. A missing record gives
+ * state TITAN_JOB_ANY. Returns 0 or -errno. */
+static int s_fetch_infos(titan_jobs *j, const char *const *ids, size_t n, titan_job_info *infos)
+{
+    s_cmd *cmds = malloc(n * sizeof *cmds);
+    char(*keys)[S_MAX_KEY] = malloc(n * sizeof *keys);
+    redisReply **replies = calloc(n, sizeof *replies);
+    int rc = -ENOMEM;
+    if (!cmds || !keys || !replies) goto out;
+    for (size_t i = 0; i < n; i++) {
+        size_t klen = s_key(j, keys[i], sizeof keys[i], "job:", ids[i]);
+        s_info_cmd(&cmds[i], keys[i], klen);
+    }
+    rc = s_pipeline(j, cmds, n, replies);
+    if (rc) goto out;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (replies[i]->type == REDIS_REPLY_ERROR) {
+            rc = s_reply_error(j, replies[i]);
+            break;
+        }
+        rc = s_fill_info(j, ids[i], replies[i], &infos[i]);
+        if (rc == -ENOENT) {
+            memset(&infos[i], 0, sizeof infos[i]);
+            infos[i].state = TITAN_JOB_ANY;
+            rc = 0;
+        }
+    }
+    if (rc == 0) j->last_error[0] = '\0';
+out:
+    for (size_t i = 0; replies && i < n; i++)
+        freeReplyObject(replies[i]);
+    free(replies);
+    free(keys);
+    free(cmds);
+    return rc;
+}
+
+TITAN_API int titan_jobs_wait(titan_jobs *j, const char *const *ids, size_t n, int timeout_ms,
+                              titan_jobs_wait_fn fn, void *arg, titan_job_state *states)
+{
+    if (!j) return -EINVAL;
+    j->last_error[0] = '\0';
+    if (n && !ids) return -EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!s_id_ok(ids[i])) {
+            s_set_error(j, "\"%.64s\" is not a job id (32 lowercase hex characters)",
+                        ids[i] ? ids[i] : "(null)");
+            return -EINVAL;
+        }
+    titan_job_state *seen = calloc(n ? n : 1, sizeof *seen);
+    const char **pending = calloc(n ? n : 1, sizeof *pending);
+    size_t *slot = calloc(n ? n : 1, sizeof *slot);
+    titan_job_info *infos = calloc(S_BATCH, sizeof *infos);
+    int rc = -ENOMEM;
+    if (!seen || !pending || !slot || !infos) goto out;
+    int64_t deadline = timeout_ms >= 0 ? s_mono_ms() + timeout_ms : INT64_MAX;
+    int64_t pause = S_POLL_MIN_MS;
+    size_t ended = 0;
+    for (;;) {
+        /* Only the jobs not yet seen ending are asked about again. */
+        size_t np = 0;
+        for (size_t i = 0; i < n; i++)
+            if (!titan_job_state_ended(seen[i])) {
+                pending[np] = ids[i];
+                slot[np++] = i;
+            }
+        bool changed = false;
+        for (size_t b = 0; b < np; b += S_BATCH) {
+            size_t m = np - b < S_BATCH ? np - b : S_BATCH;
+            if ((rc = s_fetch_infos(j, pending + b, m, infos)) != 0) goto out;
+            for (size_t k = 0; k < m; k++) {
+                size_t i = slot[b + k];
+                if (infos[k].state == TITAN_JOB_ANY) {
+                    s_set_error(j, "no job %s (unknown, or its record expired)", ids[i]);
+                    rc = -ENOENT;
+                    goto out;
+                }
+                if (infos[k].state == seen[i]) continue;
+                seen[i] = infos[k].state;
+                changed = true;
+                if (titan_job_state_ended(seen[i])) ended++;
+                if (fn && fn(ids[i], seen[i], ended, n, arg) != 0) {
+                    s_set_error(j, "stopped waiting");
+                    rc = -ECANCELED;
+                    goto out;
+                }
+            }
+        }
+        if (ended == n) break;
+        int64_t now = s_mono_ms();
+        if (now >= deadline) {
+            s_set_error(j, "%zu of %zu jobs still pending after %d ms", n - ended, n, timeout_ms);
+            rc = -ETIME;
+            goto out;
+        }
+        /* Poll quickly while things move, and back off while they do not. */
+        pause = changed ? S_POLL_MIN_MS : (pause * 2 > S_POLL_MAX_MS ? S_POLL_MAX_MS : pause * 2);
+        s_sleep_ms(deadline - now < pause ? deadline - now : pause);
+    }
+    if (states) memcpy(states, seen, n * sizeof *states);
+    rc = 0;
+out:
+    free(seen);
+    free(pending);
+    free(slot);
+    free(infos);
+    return rc;
+}
+
+TITAN_API int titan_jobs_list(titan_jobs *j, titan_job_state filter, size_t max, titan_jobs_list_fn fn,
+                              void *arg)
+{
+    if (!j) return -EINVAL;
+    j->last_error[0] = '\0';
+    if (!fn || !titan_job_state_name(filter)) {
+        s_set_error(j, "invalid argument");
+        return -EINVAL;
+    }
+    char kindex[S_MAX_KEY], start[24], stop[24];
+    size_t lindex = s_key(j, kindex, sizeof kindex, "index", NULL);
+    titan_job_info *infos = calloc(S_BATCH, sizeof *infos);
+    const char **ids = calloc(S_BATCH, sizeof *ids);
+    redisReply *r = NULL;
+    int rc = -ENOMEM, listed = 0;
+    if (!infos || !ids) goto out;
+    /* Newest first, a batch at a time, so that a filter that matches few jobs still finds `max`. */
+    for (long long off = 0;; off += S_BATCH) {
+        snprintf(start, sizeof start, "%lld", off);
+        snprintf(stop, sizeof stop, "%lld", off + S_BATCH - 1);
+        const char *argv[4] = {"ZREVRANGE", kindex, start, stop};
+        size_t lens[4] = {9, lindex, strlen(start), strlen(stop)};
+        if ((rc = s_command(j, 4, argv, lens, &r)) != 0) goto out;
+        if (r->type != REDIS_REPLY_ARRAY) {
+            s_set_error(j, "Redis answered ZREVRANGE with something other than an array");
+            rc = -EPROTO;
+            goto out;
+        }
+        size_t m = 0;
+        for (size_t i = 0; i < r->elements; i++)
+            if (s_id_ok(s_str(r->element[i]))) ids[m++] = r->element[i]->str; /* foreign members skipped */
+        if (m && (rc = s_fetch_infos(j, ids, m, infos)) != 0) goto out;
+        for (size_t i = 0; i < m; i++) {
+            if (infos[i].state == TITAN_JOB_ANY) continue; /* expired */
+            if (filter != TITAN_JOB_ANY && infos[i].state != filter) continue;
+            if (listed == INT_MAX) goto done;
+            listed++;
+            if (fn(ids[i], &infos[i], arg) != 0 || (max && (size_t)listed >= max)) goto done;
+        }
+        if (r->elements < S_BATCH) break;
+        freeReplyObject(r);
+        r = NULL;
+    }
+done:
+    rc = listed;
+out:
+    freeReplyObject(r);
+    free(ids);
+    free(infos);
+    return rc;
+}
