@@ -218,6 +218,14 @@ done
 [ "${t_tp_err:-0}" != 0 ] && echo "note: titan answered $t_tp_err pipelined pings with an error (busy?); they are not counted"
 echo "openblas: $(kv matmul_setup openblas_threads) threads in the bench process; core $(kv matmul_setup openblas_core)"
 
+# 5. Batch jobs through Redis Streams against a bare LPUSH/BRPOP queue on the same redis-server.
+echo
+if command -v redis-server >/dev/null && "$PY" -c 'import redis' 2>/dev/null; then
+  "$PY" "$(dirname "$0")/jobs_bench.py" "$BUILD" --jobs "${BENCH_JOBS:-5000}" || BROKEN=1
+else
+  echo "bench: jobs skipped: needs redis-server and python3-redis (scripts/deps.sh bench installs them)"
+fi
+
 if [ "$BROKEN" != 0 ]; then
   echo "bench: something broke (see the messages above); the summary is incomplete" >&2
   exit 1

@@ -7,7 +7,7 @@ build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsys
 # clang and libclang-rt-14-dev (libFuzzer): make test runs each fuzz target for 60 s.
 # redis-server and python3-redis: the job tests run their own Redis.
 test_pkgs="libcmocka-dev python3-zmq python3-numpy clang libclang-rt-14-dev redis-server python3-redis"
-bench_pkgs="python3-zmq python3-numpy python3-torch"
+bench_pkgs="python3-zmq python3-numpy python3-torch redis-server python3-redis"
 
 case "${1:-build}" in
   build|run) want="$build_pkgs" ;;
