@@ -39,7 +39,7 @@ int titan_request_parse(titan_request *req, const char *text, size_t len, zmq_ms
     json_error_t jerr;
     req->hdr = json_loadb(req->split.rest, req->split.rest_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!req->hdr) return titan_fail(err, "bad_request", "invalid JSON header: %s", jerr.text);
-    /* Array values became null placeholders in the DOM: a scalar field given as an array
+    /* Array values stand as nulls in the DOM: a scalar field given as an array
      * would otherwise read as absent. */
     static const char *scalars[] = {"op", "id", "deadline_ms", "dtype"};
     for (size_t i = 0; i < req->split.nspans; i++) {
