@@ -136,6 +136,7 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         {"visibility-timeout", 100, 86400000},
         {"max-attempts", 1, 1000},
         {"result-ttl", 1, 315360000},
+        {"jobs-inflight", 1, 256},
     };
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
         if (strcmp(key, nums[i].name) != 0) continue;
@@ -158,7 +159,8 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         else if (i == 9) cfg->max_client_share = (int)u;
         else if (i == 10) cfg->visibility_timeout_ms = (int)u;
         else if (i == 11) cfg->max_attempts = (int)u;
-        else cfg->result_ttl_s = (int)u;
+        else if (i == 12) cfg->result_ttl_s = (int)u;
+        else cfg->jobs_inflight = (int)u;
         return 0;
     }
     snprintf(err, errcap, "unknown setting '%s'", key);

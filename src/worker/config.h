@@ -34,6 +34,7 @@ typedef struct {
     int visibility_timeout_ms; /* a pending entry idle this long is reclaimed by another worker */
     int max_attempts;         /* starts of one job before it goes to the dead-letter stream */
     int result_ttl_s;         /* TTL of a job record once it has ended */
+    int jobs_inflight;        /* jobs the consumer keeps in hand at once; 0 = one per executor */
 } titan_config;
 
 /* Sets the defaults. */

@@ -1,5 +1,6 @@
-/* jobs.c - the batch-job consumer: one thread that reads job ids from Redis Streams, runs each job
- * through the worker's own ROUTER (TITAN_SERVER_INPROC) and stores the reply (docs/JOBS.md). */
+/* jobs.c - the batch-job consumer: one thread that reads job ids from Redis Streams, keeps up to
+ * --jobs-inflight of them running through the worker's own ROUTER (TITAN_SERVER_INPROC) and stores
+ * their replies (docs/JOBS.md). */
 #include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -35,6 +36,14 @@
 #define MAX_JOB_FRAMES (TITAN_MAX_BODY_FRAMES - 1)
 #define MAX_REPLY_FRAMES TITAN_MAX_BODY_FRAMES
 #define MAX_ID_LEN 128
+/* With jobs in flight and the queues empty, look for new entries again after 5 ms, doubling up to
+ * 200 ms while nothing comes (a slot that frees up looks at once). */
+#define IDLE_READ_MIN_MS 5
+#define IDLE_READ_MAX_MS 200
+/* Bytes of requests (start scripts) or results (store scripts) in one pipeline. Redis runs a
+ * pipeline without a break, and no entry's idle time is reset meanwhile: bounding it by bytes,
+ * not by jobs, keeps a batch of large jobs from outlasting the visibility timeout. */
+#define PIPE_BYTES (4 << 20)
 
 typedef struct {
     char host[256];
@@ -47,6 +56,10 @@ typedef struct {
 
 enum { S_HIGH = 0, S_NORMAL = 1 };
 
+typedef struct s_slot s_slot; /* one job in flight */
+
+enum { SC_START, SC_STORE, SC_RETRY, SC_REVERT, SC_READ, SC_COUNT }; /* the Lua scripts */
+
 struct titan_jobs_consumer {
     pthread_t thread;
     bool started;
@@ -55,6 +68,15 @@ struct titan_jobs_consumer {
     redisContext *redis;  /* NULL while disconnected */
     void *zmq_ctx;        /* borrowed */
     void *dealer;         /* the thread's socket to TITAN_SERVER_INPROC */
+    s_slot *slots;        /* 2 x inflight: a blocking read of both streams may return COUNT entries of each */
+    int nslots, inflight; /* inflight: --jobs-inflight, how many jobs the consumer keeps in hand */
+    int used;             /* slots not free */
+    int *order;           /* nslots: the slots of a pipeline, in the order of its replies */
+    double next_read;     /* with jobs in flight, when to look for new entries again */
+    int idle_read_ms;     /* the wait before that, while reads come back empty */
+    double req_bytes;     /* recent request size (peak, decaying): sizes the start pipelines */
+    char sha[SC_COUNT][41]; /* the scripts' SHA1s on this connection */
+    bool have_sha;        /* all loaded: EVALSHA */
     s_url url;
     char url_text[320]; /* for logs: never the password */
     char stream[2][96];
@@ -168,6 +190,25 @@ static const char s_revert_lua[] = "if redis.call('HGET', KEYS[1], 'state') ~= '
                                    "redis.call('HINCRBY', KEYS[1], 'attempts', -1)\n"
                                    "redis.call('HSET', KEYS[1], 'state', 'queued')\n"
                                    "return 1\n";
+
+/* New entries for up to ARGV[3] free slots, high priority strictly first: the normal queue is read
+ * only for what the high one did not fill, in the same atomic step. KEYS: high, normal. ARGV:
+ * group, consumer, count. Replies like XREADGROUP: nil, or {{stream, entries}...}. */
+static const char s_read_lua[] =
+    "local g, who, n = ARGV[1], ARGV[2], tonumber(ARGV[3])\n"
+    "local out = {}\n"
+    "local h = redis.call('XREADGROUP', 'GROUP', g, who, 'COUNT', n, 'STREAMS', KEYS[1], '>')\n"
+    "if h then out[1] = h[1]; n = n - #h[1][2] end\n"
+    "if n > 0 then\n"
+    "  local r = redis.call('XREADGROUP', 'GROUP', g, who, 'COUNT', n, 'STREAMS', KEYS[2], '>')\n"
+    "  if r then out[#out + 1] = r[1] end\n"
+    "end\n"
+    "if #out == 0 then return false end\n"
+    "return out\n";
+
+/* Each connection loads the scripts (SCRIPT LOAD) and runs them by SHA1, so that a job does not send
+ * their text each time; EVAL (with the text) where loading failed or Redis lost them (NOSCRIPT). */
+static const char *const s_scripts[SC_COUNT] = {s_start_lua, s_store_lua, s_retry_lua, s_revert_lua, s_read_lua};
 
 /* ---- small helpers ---- */
 
@@ -366,6 +407,7 @@ static void s_disconnect(titan_jobs_consumer *c)
     redisContext *r = c->redis;
     c->redis = NULL;
     pthread_mutex_unlock(&c->lock);
+    c->have_sha = false;
     if (r) redisFree(r);
 }
 
@@ -380,18 +422,20 @@ static void s_lost(titan_jobs_consumer *c, const char *why)
     s_disconnect(c);
 }
 
-/* Runs one command. Returns the reply (the caller frees; an error reply included), or NULL when
- * the connection failed, which it then drops. */
-static redisReply *s_cmd(titan_jobs_consumer *c, int argc, const char **argv, const size_t *lens)
+/* Reads the reply to the oldest command sent and not yet answered. Returns it (the caller frees; an
+ * error reply included), or NULL when the connection failed, which it then drops, together with the
+ * replies still owed to later commands. */
+static redisReply *s_get(titan_jobs_consumer *c)
 {
     if (!c->redis) return NULL;
-    redisReply *r = redisCommandArgv(c->redis, argc, argv, lens);
-    if (!r) {
+    void *v = NULL;
+    if (redisGetReply(c->redis, &v) != REDIS_OK || !v) {
         char why[160];
         snprintf(why, sizeof(why), "%s", c->redis->errstr[0] ? c->redis->errstr : "connection lost");
         s_lost(c, why);
         return NULL;
     }
+    redisReply *r = v;
     if (r->type == REDIS_REPLY_ERROR && (strncmp(r->str, "LOADING", 7) == 0 || strncmp(r->str, "BUSY ", 5) == 0 ||
                                          strncmp(r->str, "MASTERDOWN", 10) == 0)) {
         /* Redis is up but cannot serve yet (reading its AOF after a restart): an outage too. */
@@ -400,6 +444,26 @@ static redisReply *s_cmd(titan_jobs_consumer *c, int argc, const char **argv, co
         return NULL;
     }
     return r;
+}
+
+/* Queues a command, to be sent with the next s_get (pipelining). Returns 0, or -1 when
+ * disconnected or out of memory (the connection is then dropped: its pipeline is incomplete). */
+static int s_append(titan_jobs_consumer *c, int argc, const char **argv, const size_t *lens)
+{
+    if (!c->redis) return -1;
+    if (redisAppendCommandArgv(c->redis, argc, argv, lens) != REDIS_OK) {
+        s_lost(c, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* Runs one command. Returns the reply (the caller frees; an error reply included), or NULL when
+ * the connection failed, which it then drops. Never call it with replies still owed (s_append). */
+static redisReply *s_cmd(titan_jobs_consumer *c, int argc, const char **argv, const size_t *lens)
+{
+    if (s_append(c, argc, argv, lens) != 0) return NULL;
+    return s_get(c);
 }
 
 /* The same with NUL-terminated arguments, NULL-terminated list. */
@@ -442,6 +506,36 @@ static int s_ensure_groups(titan_jobs_consumer *c)
         freeReplyObject(r);
     }
     return 0;
+}
+
+/* Loads the scripts; without them (SCRIPT refused, say), they go by EVAL. */
+static void s_load_scripts(titan_jobs_consumer *c)
+{
+    c->have_sha = false;
+    for (int i = 0; i < SC_COUNT; i++) {
+        redisReply *r = s_cmdv(c, "SCRIPT", "LOAD", s_scripts[i], (char *)NULL);
+        bool ok = r && r->type == REDIS_REPLY_STRING && r->len == 40;
+        if (ok) memcpy(c->sha[i], r->str, 41);
+        if (r) freeReplyObject(r);
+        if (!ok) return;
+    }
+    c->have_sha = true;
+}
+
+/* The first two arguments that run script i: EVALSHA SHA1, or EVAL TEXT. */
+static void s_script(const titan_jobs_consumer *c, int i, const char **argv)
+{
+    argv[0] = c->have_sha ? "EVALSHA" : "EVAL";
+    argv[1] = c->have_sha ? c->sha[i] : s_scripts[i];
+}
+
+/* True for the reply to an EVALSHA whose script Redis does not hold (SCRIPT FLUSH): from then on
+ * the scripts go by EVAL on this connection, and the command must run again. */
+static bool s_noscript(titan_jobs_consumer *c, const redisReply *r)
+{
+    if (!s_is_error(r, "NOSCRIPT")) return false;
+    c->have_sha = false;
+    return true;
 }
 
 /* Connects (AUTH, SELECT, groups) when disconnected, sleeping the backoff first after a failure.
@@ -495,6 +589,7 @@ static int s_connect(titan_jobs_consumer *c)
             if (rep) freeReplyObject(rep);
         }
         if (!why[0] && s_ensure_groups(c) != 0) snprintf(why, sizeof(why), "consumer groups not created");
+        if (!why[0]) s_load_scripts(c);
     }
     if (why[0]) {
         s_lost(c, why);
@@ -511,10 +606,10 @@ static int s_connect(titan_jobs_consumer *c)
     return 0;
 }
 
-/* ---- running one job ---- */
+/* ---- running jobs: up to c->inflight at once, each on its own slot ---- */
 
 /* Keeps the Redis reply that holds a job's request frames alive while ZeroMQ messages point
- * into it: the consumer holds one reference, and each message sent holds one. */
+ * into it: the slot holds one reference, and each message sent holds one. */
 typedef struct {
     atomic_int refs;
     redisReply *reply;
@@ -548,89 +643,200 @@ static void s_outcome_clear(s_outcome *o)
 {
     for (int i = 0; i < o->nframes; i++) zmq_msg_close(&o->frames[i]);
     o->nframes = 0;
+    o->kind = O_DONE;
+    o->code[0] = o->error[0] = '\0';
 }
 
-typedef struct {
-    int stream;
-    const char *entry;
-    const char *id;
-    char key[MAX_ID_LEN + 128];
-    double next_hb; /* when the entry's idle time must be reset next (monotonic ms) */
-} s_entry;
+/* A slot's life: FREE -> READ (its entry is ours, not started yet) -> STARTING (its start script
+ * is in the pipeline) -> SENT (the request is with the server) <-> BUSY (answered "busy": sent
+ * again at retry_at) -> DONE (the outcome is known and waits to be recorded) -> RECORD (logged,
+ * its outcome on its way to Redis) -> FREE.
+ * All requests go over the one DEALER, each behind a routing frame "jSLOT.SEQ" that the server's
+ * reply carries back (an envelope, docs/PROTOCOL.md): SEQ changes with every use of the slot, so a
+ * late reply to an abandoned request never lands on the slot's next job. For the server's fair
+ * queue the jobs are one client, as they were with one job at a time. */
+typedef enum { SL_FREE, SL_READ, SL_STARTING, SL_SENT, SL_BUSY, SL_DONE, SL_RECORD } s_state;
 
-/* Sends ["", header, frames...] without copying the frames. Returns 0 or -errno. */
-static int s_send(titan_jobs_consumer *c, s_holder *h, redisReply **parts, int nparts)
+struct s_slot {
+    s_state state;
+    unsigned seq; /* this use of the slot, in its routing frame */
+    int stream;
+    char entry[48]; /* the stream entry id: "MS-SEQ", at most 41 characters */
+    char id[MAX_ID_LEN + 1];
+    char key[MAX_ID_LEN + 128];
+    double next_hb;  /* when the entry's idle time must be reset next (monotonic ms) */
+    double retry_at; /* BUSY: when to send the request again */
+    int attempt;
+    s_holder *h; /* the start script's reply: the request header and frames */
+    redisReply *parts[1 + MAX_JOB_FRAMES];
+    int nparts;
+    s_outcome o;
+};
+
+static void *s_dealer_open(void *zmq_ctx)
 {
-    if (zmq_send(c->dealer, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) != 0) return -zmq_errno();
-    for (int i = 0; i < nparts; i++) {
+    void *d = zmq_socket(zmq_ctx, ZMQ_DEALER);
+    int linger = 0;
+    if (d && (zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof(linger)) != 0 || zmq_connect(d, TITAN_SERVER_INPROC) != 0)) {
+        zmq_close(d);
+        d = NULL;
+    }
+    return d;
+}
+
+static s_slot *s_slot_take(titan_jobs_consumer *c)
+{
+    for (int i = 0; i < c->nslots; i++) {
+        s_slot *sl = &c->slots[i];
+        if (sl->state != SL_FREE) continue;
+        sl->state = SL_READ;
+        sl->seq++;
+        sl->attempt = 0;
+        sl->nparts = 0;
+        sl->h = NULL;
+        s_outcome_clear(&sl->o);
+        c->used++;
+        return sl;
+    }
+    return NULL;
+}
+
+static void s_slot_release(titan_jobs_consumer *c, s_slot *sl)
+{
+    s_outcome_clear(&sl->o);
+    if (sl->h) s_holder_release(sl->h);
+    sl->h = NULL;
+    sl->nparts = 0;
+    sl->state = SL_FREE;
+    c->used--;
+}
+
+/* Sends [tag, "", header, frames...] without copying the frames. Returns 0, -EAGAIN when nothing
+ * was sent (the inproc pipe is full), or another -errno: the socket is then unusable. */
+static int s_send(titan_jobs_consumer *c, s_slot *sl)
+{
+    char tag[32];
+    int tl = snprintf(tag, sizeof(tag), "j%d.%u", (int)(sl - c->slots), sl->seq);
+    if (!c->dealer) return -ENOTSOCK;
+    if (zmq_send(c->dealer, tag, (size_t)tl, ZMQ_SNDMORE | ZMQ_DONTWAIT) != tl) return -zmq_errno();
+    if (zmq_send(c->dealer, "", 0, ZMQ_SNDMORE) != 0) {
+        int e = zmq_errno();
+        return e == EAGAIN ? -EPIPE : -e;
+    }
+    for (int i = 0; i < sl->nparts; i++) {
         zmq_msg_t m;
-        atomic_fetch_add(&h->refs, 1);
+        atomic_fetch_add(&sl->h->refs, 1);
         /* hiredis gives "" (never NULL) for an empty string, so the pointer is always valid */
-        if (zmq_msg_init_data(&m, parts[i]->str, parts[i]->len, s_holder_free_fn, h) != 0) {
-            s_holder_release(h);
+        if (zmq_msg_init_data(&m, sl->parts[i]->str, sl->parts[i]->len, s_holder_free_fn, sl->h) != 0) {
+            s_holder_release(sl->h);
             return -zmq_errno();
         }
-        if (zmq_msg_send(&m, c->dealer, i + 1 < nparts ? ZMQ_SNDMORE : 0) < 0) {
+        if (zmq_msg_send(&m, c->dealer, i + 1 < sl->nparts ? ZMQ_SNDMORE : 0) < 0) {
             int e = zmq_errno();
             zmq_msg_close(&m);
-            /* A half-sent message cannot be taken back: the socket must go (the caller abandons). */
-            return -e;
+            return e == EAGAIN ? -EPIPE : -e;
         }
     }
     return 0;
 }
 
-/* Resets the entry's idle time when a third of the visibility timeout has passed since the last
- * reset, so that other workers do not reclaim a job that is still running or waiting for admission.
- * Short jobs never need it. */
-static void s_heartbeat(titan_jobs_consumer *c, s_entry *e)
+/* The socket failed (err): a half-sent or half-received message cannot be taken back, so a new
+ * socket replaces it, and the replies owed on the old one are lost: every job waiting for one is
+ * given up, its entry pending for another attempt after the visibility timeout. */
+static void s_reset_dealer(titan_jobs_consumer *c, int err)
 {
-    if (s_mono_ms() < e->next_hb || !c->redis) return;
-    redisReply *r =
-        s_cmdv(c, "XCLAIM", c->stream[e->stream], c->group, c->consumer, "0", e->entry, "JUSTID", (char *)NULL);
-    if (r) freeReplyObject(r);
-    e->next_hb = s_mono_ms() + c->visibility_ms / 3.0;
+    titan_log(TITAN_LOG_ERROR, "jobs: the socket to the worker failed: %s", zmq_strerror(err));
+    if (c->dealer) zmq_close(c->dealer);
+    c->dealer = s_dealer_open(c->zmq_ctx);
+    for (int i = 0; i < c->nslots; i++) {
+        s_slot *sl = &c->slots[i];
+        if (sl->state != SL_SENT) continue;
+        s_outcome_clear(&sl->o);
+        sl->o.kind = O_ABANDON;
+        sl->state = SL_DONE;
+    }
 }
 
-/* Waits for the reply to the request in flight. Returns 0 with the body in o->frames, or -ECANCELED
- * when stop was asked for and no reply is there. */
-static int s_receive(titan_jobs_consumer *c, s_entry *e, s_outcome *o)
+/* Sends the request of sl: SENT, BUSY (the inproc pipe is full: as good as busy), or given up. */
+static void s_dispatch(titan_jobs_consumer *c, s_slot *sl)
+{
+    int rc = s_send(c, sl);
+    if (rc == 0) {
+        sl->state = SL_SENT;
+    } else if (rc == -EAGAIN) {
+        sl->state = SL_BUSY;
+        sl->retry_at = s_mono_ms() + BUSY_RETRY_MS;
+    } else {
+        sl->state = SL_SENT; /* given up with the others in s_reset_dealer */
+        s_reset_dealer(c, -rc);
+    }
+}
+
+/* The slot whose request the routing frame m names, or NULL (a stale or foreign reply). */
+static s_slot *s_slot_of(titan_jobs_consumer *c, zmq_msg_t *m)
+{
+    char tag[32];
+    size_t n = zmq_msg_size(m);
+    if (n < 4 || n >= sizeof(tag)) return NULL;
+    memcpy(tag, zmq_msg_data(m), n);
+    tag[n] = '\0';
+    char *dot, *end;
+    long idx = strtol(tag + 1, &dot, 10);
+    if (tag[0] != 'j' || *dot != '.' || idx < 0 || idx >= c->nslots) return NULL;
+    unsigned long seq = strtoul(dot + 1, &end, 10);
+    s_slot *sl = &c->slots[idx];
+    if (*end || seq != sl->seq || sl->state != SL_SENT) return NULL;
+    return sl;
+}
+
+static int s_classify(s_outcome *o);
+
+/* Takes every reply waiting on the socket to its slot: DONE, or BUSY when the answer is "busy".
+ * Returns 0, or -errno when the socket failed. */
+static int s_collect(titan_jobs_consumer *c)
 {
     for (;;) {
-        zmq_pollitem_t it = {c->dealer, 0, ZMQ_POLLIN, 0};
-        long wait = (long)(e->next_hb - s_mono_ms()) + 1;
-        if (wait > 100) wait = 100;
-        if (wait < 1) wait = 1;
-        int n = zmq_poll(&it, 1, wait);
-        if (n < 0 && zmq_errno() != EINTR) return -zmq_errno();
-        if (n > 0 && (it.revents & ZMQ_POLLIN)) break;
-        /* The server replies to a request in hand even while it drains, so by the time the
-         * consumer is stopped, a reply that is not here will not come. */
-        if (s_stopping(c)) return -ECANCELED;
-        s_heartbeat(c, e);
-    }
-    bool first = true;
-    int more = 1;
-    while (more) {
         zmq_msg_t m;
         zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, c->dealer, 0) < 0) {
+        if (zmq_msg_recv(&m, c->dealer, ZMQ_DONTWAIT) < 0) {
             int err = zmq_errno();
             zmq_msg_close(&m);
             if (err == EINTR) continue;
-            return -err;
+            return err == EAGAIN ? 0 : -err;
         }
-        more = zmq_msg_more(&m);
-        if (first && zmq_msg_size(&m) == 0) {
-            zmq_msg_close(&m); /* the delimiter */
-        } else if (o->nframes < MAX_REPLY_FRAMES) {
-            o->frames[o->nframes++] = m;
+        s_slot *sl = s_slot_of(c, &m);
+        s_outcome *o = sl ? &sl->o : NULL;
+        int more = zmq_msg_more(&m);
+        zmq_msg_close(&m);
+        bool first = true;
+        while (more) { /* the rest of a message is there once its first frame is */
+            zmq_msg_init(&m);
+            if (zmq_msg_recv(&m, c->dealer, 0) < 0) {
+                int err = zmq_errno();
+                zmq_msg_close(&m);
+                if (err == EINTR) continue;
+                return -err;
+            }
+            more = zmq_msg_more(&m);
+            if (first && zmq_msg_size(&m) == 0) {
+                zmq_msg_close(&m); /* the delimiter */
+            } else if (o && o->nframes < MAX_REPLY_FRAMES) {
+                o->frames[o->nframes++] = m;
+            } else {
+                zmq_msg_close(&m);
+            }
+            first = false;
+        }
+        if (!sl) continue;
+        if (s_classify(o) == 1) {
+            /* busy: the entry stays pending (and ours) while the worker's queue is full */
+            s_outcome_clear(o);
+            sl->state = SL_BUSY;
+            sl->retry_at = s_mono_ms() + BUSY_RETRY_MS;
         } else {
-            zmq_msg_close(&m);
+            sl->state = SL_DONE;
         }
-        first = false;
     }
-    return 0;
 }
 
 static bool s_final_code(const char *code)
@@ -673,57 +879,44 @@ static int s_classify(s_outcome *o)
     return 0;
 }
 
-/* Runs the request until it has an outcome other than busy. */
-static void s_run(titan_jobs_consumer *c, s_entry *e, s_holder *h, redisReply **parts, int nparts, s_outcome *o)
+/* Resets the idle time of every entry in hand whose last reset is a third of the visibility
+ * timeout ago (pipelined), so that no worker reclaims a job that is still running or waiting for
+ * admission. Short jobs never need it. */
+static void s_heartbeats(titan_jobs_consumer *c)
 {
-    for (;;) {
-        int rc = s_send(c, h, parts, nparts);
-        if (rc == -EAGAIN) {
-            /* the inproc pipe is full: as good as busy */
-            s_nap(c, BUSY_RETRY_MS);
-            if (s_stopping(c) || s_draining(c)) {
-                o->kind = O_REVERT;
-                return;
-            }
-            s_heartbeat(c, e);
-            continue;
-        }
-        if (rc == 0) rc = s_receive(c, e, o);
-        if (rc != 0) {
-            o->kind = O_ABANDON;
-            if (rc != -ECANCELED)
-                titan_log(TITAN_LOG_ERROR, "jobs: cannot pass job %s to the worker: %s", e->id, zmq_strerror(-rc));
-            return;
-        }
-        if (s_classify(o) == 0) return;
-        /* busy: the entry stays pending (and ours) while the worker's queue is full */
-        s_outcome_clear(o);
-        s_nap(c, BUSY_RETRY_MS);
-        if (s_stopping(c) || s_draining(c)) {
-            o->kind = O_REVERT;
-            return;
-        }
-        s_heartbeat(c, e);
+    if (!c->redis) return;
+    double now = s_mono_ms();
+    int n = 0;
+    for (int i = 0; i < c->nslots; i++) {
+        s_slot *sl = &c->slots[i];
+        if (sl->state == SL_FREE || sl->state == SL_STARTING || now < sl->next_hb) continue;
+        const char *argv[] = {"XCLAIM", c->stream[sl->stream], c->group, c->consumer, "0", sl->entry, "JUSTID"};
+        if (s_append(c, 7, argv, NULL) != 0) break;
+        sl->next_hb = now + c->visibility_ms / 3.0;
+        n++;
+    }
+    for (int i = 0; i < n; i++) {
+        redisReply *r = s_get(c);
+        if (!r) break;
+        freeReplyObject(r);
     }
 }
 
-/* Runs a script until Redis has answered it, reconnecting as needed. Returns the reply, or NULL
- * once stop was asked for while Redis was away. */
-static redisReply *s_cmd_persist(titan_jobs_consumer *c, int argc, const char **argv, const size_t *lens)
+/* Queues the command that records the outcome of sl: the store script (which also acknowledges
+ * the entry) for done and failed, the retry or revert script otherwise. Returns 0 or -1. */
+static int s_append_outcome(titan_jobs_consumer *c, s_slot *sl)
 {
-    for (;;) {
-        if (s_connect(c) == 0) {
-            redisReply *r = s_cmd(c, argc, argv, lens);
-            if (r) return r;
-        }
-        if (s_stopping(c)) return NULL;
+    const s_outcome *o = &sl->o;
+    if (o->kind == O_RETRY) {
+        const char *argv[] = {NULL, NULL, "1", sl->key, o->error, o->code};
+        s_script(c, SC_RETRY, argv);
+        return s_append(c, 6, argv, NULL);
     }
-}
-
-/* Writes the outcome to the record and acknowledges the entry (one script). */
-static void s_store(titan_jobs_consumer *c, s_entry *e, const s_outcome *o, int attempt)
-{
-    s_heartbeat(c, e); /* a large result takes a while to reach Redis */
+    if (o->kind == O_REVERT) {
+        const char *argv[] = {NULL, NULL, "1", sl->key, c->consumer};
+        s_script(c, SC_REVERT, argv);
+        return s_append(c, 5, argv, NULL);
+    }
     const char *argv[14 + MAX_REPLY_FRAMES];
     size_t lens[14 + MAX_REPLY_FRAMES];
     int n = 0;
@@ -735,13 +928,15 @@ static void s_store(titan_jobs_consumer *c, s_entry *e, const s_outcome *o, int 
     snprintf(rn, sizeof(rn), "%d", nres);
 #define ARG(p, l) (argv[n] = (p), lens[n++] = (l))
 #define ARGS(p) ARG(p, strlen(p))
-    ARGS("EVAL");
-    ARGS(s_store_lua);
+    s_script(c, SC_STORE, argv);
+    lens[0] = strlen(argv[0]);
+    lens[1] = strlen(argv[1]);
+    n = 2;
     ARGS("2");
-    ARGS(e->key);
-    ARGS(c->stream[e->stream]);
+    ARGS(sl->key);
+    ARGS(c->stream[sl->stream]);
     ARGS(c->group);
-    ARGS(e->entry);
+    ARGS(sl->entry);
     ARGS(done ? "done" : "failed");
     ARGS(now);
     ARGS(ttl);
@@ -754,32 +949,102 @@ static void s_store(titan_jobs_consumer *c, s_entry *e, const s_outcome *o, int 
         ARG(zmq_msg_data((zmq_msg_t *)&o->frames[i]), zmq_msg_size((zmq_msg_t *)&o->frames[i]));
 #undef ARG
 #undef ARGS
-    redisReply *r = s_cmd_persist(c, n, argv, lens);
-    if (!r) {
-        titan_log(TITAN_LOG_WARN, "jobs: job %s: stopped before its outcome could be stored; it stays pending",
-                  e->id);
-        return;
-    }
-    if (r->type == REDIS_REPLY_ERROR)
-        titan_log(TITAN_LOG_WARN, "jobs: job %s: cannot store its outcome: %s; it stays pending", e->id, r->str);
-    else if (done)
-        titan_log_debug("jobs: job %s done (attempt %d)", e->id, attempt);
-    else
-        titan_log_debug("jobs: job %s failed (attempt %d, %s: %s)", e->id, attempt, o->code, o->error);
-    freeReplyObject(r);
+    return s_append(c, n, argv, lens);
 }
 
-/* Runs a small script on the job's record (retry or revert); errors are logged. */
-static void s_record_script(titan_jobs_consumer *c, const s_entry *e, const char *lua, const char *a1,
-                            const char *a2)
+/* Logs what Redis answered to the outcome of sl. */
+static void s_recorded(titan_jobs_consumer *c, const s_slot *sl, const redisReply *r)
 {
-    const char *argv[6] = {"EVAL", lua, "1", e->key, a1, a2};
-    size_t lens[6];
-    int argc = a2 ? 6 : 5;
-    for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
-    redisReply *r = s_cmd_persist(c, argc, argv, lens);
-    if (r && r->type == REDIS_REPLY_ERROR) titan_log(TITAN_LOG_WARN, "jobs: job %s: %s", e->id, r->str);
-    if (r) freeReplyObject(r);
+    (void)c;
+    const s_outcome *o = &sl->o;
+    if (o->kind == O_RETRY || o->kind == O_REVERT) {
+        if (r->type == REDIS_REPLY_ERROR) titan_log(TITAN_LOG_WARN, "jobs: job %s: %s", sl->id, r->str);
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        titan_log(TITAN_LOG_WARN, "jobs: job %s: cannot store its outcome: %s; it stays pending", sl->id, r->str);
+    } else if (o->kind == O_DONE) {
+        titan_log_debug("jobs: job %s done (attempt %d)", sl->id, sl->attempt);
+    } else {
+        titan_log_debug("jobs: job %s failed (attempt %d, %s: %s)", sl->id, sl->attempt, o->code, o->error);
+    }
+}
+
+/* Logs and records the outcome of every DONE slot, pipelined, then frees them: XACK only with the
+ * outcome (the store script). Tries again across Redis outages until stop is asked for; an outcome
+ * that could not be recorded by then leaves its entry pending, for another attempt. */
+static void s_finish(titan_jobs_consumer *c)
+{
+    int left = 0;
+    for (int i = 0; i < c->nslots; i++) {
+        s_slot *sl = &c->slots[i];
+        if (sl->state != SL_DONE) continue;
+        const s_outcome *o = &sl->o;
+        switch (o->kind) {
+        case O_DONE:
+            break;
+        case O_FAILED:
+            titan_log(TITAN_LOG_WARN, "jobs: job %s attempt %d failed (%s): %s", sl->id, sl->attempt, o->code,
+                      o->error);
+            break;
+        case O_RETRY:
+            titan_log(TITAN_LOG_WARN, "jobs: job %s attempt %d of %d failed (%s): %s; %s", sl->id, sl->attempt,
+                      c->max_attempts, o->code, o->error,
+                      sl->attempt < c->max_attempts ? "it stays pending for another attempt"
+                                                    : "it goes to the dead-letter stream when next picked up");
+            break;
+        case O_REVERT:
+            /* The worker is shutting down: the attempt did not run; another worker reclaims the entry. */
+            c->winding_down = true;
+            titan_log(TITAN_LOG_INFO,
+                      "jobs: the worker is shutting down; taking no more jobs (job %s stays pending)", sl->id);
+            break;
+        case O_ABANDON:
+            titan_log(TITAN_LOG_WARN, "jobs: job %s: stopped while it ran; it stays pending for another worker",
+                      sl->id);
+            s_slot_release(c, sl);
+            continue;
+        }
+        sl->state = SL_RECORD; /* logged; to be recorded */
+        left++;
+    }
+    if (!left) return;
+    c->next_read = 0; /* slots are free again: look for more work at once */
+    c->idle_read_ms = IDLE_READ_MIN_MS;
+    for (;;) {
+        if (s_connect(c) == 0) {
+            s_heartbeats(c); /* a large result takes a while to reach Redis */
+            int n = 0;
+            double bytes = 0;
+            for (int i = 0; i < c->nslots && bytes < PIPE_BYTES; i++) {
+                s_slot *sl = &c->slots[i];
+                if (sl->state != SL_RECORD) continue;
+                if (s_append_outcome(c, sl) != 0) break;
+                c->order[n++] = i;
+                for (int f = 0; f < sl->o.nframes; f++) bytes += (double)zmq_msg_size(&sl->o.frames[f]);
+            }
+            for (int k = 0; k < n; k++) {
+                s_slot *sl = &c->slots[c->order[k]];
+                redisReply *r = s_get(c);
+                if (!r) break; /* Redis went away: the rest is sent again once it is back */
+                if (s_noscript(c, r)) {
+                    freeReplyObject(r); /* sent again, by EVAL */
+                    continue;
+                }
+                s_recorded(c, sl, r);
+                freeReplyObject(r);
+                s_slot_release(c, sl);
+                left--;
+            }
+            if (!left) return;
+        }
+        if (s_stopping(c) && !c->redis) break; /* connected: NOSCRIPT replies, sent again by EVAL */
+    }
+    for (int i = 0; i < c->nslots; i++) {
+        s_slot *sl = &c->slots[i];
+        if (sl->state != SL_RECORD) continue;
+        titan_log(TITAN_LOG_WARN, "jobs: job %s: stopped before its outcome could be recorded; it stays pending",
+                  sl->id);
+        s_slot_release(c, sl);
+    }
 }
 
 static bool s_valid_id(const char *id, size_t len)
@@ -795,57 +1060,33 @@ static bool s_is_str(const redisReply *r)
     return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS);
 }
 
-/* Step 3 of docs/JOBS.md for one stream entry, read from Redis at t_read (monotonic ms). */
-static void s_process(titan_jobs_consumer *c, int stream, const redisReply *entry, double t_read)
+/* Acts on the start script's reply r for sl (takes r): skip, dead-letter, a broken record (failed),
+ * or the request sent to the server. */
+static void s_started(titan_jobs_consumer *c, s_slot *sl, redisReply *r)
 {
-    if (s_stopping(c) || s_draining(c)) return; /* not started: it stays pending for another worker */
-    if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 1 || !s_is_str(entry->element[0])) return;
-    s_entry e = {.stream = stream, .entry = entry->element[0]->str, .next_hb = t_read + c->visibility_ms / 3.0};
-    const redisReply *fields = entry->elements >= 2 ? entry->element[1] : NULL;
-    const redisReply *idr = NULL;
-    if (fields && fields->type == REDIS_REPLY_ARRAY)
-        for (size_t i = 0; i + 1 < fields->elements; i += 2)
-            if (s_is_str(fields->element[i]) && strcmp(fields->element[i]->str, "id") == 0)
-                idr = fields->element[i + 1];
-    if (!s_is_str(idr) || !s_valid_id(idr->str, idr->len)) {
-        /* Nothing to run (an entry without a usable id, or one deleted from the stream). */
-        titan_log(TITAN_LOG_WARN, "jobs: %s entry %s has no valid job id; acknowledged and skipped", c->stream[stream],
-                  e.entry);
-        redisReply *r = s_cmdv(c, "XACK", c->stream[stream], c->group, e.entry, (char *)NULL);
-        if (r) freeReplyObject(r);
-        return;
-    }
-    e.id = idr->str;
-    snprintf(e.key, sizeof(e.key), "%s%s", c->job_prefix, e.id);
-
-    char maxa[16], now[32], ttl[16];
-    snprintf(maxa, sizeof(maxa), "%d", c->max_attempts);
-    snprintf(now, sizeof(now), "%lld", s_unix_ms());
-    snprintf(ttl, sizeof(ttl), "%d", c->ttl_s);
-    redisReply *r = s_cmdv(c, "EVAL", s_start_lua, "3", e.key, c->stream[stream], c->dead, c->group, e.entry, maxa,
-                           now, c->consumer, ttl, e.id, (char *)NULL);
-    if (!r) return; /* Redis went away: the entry stays pending */
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || !s_is_str(r->element[0])) {
-        titan_log(TITAN_LOG_WARN, "jobs: job %s: cannot start it: %s", e.id,
+        titan_log(TITAN_LOG_WARN, "jobs: job %s: cannot start it: %s", sl->id,
                   r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
         freeReplyObject(r);
+        s_slot_release(c, sl);
         return;
     }
     const char *what = r->element[0]->str;
     if (strcmp(what, "skip") == 0) {
-        titan_log_debug("jobs: job %s skipped (%s)", e.id, s_is_str(r->element[1]) ? r->element[1]->str : "?");
+        titan_log_debug("jobs: job %s skipped (%s)", sl->id, s_is_str(r->element[1]) ? r->element[1]->str : "?");
         freeReplyObject(r);
+        s_slot_release(c, sl);
         return;
     }
     if (strcmp(what, "dead") == 0) {
-        titan_log(TITAN_LOG_WARN, "jobs: job %s moved to %s: %s", e.id, c->dead,
+        titan_log(TITAN_LOG_WARN, "jobs: job %s moved to %s: %s", sl->id, c->dead,
                   r->elements >= 3 && s_is_str(r->element[2]) ? r->element[2]->str : "too many attempts");
         freeReplyObject(r);
+        s_slot_release(c, sl);
         return;
     }
-    int attempt = s_is_str(r->element[1]) ? atoi(r->element[1]->str) : 0;
-    s_outcome o;
-    memset(&o, 0, sizeof(o));
+    sl->attempt = s_is_str(r->element[1]) ? atoi(r->element[1]->str) : 0;
+    s_outcome *o = &sl->o;
     /* The record as the script read it: {"run", attempts, header, nframes, frame:1...} */
     const redisReply *hdr = r->elements > 2 ? r->element[2] : NULL;
     const redisReply *nfr = r->elements > 3 ? r->element[3] : NULL;
@@ -858,88 +1099,235 @@ static void s_process(titan_jobs_consumer *c, int stream, const redisReply *entr
         nf = 0;
     }
     if (!s_is_str(hdr)) {
-        o.kind = O_FAILED;
-        snprintf(o.code, sizeof(o.code), "bad_request");
-        snprintf(o.error, sizeof(o.error), "the job record has no request header");
+        o->kind = O_FAILED;
+        snprintf(o->code, sizeof(o->code), "bad_request");
+        snprintf(o->error, sizeof(o->error), "the job record has no request header");
     } else if (nf < 0) {
-        o.kind = O_FAILED;
-        snprintf(o.code, sizeof(o.code), "bad_request");
-        snprintf(o.error, sizeof(o.error), "the job record's nframes must be a number from 0 to %d",
+        o->kind = O_FAILED;
+        snprintf(o->code, sizeof(o->code), "bad_request");
+        snprintf(o->error, sizeof(o->error), "the job record's nframes must be a number from 0 to %d",
                  MAX_JOB_FRAMES);
     } else if ((long)r->elements != 4 + nf) {
-        o.kind = O_FAILED;
-        snprintf(o.code, sizeof(o.code), "bad_request");
-        snprintf(o.error, sizeof(o.error), "the job record lacks some of its %ld frames", nf);
+        o->kind = O_FAILED;
+        snprintf(o->code, sizeof(o->code), "bad_request");
+        snprintf(o->error, sizeof(o->error), "the job record lacks some of its %ld frames", nf);
     }
-    for (long i = 0; o.kind == O_DONE && !o.error[0] && i < nf; i++) {
+    for (long i = 0; o->kind == O_DONE && i < nf; i++) {
         if (!s_is_str(r->element[4 + i])) {
-            o.kind = O_FAILED;
-            snprintf(o.code, sizeof(o.code), "bad_request");
-            snprintf(o.error, sizeof(o.error), "the job record lacks frame:%ld", i + 1);
+            o->kind = O_FAILED;
+            snprintf(o->code, sizeof(o->code), "bad_request");
+            snprintf(o->error, sizeof(o->error), "the job record lacks frame:%ld", i + 1);
         }
     }
-    if (o.kind == O_FAILED) {
-        titan_log(TITAN_LOG_WARN, "jobs: job %s attempt %d failed (%s): %s", e.id, attempt, o.code, o.error);
-        s_store(c, &e, &o, attempt);
+    if (o->kind == O_FAILED) {
         freeReplyObject(r);
+        sl->state = SL_DONE;
         return;
     }
     s_holder *h = calloc(1, sizeof(*h));
     if (!h) {
-        o.kind = O_RETRY;
-        snprintf(o.code, sizeof(o.code), "internal");
-        snprintf(o.error, sizeof(o.error), "out of memory");
-    } else {
-        atomic_init(&h->refs, 1);
-        h->reply = r;
-        redisReply *parts[1 + MAX_JOB_FRAMES]; /* header, frame:1... */
-        parts[0] = r->element[2];
-        for (long i = 0; i < nf; i++) parts[1 + i] = r->element[4 + i];
-        s_run(c, &e, h, parts, 1 + (int)nf, &o);
+        freeReplyObject(r);
+        o->kind = O_RETRY;
+        snprintf(o->code, sizeof(o->code), "internal");
+        snprintf(o->error, sizeof(o->error), "out of memory");
+        sl->state = SL_DONE;
+        return;
     }
-    /* e.entry and e.id point into r, which h keeps alive until here */
-    switch (o.kind) {
-    case O_DONE:
-    case O_FAILED:
-        if (o.kind == O_FAILED)
-            titan_log(TITAN_LOG_WARN, "jobs: job %s attempt %d failed (%s): %s", e.id, attempt, o.code, o.error);
-        s_store(c, &e, &o, attempt);
-        break;
-    case O_RETRY:
-        titan_log(TITAN_LOG_WARN, "jobs: job %s attempt %d of %d failed (%s): %s; %s", e.id, attempt,
-                  c->max_attempts, o.code, o.error,
-                  attempt < c->max_attempts ? "it stays pending for another attempt"
-                                            : "it goes to the dead-letter stream when next picked up");
-        s_record_script(c, &e, s_retry_lua, o.error, o.code);
-        break;
-    case O_REVERT:
-        /* The worker is shutting down: the attempt did not run; another worker reclaims the entry. */
-        s_record_script(c, &e, s_revert_lua, c->consumer, NULL);
-        c->winding_down = true;
-        titan_log(TITAN_LOG_INFO, "jobs: the worker is shutting down; taking no more jobs (job %s stays pending)",
-                  e.id);
-        break;
-    case O_ABANDON:
-        titan_log(TITAN_LOG_WARN, "jobs: job %s: stopped while it ran; it stays pending for another worker", e.id);
-        break;
+    atomic_init(&h->refs, 1);
+    h->reply = r;
+    sl->h = h;
+    sl->parts[0] = r->element[2]; /* header, frame:1... */
+    for (long i = 0; i < nf; i++) sl->parts[1 + i] = r->element[4 + i];
+    sl->nparts = 1 + (int)nf;
+    double bytes = 0;
+    for (int i = 0; i < sl->nparts; i++) bytes += (double)sl->parts[i]->len;
+    c->req_bytes = bytes > 0.9 * c->req_bytes ? bytes : 0.9 * c->req_bytes;
+    if (s_stopping(c) || s_draining(c)) {
+        o->kind = O_REVERT; /* started but not sent: undo the start */
+        sl->state = SL_DONE;
+        return;
     }
-    s_outcome_clear(&o);
-    if (h) s_holder_release(h);
-    else freeReplyObject(r);
+    s_dispatch(c, sl);
+}
+
+/* Queues the start script of sl. Returns 0 or -1. */
+static int s_append_start(titan_jobs_consumer *c, s_slot *sl, const char *maxa, const char *now, const char *ttl)
+{
+    const char *argv[] = {NULL, NULL, "3", sl->key, c->stream[sl->stream], c->dead, c->group, sl->entry,
+                          maxa, now, c->consumer, ttl, sl->id};
+    s_script(c, SC_START, argv);
+    return s_append(c, 13, argv, NULL);
+}
+
+/* Step 3 of docs/JOBS.md for the entries of one stream (an XREADGROUP or XAUTOCLAIM list) read
+ * from Redis at t_read (monotonic ms): the start scripts go pipelined, then each started job's
+ * request goes to the server on its slot. With `reclaimed`, entries already in hand are left
+ * alone. Returns how many entries it took up. */
+static int s_start(titan_jobs_consumer *c, int stream, const redisReply *entries, double t_read, bool reclaimed)
+{
+    int took = 0;
+    /* First the entries without anything to run (no usable id, or deleted from the stream): they
+     * are acknowledged one by one, before the pipeline. */
+    for (size_t i = 0; i < entries->elements && c->redis; i++) {
+        const redisReply *entry = entries->element[i];
+        if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 1 || !s_is_str(entry->element[0])) continue;
+        const redisReply *fields = entry->elements >= 2 ? entry->element[1] : NULL;
+        const redisReply *idr = NULL;
+        if (fields && fields->type == REDIS_REPLY_ARRAY)
+            for (size_t k = 0; k + 1 < fields->elements; k += 2)
+                if (s_is_str(fields->element[k]) && strcmp(fields->element[k]->str, "id") == 0)
+                    idr = fields->element[k + 1];
+        if (s_is_str(idr) && s_valid_id(idr->str, idr->len)) continue;
+        if (s_stopping(c) || s_draining(c)) break;
+        titan_log(TITAN_LOG_WARN, "jobs: %s entry %s has no valid job id; acknowledged and skipped", c->stream[stream],
+                  entry->element[0]->str);
+        redisReply *r = s_cmdv(c, "XACK", c->stream[stream], c->group, entry->element[0]->str, (char *)NULL);
+        if (r) freeReplyObject(r);
+        took++;
+    }
+    char maxa[16], now[32], ttl[16];
+    snprintf(maxa, sizeof(maxa), "%d", c->max_attempts);
+    snprintf(now, sizeof(now), "%lld", s_unix_ms());
+    snprintf(ttl, sizeof(ttl), "%d", c->ttl_s);
+    int n = 0;
+    for (size_t i = 0; i < entries->elements && c->redis; i++) {
+        /* An entry not started when we stop stays pending; another worker reclaims it. */
+        if (s_stopping(c) || s_draining(c)) break;
+        const redisReply *entry = entries->element[i];
+        if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 1 || !s_is_str(entry->element[0])) continue;
+        const redisReply *er = entry->element[0];
+        const redisReply *fields = entry->elements >= 2 ? entry->element[1] : NULL;
+        const redisReply *idr = NULL;
+        if (fields && fields->type == REDIS_REPLY_ARRAY)
+            for (size_t k = 0; k + 1 < fields->elements; k += 2)
+                if (s_is_str(fields->element[k]) && strcmp(fields->element[k]->str, "id") == 0)
+                    idr = fields->element[k + 1];
+        if (!s_is_str(idr) || !s_valid_id(idr->str, idr->len) || er->len >= sizeof(c->slots[0].entry)) continue;
+        if (reclaimed) {
+            bool mine = false;
+            for (int k = 0; k < c->nslots && !mine; k++)
+                mine = c->slots[k].state != SL_FREE && c->slots[k].stream == stream &&
+                       strcmp(c->slots[k].entry, er->str) == 0;
+            if (mine) continue;
+        }
+        s_slot *sl = s_slot_take(c);
+        if (!sl) break; /* cannot happen: reads ask for no more than the free slots */
+        sl->stream = stream;
+        memcpy(sl->entry, er->str, er->len + 1);
+        memcpy(sl->id, idr->str, idr->len + 1);
+        snprintf(sl->key, sizeof(sl->key), "%s%s", c->job_prefix, sl->id);
+        sl->next_hb = t_read + c->visibility_ms / 3.0;
+        c->order[n++] = (int)(sl - c->slots);
+    }
+    /* The start scripts go pipelined, in chunks of about PIPE_BYTES of requests (one while the
+     * size is unknown), with the idle times of the entries in hand reset between chunks. */
+    for (int next = 0; next < n;) {
+        if (!c->redis || s_stopping(c) || s_draining(c)) {
+            for (int k = next; k < n; k++) s_slot_release(c, &c->slots[c->order[k]]); /* they stay pending */
+            break;
+        }
+        int chunk = c->req_bytes > 0 ? (int)(PIPE_BYTES / c->req_bytes) : 1;
+        int end = chunk < 1 ? next + 1 : chunk >= n - next ? n : next + chunk;
+        for (int pass = 0; pass < 2; pass++) { /* a second by EVAL after NOSCRIPT */
+            for (int k = next; k < end; k++) {
+                s_slot *sl = &c->slots[c->order[k]];
+                if (sl->state != SL_READ) continue;
+                if (s_append_start(c, sl, maxa, now, ttl) != 0) break;
+                sl->state = SL_STARTING;
+            }
+            for (int k = next; k < end; k++) {
+                s_slot *sl = &c->slots[c->order[k]];
+                if (sl->state != SL_STARTING) continue;
+                redisReply *r = s_get(c);
+                if (!r) {
+                    s_slot_release(c, sl); /* Redis went away: the entry stays pending */
+                    continue;
+                }
+                if (s_noscript(c, r)) {
+                    freeReplyObject(r);
+                    sl->state = SL_READ;
+                    continue;
+                }
+                s_started(c, sl, r);
+                took++;
+            }
+        }
+        for (int k = next; k < end; k++)
+            if (c->slots[c->order[k]].state == SL_READ) s_slot_release(c, &c->slots[c->order[k]]);
+        next = end;
+        if (next < n) s_heartbeats(c);
+    }
+    s_finish(c); /* broken records, and starts undone */
+    return took;
+}
+
+/* Serves the slots in flight for up to wait_ms (less when a reply comes, or a heartbeat or a busy
+ * retry is due): sends busy requests again, collects replies, resets idle times, and records the
+ * outcomes. Once stop is asked for, a reply that is not there will not come (the server has
+ * drained): those jobs stay pending. */
+static void s_pump(titan_jobs_consumer *c, double wait_ms)
+{
+    double now = s_mono_ms();
+    for (int i = 0; i < c->nslots; i++) {
+        s_slot *sl = &c->slots[i];
+        if (sl->state != SL_BUSY || sl->retry_at > now) continue;
+        if (s_stopping(c) || s_draining(c)) {
+            sl->o.kind = O_REVERT; /* it never ran: undo its start */
+            sl->state = SL_DONE;
+        } else {
+            s_dispatch(c, sl);
+        }
+    }
+    double until = now + (wait_ms > 100 ? 100 : wait_ms);
+    bool waiting = false; /* for a reply */
+    for (int i = 0; i < c->nslots; i++) {
+        s_slot *sl = &c->slots[i];
+        if (sl->state == SL_DONE) until = now;
+        if (sl->state != SL_SENT && sl->state != SL_BUSY) continue;
+        if (sl->next_hb < until) until = sl->next_hb;
+        if (sl->state == SL_BUSY && sl->retry_at < until) until = sl->retry_at;
+        waiting |= sl->state == SL_SENT;
+    }
+    long wait = until <= now ? 0 : (long)(until - now) + 1;
+    if (waiting) {
+        zmq_pollitem_t it = {c->dealer, 0, ZMQ_POLLIN, 0};
+        int n = c->dealer ? zmq_poll(&it, 1, wait) : 0;
+        if (n > 0 && (it.revents & ZMQ_POLLIN)) {
+            int rc = s_collect(c);
+            if (rc != 0) s_reset_dealer(c, -rc);
+        }
+    } else if (wait > 0) {
+        s_nap(c, (double)wait);
+    }
+    if (s_stopping(c)) {
+        for (int i = 0; i < c->nslots; i++) {
+            s_slot *sl = &c->slots[i];
+            if (sl->state == SL_SENT) {
+                sl->o.kind = O_ABANDON;
+                sl->state = SL_DONE;
+            } else if (sl->state == SL_BUSY) {
+                sl->o.kind = O_REVERT;
+                sl->state = SL_DONE;
+            }
+        }
+    }
+    s_heartbeats(c);
+    s_finish(c);
 }
 
 /* ---- reading the queues ---- */
 
-/* One XAUTOCLAIM step of the reclaim scan. Returns 1 when it processed an entry, 0 when the scan
- * of both streams is complete (or must wait), -1 on a Redis failure. */
+/* One XAUTOCLAIM step of the reclaim scan, for up to the free slots. Returns 1 when it took up an
+ * entry, 0 when the scan of both streams is complete (or must wait), -1 on a Redis failure. */
 static int s_reclaim(titan_jobs_consumer *c)
 {
-    char idle[16];
+    char idle[16], count[16];
     snprintf(idle, sizeof(idle), "%d", c->visibility_ms);
     for (int s = 0; s < 2; s++) {
-        while (!c->scanned[s] && !s_stopping(c) && !s_draining(c)) {
+        while (!c->scanned[s] && !s_stopping(c) && !s_draining(c) && c->used < c->inflight) {
+            snprintf(count, sizeof(count), "%d", c->inflight - c->used);
             redisReply *r = s_cmdv(c, "XAUTOCLAIM", c->stream[s], c->group, c->consumer, idle, c->cursor[s], "COUNT",
-                                   "1", (char *)NULL);
+                                   count, (char *)NULL);
             double t_read = s_mono_ms();
             if (!r) return -1;
             if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || !s_is_str(r->element[0]) ||
@@ -959,15 +1347,14 @@ static int s_reclaim(titan_jobs_consumer *c)
             snprintf(c->cursor[s], sizeof(c->cursor[s]), "%s", r->element[0]->str);
             if (strcmp(c->cursor[s], "0-0") == 0) c->scanned[s] = true;
             const redisReply *entries = r->element[1];
-            int got = 0;
-            for (size_t i = 0; i < entries->elements && !s_stopping(c) && !s_draining(c); i++) {
-                titan_log_debug("jobs: reclaimed an entry of %s idle over %d ms", c->stream[s], c->visibility_ms);
-                s_process(c, s, entries->element[i], t_read);
-                got = 1;
-            }
+            if (entries->elements > 0)
+                titan_log_debug("jobs: reclaimed %zu entries of %s idle over %d ms", entries->elements, c->stream[s],
+                                c->visibility_ms);
+            int got = s_start(c, s, entries, t_read, true);
             freeReplyObject(r);
-            if (got) return 1;
+            if (got > 0) return 1;
         }
+        if (!c->scanned[s]) return 0; /* no free slot, stopping or draining: go on later */
     }
     if (c->scanned[0] && c->scanned[1]) {
         int every = c->visibility_ms / 4;
@@ -982,50 +1369,64 @@ static int s_reclaim(titan_jobs_consumer *c)
     return 0;
 }
 
-/* Reads new entries, high priority strictly first, and processes them. */
-static void s_read(titan_jobs_consumer *c)
+/* Reads new entries for the free slots, high priority strictly first, and starts them. Blocks (a
+ * while) only with `block`, when no job is in flight. Returns how many entries it took up. */
+static int s_read(titan_jobs_consumer *c, bool block)
 {
-    redisReply *r = s_cmdv(c, "XREADGROUP", "GROUP", c->group, c->consumer, "COUNT", "1", "STREAMS",
-                           c->stream[S_HIGH], ">", (char *)NULL);
-    if (r && r->type == REDIS_REPLY_NIL) {
+    char count[16];
+    snprintf(count, sizeof(count), "%d", c->inflight - c->used);
+    redisReply *r = NULL;
+    for (int i = 0; i < 2; i++) { /* once more by EVAL after NOSCRIPT */
+        const char *argv[] = {NULL, NULL, "2", c->stream[S_HIGH], c->stream[S_NORMAL], c->group, c->consumer, count};
+        s_script(c, SC_READ, argv);
+        r = s_cmd(c, 8, argv, NULL);
+        if (!r || !s_noscript(c, r)) break;
+        freeReplyObject(r);
+        r = NULL;
+    }
+    if (r && r->type == REDIS_REPLY_NIL && block) {
         freeReplyObject(r);
         long wait = (long)(c->next_reclaim - s_mono_ms());
         if (wait > BLOCK_MS) wait = BLOCK_MS;
         if (wait < 1) wait = 1; /* BLOCK 0 would wait forever */
-        char block[16];
-        snprintf(block, sizeof(block), "%ld", wait);
-        r = s_cmdv(c, "XREADGROUP", "GROUP", c->group, c->consumer, "COUNT", "1", "BLOCK", block, "STREAMS",
+        char bl[16];
+        snprintf(bl, sizeof(bl), "%ld", wait);
+        r = s_cmdv(c, "XREADGROUP", "GROUP", c->group, c->consumer, "COUNT", count, "BLOCK", bl, "STREAMS",
                    c->stream[S_HIGH], c->stream[S_NORMAL], ">", ">", (char *)NULL);
     }
     double t_read = s_mono_ms();
-    if (!r) return;
+    if (!r) return 0;
     if (r->type == REDIS_REPLY_ERROR) {
-        if (s_is_error(r, "NOGROUP")) {
+        if (strstr(r->str, "NOGROUP")) { /* from the script too, whose error text may wrap it */
             /* The streams were deleted (or Redis came back empty): make the groups again. */
             titan_log(TITAN_LOG_WARN, "jobs: %s; creating the consumer groups again", r->str);
             s_ensure_groups(c);
         } else {
             titan_log(TITAN_LOG_WARN, "jobs: XREADGROUP failed: %s", r->str);
-            s_nap(c, BACKOFF_MAX_MS);
+            freeReplyObject(r);
+            if (c->used > 0) s_pump(c, BACKOFF_MAX_MS);
+            else s_nap(c, BACKOFF_MAX_MS);
+            return 0;
         }
         freeReplyObject(r);
-        return;
+        return 0;
     }
+    int got = 0;
     if (r->type == REDIS_REPLY_ARRAY) {
+        /* COUNT holds per stream: with both streams, up to twice the free slots come back; the
+         * slots are twice as many as --jobs-inflight for that. Entries already read stay pending
+         * if we stop here; they are reclaimed later. */
         for (size_t i = 0; i < r->elements; i++) {
             const redisReply *st = r->element[i];
             if (st->type != REDIS_REPLY_ARRAY || st->elements < 2 || !s_is_str(st->element[0]) ||
                 st->element[1]->type != REDIS_REPLY_ARRAY)
                 continue;
             int s = strcmp(st->element[0]->str, c->stream[S_HIGH]) == 0 ? S_HIGH : S_NORMAL;
-            for (size_t k = 0; k < st->element[1]->elements; k++) {
-                /* Entries already read stay pending if we stop here; they are reclaimed later. */
-                if (s_stopping(c) || s_draining(c)) break;
-                s_process(c, s, st->element[1]->element[k], t_read);
-            }
+            got += s_start(c, s, st->element[1], t_read, false);
         }
     }
     freeReplyObject(r);
+    return got;
 }
 
 static void *s_main(void *arg)
@@ -1033,17 +1434,44 @@ static void *s_main(void *arg)
     titan_jobs_consumer *c = arg;
     for (int s = 0; s < 2; s++) snprintf(c->cursor[s], sizeof(c->cursor[s]), "0-0");
     while (!s_stopping(c)) {
-        if (s_draining(c)) {
+        bool draining = s_draining(c);
+        if (draining && c->used == 0) {
             s_nap(c, 100);
             continue;
         }
-        if (s_connect(c) != 0) continue;
-        if (s_mono_ms() >= c->next_reclaim && s_reclaim(c) > 0) continue;
-        if (s_stopping(c) || s_draining(c) || !c->redis) continue;
-        s_read(c);
+        if (!draining && s_connect(c) != 0) {
+            if (c->used > 0) s_pump(c, 0);
+            continue;
+        }
+        int got = 0;
+        if (!draining && c->redis && c->used < c->inflight && s_mono_ms() >= c->next_reclaim)
+            got = s_reclaim(c) > 0;
+        if (!got && !s_stopping(c) && !s_draining(c) && c->redis && c->used < c->inflight &&
+            (c->used == 0 || s_mono_ms() >= c->next_read)) {
+            got = s_read(c, c->used == 0);
+            /* Nothing new while jobs run: look again a little later, or when one ends. */
+            if (got) {
+                c->idle_read_ms = IDLE_READ_MIN_MS;
+            } else {
+                c->next_read = s_mono_ms() + c->idle_read_ms;
+                c->idle_read_ms = c->idle_read_ms * 2 > IDLE_READ_MAX_MS ? IDLE_READ_MAX_MS : c->idle_read_ms * 2;
+            }
+        }
+        if (c->used > 0) {
+            double wait = 100;
+            if (got) {
+                wait = 0;
+            } else if (c->used < c->inflight && !s_draining(c)) {
+                double next = c->next_read < c->next_reclaim ? c->next_read : c->next_reclaim;
+                wait = next - s_mono_ms();
+                if (wait < 0) wait = 0;
+            }
+            s_pump(c, wait);
+        }
     }
+    if (c->used > 0) s_pump(c, 0); /* replies there are recorded; the rest stays pending */
     s_disconnect(c);
-    zmq_close(c->dealer);
+    if (c->dealer) zmq_close(c->dealer);
     c->dealer = NULL;
     return NULL;
 }
@@ -1089,16 +1517,36 @@ titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zm
     c->max_attempts = cfg->max_attempts > 0 ? cfg->max_attempts : 3;
     c->ttl_s = cfg->result_ttl_s > 0 ? cfg->result_ttl_s : 86400;
     c->backoff_ms = BACKOFF_MIN_MS;
+    c->idle_read_ms = IDLE_READ_MIN_MS;
 
-    c->dealer = zmq_socket(zmq_ctx, ZMQ_DEALER);
-    int linger = 0;
-    if (!c->dealer || zmq_setsockopt(c->dealer, ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
-        zmq_connect(c->dealer, TITAN_SERVER_INPROC) != 0) {
+    /* The jobs are one client of the server: it takes at most one request per executor plus that
+     * client's share of its queue at once; more in flight would only come back "busy". */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int executors = cfg->threads > 0 ? cfg->threads : cores > 0 ? (int)cores : 1;
+    int admits = executors + cfg->queue * cfg->max_client_share / 100;
+    c->inflight = cfg->jobs_inflight > 0 ? cfg->jobs_inflight : executors;
+    if (c->inflight > 256) c->inflight = 256;
+    if (c->inflight > admits) {
+        titan_log(TITAN_LOG_INFO,
+                  "jobs: --jobs-inflight %d lowered to %d: the worker takes at most that many requests of one "
+                  "client at once (%d executors and %d%% of --queue %d)",
+                  c->inflight, admits, executors, cfg->max_client_share, cfg->queue);
+        c->inflight = admits;
+    }
+    titan_log(TITAN_LOG_INFO, "jobs: consuming %s and %s (group %s, consumer %s) from %s, up to %d jobs in flight",
+              c->stream[S_HIGH], c->stream[S_NORMAL], c->group, c->consumer, c->url_text, c->inflight);
+    c->nslots = 2 * c->inflight;
+    c->slots = calloc((size_t)c->nslots, sizeof(*c->slots));
+    c->order = calloc((size_t)c->nslots, sizeof(*c->order));
+    if (!c->slots || !c->order) {
+        snprintf(err, errcap, "out of memory");
+        goto fail;
+    }
+    c->dealer = s_dealer_open(zmq_ctx);
+    if (!c->dealer) {
         snprintf(err, errcap, "jobs: cannot connect to %s: %s", TITAN_SERVER_INPROC, zmq_strerror(zmq_errno()));
         goto fail;
     }
-    titan_log(TITAN_LOG_INFO, "jobs: consuming %s and %s (group %s, consumer %s) from %s", c->stream[S_HIGH],
-              c->stream[S_NORMAL], c->group, c->consumer, c->url_text);
     /* Only the main thread takes SIGINT and SIGTERM. The socket moves to the thread with
      * pthread_create, which is a full memory barrier, as ZeroMQ asks. */
     sigset_t set, old;
@@ -1149,6 +1597,8 @@ void titan_jobs_consumer_stop(titan_jobs_consumer **cp)
         if (c->dealer) zmq_close(c->dealer);
         if (c->redis) redisFree(c->redis);
     }
+    free(c->slots);
+    free(c->order);
     pthread_mutex_destroy(&c->lock);
     memset(c->url.password, 0, sizeof(c->url.password));
     free(c);

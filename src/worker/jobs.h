@@ -13,14 +13,16 @@ typedef struct titan_jobs_consumer titan_jobs_consumer;
  * -EINVAL with a message for the user in err. A cfg without redis_url passes. */
 int titan_jobs_consumer_check(const titan_config *cfg, char *err, size_t errcap);
 
-/* Starts a thread that consumes the job streams named by cfg and sends each job to
- * TITAN_SERVER_INPROC over a DEALER on zmq_ctx (borrowed; it must outlive the consumer). Redis
- * need not be up: the thread connects, and reconnects, by itself. Returns NULL with a reason in
- * err for bad settings or when the thread cannot start. */
+/* Starts a thread that consumes the job streams named by cfg and sends the jobs, up to
+ * cfg->jobs_inflight at once (0: one per executor), to TITAN_SERVER_INPROC over a DEALER on
+ * zmq_ctx (borrowed; it must outlive the consumer). Redis need not be up: the thread connects,
+ * and reconnects, by itself. Returns NULL with a reason in err for bad settings or when the
+ * thread cannot start. */
 titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zmq_ctx, char *err, size_t errcap);
 
 /* Lets the consumer watch the worker's stop flag (borrowed; it must outlive the consumer): once
- * it is set, the job in hand finishes (the server drains it) and no new job starts. */
+ * it is set, the jobs in hand finish (the server drains them; one it answers "shutting_down" has
+ * its start undone) and no new job starts. */
 void titan_jobs_consumer_watch(titan_jobs_consumer *c, volatile sig_atomic_t *stopping);
 
 /* Stops the thread and frees; takes NULL and sets *c to NULL. Returns within about 2 s. A job

@@ -76,6 +76,9 @@ static void s_usage(FILE *f)
             "  --max-attempts N         starts of one job before it goes to {NAME}:dead (default 3)\n"
             "  --result-ttl S           seconds a job's record and result are kept once it ended\n"
             "                           (default 86400)\n"
+            "  --jobs-inflight N        jobs the consumer keeps in hand at once, 1 to 256 (default: the\n"
+            "                           number of executors); more keeps small jobs flowing past Redis\n"
+            "                           round trips; capped at the executors plus the queue share\n"
             "  --config FILE            read settings from FILE: 'key = value' lines with the option\n"
             "                           names above (bind may repeat); command-line options win\n"
             "  --version                print the version and exit\n"
@@ -129,6 +132,7 @@ int main(int argc, char **argv)
         {"visibility-timeout", required_argument, 0, O_SETTING + 21},
         {"max-attempts", required_argument, 0, O_SETTING + 22},
         {"result-ttl", required_argument, 0, O_SETTING + 23},
+        {"jobs-inflight", required_argument, 0, O_SETTING + 24},
         {"config", required_argument, 0, O_CONFIG},
         {"version", no_argument, 0, O_VERSION},
         {"help", no_argument, 0, 'h'},
@@ -268,6 +272,7 @@ int main(int argc, char **argv)
      * still queued gets "shutting_down": its start is undone and its entry stays pending in Redis
      * for another worker), and the consumer is stopped once the server has drained. */
     titan_jobs_consumer *jobs = NULL;
+    if (cfg->jobs_inflight == 0) cfg->jobs_inflight = w.threads < 256 ? w.threads : 256;
     if (rc == 0 && cfg->redis_url) {
         jobs = titan_jobs_consumer_start(cfg, titan_server_zmq_ctx(srv), err, sizeof(err));
         if (!jobs) {
