@@ -3,14 +3,13 @@
 bare LPUSH/BRPOP queue (bench/redis_ceiling, C) measured in the same run on the same redis-server.
 
 Usage: jobs_bench.py BUILD_DIR [--jobs N]
-Jobs are 8x8 float32 binary matmuls submitted (pipelined) as docs/JOBS.md lays them out; the clock
-runs from the first submit until the consumer group has no entry left to deliver or acknowledge.
+Jobs are 8x8 float32 binary matmuls queued with `titan submit --count N` (pipelined, as the ceiling's
+producer pipelines its pushes) to workers with their default --jobs-inflight; the clock runs from the
+start of the submit until the consumer group has no entry left to deliver or acknowledge.
 Prints one line per figure and a summary with the ratio to the ceiling (target >= 0.5).
 """
 import argparse
-import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -19,7 +18,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import redis
 
 P = "{titan}"
@@ -45,22 +43,11 @@ def start_redis(tmp):
     raise RuntimeError("redis-server did not start")
 
 
-def submit(r, n):
-    a = np.arange(64, dtype=np.float32).reshape(8, 8)
-    hdr = json.dumps({"op": "matrix_multiply", "a": {"dtype": "float32", "shape": [8, 8], "frame": 1},
-                      "b": {"dtype": "float32", "shape": [8, 8], "frame": 2}})
-    pipe = r.pipeline(transaction=False)
-    now = int(time.time() * 1000)
-    for i in range(n):
-        jid = secrets.token_hex(16)
-        pipe.hset(f"{P}:job:{jid}", mapping={"state": "queued", "header": hdr, "nframes": 2, "frame:1": a.tobytes(),
-                                             "frame:2": a.tobytes(), "priority": "normal", "attempts": 0,
-                                             "created_ms": now})
-        pipe.zadd(f"{P}:index", {jid: now})
-        pipe.xadd(f"{P}:jobs", {"id": jid})
-        if i % 500 == 499:
-            pipe.execute()
-    pipe.execute()
+def submit(build, port, n):
+    """Queues n jobs the way a user would in bulk: `titan submit --count` (C, libtitan's pipelined
+    titan_jobs_submit_many), as the ceiling's producer pipelines its LPUSHes."""
+    subprocess.run([os.path.join(build, "titan"), "submit", "--redis", f"redis://127.0.0.1:{port}", "--count",
+                    str(n), "matmul", "--m", "8", "--k", "8", "--n", "8"], stdout=subprocess.DEVNULL, check=True)
 
 
 def drained(r):
@@ -89,7 +76,7 @@ def run_jobs(build, port, r, workers, n, tmp):
             pass
         time.sleep(0.01)
     t0 = time.perf_counter()
-    submit(r, n)
+    submit(build, port, n)
     while not drained(r):
         time.sleep(0.01)
     s = time.perf_counter() - t0

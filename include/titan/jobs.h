@@ -89,6 +89,23 @@ TITAN_API int titan_jobs_submit(titan_jobs *j, const char *header_json, const ti
                                 size_t nframes, titan_job_priority priority, const char *idempotency_key,
                                 char id_out[TITAN_JOB_ID_LEN + 1]);
 
+/* One request of a titan_jobs_submit_many batch: the arguments of titan_jobs_submit. */
+typedef struct {
+    const char *header_json;
+    const titan_frame *frames;
+    size_t nframes;
+    titan_job_priority priority;
+    const char *idempotency_key; /* NULL: none */
+} titan_job_request;
+
+/* Queues the n requests `reqs` as titan_jobs_submit would, pipelined (a few hundred per round trip),
+ * and writes their ids to ids_out[0..n). Nothing is sent unless every request is well formed (-EINVAL
+ * names the first bad one). Returns 0, or -errno with *submitted (may be NULL) set to how many
+ * submissions Redis confirmed, in order: ids_out[0..*submitted) are queued; after a connection failure
+ * some of the others may be queued too, so resubmit them with idempotency keys to be certain. */
+TITAN_API int titan_jobs_submit_many(titan_jobs *j, const titan_job_request *reqs, size_t n,
+                                     char (*ids_out)[TITAN_JOB_ID_LEN + 1], size_t *submitted);
+
 /* Fills *out with the job's record. Returns 0, -ENOENT for an unknown (or expired) job, or -errno. */
 TITAN_API int titan_jobs_status(titan_jobs *j, const char *id, titan_job_info *out);
 

@@ -12,6 +12,7 @@
 #define S_DEFAULT_REDIS "redis://127.0.0.1:6379"
 /* Redis refuses bulk strings over 512 MB (proto-max-bulk-len) unless configured otherwise. */
 #define S_MAX_REQUEST_BYTES (512u * 1024 * 1024)
+#define S_MAX_COUNT 1000000 /* jobs one `titan submit --count` queues */
 #define S_DEFAULT_LIST_LIMIT 50
 #define S_MAX_LIST_LIMIT 1000000
 
@@ -168,7 +169,7 @@ void cli_help_submit(FILE *f)
     fprintf(
         f,
         "usage: titan [global options] submit [--redis URL] [--redis-prefix P] [--priority high|normal]\n"
-        "                                     [--idempotency-key K] REQUEST\n"
+        "                                     [--idempotency-key K | --count N] REQUEST\n"
         "REQUEST is one of:\n"
         "  --request-file F       a JSON-form request: one JSON header with \"op\", operands as nested\n"
         "                         arrays (PROTOCOL.md 4.3); no binary frames\n"
@@ -188,16 +189,81 @@ void cli_help_submit(FILE *f)
         "  --priority P           high jobs are taken before normal ones (default normal)\n"
         "  --idempotency-key K    submitting twice with the same K (1 to %d bytes) queues one job and\n"
         "                         prints its id both times\n"
+        "  --count N              queue N jobs of this same request (1 to %d), pipelined a few hundred\n"
+        "                         per Redis round trip; prints their ids one per line (with --json,\n"
+        "                         {\"ids\": [...]}); a load generator, and a fast way to fill a queue\n"
         "\n"
         "examples:\n"
         "  titan submit matmul --m 1024 --k 1024 --n 1024\n"
         "  titan submit --priority high --request-file req.json\n"
         "  echo '{\"op\":\"matrix_multiply\",\"a\":[[1,2]],\"b\":[[3],[4]]}' | titan submit -\n"
         "  id=$(titan --json submit --idempotency-key nightly-42 matmul --m 64 --k 64 --n 64 | jq -r .id)\n"
+        "  titan submit --count 10000 matmul --m 8 --k 8 --n 8 > ids.txt && titan job wait $(cat ids.txt)\n"
         "\n"
         "exit status: 0 queued (the id is printed); 1 Redis or the request refused it; 2 usage error;\n"
         "3 Redis is unreachable, did not answer in time or refused the password.\n",
-        S_DEFAULT_REDIS, TITAN_JOB_MAX_KEY_LEN);
+        S_DEFAULT_REDIS, TITAN_JOB_MAX_KEY_LEN, S_MAX_COUNT);
+}
+
+/* Queues `count` copies of one request in chunks, showing progress on a terminal; prints the ids. */
+static int s_submit_count(cli_globals *g, titan_jobs *j, const titan_job_request *req, uint64_t count,
+                          const char *prio)
+{
+    const char *cmd = "submit";
+    enum { CHUNK = 4096 };
+    size_t n = (size_t)count;
+    char(*ids)[TITAN_JOB_ID_LEN + 1] = malloc(n * sizeof *ids);
+    titan_job_request *reqs = malloc((n < CHUNK ? n : CHUNK) * sizeof *reqs);
+    if (!ids || !reqs) {
+        free(ids);
+        free(reqs);
+        fprintf(stderr, "titan submit: out of memory for %zu job ids; use a smaller --count\n", n);
+        return CLI_EXIT_REMOTE;
+    }
+    for (size_t i = 0; i < (n < CHUNK ? n : CHUNK); i++)
+        reqs[i] = *req;
+    bool tty = isatty(STDERR_FILENO) && !g->json;
+    size_t done = 0;
+    int err = 0;
+    while (done < n && !err) {
+        size_t part = n - done < CHUNK ? n - done : CHUNK, got = 0;
+        err = titan_jobs_submit_many(j, reqs, part, ids + done, &got);
+        done += got;
+        if (tty) fprintf(stderr, "\rtitan submit: %zu of %zu jobs queued", done, n);
+    }
+    if (tty) fputc('\n', stderr);
+    int rc = CLI_EXIT_OK;
+    if (err) {
+        if (err == -EINVAL)
+            rc = cli_usage_error(cmd,
+                                 "%s; titan submit takes a JSON-form request: one JSON object with \"op\" "
+                                 "and its operands as nested arrays",
+                                 titan_jobs_last_error(j));
+        else
+            rc = s_report(cmd, j, err);
+        if (done)
+            fprintf(stderr, "titan submit: %zu of %zu jobs were queued before that; their ids follow\n", done,
+                    n);
+    }
+    if (g->json) {
+        json_t *arr = json_array();
+        for (size_t i = 0; arr && i < done; i++)
+            json_array_append_new(arr, json_string(ids[i]));
+        json_t *o = json_pack("{s:o, s:s}", "ids", arr, "priority", prio);
+        if (o && err) {
+            json_object_set_new(o, "error", json_string(titan_jobs_last_error(j)));
+            json_object_set_new(o, "code", json_string(s_code(err)));
+            json_object_set_new(o, "exit", json_integer(rc));
+        }
+        int prc = cli_print_json(o);
+        if (rc == CLI_EXIT_OK) rc = prc;
+    } else {
+        for (size_t i = 0; i < done; i++)
+            printf("%s\n", ids[i]);
+    }
+    free(ids);
+    free(reqs);
+    return rc;
 }
 
 /* Reads all of `f` (at most S_MAX_REQUEST_BYTES) into a malloc'd NUL-terminated buffer. */
@@ -246,7 +312,7 @@ int cli_cmd_submit(cli_globals *g, int argc, char **argv)
     s_redis_defaults(&ro);
     const char *file = NULL, *key = NULL, *prio = "normal";
     bool from_stdin = false, matmul = false;
-    uint64_t dims[3] = {0, 0, 0}, seed = 1;
+    uint64_t dims[3] = {0, 0, 0}, seed = 1, count = 1;
     const char *dim_names[3] = {"--m", "--k", "--n"};
     titan_dtype dt = TITAN_DTYPE_FLOAT32;
     bool matmul_opt = false;
@@ -257,6 +323,9 @@ int cli_cmd_submit(cli_globals *g, int argc, char **argv)
         if (r == 0) r = s_redis_option(cmd, &ro, argc, argv, &i);
         if (r == 0 && (r = cli_match_option(cmd, argc, argv, &i, "--request-file", &v)) > 0) file = v;
         if (r == 0 && (r = cli_match_option(cmd, argc, argv, &i, "--idempotency-key", &v)) > 0) key = v;
+        if (r == 0 && (r = cli_match_option(cmd, argc, argv, &i, "--count", &v)) > 0 &&
+            cli_parse_u64(cmd, "--count", v, 1, S_MAX_COUNT, &count) < 0)
+            r = -1;
         if (r == 0 && (r = cli_match_option(cmd, argc, argv, &i, "--priority", &v)) > 0) {
             if (strcmp(v, "high") != 0 && strcmp(v, "normal") != 0)
                 return cli_usage_error(cmd, "--priority must be high or normal, not \"%s\"", v);
@@ -290,6 +359,8 @@ int cli_cmd_submit(cli_globals *g, int argc, char **argv)
             cmd, "matmul needs --m, --k and --n, e.g. titan submit matmul --m 512 --k 512 --n 512");
     if (key && (!*key || strlen(key) > TITAN_JOB_MAX_KEY_LEN))
         return cli_usage_error(cmd, "--idempotency-key must have 1 to %d bytes", TITAN_JOB_MAX_KEY_LEN);
+    if (key && count > 1)
+        return cli_usage_error(cmd, "--idempotency-key names one job; leave it out with --count");
 
     titan_jobs *j = NULL;
     char *header = NULL;
@@ -357,6 +428,11 @@ int cli_cmd_submit(cli_globals *g, int argc, char **argv)
 
     char id[TITAN_JOB_ID_LEN + 1];
     titan_job_priority p = strcmp(prio, "high") == 0 ? TITAN_JOB_HIGH : TITAN_JOB_NORMAL;
+    if (count > 1) {
+        titan_job_request req = {header, nframes ? frames : NULL, nframes, p, NULL};
+        rc = s_submit_count(g, j, &req, count, prio);
+        goto out;
+    }
     int err = titan_jobs_submit(j, header, frames, nframes, p, key, id);
     if (err == -EINVAL) {
         rc =

@@ -653,105 +653,217 @@ static bool s_header_ok(const char *h)
     return titan_json_find_member(h, strlen(h), "op", SIZE_MAX, &v, &n) == 0 && n >= 2 && v[0] == '"';
 }
 
-TITAN_API int titan_jobs_submit(titan_jobs *j, const char *header_json, const titan_frame *frames,
-                                size_t nframes, titan_job_priority priority, const char *idempotency_key,
-                                char id_out[TITAN_JOB_ID_LEN + 1])
+/* One request's submission: the EVAL of s_submit_lua with its own buffers. */
+#define S_SUBMIT_MAXARGS (3 + 4 + 2 + 2 * (7 + TITAN_JOB_MAX_FRAMES))
+typedef struct {
+    const char *argv[S_SUBMIT_MAXARGS];
+    size_t lens[S_SUBMIT_MAXARGS];
+    int argc;
+    char id[TITAN_JOB_ID_LEN + 1];
+    char kjob[S_MAX_KEY], kindex[S_MAX_KEY], kqueue[S_MAX_KEY], kidem[S_MAX_KEY], created[24], nf[8];
+    char fnames[TITAN_JOB_MAX_FRAMES][28];
+} s_submit_cmd;
+
+/* Checks request `r` (the n-th of a batch when `n` >= 0) and records why it is refused. */
+static int s_submit_check(titan_jobs *j, const titan_job_request *r, long n)
 {
-    if (!j) return -EINVAL;
-    j->last_error[0] = '\0';
-    if (!header_json || !id_out || (nframes && !frames) || nframes > TITAN_JOB_MAX_FRAMES ||
-        (priority != TITAN_JOB_NORMAL && priority != TITAN_JOB_HIGH)) {
-        s_set_error(j, "invalid argument");
+    char at[40] = "";
+    if (n >= 0) snprintf(at, sizeof at, "request %ld: ", n);
+    if (!r->header_json || (r->nframes && !r->frames) || r->nframes > TITAN_JOB_MAX_FRAMES ||
+        (r->priority != TITAN_JOB_NORMAL && r->priority != TITAN_JOB_HIGH)) {
+        s_set_error(j, "%sinvalid argument", at);
         return -EINVAL;
     }
-    for (size_t i = 0; i < nframes; i++)
-        if (!frames[i].data && frames[i].size) {
-            s_set_error(j, "frame %zu has no data", i + 1);
+    for (size_t i = 0; i < r->nframes; i++)
+        if (!r->frames[i].data && r->frames[i].size) {
+            s_set_error(j, "%sframe %zu has no data", at, i + 1);
             return -EINVAL;
         }
-    if (idempotency_key && (!*idempotency_key || strlen(idempotency_key) > TITAN_JOB_MAX_KEY_LEN)) {
-        s_set_error(j, "an idempotency key has 1 to %d bytes", TITAN_JOB_MAX_KEY_LEN);
+    if (r->idempotency_key && (!*r->idempotency_key || strlen(r->idempotency_key) > TITAN_JOB_MAX_KEY_LEN)) {
+        s_set_error(j, "%san idempotency key has 1 to %d bytes", at, TITAN_JOB_MAX_KEY_LEN);
         return -EINVAL;
     }
-    if (!s_header_ok(header_json)) {
-        s_set_error(j, "the request header is not a JSON object with a string \"op\"");
+    if (!s_header_ok(r->header_json)) {
+        s_set_error(j, "%sthe request header is not a JSON object with a string \"op\"", at);
         return -EINVAL;
     }
+    return 0;
+}
 
+/* Draws a fresh job id and lays out the submission of checked request `r` in *c. */
+static int s_submit_build(titan_jobs *j, const titan_job_request *r, s_submit_cmd *c)
+{
     unsigned char raw[16];
-    char id[TITAN_JOB_ID_LEN + 1];
     if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
         int e = errno ? errno : EIO;
         s_set_error(j, "cannot draw a random job id: %s", strerror(e));
         return -e;
     }
     for (size_t i = 0; i < sizeof raw; i++)
-        snprintf(id + 2 * i, 3, "%02x", raw[i]);
+        snprintf(c->id + 2 * i, 3, "%02x", raw[i]);
 
-    char kjob[S_MAX_KEY], kindex[S_MAX_KEY], kqueue[S_MAX_KEY], kidem[S_MAX_KEY], created[24], nf[8];
-    char fnames[TITAN_JOB_MAX_FRAMES][16];
-    size_t ljob = s_key(j, kjob, sizeof kjob, "job:", id);
-    size_t lindex = s_key(j, kindex, sizeof kindex, "index", NULL);
-    size_t lqueue = s_key(j, kqueue, sizeof kqueue, priority == TITAN_JOB_HIGH ? "jobs:high" : "jobs", NULL);
-    size_t lidem = idempotency_key ? s_key(j, kidem, sizeof kidem, "idem:", idempotency_key) : 0;
-    int lcreated = snprintf(created, sizeof created, "%lld", (long long)s_wall_ms());
-    int lnf = snprintf(nf, sizeof nf, "%zu", nframes);
+    const char *key = r->idempotency_key;
+    size_t ljob = s_key(j, c->kjob, sizeof c->kjob, "job:", c->id);
+    size_t lindex = s_key(j, c->kindex, sizeof c->kindex, "index", NULL);
+    size_t lqueue =
+        s_key(j, c->kqueue, sizeof c->kqueue, r->priority == TITAN_JOB_HIGH ? "jobs:high" : "jobs", NULL);
+    size_t lidem = key ? s_key(j, c->kidem, sizeof c->kidem, "idem:", key) : 0;
+    int lcreated = snprintf(c->created, sizeof c->created, "%lld", (long long)s_wall_ms());
+    int lnf = snprintf(c->nf, sizeof c->nf, "%zu", r->nframes);
 
     /* EVAL script numkeys KEYS... id created_ms field value ... */
-    enum { S_MAXARGS = 3 + 4 + 2 + 2 * (7 + TITAN_JOB_MAX_FRAMES) };
-    const char *argv[S_MAXARGS];
-    size_t lens[S_MAXARGS];
-    int argc = 0;
-#define S_ARG(s, n) (argv[argc] = (s), lens[argc] = (n), argc++)
+    c->argc = 0;
+#define S_ARG(s, n) (c->argv[c->argc] = (s), c->lens[c->argc] = (n), c->argc++)
 #define S_STR(s) S_ARG((s), strlen(s))
     S_STR("EVAL");
     S_ARG(s_submit_lua, sizeof s_submit_lua - 1);
-    S_STR(idempotency_key ? "4" : "3");
-    S_ARG(kjob, ljob);
-    S_ARG(kindex, lindex);
-    S_ARG(kqueue, lqueue);
-    if (idempotency_key) S_ARG(kidem, lidem);
-    S_ARG(id, TITAN_JOB_ID_LEN);
-    S_ARG(created, (size_t)lcreated);
+    S_STR(key ? "4" : "3");
+    S_ARG(c->kjob, ljob);
+    S_ARG(c->kindex, lindex);
+    S_ARG(c->kqueue, lqueue);
+    if (key) S_ARG(c->kidem, lidem);
+    S_ARG(c->id, TITAN_JOB_ID_LEN);
+    S_ARG(c->created, (size_t)lcreated);
     S_STR("state");
     S_STR("queued");
     S_STR("header");
-    S_STR(header_json);
+    S_STR(r->header_json);
     S_STR("nframes");
-    S_ARG(nf, (size_t)lnf);
-    for (size_t i = 0; i < nframes; i++) {
-        snprintf(fnames[i], sizeof fnames[i], "frame:%zu", i + 1);
-        S_STR(fnames[i]);
-        S_ARG(frames[i].size ? frames[i].data : "", frames[i].size);
+    S_ARG(c->nf, (size_t)lnf);
+    for (size_t i = 0; i < r->nframes; i++) {
+        snprintf(c->fnames[i], sizeof c->fnames[i], "frame:%zu", i + 1);
+        S_STR(c->fnames[i]);
+        S_ARG(r->frames[i].size ? r->frames[i].data : "", r->frames[i].size);
     }
     S_STR("priority");
-    S_STR(priority == TITAN_JOB_HIGH ? "high" : "normal");
+    S_STR(r->priority == TITAN_JOB_HIGH ? "high" : "normal");
     S_STR("attempts");
     S_STR("0");
     S_STR("created_ms");
-    S_ARG(created, (size_t)lcreated);
-    if (idempotency_key) {
+    S_ARG(c->created, (size_t)lcreated);
+    if (key) {
         S_STR("idempotency_key");
-        S_STR(idempotency_key);
+        S_STR(key);
     }
 #undef S_ARG
 #undef S_STR
+    return 0;
+}
 
-    redisReply *r = NULL;
-    int rc = s_command(j, argc, argv, lens, &r);
-    if (rc) return rc;
+/* Takes the job id out of the script's answer `r` into id_out. Returns 0 or -EPROTO. */
+static int s_submit_answer(titan_jobs *j, const redisReply *r, bool keyed, char id_out[TITAN_JOB_ID_LEN + 1])
+{
     const char *got = NULL;
     if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_INTEGER)
         got = s_str(r->element[1]);
     if (!s_id_ok(got)) {
         s_set_error(j, "Redis answered the submission with something other than a job id%s",
-                    idempotency_key ? " (is the idempotency key's value a titan job id?)" : "");
-        freeReplyObject(r);
+                    keyed ? " (is the idempotency key's value a titan job id?)" : "");
         return -EPROTO;
     }
     memcpy(id_out, got, TITAN_JOB_ID_LEN + 1);
-    freeReplyObject(r);
     return 0;
+}
+
+TITAN_API int titan_jobs_submit(titan_jobs *j, const char *header_json, const titan_frame *frames,
+                                size_t nframes, titan_job_priority priority, const char *idempotency_key,
+                                char id_out[TITAN_JOB_ID_LEN + 1])
+{
+    if (!j) return -EINVAL;
+    j->last_error[0] = '\0';
+    titan_job_request req = {header_json, frames, nframes, priority, idempotency_key};
+    if (!id_out) {
+        s_set_error(j, "invalid argument");
+        return -EINVAL;
+    }
+    int rc = s_submit_check(j, &req, -1);
+    if (rc) return rc;
+    s_submit_cmd c;
+    rc = s_submit_build(j, &req, &c);
+    if (rc) return rc;
+    redisReply *r = NULL;
+    rc = s_command(j, c.argc, c.argv, c.lens, &r);
+    if (rc) return rc;
+    rc = s_submit_answer(j, r, idempotency_key != NULL, id_out);
+    freeReplyObject(r);
+    return rc;
+}
+
+/* A batch goes out in pipelined chunks of at most this many submissions or this many payload bytes,
+ * so that neither end buffers more than that at once. */
+#define S_BATCH_MAX 256
+#define S_BATCH_BYTES (8u << 20)
+
+TITAN_API int titan_jobs_submit_many(titan_jobs *j, const titan_job_request *reqs, size_t n,
+                                     char (*ids_out)[TITAN_JOB_ID_LEN + 1], size_t *submitted)
+{
+    if (submitted) *submitted = 0;
+    if (!j) return -EINVAL;
+    j->last_error[0] = '\0';
+    if ((n && (!reqs || !ids_out)) || n > LONG_MAX) {
+        s_set_error(j, "invalid argument");
+        return -EINVAL;
+    }
+    /* Nothing is sent unless every request is well formed. */
+    for (size_t i = 0; i < n; i++) {
+        int rc = s_submit_check(j, &reqs[i], (long)i);
+        if (rc) return rc;
+    }
+    s_submit_cmd *c = malloc(sizeof *c);
+    if (!c) {
+        s_set_error(j, "out of memory");
+        return -ENOMEM;
+    }
+    int rc = 0;
+    size_t done = 0;
+    while (done < n && rc == 0) {
+        rc = s_connect(j);
+        if (rc) break;
+        size_t end = done, bytes = 0;
+        while (end < n && end - done < S_BATCH_MAX && (end == done || bytes < S_BATCH_BYTES)) {
+            rc = s_submit_build(j, &reqs[end], c);
+            if (rc) break;
+            for (int a = 0; a < c->argc; a++)
+                bytes += c->lens[a];
+            if (redisAppendCommandArgv(j->ctx, c->argc, c->argv, c->lens) != REDIS_OK) {
+                rc = s_io_failure(j, ENOMEM, "talking to");
+                break;
+            }
+            end++;
+        }
+        /* Every appended submission is answered in order; read them all even after an error
+         * reply, so that the connection stays in step. */
+        for (size_t i = done; i < end && j->ctx; i++) {
+            redisReply *r = NULL;
+            errno = 0;
+            if (redisGetReply(j->ctx, (void **)&r) != REDIS_OK || !r) {
+                char why[sizeof j->last_error];
+                rc = s_io_failure(j, errno, "talking to");
+                snprintf(why, sizeof why, "%s", j->last_error);
+                s_set_error(j,
+                            "%s (after %zu of %zu submissions were confirmed; the rest may or may not be "
+                            "queued: submit them again with idempotency keys to be sure)",
+                            why, done, n);
+                break;
+            }
+            int e = 0;
+            if (r->type == REDIS_REPLY_ERROR)
+                e = s_reply_error(j, r);
+            else if (rc == 0)
+                e = s_submit_answer(j, r, reqs[i].idempotency_key != NULL, ids_out[i]);
+            freeReplyObject(r);
+            if (e && rc == 0) {
+                char why[sizeof j->last_error];
+                snprintf(why, sizeof why, "%s", j->last_error);
+                s_set_error(j, "request %zu: %s", i, why);
+                rc = e;
+            }
+            if (rc == 0) done = i + 1;
+        }
+    }
+    free(c);
+    if (submitted) *submitted = done;
+    return rc;
 }
 
 TITAN_API int titan_jobs_status(titan_jobs *j, const char *id, titan_job_info *out)

@@ -31,8 +31,8 @@
 #define CONNECT_TIMEOUT_MS 1000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
-#define BUSY_RETRY_MS 50       /* wait before resending a job the worker answered "busy" */
-#define STOP_GRACE_MS 1500     /* then a stuck Redis call is cut by shutting its socket down */
+#define BUSY_RETRY_MS 50   /* wait before resending a job the worker answered "busy" */
+#define STOP_GRACE_MS 1500 /* then a stuck Redis call is cut by shutting its socket down */
 #define MAX_JOB_FRAMES (TITAN_MAX_BODY_FRAMES - 1)
 #define MAX_REPLY_FRAMES TITAN_MAX_BODY_FRAMES
 #define MAX_ID_LEN 128
@@ -44,6 +44,8 @@
  * pipeline without a break, and no entry's idle time is reset meanwhile: bounding it by bytes,
  * not by jobs, keeps a batch of large jobs from outlasting the visibility timeout. */
 #define PIPE_BYTES (4 << 20)
+#define STORE_BATCH 64      /* outcomes one store script records */
+#define DEFAULT_INFLIGHT 16 /* jobs in hand without --jobs-inflight (or the executors, if more) */
 
 typedef struct {
     char host[256];
@@ -71,12 +73,13 @@ struct titan_jobs_consumer {
     s_slot *slots;        /* 2 x inflight: a blocking read of both streams may return COUNT entries of each */
     int nslots, inflight; /* inflight: --jobs-inflight, how many jobs the consumer keeps in hand */
     int used;             /* slots not free */
-    int *order;           /* nslots: the slots of a pipeline, in the order of its replies */
+    int *order;           /* 2 x nslots: the slots of a pipeline, in the order of its replies */
     double next_read;     /* with jobs in flight, when to look for new entries again */
     int idle_read_ms;     /* the wait before that, while reads come back empty */
     double req_bytes;     /* recent request size (peak, decaying): sizes the start pipelines */
+    double max_bytes;     /* --max-inflight-bytes: no new job while the requests in hand hold this */
     char sha[SC_COUNT][41]; /* the scripts' SHA1s on this connection */
-    bool have_sha;        /* all loaded: EVALSHA */
+    bool have_sha;          /* all loaded: EVALSHA */
     s_url url;
     char url_text[320]; /* for logs: never the password */
     char stream[2][96];
@@ -87,7 +90,7 @@ struct titan_jobs_consumer {
     int visibility_ms, max_attempts, ttl_s;
     bool winding_down; /* the server answered "shutting_down", or the worker is stopping: take no more jobs */
     volatile sig_atomic_t *_Atomic draining; /* main's stop flag (titan_jobs_consumer_watch) */
-    bool outage;       /* Redis is away; logged once */
+    bool outage;                             /* Redis is away; logged once */
     double outage_since, next_connect;
     int backoff_ms;
     char cursor[2][64]; /* XAUTOCLAIM scan position per stream */
@@ -97,92 +100,107 @@ struct titan_jobs_consumer {
 
 /* ---- scripts: each step of docs/JOBS.md that touches several keys runs atomically ---- */
 
-/* Step 3 up to running the request. KEYS: job, stream, dead. ARGV: group, entry, max attempts,
- * now ms, consumer, ttl, job id. Replies {"skip", why}, {"dead", attempts, error} or
- * {"run", attempts, header, nframes, frame:1, ...}. An entry no longer pending on this consumer
- * (another worker reclaimed it while it waited here) is left alone; a job that already ended (a
- * duplicate entry) is skipped like a cancelled one rather than run again. */
+/* Step 3 up to running the request, for a batch of entries in one call (a script call costs Redis
+ * more than the commands it runs for one small job). KEYS: dead, then job, stream for each entry.
+ * ARGV: group, max attempts, now ms, consumer, ttl, then entry, job id for each. Replies one table
+ * per entry, in order: {"skip", why}, {"dead", attempts, error} or {"run", attempts, header,
+ * nframes, frame:1, ...}. An entry no longer pending on this consumer (another worker reclaimed it
+ * while it waited here) is left alone; a job that already ended (a duplicate entry) is skipped like
+ * a cancelled one rather than run again. */
 static const char s_start_lua[] =
-    "local job, stream, dead = KEYS[1], KEYS[2], KEYS[3]\n"
-    "local group, entry, maxa, now, worker, ttl, id = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], "
-    "ARGV[6], ARGV[7]\n"
-    "local function drop_frames()\n"
-    "  local f = {}\n"
-    "  for i = 1, 15 do f[#f + 1] = 'frame:' .. i end\n"
-    "  redis.call('HDEL', job, unpack(f))\n"
-    "end\n"
-    "local mine = redis.call('XPENDING', stream, group, entry, entry, 1, worker)\n"
-    "if #mine == 0 then return {'skip', 'no longer pending on this consumer'} end\n"
-    "local st = redis.call('HGET', job, 'state')\n"
-    "if not st then\n"
-    "  redis.call('XACK', stream, group, entry)\n"
-    "  return {'skip', 'missing'}\n"
-    "end\n"
-    "if st == 'cancelled' or st == 'done' or st == 'failed' then\n"
-    "  if st == 'cancelled' then\n"
-    "    drop_frames()\n"
-    "    if redis.call('TTL', job) < 0 then redis.call('EXPIRE', job, ttl) end\n"
+    "local dead = KEYS[1]\n"
+    "local group, maxa, now, worker, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]\n"
+    "local frames = {}\n"
+    "for i = 1, 15 do frames[i] = 'frame:' .. i end\n"
+    "local function start(job, stream, entry, id)\n"
+    "  local mine = redis.call('XPENDING', stream, group, entry, entry, 1, worker)\n"
+    "  if #mine == 0 then return {'skip', 'no longer pending on this consumer'} end\n"
+    "  local st = redis.call('HGET', job, 'state')\n"
+    "  if not st then\n"
+    "    redis.call('XACK', stream, group, entry)\n"
+    "    return {'skip', 'missing'}\n"
     "  end\n"
-    "  redis.call('XACK', stream, group, entry)\n"
-    "  return {'skip', st}\n"
-    "end\n"
-    "local n = redis.call('HINCRBY', job, 'attempts', 1)\n"
-    "if n > maxa then\n"
-    "  local last = redis.call('HGET', job, 'error')\n"
-    "  local code = redis.call('HGET', job, 'code') or 'internal'\n"
-    "  local text = 'gave up after ' .. (n - 1) .. ' attempts: ' .. (last or "
+    "  if st == 'cancelled' or st == 'done' or st == 'failed' then\n"
+    "    if st == 'cancelled' then\n"
+    "      redis.call('HDEL', job, unpack(frames))\n"
+    "      if redis.call('TTL', job) < 0 then redis.call('EXPIRE', job, ttl) end\n"
+    "    end\n"
+    "    redis.call('XACK', stream, group, entry)\n"
+    "    return {'skip', st}\n"
+    "  end\n"
+    "  local n = redis.call('HINCRBY', job, 'attempts', 1)\n"
+    "  if n > maxa then\n"
+    "    local last = redis.call('HGET', job, 'error')\n"
+    "    local code = redis.call('HGET', job, 'code') or 'internal'\n"
+    "    local text = 'gave up after ' .. (n - 1) .. ' attempts: ' .. (last or "
     "'no attempt ended (the worker running it stopped or crashed)')\n"
-    "  redis.call('HSET', job, 'attempts', n - 1, 'state', 'failed', 'finished_ms', now, 'error', text, "
+    "    redis.call('HSET', job, 'attempts', n - 1, 'state', 'failed', 'finished_ms', now, 'error', text, "
     "'code', code)\n"
-    "  drop_frames()\n"
-    "  redis.call('EXPIRE', job, ttl)\n"
-    "  redis.call('XADD', dead, '*', 'id', id, 'error', text, 'attempts', n - 1)\n"
-    "  redis.call('XACK', stream, group, entry)\n"
-    "  return {'dead', tostring(n - 1), text}\n"
+    "    redis.call('HDEL', job, unpack(frames))\n"
+    "    redis.call('EXPIRE', job, ttl)\n"
+    "    redis.call('XADD', dead, '*', 'id', id, 'error', text, 'attempts', n - 1)\n"
+    "    redis.call('XACK', stream, group, entry)\n"
+    "    return {'dead', tostring(n - 1), text}\n"
+    "  end\n"
+    "  redis.call('HSET', job, 'state', 'running', 'started_ms', now, 'worker', worker)\n"
+    "  local rec = redis.call('HMGET', job, 'header', 'nframes')\n"
+    "  local out = {'run', tostring(n), rec[1] or false, rec[2] or false}\n"
+    "  local k = tonumber(rec[2])\n"
+    "  if k and k >= 1 and k <= 15 and k == math.floor(k) then\n"
+    "    local f = redis.call('HMGET', job, unpack(frames, 1, k))\n"
+    "    for i = 1, k do out[#out + 1] = f[i] or false end\n"
+    "  end\n"
+    "  return out\n"
     "end\n"
-    "redis.call('HSET', job, 'state', 'running', 'started_ms', now, 'worker', worker)\n"
-    "local hdr = redis.call('HGET', job, 'header')\n"
-    "local nf = redis.call('HGET', job, 'nframes')\n"
-    "local out = {'run', tostring(n), hdr or false, nf or false}\n"
-    "local k = tonumber(nf)\n"
-    "if k and k >= 1 and k <= 15 and k == math.floor(k) then\n"
-    "  for i = 1, k do out[#out + 1] = redis.call('HGET', job, 'frame:' .. i) or false end\n"
+    "local res = {}\n"
+    "for i = 2, #KEYS, 2 do\n"
+    "  res[#res + 1] = start(KEYS[i], KEYS[i + 1], ARGV[5 + i - 1], ARGV[5 + i])\n"
     "end\n"
-    "return out\n";
+    "return res\n";
 
-/* The outcome, then XACK, in one step. KEYS: job, stream. ARGV: group, entry, state, now ms, ttl,
- * result header ("" for none), error ("" for none), code, result frame count, frames... */
+/* The outcomes of a batch of jobs, each with its XACK, in one step. KEYS: job, stream for each.
+ * ARGV: group, now ms, ttl, then for each: entry, state, result header ("" for none), error (""
+ * for none), code, result frame count, frames... Replies one number per job: 1 stored, 0 the
+ * record was gone (the entry is acknowledged all the same). */
 static const char s_store_lua[] =
-    "local job, stream = KEYS[1], KEYS[2]\n"
-    "local group, entry, state, now, ttl, rhdr, err, code = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], "
-    "ARGV[6], ARGV[7], ARGV[8]\n"
-    "local rn = tonumber(ARGV[9])\n"
-    "if redis.call('EXISTS', job) == 0 then\n"
-    "  redis.call('XACK', stream, group, entry)\n"
-    "  return 0\n"
-    "end\n"
+    "local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]\n"
     "local del = {'result_header', 'result_nframes'}\n"
     "for i = 1, 15 do del[#del + 1] = 'frame:' .. i; del[#del + 1] = 'result:' .. i end\n"
-    "redis.call('HDEL', job, unpack(del))\n"
-    "local set = {'state', state, 'finished_ms', now}\n"
-    "if rhdr ~= '' then\n"
-    "  set[#set + 1] = 'result_header'; set[#set + 1] = rhdr\n"
-    "  set[#set + 1] = 'result_nframes'; set[#set + 1] = rn\n"
-    "  for i = 1, rn do set[#set + 1] = 'result:' .. i; set[#set + 1] = ARGV[9 + i] end\n"
+    "local res, a = {}, 4\n"
+    "for j = 1, #KEYS, 2 do\n"
+    "  local job, stream = KEYS[j], KEYS[j + 1]\n"
+    "  local entry, state, rhdr, err, code = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]\n"
+    "  local rn = tonumber(ARGV[a + 5])\n"
+    "  local base = a + 5\n"
+    "  a = a + 6 + rn\n"
+    "  if redis.call('EXISTS', job) == 0 then\n"
+    "    redis.call('XACK', stream, group, entry)\n"
+    "    res[#res + 1] = 0\n"
+    "  else\n"
+    "    redis.call('HDEL', job, unpack(del))\n"
+    "    local set = {'state', state, 'finished_ms', now}\n"
+    "    if rhdr ~= '' then\n"
+    "      set[#set + 1] = 'result_header'; set[#set + 1] = rhdr\n"
+    "      set[#set + 1] = 'result_nframes'; set[#set + 1] = rn\n"
+    "      for i = 1, rn do set[#set + 1] = 'result:' .. i; set[#set + 1] = ARGV[base + i] end\n"
+    "    end\n"
+    "    if err ~= '' then\n"
+    "      set[#set + 1] = 'error'; set[#set + 1] = err\n"
+    "      set[#set + 1] = 'code'; set[#set + 1] = code\n"
+    "    end\n"
+    "    redis.call('HSET', job, unpack(set))\n"
+    "    redis.call('EXPIRE', job, ttl)\n"
+    "    redis.call('XACK', stream, group, entry)\n"
+    "    res[#res + 1] = 1\n"
+    "  end\n"
     "end\n"
-    "if err ~= '' then\n"
-    "  set[#set + 1] = 'error'; set[#set + 1] = err\n"
-    "  set[#set + 1] = 'code'; set[#set + 1] = code\n"
-    "end\n"
-    "redis.call('HSET', job, unpack(set))\n"
-    "redis.call('EXPIRE', job, ttl)\n"
-    "redis.call('XACK', stream, group, entry)\n"
-    "return 1\n";
+    "return res\n";
 
 /* A failed attempt that another attempt may fix: the entry stays pending. KEYS: job. ARGV: error, code. */
-static const char s_retry_lua[] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
-                                  "redis.call('HSET', KEYS[1], 'state', 'queued', 'error', ARGV[1], 'code', ARGV[2])\n"
-                                  "return 1\n";
+static const char s_retry_lua[] =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'state', 'queued', 'error', ARGV[1], 'code', ARGV[2])\n"
+    "return 1\n";
 
 /* An attempt that never ran (the worker is shutting down): undo its start. KEYS: job. ARGV: consumer. */
 static const char s_revert_lua[] = "if redis.call('HGET', KEYS[1], 'state') ~= 'running' or "
@@ -208,7 +226,8 @@ static const char s_read_lua[] =
 
 /* Each connection loads the scripts (SCRIPT LOAD) and runs them by SHA1, so that a job does not send
  * their text each time; EVAL (with the text) where loading failed or Redis lost them (NOSCRIPT). */
-static const char *const s_scripts[SC_COUNT] = {s_start_lua, s_store_lua, s_retry_lua, s_revert_lua, s_read_lua};
+static const char *const s_scripts[SC_COUNT] = {s_start_lua, s_store_lua, s_retry_lua, s_revert_lua,
+                                                s_read_lua};
 
 /* ---- small helpers ---- */
 
@@ -289,8 +308,10 @@ static void s_redact(const char *url, char *buf, size_t cap)
     const char *scheme = strstr(url, "://");
     const char *from = scheme ? scheme + 3 : url;
     const char *at = strrchr(from, '@');
-    if (at) snprintf(buf, cap, "%.*s***%s", (int)(from - url), url, at);
-    else snprintf(buf, cap, "%s", url);
+    if (at)
+        snprintf(buf, cap, "%.*s***%s", (int)(from - url), url, at);
+    else
+        snprintf(buf, cap, "%s", url);
 }
 
 /* Parses redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] into *out (written only on success). */
@@ -303,8 +324,8 @@ static int s_url_parse(const char *url_in, s_url *out, char *err, size_t errcap)
     u.port = 6379;
     const char *p = url_in;
     if (strncmp(p, "redis://", 8) != 0) {
-        snprintf(err, errcap, "--redis '%s' must start with redis:// (redis://[[USER]:PASSWORD@]HOST[:PORT][/DB])",
-                 url);
+        snprintf(err, errcap,
+                 "--redis '%s' must start with redis:// (redis://[[USER]:PASSWORD@]HOST[:PORT][/DB])", url);
         return -EINVAL;
     }
     p += 8;
@@ -337,7 +358,8 @@ static int s_url_parse(const char *url_in, s_url *out, char *err, size_t errcap)
         after = host_end + 1;
     } else {
         host_end = p;
-        while (host_end < end && *host_end != ':') host_end++;
+        while (host_end < end && *host_end != ':')
+            host_end++;
         after = host_end;
     }
     size_t hl = (size_t)(host_end - p);
@@ -417,7 +439,8 @@ static void s_lost(titan_jobs_consumer *c, const char *why)
     if (!c->outage) {
         c->outage = true;
         c->outage_since = s_mono_ms();
-        titan_log(TITAN_LOG_WARN, "jobs: redis %s is unavailable (%s); retrying until it is back", c->url_text, why);
+        titan_log(TITAN_LOG_WARN, "jobs: redis %s is unavailable (%s); retrying until it is back",
+                  c->url_text, why);
     }
     s_disconnect(c);
 }
@@ -436,8 +459,9 @@ static redisReply *s_get(titan_jobs_consumer *c)
         return NULL;
     }
     redisReply *r = v;
-    if (r->type == REDIS_REPLY_ERROR && (strncmp(r->str, "LOADING", 7) == 0 || strncmp(r->str, "BUSY ", 5) == 0 ||
-                                         strncmp(r->str, "MASTERDOWN", 10) == 0)) {
+    if (r->type == REDIS_REPLY_ERROR &&
+        (strncmp(r->str, "LOADING", 7) == 0 || strncmp(r->str, "BUSY ", 5) == 0 ||
+         strncmp(r->str, "MASTERDOWN", 10) == 0)) {
         /* Redis is up but cannot serve yet (reading its AOF after a restart): an outage too. */
         s_lost(c, r->str);
         freeReplyObject(r);
@@ -498,7 +522,8 @@ static int s_ensure_groups(titan_jobs_consumer *c)
         if (s_is_error(r, NULL) && !s_is_error(r, "BUSYGROUP")) {
             /* e.g. WRONGTYPE: the key exists and is not a stream. Retried like an outage. */
             char why[300];
-            snprintf(why, sizeof(why), "cannot create consumer group %s on %s: %s", c->group, c->stream[s], r->str);
+            snprintf(why, sizeof(why), "cannot create consumer group %s on %s: %s", c->group, c->stream[s],
+                     r->str);
             freeReplyObject(r);
             s_lost(c, why);
             return -1;
@@ -569,23 +594,29 @@ static int s_connect(titan_jobs_consumer *c)
         if (c->url.has_password) {
             rep = c->url.user[0] ? s_cmdv(c, "AUTH", c->url.user, c->url.password, (char *)NULL)
                                  : s_cmdv(c, "AUTH", c->url.password, (char *)NULL);
-            if (rep && rep->type == REDIS_REPLY_ERROR) snprintf(why, sizeof(why), "AUTH refused: %s", rep->str);
-            else if (!rep) snprintf(why, sizeof(why), "connection lost during AUTH");
+            if (rep && rep->type == REDIS_REPLY_ERROR)
+                snprintf(why, sizeof(why), "AUTH refused: %s", rep->str);
+            else if (!rep)
+                snprintf(why, sizeof(why), "connection lost during AUTH");
             if (rep) freeReplyObject(rep);
         }
         if (!why[0] && c->url.db != 0) {
             char db[16];
             snprintf(db, sizeof(db), "%d", c->url.db);
             rep = s_cmdv(c, "SELECT", db, (char *)NULL);
-            if (rep && rep->type == REDIS_REPLY_ERROR) snprintf(why, sizeof(why), "SELECT %s refused: %s", db, rep->str);
-            else if (!rep) snprintf(why, sizeof(why), "connection lost during SELECT");
+            if (rep && rep->type == REDIS_REPLY_ERROR)
+                snprintf(why, sizeof(why), "SELECT %s refused: %s", db, rep->str);
+            else if (!rep)
+                snprintf(why, sizeof(why), "connection lost during SELECT");
             if (rep) freeReplyObject(rep);
         }
         if (!why[0]) {
             /* A command that needs a password shows a missing AUTH at once, not on the first job. */
             rep = s_cmdv(c, "PING", (char *)NULL);
-            if (rep && rep->type == REDIS_REPLY_ERROR) snprintf(why, sizeof(why), "%s", rep->str);
-            else if (!rep) snprintf(why, sizeof(why), "connection lost");
+            if (rep && rep->type == REDIS_REPLY_ERROR)
+                snprintf(why, sizeof(why), "%s", rep->str);
+            else if (!rep)
+                snprintf(why, sizeof(why), "connection lost");
             if (rep) freeReplyObject(rep);
         }
         if (!why[0] && s_ensure_groups(c) != 0) snprintf(why, sizeof(why), "consumer groups not created");
@@ -641,7 +672,8 @@ typedef struct {
 
 static void s_outcome_clear(s_outcome *o)
 {
-    for (int i = 0; i < o->nframes; i++) zmq_msg_close(&o->frames[i]);
+    for (int i = 0; i < o->nframes; i++)
+        zmq_msg_close(&o->frames[i]);
     o->nframes = 0;
     o->kind = O_DONE;
     o->code[0] = o->error[0] = '\0';
@@ -673,11 +705,33 @@ struct s_slot {
     s_outcome o;
 };
 
+/* How many more jobs the consumer may take up now: none while the worker has answered one in hand
+ * "busy" (it holds all it takes) or the requests in hand hold --max-inflight-bytes, and no more than
+ * fit in what is left of it, so that a deep --jobs-inflight of large jobs neither fills memory nor
+ * keeps jobs from other workers. */
+static int s_room(const titan_jobs_consumer *c)
+{
+    if (c->used >= c->inflight) return 0;
+    double bytes = 0;
+    for (int i = 0; i < c->nslots; i++) {
+        const s_slot *sl = &c->slots[i];
+        if (sl->state == SL_BUSY) return 0;
+        for (int k = 0; k < sl->nparts; k++)
+            if (sl->parts[k]) bytes += (double)sl->parts[k]->len;
+    }
+    if (bytes >= c->max_bytes) return 0;
+    int room = c->inflight - c->used;
+    /* As many as fit the bytes left at the recent request size; one at a time while that is unknown. */
+    double fit = c->req_bytes > 0 ? (c->max_bytes - bytes) / c->req_bytes + 1 : 1;
+    return fit < room ? (int)fit : room;
+}
+
 static void *s_dealer_open(void *zmq_ctx)
 {
     void *d = zmq_socket(zmq_ctx, ZMQ_DEALER);
     int linger = 0;
-    if (d && (zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof(linger)) != 0 || zmq_connect(d, TITAN_SERVER_INPROC) != 0)) {
+    if (d && (zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
+              zmq_connect(d, TITAN_SERVER_INPROC) != 0)) {
         zmq_close(d);
         d = NULL;
     }
@@ -872,8 +926,10 @@ static int s_classify(s_outcome *o)
             json_decref(h);
             return 1;
         }
-        if (strcmp(o->code, "shutting_down") == 0) o->kind = O_REVERT;
-        else o->kind = s_final_code(o->code) ? O_FAILED : O_RETRY;
+        if (strcmp(o->code, "shutting_down") == 0)
+            o->kind = O_REVERT;
+        else
+            o->kind = s_final_code(o->code) ? O_FAILED : O_RETRY;
     }
     if (h) json_decref(h);
     return 0;
@@ -890,7 +946,8 @@ static void s_heartbeats(titan_jobs_consumer *c)
     for (int i = 0; i < c->nslots; i++) {
         s_slot *sl = &c->slots[i];
         if (sl->state == SL_FREE || sl->state == SL_STARTING || now < sl->next_hb) continue;
-        const char *argv[] = {"XCLAIM", c->stream[sl->stream], c->group, c->consumer, "0", sl->entry, "JUSTID"};
+        const char *argv[] = {"XCLAIM", c->stream[sl->stream], c->group, c->consumer, "0", sl->entry,
+                              "JUSTID"};
         if (s_append(c, 7, argv, NULL) != 0) break;
         sl->next_hb = now + c->visibility_ms / 3.0;
         n++;
@@ -902,9 +959,8 @@ static void s_heartbeats(titan_jobs_consumer *c)
     }
 }
 
-/* Queues the command that records the outcome of sl: the store script (which also acknowledges
- * the entry) for done and failed, the retry or revert script otherwise. Returns 0 or -1. */
-static int s_append_outcome(titan_jobs_consumer *c, s_slot *sl)
+/* Queues the retry or revert script for sl (an attempt that did not end the job). Returns 0 or -1. */
+static int s_append_requeue(titan_jobs_consumer *c, s_slot *sl)
 {
     const s_outcome *o = &sl->o;
     if (o->kind == O_RETRY) {
@@ -912,44 +968,70 @@ static int s_append_outcome(titan_jobs_consumer *c, s_slot *sl)
         s_script(c, SC_RETRY, argv);
         return s_append(c, 6, argv, NULL);
     }
-    if (o->kind == O_REVERT) {
-        const char *argv[] = {NULL, NULL, "1", sl->key, c->consumer};
-        s_script(c, SC_REVERT, argv);
-        return s_append(c, 5, argv, NULL);
+    const char *argv[] = {NULL, NULL, "1", sl->key, c->consumer};
+    s_script(c, SC_REVERT, argv);
+    return s_append(c, 5, argv, NULL);
+}
+
+/* Queues one store script (which also acknowledges the entries) for the n done or failed slots
+ * order[0..n). Returns 0 or -1. */
+static int s_append_store(titan_jobs_consumer *c, const int *order, int n)
+{
+    size_t cap = 3 + 2 * (size_t)n + 3 + (size_t)n * (6 + MAX_REPLY_FRAMES);
+    const char **argv = malloc(cap * sizeof(*argv));
+    size_t *lens = malloc(cap * sizeof(*lens));
+    char(*rn)[12] = malloc((size_t)n * sizeof(*rn));
+    if (!argv || !lens || !rn) {
+        free(argv);
+        free(lens);
+        free(rn);
+        s_lost(c, "out of memory");
+        return -1;
     }
-    const char *argv[14 + MAX_REPLY_FRAMES];
-    size_t lens[14 + MAX_REPLY_FRAMES];
-    int n = 0;
-    char now[32], ttl[16], rn[16];
+    char nkeys[16], now[32], ttl[16];
+    snprintf(nkeys, sizeof(nkeys), "%d", 2 * n);
     snprintf(now, sizeof(now), "%lld", s_unix_ms());
     snprintf(ttl, sizeof(ttl), "%d", c->ttl_s);
-    bool done = o->kind == O_DONE;
-    int nres = o->nframes > 0 ? o->nframes - 1 : 0;
-    snprintf(rn, sizeof(rn), "%d", nres);
-#define ARG(p, l) (argv[n] = (p), lens[n++] = (l))
+    int a = 0;
+#define ARG(p, l) (argv[a] = (p), lens[a++] = (l))
 #define ARGS(p) ARG(p, strlen(p))
     s_script(c, SC_STORE, argv);
     lens[0] = strlen(argv[0]);
     lens[1] = strlen(argv[1]);
-    n = 2;
-    ARGS("2");
-    ARGS(sl->key);
-    ARGS(c->stream[sl->stream]);
+    a = 2;
+    ARGS(nkeys);
+    for (int k = 0; k < n; k++) {
+        const s_slot *sl = &c->slots[order[k]];
+        ARGS(sl->key);
+        ARGS(c->stream[sl->stream]);
+    }
     ARGS(c->group);
-    ARGS(sl->entry);
-    ARGS(done ? "done" : "failed");
     ARGS(now);
     ARGS(ttl);
-    if (o->nframes > 0) ARG(zmq_msg_data((zmq_msg_t *)&o->frames[0]), zmq_msg_size((zmq_msg_t *)&o->frames[0]));
-    else ARGS("");
-    ARGS(done ? "" : o->error);
-    ARGS(done ? "" : o->code);
-    ARGS(rn);
-    for (int i = 1; i < o->nframes; i++)
-        ARG(zmq_msg_data((zmq_msg_t *)&o->frames[i]), zmq_msg_size((zmq_msg_t *)&o->frames[i]));
+    for (int k = 0; k < n; k++) {
+        s_slot *sl = &c->slots[order[k]];
+        s_outcome *o = &sl->o;
+        bool done = o->kind == O_DONE;
+        snprintf(rn[k], sizeof(rn[k]), "%d", o->nframes > 0 ? o->nframes - 1 : 0);
+        ARGS(sl->entry);
+        ARGS(done ? "done" : "failed");
+        if (o->nframes > 0)
+            ARG(zmq_msg_data(&o->frames[0]), zmq_msg_size(&o->frames[0]));
+        else
+            ARGS("");
+        ARGS(done ? "" : o->error);
+        ARGS(done ? "" : o->code);
+        ARGS(rn[k]);
+        for (int i = 1; i < o->nframes; i++)
+            ARG(zmq_msg_data(&o->frames[i]), zmq_msg_size(&o->frames[i]));
+    }
 #undef ARG
 #undef ARGS
-    return s_append(c, n, argv, lens);
+    int rc = s_append(c, a, argv, lens);
+    free(argv);
+    free(lens);
+    free(rn);
+    return rc;
 }
 
 /* Logs what Redis answered to the outcome of sl. */
@@ -960,7 +1042,8 @@ static void s_recorded(titan_jobs_consumer *c, const s_slot *sl, const redisRepl
     if (o->kind == O_RETRY || o->kind == O_REVERT) {
         if (r->type == REDIS_REPLY_ERROR) titan_log(TITAN_LOG_WARN, "jobs: job %s: %s", sl->id, r->str);
     } else if (r->type == REDIS_REPLY_ERROR) {
-        titan_log(TITAN_LOG_WARN, "jobs: job %s: cannot store its outcome: %s; it stays pending", sl->id, r->str);
+        titan_log(TITAN_LOG_WARN, "jobs: job %s: cannot store its outcome: %s; it stays pending", sl->id,
+                  r->str);
     } else if (o->kind == O_DONE) {
         titan_log_debug("jobs: job %s done (attempt %d)", sl->id, sl->attempt);
     } else {
@@ -986,20 +1069,22 @@ static void s_finish(titan_jobs_consumer *c)
                       o->error);
             break;
         case O_RETRY:
-            titan_log(TITAN_LOG_WARN, "jobs: job %s attempt %d of %d failed (%s): %s; %s", sl->id, sl->attempt,
-                      c->max_attempts, o->code, o->error,
-                      sl->attempt < c->max_attempts ? "it stays pending for another attempt"
-                                                    : "it goes to the dead-letter stream when next picked up");
+            titan_log(TITAN_LOG_WARN, "jobs: job %s attempt %d of %d failed (%s): %s; %s", sl->id,
+                      sl->attempt, c->max_attempts, o->code, o->error,
+                      sl->attempt < c->max_attempts
+                          ? "it stays pending for another attempt"
+                          : "it goes to the dead-letter stream when next picked up");
             break;
         case O_REVERT:
             /* The worker is shutting down: the attempt did not run; another worker reclaims the entry. */
             c->winding_down = true;
             titan_log(TITAN_LOG_INFO,
-                      "jobs: the worker is shutting down; taking no more jobs (job %s stays pending)", sl->id);
+                      "jobs: the worker is shutting down; taking no more jobs (job %s stays pending)",
+                      sl->id);
             break;
         case O_ABANDON:
-            titan_log(TITAN_LOG_WARN, "jobs: job %s: stopped while it ran; it stays pending for another worker",
-                      sl->id);
+            titan_log(TITAN_LOG_WARN,
+                      "jobs: job %s: stopped while it ran; it stays pending for another worker", sl->id);
             s_slot_release(c, sl);
             continue;
         }
@@ -1012,19 +1097,32 @@ static void s_finish(titan_jobs_consumer *c)
     for (;;) {
         if (s_connect(c) == 0) {
             s_heartbeats(c); /* a large result takes a while to reach Redis */
-            int n = 0;
+            /* One pipeline: the retry and revert scripts one by one, then one store script for up to
+             * STORE_BATCH outcomes or about PIPE_BYTES of results. */
+            int n = 0, nstore = 0;
             double bytes = 0;
-            for (int i = 0; i < c->nslots && bytes < PIPE_BYTES; i++) {
+            int *store = c->order + c->nslots; /* the second half of order */
+            for (int i = 0; i < c->nslots; i++) {
                 s_slot *sl = &c->slots[i];
                 if (sl->state != SL_RECORD) continue;
-                if (s_append_outcome(c, sl) != 0) break;
-                c->order[n++] = i;
-                for (int f = 0; f < sl->o.nframes; f++) bytes += (double)zmq_msg_size(&sl->o.frames[f]);
+                if (sl->o.kind == O_RETRY || sl->o.kind == O_REVERT) {
+                    if (s_append_requeue(c, sl) != 0) break;
+                    c->order[n++] = i;
+                } else if (nstore < STORE_BATCH && bytes < PIPE_BYTES) {
+                    store[nstore++] = i;
+                    for (int f = 0; f < sl->o.nframes; f++)
+                        bytes += (double)zmq_msg_size(&sl->o.frames[f]);
+                }
             }
+            bool stored = nstore > 0 && c->redis && s_append_store(c, store, nstore) == 0;
+            bool lost = false;
             for (int k = 0; k < n; k++) {
                 s_slot *sl = &c->slots[c->order[k]];
                 redisReply *r = s_get(c);
-                if (!r) break; /* Redis went away: the rest is sent again once it is back */
+                if (!r) { /* Redis went away: the rest is sent again once it is back */
+                    lost = true;
+                    break;
+                }
                 if (s_noscript(c, r)) {
                     freeReplyObject(r); /* sent again, by EVAL */
                     continue;
@@ -1034,6 +1132,22 @@ static void s_finish(titan_jobs_consumer *c)
                 s_slot_release(c, sl);
                 left--;
             }
+            redisReply *r = stored && !lost ? s_get(c) : NULL;
+            if (r && !s_noscript(c, r)) {
+                bool whole = r->type == REDIS_REPLY_ARRAY && r->elements == (size_t)nstore;
+                if (!whole && r->type != REDIS_REPLY_ERROR)
+                    titan_log(TITAN_LOG_WARN,
+                              "jobs: unexpected reply to the store of %d outcomes; they stay "
+                              "pending",
+                              nstore);
+                for (int k = 0; k < nstore; k++) {
+                    s_slot *sl = &c->slots[store[k]];
+                    if (whole || r->type == REDIS_REPLY_ERROR) s_recorded(c, sl, whole ? r->element[k] : r);
+                    s_slot_release(c, sl);
+                    left--;
+                }
+            }
+            if (r) freeReplyObject(r);
             if (!left) return;
         }
         if (s_stopping(c) && !c->redis) break; /* connected: NOSCRIPT replies, sent again by EVAL */
@@ -1041,8 +1155,8 @@ static void s_finish(titan_jobs_consumer *c)
     for (int i = 0; i < c->nslots; i++) {
         s_slot *sl = &c->slots[i];
         if (sl->state != SL_RECORD) continue;
-        titan_log(TITAN_LOG_WARN, "jobs: job %s: stopped before its outcome could be recorded; it stays pending",
-                  sl->id);
+        titan_log(TITAN_LOG_WARN,
+                  "jobs: job %s: stopped before its outcome could be recorded; it stays pending", sl->id);
         s_slot_release(c, sl);
     }
 }
@@ -1073,7 +1187,8 @@ static void s_started(titan_jobs_consumer *c, s_slot *sl, redisReply *r)
     }
     const char *what = r->element[0]->str;
     if (strcmp(what, "skip") == 0) {
-        titan_log_debug("jobs: job %s skipped (%s)", sl->id, s_is_str(r->element[1]) ? r->element[1]->str : "?");
+        titan_log_debug("jobs: job %s skipped (%s)", sl->id,
+                        s_is_str(r->element[1]) ? r->element[1]->str : "?");
         freeReplyObject(r);
         s_slot_release(c, sl);
         return;
@@ -1137,10 +1252,12 @@ static void s_started(titan_jobs_consumer *c, s_slot *sl, redisReply *r)
     h->reply = r;
     sl->h = h;
     sl->parts[0] = r->element[2]; /* header, frame:1... */
-    for (long i = 0; i < nf; i++) sl->parts[1 + i] = r->element[4 + i];
+    for (long i = 0; i < nf; i++)
+        sl->parts[1 + i] = r->element[4 + i];
     sl->nparts = 1 + (int)nf;
     double bytes = 0;
-    for (int i = 0; i < sl->nparts; i++) bytes += (double)sl->parts[i]->len;
+    for (int i = 0; i < sl->nparts; i++)
+        bytes += (double)sl->parts[i]->len;
     c->req_bytes = bytes > 0.9 * c->req_bytes ? bytes : 0.9 * c->req_bytes;
     if (s_stopping(c) || s_draining(c)) {
         o->kind = O_REVERT; /* started but not sent: undo the start */
@@ -1150,20 +1267,57 @@ static void s_started(titan_jobs_consumer *c, s_slot *sl, redisReply *r)
     s_dispatch(c, sl);
 }
 
-/* Queues the start script of sl. Returns 0 or -1. */
-static int s_append_start(titan_jobs_consumer *c, s_slot *sl, const char *maxa, const char *now, const char *ttl)
+/* Queues one start script for the slots order[from..to) that are SL_READ, and marks them
+ * SL_STARTING. Returns how many it queued (0 with none), or -1 when the connection failed. */
+static int s_append_start(titan_jobs_consumer *c, int from, int to, const char *maxa, const char *now,
+                          const char *ttl)
 {
-    const char *argv[] = {NULL, NULL, "3", sl->key, c->stream[sl->stream], c->dead, c->group, sl->entry,
-                          maxa, now, c->consumer, ttl, sl->id};
+    int n = 0;
+    for (int k = from; k < to; k++)
+        n += c->slots[c->order[k]].state == SL_READ;
+    if (n == 0) return 0;
+    size_t cap = 3 + 1 + 2 * (size_t)n + 5 + 2 * (size_t)n;
+    const char **argv = malloc(cap * sizeof(*argv));
+    if (!argv) {
+        s_lost(c, "out of memory");
+        return -1;
+    }
+    char nkeys[16];
+    snprintf(nkeys, sizeof(nkeys), "%d", 1 + 2 * n);
+    int a = 0;
     s_script(c, SC_START, argv);
-    return s_append(c, 13, argv, NULL);
+    a = 2;
+    argv[a++] = nkeys;
+    argv[a++] = c->dead;
+    for (int k = from; k < to; k++) {
+        s_slot *sl = &c->slots[c->order[k]];
+        if (sl->state != SL_READ) continue;
+        argv[a++] = sl->key;
+        argv[a++] = c->stream[sl->stream];
+    }
+    argv[a++] = c->group;
+    argv[a++] = maxa;
+    argv[a++] = now;
+    argv[a++] = c->consumer;
+    argv[a++] = ttl;
+    for (int k = from; k < to; k++) {
+        s_slot *sl = &c->slots[c->order[k]];
+        if (sl->state != SL_READ) continue;
+        argv[a++] = sl->entry;
+        argv[a++] = sl->id;
+        sl->state = SL_STARTING;
+    }
+    int rc = s_append(c, a, argv, NULL);
+    free(argv);
+    return rc == 0 ? n : -1;
 }
 
 /* Step 3 of docs/JOBS.md for the entries of one stream (an XREADGROUP or XAUTOCLAIM list) read
  * from Redis at t_read (monotonic ms): the start scripts go pipelined, then each started job's
  * request goes to the server on its slot. With `reclaimed`, entries already in hand are left
  * alone. Returns how many entries it took up. */
-static int s_start(titan_jobs_consumer *c, int stream, const redisReply *entries, double t_read, bool reclaimed)
+static int s_start(titan_jobs_consumer *c, int stream, const redisReply *entries, double t_read,
+                   bool reclaimed)
 {
     int took = 0;
     /* First the entries without anything to run (no usable id, or deleted from the stream): they
@@ -1179,8 +1333,8 @@ static int s_start(titan_jobs_consumer *c, int stream, const redisReply *entries
                     idr = fields->element[k + 1];
         if (s_is_str(idr) && s_valid_id(idr->str, idr->len)) continue;
         if (s_stopping(c) || s_draining(c)) break;
-        titan_log(TITAN_LOG_WARN, "jobs: %s entry %s has no valid job id; acknowledged and skipped", c->stream[stream],
-                  entry->element[0]->str);
+        titan_log(TITAN_LOG_WARN, "jobs: %s entry %s has no valid job id; acknowledged and skipped",
+                  c->stream[stream], entry->element[0]->str);
         redisReply *r = s_cmdv(c, "XACK", c->stream[stream], c->group, entry->element[0]->str, (char *)NULL);
         if (r) freeReplyObject(r);
         took++;
@@ -1202,7 +1356,8 @@ static int s_start(titan_jobs_consumer *c, int stream, const redisReply *entries
             for (size_t k = 0; k + 1 < fields->elements; k += 2)
                 if (s_is_str(fields->element[k]) && strcmp(fields->element[k]->str, "id") == 0)
                     idr = fields->element[k + 1];
-        if (!s_is_str(idr) || !s_valid_id(idr->str, idr->len) || er->len >= sizeof(c->slots[0].entry)) continue;
+        if (!s_is_str(idr) || !s_valid_id(idr->str, idr->len) || er->len >= sizeof(c->slots[0].entry))
+            continue;
         if (reclaimed) {
             bool mine = false;
             for (int k = 0; k < c->nslots && !mine; k++)
@@ -1223,37 +1378,48 @@ static int s_start(titan_jobs_consumer *c, int stream, const redisReply *entries
      * size is unknown), with the idle times of the entries in hand reset between chunks. */
     for (int next = 0; next < n;) {
         if (!c->redis || s_stopping(c) || s_draining(c)) {
-            for (int k = next; k < n; k++) s_slot_release(c, &c->slots[c->order[k]]); /* they stay pending */
+            for (int k = next; k < n; k++)
+                s_slot_release(c, &c->slots[c->order[k]]); /* they stay pending */
             break;
         }
         int chunk = c->req_bytes > 0 ? (int)(PIPE_BYTES / c->req_bytes) : 1;
         int end = chunk < 1 ? next + 1 : chunk >= n - next ? n : next + chunk;
         for (int pass = 0; pass < 2; pass++) { /* a second by EVAL after NOSCRIPT */
-            for (int k = next; k < end; k++) {
-                s_slot *sl = &c->slots[c->order[k]];
-                if (sl->state != SL_READ) continue;
-                if (s_append_start(c, sl, maxa, now, ttl) != 0) break;
-                sl->state = SL_STARTING;
+            int sent = s_append_start(c, next, end, maxa, now, ttl);
+            if (sent <= 0) break;
+            redisReply *r = s_get(c);
+            if (r && s_noscript(c, r)) {
+                freeReplyObject(r);
+                for (int k = next; k < end; k++)
+                    if (c->slots[c->order[k]].state == SL_STARTING) c->slots[c->order[k]].state = SL_READ;
+                continue;
             }
+            bool whole = r && r->type == REDIS_REPLY_ARRAY && r->elements == (size_t)sent;
+            if (r && !whole)
+                titan_log(TITAN_LOG_WARN, "jobs: cannot start %d jobs: %s; they stay pending", sent,
+                          r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            size_t e = 0;
             for (int k = next; k < end; k++) {
                 s_slot *sl = &c->slots[c->order[k]];
                 if (sl->state != SL_STARTING) continue;
-                redisReply *r = s_get(c);
-                if (!r) {
-                    s_slot_release(c, sl); /* Redis went away: the entry stays pending */
+                if (!whole) {
+                    s_slot_release(c, sl); /* Redis went away, or refused: the entry stays pending */
                     continue;
                 }
-                if (s_noscript(c, r)) {
-                    freeReplyObject(r);
-                    sl->state = SL_READ;
-                    continue;
-                }
-                s_started(c, sl, r);
+                /* Each slot takes its own part of the reply: hiredis frees an array's elements one
+                 * by one, and skips those set to NULL. */
+                redisReply *part = r->element[e];
+                r->element[e++] = NULL;
+                s_started(c, sl, part);
                 took++;
             }
+            if (r) freeReplyObject(r);
+            break;
         }
-        for (int k = next; k < end; k++)
-            if (c->slots[c->order[k]].state == SL_READ) s_slot_release(c, &c->slots[c->order[k]]);
+        for (int k = next; k < end; k++) {
+            s_state st = c->slots[c->order[k]].state;
+            if (st == SL_READ || st == SL_STARTING) s_slot_release(c, &c->slots[c->order[k]]);
+        }
         next = end;
         if (next < n) s_heartbeats(c);
     }
@@ -1324,10 +1490,10 @@ static int s_reclaim(titan_jobs_consumer *c)
     char idle[16], count[16];
     snprintf(idle, sizeof(idle), "%d", c->visibility_ms);
     for (int s = 0; s < 2; s++) {
-        while (!c->scanned[s] && !s_stopping(c) && !s_draining(c) && c->used < c->inflight) {
-            snprintf(count, sizeof(count), "%d", c->inflight - c->used);
-            redisReply *r = s_cmdv(c, "XAUTOCLAIM", c->stream[s], c->group, c->consumer, idle, c->cursor[s], "COUNT",
-                                   count, (char *)NULL);
+        while (!c->scanned[s] && !s_stopping(c) && !s_draining(c) && s_room(c) > 0) {
+            snprintf(count, sizeof(count), "%d", s_room(c));
+            redisReply *r = s_cmdv(c, "XAUTOCLAIM", c->stream[s], c->group, c->consumer, idle, c->cursor[s],
+                                   "COUNT", count, (char *)NULL);
             double t_read = s_mono_ms();
             if (!r) return -1;
             if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || !s_is_str(r->element[0]) ||
@@ -1348,8 +1514,8 @@ static int s_reclaim(titan_jobs_consumer *c)
             if (strcmp(c->cursor[s], "0-0") == 0) c->scanned[s] = true;
             const redisReply *entries = r->element[1];
             if (entries->elements > 0)
-                titan_log_debug("jobs: reclaimed %zu entries of %s idle over %d ms", entries->elements, c->stream[s],
-                                c->visibility_ms);
+                titan_log_debug("jobs: reclaimed %zu entries of %s idle over %d ms", entries->elements,
+                                c->stream[s], c->visibility_ms);
             int got = s_start(c, s, entries, t_read, true);
             freeReplyObject(r);
             if (got > 0) return 1;
@@ -1374,10 +1540,11 @@ static int s_reclaim(titan_jobs_consumer *c)
 static int s_read(titan_jobs_consumer *c, bool block)
 {
     char count[16];
-    snprintf(count, sizeof(count), "%d", c->inflight - c->used);
+    snprintf(count, sizeof(count), "%d", s_room(c) > 0 ? s_room(c) : 1);
     redisReply *r = NULL;
     for (int i = 0; i < 2; i++) { /* once more by EVAL after NOSCRIPT */
-        const char *argv[] = {NULL, NULL, "2", c->stream[S_HIGH], c->stream[S_NORMAL], c->group, c->consumer, count};
+        const char *argv[] = {NULL,     NULL,        "2",  c->stream[S_HIGH], c->stream[S_NORMAL],
+                              c->group, c->consumer, count};
         s_script(c, SC_READ, argv);
         r = s_cmd(c, 8, argv, NULL);
         if (!r || !s_noscript(c, r)) break;
@@ -1404,8 +1571,10 @@ static int s_read(titan_jobs_consumer *c, bool block)
         } else {
             titan_log(TITAN_LOG_WARN, "jobs: XREADGROUP failed: %s", r->str);
             freeReplyObject(r);
-            if (c->used > 0) s_pump(c, BACKOFF_MAX_MS);
-            else s_nap(c, BACKOFF_MAX_MS);
+            if (c->used > 0)
+                s_pump(c, BACKOFF_MAX_MS);
+            else
+                s_nap(c, BACKOFF_MAX_MS);
             return 0;
         }
         freeReplyObject(r);
@@ -1432,7 +1601,8 @@ static int s_read(titan_jobs_consumer *c, bool block)
 static void *s_main(void *arg)
 {
     titan_jobs_consumer *c = arg;
-    for (int s = 0; s < 2; s++) snprintf(c->cursor[s], sizeof(c->cursor[s]), "0-0");
+    for (int s = 0; s < 2; s++)
+        snprintf(c->cursor[s], sizeof(c->cursor[s]), "0-0");
     while (!s_stopping(c)) {
         bool draining = s_draining(c);
         if (draining && c->used == 0) {
@@ -1444,9 +1614,9 @@ static void *s_main(void *arg)
             continue;
         }
         int got = 0;
-        if (!draining && c->redis && c->used < c->inflight && s_mono_ms() >= c->next_reclaim)
-            got = s_reclaim(c) > 0;
-        if (!got && !s_stopping(c) && !s_draining(c) && c->redis && c->used < c->inflight &&
+        int room = s_room(c);
+        if (!draining && c->redis && room > 0 && s_mono_ms() >= c->next_reclaim) got = s_reclaim(c) > 0;
+        if (!got && !s_stopping(c) && !s_draining(c) && c->redis && room > 0 &&
             (c->used == 0 || s_mono_ms() >= c->next_read)) {
             got = s_read(c, c->used == 0);
             /* Nothing new while jobs run: look again a little later, or when one ends. */
@@ -1454,14 +1624,15 @@ static void *s_main(void *arg)
                 c->idle_read_ms = IDLE_READ_MIN_MS;
             } else {
                 c->next_read = s_mono_ms() + c->idle_read_ms;
-                c->idle_read_ms = c->idle_read_ms * 2 > IDLE_READ_MAX_MS ? IDLE_READ_MAX_MS : c->idle_read_ms * 2;
+                c->idle_read_ms =
+                    c->idle_read_ms * 2 > IDLE_READ_MAX_MS ? IDLE_READ_MAX_MS : c->idle_read_ms * 2;
             }
         }
         if (c->used > 0) {
             double wait = 100;
             if (got) {
                 wait = 0;
-            } else if (c->used < c->inflight && !s_draining(c)) {
+            } else if (room > 0 && !s_draining(c)) {
                 double next = c->next_read < c->next_reclaim ? c->next_read : c->next_reclaim;
                 wait = next - s_mono_ms();
                 if (wait < 0) wait = 0;
@@ -1476,7 +1647,8 @@ static void *s_main(void *arg)
     return NULL;
 }
 
-titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zmq_ctx, char *err, size_t errcap)
+titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zmq_ctx, char *err,
+                                               size_t errcap)
 {
     titan_jobs_consumer *c = calloc(1, sizeof(*c));
     if (!c) {
@@ -1501,8 +1673,8 @@ titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zm
         c->url.has_password = true;
     }
     bool v6 = strchr(c->url.host, ':') != NULL;
-    snprintf(c->url_text, sizeof(c->url_text), "redis://%s%s%s:%d/%d", v6 ? "[" : "", c->url.host, v6 ? "]" : "",
-             c->url.port, c->url.db);
+    snprintf(c->url_text, sizeof(c->url_text), "redis://%s%s%s:%d/%d", v6 ? "[" : "", c->url.host,
+             v6 ? "]" : "", c->url.port, c->url.db);
     const char *prefix = cfg->redis_prefix ? cfg->redis_prefix : "titan";
     snprintf(c->stream[S_HIGH], sizeof(c->stream[S_HIGH]), "{%s}:jobs:high", prefix);
     snprintf(c->stream[S_NORMAL], sizeof(c->stream[S_NORMAL]), "{%s}:jobs", prefix);
@@ -1518,33 +1690,43 @@ titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zm
     c->ttl_s = cfg->result_ttl_s > 0 ? cfg->result_ttl_s : 86400;
     c->backoff_ms = BACKOFF_MIN_MS;
     c->idle_read_ms = IDLE_READ_MIN_MS;
+    c->max_bytes = (double)cfg->max_inflight_bytes;
 
     /* The jobs are one client of the server: it takes at most one request per executor plus that
      * client's share of its queue at once; more in flight would only come back "busy". */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int executors = cfg->threads > 0 ? cfg->threads : cores > 0 ? (int)cores : 1;
     int admits = executors + cfg->queue * cfg->max_client_share / 100;
-    c->inflight = cfg->jobs_inflight > 0 ? cfg->jobs_inflight : executors;
+    /* The default keeps enough small jobs in hand to hide Redis round trips behind the work; s_room
+     * holds back while the worker answers "busy" or the requests in hand fill --max-inflight-bytes. */
+    c->inflight = cfg->jobs_inflight > 0         ? cfg->jobs_inflight
+                  : executors > DEFAULT_INFLIGHT ? executors
+                                                 : DEFAULT_INFLIGHT;
     if (c->inflight > 256) c->inflight = 256;
-    if (c->inflight > admits) {
-        titan_log(TITAN_LOG_INFO,
-                  "jobs: --jobs-inflight %d lowered to %d: the worker takes at most that many requests of one "
-                  "client at once (%d executors and %d%% of --queue %d)",
-                  c->inflight, admits, executors, cfg->max_client_share, cfg->queue);
+    if (c->inflight > admits && cfg->jobs_inflight <= 0) {
+        c->inflight = admits;
+    } else if (c->inflight > admits) {
+        titan_log(
+            TITAN_LOG_INFO,
+            "jobs: --jobs-inflight %d lowered to %d: the worker takes at most that many requests of one "
+            "client at once (%d executors and %d%% of --queue %d)",
+            c->inflight, admits, executors, cfg->max_client_share, cfg->queue);
         c->inflight = admits;
     }
-    titan_log(TITAN_LOG_INFO, "jobs: consuming %s and %s (group %s, consumer %s) from %s, up to %d jobs in flight",
+    titan_log(TITAN_LOG_INFO,
+              "jobs: consuming %s and %s (group %s, consumer %s) from %s, up to %d jobs in flight",
               c->stream[S_HIGH], c->stream[S_NORMAL], c->group, c->consumer, c->url_text, c->inflight);
     c->nslots = 2 * c->inflight;
     c->slots = calloc((size_t)c->nslots, sizeof(*c->slots));
-    c->order = calloc((size_t)c->nslots, sizeof(*c->order));
+    c->order = calloc(2 * (size_t)c->nslots, sizeof(*c->order));
     if (!c->slots || !c->order) {
         snprintf(err, errcap, "out of memory");
         goto fail;
     }
     c->dealer = s_dealer_open(zmq_ctx);
     if (!c->dealer) {
-        snprintf(err, errcap, "jobs: cannot connect to %s: %s", TITAN_SERVER_INPROC, zmq_strerror(zmq_errno()));
+        snprintf(err, errcap, "jobs: cannot connect to %s: %s", TITAN_SERVER_INPROC,
+                 zmq_strerror(zmq_errno()));
         goto fail;
     }
     /* Only the main thread takes SIGINT and SIGTERM. The socket moves to the thread with

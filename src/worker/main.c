@@ -76,9 +76,10 @@ static void s_usage(FILE *f)
             "  --max-attempts N         starts of one job before it goes to {NAME}:dead (default 3)\n"
             "  --result-ttl S           seconds a job's record and result are kept once it ended\n"
             "                           (default 86400)\n"
-            "  --jobs-inflight N        jobs the consumer keeps in hand at once, 1 to 256 (default: the\n"
-            "                           number of executors); more keeps small jobs flowing past Redis\n"
-            "                           round trips; capped at the executors plus the queue share\n"
+            "  --jobs-inflight N        jobs the consumer keeps in hand at once, 1 to 256 (default 16,\n"
+            "                           or the executors if more); enough keeps small jobs flowing past\n"
+            "                           Redis round trips; capped at the executors plus the queue share;\n"
+            "                           no more are taken while --max-inflight-bytes are in hand\n"
             "  --config FILE            read settings from FILE: 'key = value' lines with the option\n"
             "                           names above (bind may repeat); command-line options win\n"
             "  --version                print the version and exit\n"
@@ -263,16 +264,11 @@ int main(int argc, char **argv)
               "max request %llu bytes)",
               TITAN_VERSION, eps, w.backend->info.backend, w.backend->info.name, w.threads, w.blas_threads, w.queue,
               (unsigned long long)w.limits.max_request_bytes);
-    if (cfg->endpoint_file) {
-        rc = s_write_endpoint_file(cfg->endpoint_file, titan_server_endpoints(srv));
-        if (rc) titan_log(TITAN_LOG_ERROR, "cannot write %s: %s", cfg->endpoint_file, strerror(-rc));
-    }
     /* Jobs go through the same admission as ZeroMQ requests, so the consumer starts once the
      * server is up. On SIGTERM it starts no new job, the server drains the one in hand (a job
      * still queued gets "shutting_down": its start is undone and its entry stays pending in Redis
      * for another worker), and the consumer is stopped once the server has drained. */
     titan_jobs_consumer *jobs = NULL;
-    if (cfg->jobs_inflight == 0) cfg->jobs_inflight = w.threads < 256 ? w.threads : 256;
     if (rc == 0 && cfg->redis_url) {
         jobs = titan_jobs_consumer_start(cfg, titan_server_zmq_ctx(srv), err, sizeof(err));
         if (!jobs) {
@@ -281,6 +277,11 @@ int main(int argc, char **argv)
         } else {
             titan_jobs_consumer_watch(jobs, &s_stop);
         }
+    }
+    /* Last, so that whoever waits for the file finds the worker whole (its job consumer too). */
+    if (rc == 0 && cfg->endpoint_file) {
+        rc = s_write_endpoint_file(cfg->endpoint_file, titan_server_endpoints(srv));
+        if (rc) titan_log(TITAN_LOG_ERROR, "cannot write %s: %s", cfg->endpoint_file, strerror(-rc));
     }
     if (rc == 0) {
         char status[2300];

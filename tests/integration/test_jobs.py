@@ -677,6 +677,42 @@ def long_jobs_and_shutdown(srv):
            "another worker reclaims it after the visibility timeout and runs it once", rec)
     w4.stop()
 
+def in_hand(srv):
+    """(h) The consumer keeps --jobs-inflight jobs in hand (default 16 under --threads 1) while its one
+    executor is busy, and takes no more once the requests in hand reach --max-inflight-bytes."""
+    r = srv.client()
+    big = np.random.default_rng(5).standard_normal((3072, 3072)).astype(np.float32)  # 75.5 MB of request
+    small = np.ones((512, 512), np.float32)  # 2 MiB of request
+
+    def held(prefix, *args):
+        P = "{" + prefix + "}"
+        w = start_worker(srv, prefix, "--threads", "1", *args)
+        first = submit(r, prefix, *matmul_job(big, big))
+        ok = wait_until(lambda: states(r, prefix, [first]) == ["running"], 20, 0.005)
+        ids = submit_many(r, prefix, [matmul_job(small, small) for _ in range(24)])
+        most = 0
+        while ok and states(r, prefix, [first]) == ["running"]:  # the big product holds the executor
+            most = max(most, pending(r, f"{P}:jobs"))
+            time.sleep(0.01)
+        done = wait_until(lambda: states(r, prefix, ids) == ["done"] * len(ids), 60)
+        rec = record(r, prefix, ids[-1])
+        right = done and np.allclose(result_of(rec), small @ small)
+        log = w.read_log()
+        w.stop()
+        return ok, most, right, log
+
+    ok, most, right, log = held("t-h1")
+    tap.ok(ok and most == 16 and right, f"by default 16 jobs are in hand while the executor is busy (saw {most}); "
+           "all 24 done and right", (ok, most, right))
+    tap.ok("up to 16 jobs in flight" in log, "the start-up line says how many", log[-1500:])
+    ok, most, right, log = held("t-h2", "--jobs-inflight", "5")
+    tap.ok(ok and most == 5 and right, f"--jobs-inflight 5 holds 5 (saw {most})", (ok, most, right))
+    # 75.5 MB in hand; then one 2 MiB job at a time while under 80 MB: 3 of them.
+    ok, most, right, log = held("t-h3", "--max-inflight-bytes", "80000000")
+    tap.ok(ok and most == 4 and right, f"--max-inflight-bytes 80000000 holds the big job and 3 small ones (saw {most})",
+           (ok, most, right))
+
+
 def main():
     srv = RedisServer()
     try:
@@ -689,6 +725,7 @@ def main():
         tap.run("(e) redis restart", lambda: redis_restart(srv))
         tap.run("(f) shared admission", lambda: shared_admission(srv))
         tap.run("(g) long jobs and shutdown", lambda: long_jobs_and_shutdown(srv))
+        tap.run("(h) jobs in hand", lambda: in_hand(srv))
     finally:
         results = Worker.stop_all()
         srv.stop()

@@ -225,6 +225,36 @@ def tests(r, w, url, env, port, tmp):
     rc, out, err = run(["submit", "matmul", "--m", "2"], env)
     check(rc == 2, "submit matmul without --k/--n is a usage error", err)
 
+    # --- --count: many copies in pipelined batches ---
+    C = "{cnt}"
+    rc, out, err = run(["submit", "--redis-prefix", "cnt", "--count", "1000", "matmul", "--m", "2", "--k", "3",
+                        "--n", "2"], env)
+    ids = out.split()
+    check(rc == 0 and len(ids) == 1000 and len(set(ids)) == 1000 and all(map(is_id, ids)),
+          "submit --count 1000 prints 1000 distinct ids, one per line", f"{rc} {len(ids)} {err}")
+    queued = [e[1][b"id"].decode() for e in r.xrange(f"{C}:jobs")]
+    recs = [r.hmget(f"{C}:job:{i}", "state", "frame:1") for i in (ids[0], ids[-1])]
+    check(queued == ids and all(s == b"queued" and f == recs[0][1] for s, f in recs)
+          and r.zcard(f"{C}:index") == 1000, "all 1000 are queued in order, each with its record and operands",
+          (len(queued), recs))
+    rc, out, err = run(["--json", "submit", "--redis-prefix", "cnt", "--count", "3", "--priority", "high", "-"],
+                       env, stdin=b'{"op":"ping"}')
+    o = json.loads(out) if rc == 0 else {}
+    check(len(o.get("ids", [])) == 3 and o.get("priority") == "high"
+          and [e[1][b"id"].decode() for e in r.xrange(f"{C}:jobs:high")] == o["ids"],
+          "--json submit --count prints {ids, priority}", out + err)
+    n0 = r.xlen(f"{P}:jobs")
+    rc, out, err = run(["submit", "--count", "2", "--idempotency-key", "k", "-"], env, stdin=b'{"op":"ping"}')
+    check(rc == 2 and "--idempotency-key" in err and r.xlen(f"{P}:jobs") == n0,
+          "--count with --idempotency-key is a usage error; nothing queued", f"{rc} {err}")
+    rc, out, err = run(["submit", "--count", "0", "-"], env, stdin=b'{"op":"ping"}')
+    check(rc == 2 and "--count" in err, "--count 0 is a usage error", f"{rc} {err}")
+    rc, out, err = run(["submit", "--count", "5", "-"], env, stdin=b'{"x":1}')
+    check(rc == 2 and '"op"' in err and r.xlen(f"{P}:jobs") == n0, "a bad request with --count queues nothing",
+          f"{rc} {err}")
+    rc, out, err = run(["submit", "--redis", "redis://127.0.0.1:1", "--count", "5", "-"], env, stdin=b'{"op":"ping"}')
+    check(rc == 3 and "redis-server" in err and out == "", "--count with Redis away: exit 3, no ids", f"{rc} {err}")
+
     # --- status ---
     rc, out, err = run(["--json", "job", "status", jid], env)
     s = json.loads(out)["jobs"][0] if rc == 0 else {}
