@@ -221,7 +221,7 @@ echo "openblas: $(kv matmul_setup openblas_threads) threads in the bench process
 # 5. Batch jobs through Redis Streams against a bare LPUSH/BRPOP queue on the same redis-server.
 echo
 if command -v redis-server >/dev/null && "$PY" -c 'import redis' 2>/dev/null; then
-  "$PY" "$(dirname "$0")/jobs_bench.py" "$BUILD" --jobs "${BENCH_JOBS:-5000}" || BROKEN=1
+  "$PY" "$(dirname "$0")/jobs_bench.py" "$BUILD" --jobs "${BENCH_JOBS:-5000}" --rounds "${BENCH_JOBS_ROUNDS:-3}" || BROKEN=1
 else
   echo "bench: jobs skipped: needs redis-server and python3-redis (scripts/deps.sh bench installs them)"
 fi
