@@ -3,7 +3,7 @@
 # Usage: scripts/deps.sh build|test|bench|run
 set -euo pipefail
 
-build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsystemd-dev libjansson-dev libopenblas-dev libhiredis-dev"
+build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsystemd-dev libjansson-dev libopenblas-dev libhiredis-dev libyaml-dev"
 # clang and libclang-rt-14-dev (libFuzzer): make test runs each fuzz target for 60 s.
 # redis-server and python3-redis: the job tests run their own Redis.
 test_pkgs="libcmocka-dev python3-zmq python3-numpy clang libclang-rt-14-dev redis-server python3-redis"

@@ -9,5 +9,6 @@
 #include "titan/tensor.h"
 #include "titan/client.h"
 #include "titan/jobs.h"
+#include "titan/router.h"
 
 #endif
