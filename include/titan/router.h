@@ -42,34 +42,39 @@ typedef struct {
 
 /* What a routed call did: where it went and why others were passed over. */
 typedef struct {
-    int backend;         /* index of the backend that answered, or -1 */
-    int tried;           /* backends tried (sent to, or probed), including the one that answered */
-    int skipped_busy;    /* backends that answered busy or were at max_inflight */
-    int skipped_failed;  /* backends that timed out, were unreachable, or whose breaker is open */
-    char error[512];     /* why the call failed; "" on success */
+    int backend;        /* index of the backend that answered, or -1 */
+    int tried;          /* backends tried (sent to, or probed), including the one that answered */
+    int skipped_busy;   /* backends that answered busy or were at max_inflight */
+    int skipped_failed; /* backends that timed out, were unreachable, or whose breaker is open */
+    char error[512];    /* why the call failed; "" on success */
+    int nparts;         /* titan_router_matmul_split: how the rows were divided, in row order */
+    struct {
+        int backend; /* the backend first chosen for these rows (another may have taken over) */
+        size_t rows;
+    } part[32];
 } titan_route_info;
 
 /* One backend as the router sees it now. */
 typedef struct {
     char name[64];
     titan_route_type type;
-    char endpoint[256]; /* remote: the ZeroMQ endpoint; local: "" */
-    char device[64];    /* as configured ("cuda:0", "titan-x-vm"...) */
-    char capabilities[256]; /* comma-separated; "" = any */
+    char endpoint[256];     /* remote: the ZeroMQ endpoint; local: "" */
+    char device[64];        /* as configured ("cuda:0", "titan-x-vm"...) */
+    char capabilities[800]; /* comma-separated; "" = any */
     int priority;
     double weight;
-    int max_inflight;   /* 0 = no limit */
+    int max_inflight; /* 0 = no limit */
     int timeout_ms;
     titan_breaker_state state;
     int inflight;
-    uint64_t requests;  /* calls sent to it (probes excluded) */
-    uint64_t ok;        /* answered (a result, or an error the request itself caused) */
-    uint64_t busy;      /* answered busy */
-    uint64_t failures;  /* timed out, unreachable, or failed locally */
-    uint64_t probes;    /* half-open and explicit pings */
-    double p50_ms;      /* median latency of the last 128 answered calls and probes; < 0 when none */
+    uint64_t requests; /* calls sent to it (probes excluded) */
+    uint64_t ok;       /* answered (a result, or an error the request itself caused) */
+    uint64_t busy;     /* answered busy */
+    uint64_t failures; /* timed out, unreachable, or failed locally */
+    uint64_t probes;   /* half-open and explicit pings */
+    double p50_ms;     /* median latency of the last 128 answered calls and probes; < 0 when none */
     double p99_ms;
-    double gflops;      /* measured matmul throughput (moving average); 0 until measured */
+    double gflops; /* measured matmul throughput (moving average); 0 until measured */
     char last_error[256];
     int64_t last_error_ms; /* Unix time in ms of last_error; 0 when none */
 } titan_backend_status;
@@ -108,8 +113,8 @@ TITAN_API int titan_router_call(titan_router *r, const char *header_json, const 
 /* out[m x n] = a[m x k] * b[k x n] on one backend (routed as above). *out as titan_client_matmul:
  * written there when not NULL, else malloc'd. Returns 0, -EREMOTEIO when the backend answered an
  * error (info->error says it), or the errors of titan_router_call. */
-TITAN_API int titan_router_matmul(titan_router *r, titan_dtype dt, size_t m, size_t k, size_t n, const void *a,
-                                  const void *b, void **out, titan_route_info *info);
+TITAN_API int titan_router_matmul(titan_router *r, titan_dtype dt, size_t m, size_t k, size_t n,
+                                  const void *a, const void *b, void **out, titan_route_info *info);
 
 /* The same product with the rows of `a` divided among the healthy backends that offer matrix_ops,
  * in proportion to their measured throughput (their `weight` until measured), computed at once and

@@ -33,6 +33,7 @@ typedef struct {
     const char *server_key_from;   /* "--server-key" or "TITAN_SERVER_KEY", for messages */
     const char *curve_secret;      /* this client's secret certificate file; NULL: an ephemeral key pair */
     const char *curve_secret_from; /* "--curve-secret" or "TITAN_CURVE_SECRET" */
+    const char *backends;          /* compute_backends.yaml: matmul goes through the router; NULL: --endpoint */
 } cli_globals;
 
 /* The CURVE keys of a client, as Z85 text. */
@@ -70,6 +71,14 @@ int cli_cmd_jobs(cli_globals *g, int argc, char **argv);
 void cli_help_submit(FILE *f);
 void cli_help_job(FILE *f);
 void cli_help_jobs(FILE *f);
+
+/* Routing across backends (cmd_route.c). */
+int cli_cmd_backends(cli_globals *g, int argc, char **argv);
+void cli_help_backends(FILE *f);
+/* Loads g->backends into a router. Returns CLI_EXIT_OK and *r, or prints why and returns an exit status. */
+int cli_router_new(const cli_globals *g, titan_router **r);
+/* Reports a routed call's failure `rc` (stderr, and JSON under --json); returns the exit status. */
+int cli_report_route_failure(const cli_globals *g, int rc, const titan_route_info *info, const char *what);
 
 /* CURVE keys (cmd_keygen.c). */
 

@@ -144,7 +144,7 @@ void cli_help_matmul(FILE *f)
 {
     fprintf(f,
             "usage: titan [global options] matmul --m M --k K --n N [--dtype float32|float64]\n"
-            "                                     [--seed S] [--check]\n"
+            "                                     [--seed S] [--check] [--split]\n"
             "\n"
             "Multiplies a random M x K matrix by a random K x N matrix (values uniform in [-1, 1))\n"
             "on the worker, sent as binary frames, and prints the round-trip time and GFLOP/s\n"
@@ -159,11 +159,18 @@ void cli_help_matmul(FILE *f)
             "                        (largest absolute error / largest |C| entry); fails with exit\n"
             "                        status 1 when the relative error exceeds 8*sqrt(K)*epsilon\n"
             "                        (epsilon = 2^-23 for float32, 2^-52 for float64)\n"
+            "  --split               with --backends FILE: divide the rows of A among the healthy\n"
+            "                        backends in proportion to their measured throughput, compute\n"
+            "                        the parts at once, and assemble the result\n"
+            "\n"
+            "With --backends FILE (compute_backends.yaml) the product goes to the first healthy\n"
+            "backend with room instead of --endpoint; see `titan help backends`.\n"
             "\n"
             "examples:\n"
             "  titan matmul --m 512 --k 512 --n 512\n"
             "  titan matmul --m 1000 --k 300 --n 20 --dtype float64 --check\n"
-            "  titan --timeout 60000 matmul --m 8192 --k 8192 --n 8192 --json\n",
+            "  titan --timeout 60000 matmul --m 8192 --k 8192 --n 8192 --json\n"
+            "  titan --backends compute_backends.yaml matmul --m 4096 --k 4096 --n 4096 --split --check\n",
             CLI_MAX_DIM);
 }
 
@@ -221,7 +228,7 @@ int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
     const char *dim_names[3] = {"--m", "--k", "--n"};
     uint64_t seed = 1;
     titan_dtype dt = TITAN_DTYPE_FLOAT32;
-    bool check = false;
+    bool check = false, split = false;
 
     for (int i = 0; i < argc; i++) {
         const char *v = NULL;
@@ -230,6 +237,10 @@ int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
         if (r > 0) continue;
         if (strcmp(argv[i], "--check") == 0) {
             check = true;
+            continue;
+        }
+        if (strcmp(argv[i], "--split") == 0) {
+            split = true;
             continue;
         }
         for (int d = 0; d < 3 && r == 0; d++) {
@@ -248,9 +259,16 @@ int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
     if (!dims[0] || !dims[1] || !dims[2])
         return cli_usage_error(cmd,
                                "--m, --k and --n are required, e.g. titan matmul --m 512 --k 512 --n 512");
+    if (split && !g->backends)
+        return cli_usage_error(cmd, "--split divides the rows among several backends: give them with "
+                                    "--backends FILE (compute_backends.yaml)");
 
     size_t m = dims[0], k = dims[1], n = dims[2], esize = titan_dtype_size(dt);
     titan_client *c = NULL;
+    titan_router *router = NULL;
+    titan_route_info ri;
+    memset(&ri, 0, sizeof(ri));
+    json_t *route = NULL;
     void *a = malloc(m * k * esize), *b = malloc(k * n * esize), *out = NULL;
     int rc = CLI_EXIT_OK;
     if (!a || !b) {
@@ -262,14 +280,40 @@ int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
     uint64_t state = seed;
     cli_fill_random(dt, a, m * k, &state);
     cli_fill_random(dt, b, k * n, &state);
-    if ((rc = cli_client_new(g, &c)) != CLI_EXIT_OK) goto out;
+    if ((rc = g->backends ? cli_router_new(g, &router) : cli_client_new(g, &c)) != CLI_EXIT_OK) goto out;
 
     double t0 = cli_now();
-    int err = titan_client_matmul(c, dt, m, k, n, a, b, &out);
+    int err = router ? split ? titan_router_matmul_split(router, dt, m, k, n, a, b, &out, &ri)
+                             : titan_router_matmul(router, dt, m, k, n, a, b, &out, &ri)
+                     : titan_client_matmul(c, dt, m, k, n, a, b, &out);
     double secs = cli_now() - t0;
     if (err) {
-        rc = cli_report_failure(g, c, err, "matrix_multiply request");
+        rc = router ? cli_report_route_failure(g, err, &ri, "matrix_multiply request")
+                    : cli_report_failure(g, c, err, "matrix_multiply request");
         goto out;
+    }
+    /* Where it ran: the endpoint, the backend the router chose, or the split's parts. */
+    char where[512];
+    snprintf(where, sizeof(where), "%s", g->endpoint);
+    if (router && split) {
+        route = json_array();
+        size_t len = (size_t)snprintf(where, sizeof(where), "split over");
+        for (int p = 0; p < ri.nparts; p++) {
+            titan_backend_status st;
+            if (titan_router_backend_status(router, (size_t)ri.part[p].backend, &st) != 0) continue;
+            json_array_append_new(route, json_pack("{s:s, s:I}", "backend", st.name, "rows",
+                                                   (json_int_t)ri.part[p].rows));
+            if (len < sizeof(where))
+                len += (size_t)snprintf(where + len, sizeof(where) - len, "%s %s (%zu rows)", p ? "," : "",
+                                        st.name, ri.part[p].rows);
+        }
+    } else if (router) {
+        titan_backend_status st;
+        if (titan_router_backend_status(router, (size_t)ri.backend, &st) == 0) {
+            snprintf(where, sizeof(where), "backend %s (%s)", st.name,
+                     st.type == TITAN_ROUTE_LOCAL ? "local" : st.endpoint);
+            route = json_string(st.name);
+        }
     }
     double gflops = 2.0 * (double)m * (double)n * (double)k / secs * 1e-9;
     double max_abs = 0, max_rel = 0, tol = s_check_tolerance(dt, k);
@@ -286,9 +330,16 @@ int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
 
     if (g->json) {
         json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:f, s:i}", "op", "matrix_multiply",
-                              "endpoint", g->endpoint, "dtype", titan_dtype_name(dt), "m", (json_int_t)m, "k",
-                              (json_int_t)k, "n", (json_int_t)n, "seed", (json_int_t)seed, "time_ms",
-                              secs * 1e3, "gflops", gflops, "retries", titan_client_last_retries(c));
+                              "endpoint", router ? "" : g->endpoint, "dtype", titan_dtype_name(dt), "m",
+                              (json_int_t)m, "k", (json_int_t)k, "n", (json_int_t)n, "seed", (json_int_t)seed,
+                              "time_ms", secs * 1e3, "gflops", gflops, "retries",
+                              c ? titan_client_last_retries(c) : 0);
+        if (o && router) {
+            json_object_del(o, "endpoint");
+            json_object_set_new(o, split ? "split" : "backend", route ? route : json_null());
+            route = NULL;
+            json_object_set_new(o, "tried", json_integer(ri.tried));
+        }
         if (o && check)
             json_object_set_new(o, "check",
                                 json_pack("{s:o, s:o, s:f, s:b}", "max_abs_error", s_json_number(max_abs),
@@ -297,7 +348,7 @@ int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
         rc = cli_print_json(o);
     } else {
         printf("matmul %zux%zu * %zux%zu %s on %s: %.3f ms, %.3g GFLOP/s (round trip, transfers included)\n",
-               m, k, k, n, titan_dtype_name(dt), g->endpoint, secs * 1e3, gflops);
+               m, k, k, n, titan_dtype_name(dt), where, secs * 1e3, gflops);
         if (check)
             printf("check against OpenBLAS: max abs error %.3g, relative error %.3g (tolerance %.3g): %s\n",
                    max_abs, max_rel, tol, ok ? "ok" : "FAILED");
@@ -311,9 +362,11 @@ int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
         rc = CLI_EXIT_REMOTE;
     }
 out:
+    json_decref(route);
     free(a);
     free(b);
     free(out);
     titan_client_destroy(&c);
+    titan_router_destroy(&router);
     return rc;
 }

@@ -21,6 +21,8 @@ static const cli_command s_commands[] = {
     {"submit", "queue a request as a batch job in Redis; prints the job id", cli_cmd_submit, cli_help_submit},
     {"job", "status, result, wait or cancel of batch jobs: titan job wait ID...", cli_cmd_job, cli_help_job},
     {"jobs", "list batch jobs: titan jobs list --state failed", cli_cmd_jobs, cli_help_jobs},
+    {"backends", "probe the backends of compute_backends.yaml (--backends FILE) and show their state",
+     cli_cmd_backends, cli_help_backends},
 };
 #define S_NCOMMANDS (sizeof s_commands / sizeof s_commands[0])
 
@@ -35,7 +37,7 @@ static const cli_command *s_find_command(const char *name)
 static void s_help_main(FILE *f)
 {
     fprintf(f, "usage: titan [--endpoint E] [--timeout MS] [--retries N] [--server-key KEY|FILE]\n"
-               "             [--curve-secret FILE] [--json] COMMAND [ARGS]\n"
+               "             [--curve-secret FILE] [--backends FILE] [--json] COMMAND [ARGS]\n"
                "\n"
                "Sends compute requests to a titan-worker over ZeroMQ.\n"
                "\n"
@@ -58,6 +60,10 @@ static void s_help_main(FILE *f)
             "                 key must be in the worker's --allow-keys directory (default:\n"
             "                 $TITAN_CURVE_SECRET; none: a throwaway key, which only a worker\n"
             "                 without --allow-keys admits)\n"
+            "  --backends FILE\n"
+            "                 route matmul through the backends of compute_backends.yaml FILE\n"
+            "                 (overflow, failover, --split) instead of --endpoint (default:\n"
+            "                 $TITAN_BACKENDS); see `titan help backends`\n"
             "  --json         print one JSON object on stdout, for scripts\n"
             "  --version      print the version and exit\n"
             "  -h, --help     print this help and exit\n"
@@ -176,6 +182,11 @@ int cli_global_option(const char *cmd, cli_globals *g, int argc, char **argv, in
             return -1;
         }
         g->endpoint = v;
+        return 1;
+    }
+    if ((r = cli_match_option(cmd, argc, argv, i, "--backends", &v)) != 0) {
+        if (r < 0) return -1;
+        g->backends = *v ? v : NULL;
         return 1;
     }
     if ((r = cli_match_option(cmd, argc, argv, i, "--server-key", &v)) != 0) {
@@ -321,6 +332,7 @@ int main(int argc, char **argv)
     const char *env = getenv("TITAN_ENDPOINT");
     const char *env_key = getenv("TITAN_SERVER_KEY");
     const char *env_secret = getenv("TITAN_CURVE_SECRET");
+    const char *env_backends = getenv("TITAN_BACKENDS");
     cli_globals g = {
         .endpoint = env && *env ? env : CLI_DEFAULT_ENDPOINT,
         .timeout_ms = 5000,
@@ -330,6 +342,7 @@ int main(int argc, char **argv)
         .server_key_from = "TITAN_SERVER_KEY",
         .curve_secret = env_secret && *env_secret ? env_secret : NULL,
         .curve_secret_from = "TITAN_CURVE_SECRET",
+        .backends = env_backends && *env_backends ? env_backends : NULL,
     };
     bool version = false;
     int i = 1;

@@ -97,8 +97,9 @@ class RedisServer:
 
 # ---- the client side of docs/JOBS.md, by hand ----
 
-def submit(r, prefix, header, frames=(), priority="normal", idem=None):
-    """docs/JOBS.md step 1: idempotency key, record, index, then the stream entry. Returns the id."""
+def submit(r, prefix, header, frames=(), priority="normal", idem=None, nframes=None):
+    """docs/JOBS.md step 1: idempotency key, record, index, then the stream entry. Returns the id.
+    `nframes` overrides the record's frame count (to make a broken record before a worker sees it)."""
     P = "{" + prefix + "}"
     jid = os.urandom(16).hex()
     if idem is not None:
@@ -106,7 +107,7 @@ def submit(r, prefix, header, frames=(), priority="normal", idem=None):
             return r.get(f"{P}:idem:{idem}").decode()
     now = int(time.time() * 1000)
     rec = {"state": "queued", "header": header if isinstance(header, str) else json.dumps(header),
-           "nframes": len(frames), "priority": priority, "attempts": 0, "created_ms": now}
+           "nframes": len(frames) if nframes is None else nframes, "priority": priority, "attempts": 0, "created_ms": now}
     for i, f in enumerate(frames, 1):
         rec[f"frame:{i}"] = f
     if idem is not None:
@@ -417,8 +418,7 @@ def final_failures(srv):
     unknown = submit(r, prefix, {"op": "fly"})
     short = submit(r, prefix, json.dumps(matmul_job(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))[0]),
                    [np.ones((2, 2), np.float32).tobytes()])  # the header names frame 2: there is none
-    broken = submit(r, prefix, {"op": "ping"})
-    r.hset(f"{P}:job:{broken}", "nframes", "3")  # a record that breaks docs/JOBS.md
+    broken = submit(r, prefix, {"op": "ping"}, nframes=3)  # a record that breaks docs/JOBS.md
     ping = submit(r, prefix, {"op": "ping", "id": 5}, priority="high")
     ids = [mism, unknown, short, broken, ping]
     tap.ok(wait_until(lambda: None not in states(r, prefix, ids) and
