@@ -118,8 +118,12 @@ TITAN_API int titan_router_matmul(titan_router *r, titan_dtype dt, size_t m, siz
 
 /* The same product with the rows of `a` divided among the healthy backends that offer matrix_ops,
  * in proportion to their measured throughput (their `weight` until measured), computed at once and
- * assembled in *out. A part whose backend fails is routed again like a single call. The result is
- * the one a single backend gives. info->backend is -1; info->tried counts the parts' backends. */
+ * assembled in *out. A part whose backend fails is routed again like a single call. Split points fall
+ * on multiples of 64 rows, so each row is rounded as a single backend rounds it wherever the BLAS
+ * rounds a row independently of how many rows there are (float32 in OpenBLAS, and float64 with one
+ * BLAS thread: then the result is byte-identical); a multithreaded float64 OpenBLAS rounds with its
+ * thread and row counts, and may differ in the last bit, as two workers with different --blas-threads
+ * do. info->backend is -1; info->tried counts the parts' backends. */
 TITAN_API int titan_router_matmul_split(titan_router *r, titan_dtype dt, size_t m, size_t k, size_t n,
                                         const void *a, const void *b, void **out, titan_route_info *info);
 

@@ -31,6 +31,7 @@
 #define POOL_MAX 8
 #define LAT_RING 128
 #define PROBE_TIMEOUT_MS 1000 /* a half-open probe waits at most this (or the backend's timeout) */
+#define SPLIT_BLOCK 64        /* split points fall on multiples of this many rows */
 
 typedef struct {
     titan_conf_backend c;
@@ -798,7 +799,10 @@ TITAN_API int titan_router_matmul_split(titan_router *r, titan_dtype dt, size_t 
     if (np == 0) {
         /* Nothing looks healthy: one routed call says why (or finds a backend whose cool-down ended). */
         void *dst = *out ? *out : malloc(nc * es);
-        if (!dst) return -ENOMEM;
+        if (!dst) {
+            snprintf(info->error, sizeof(info->error), "out of memory for the result");
+            return -ENOMEM;
+        }
         rc = s_matmul_into(r, -1, dt, m, k, n, a, b, dst, info);
         if (rc == 0)
             *out = dst;
@@ -807,16 +811,20 @@ TITAN_API int titan_router_matmul_split(titan_router *r, titan_dtype dt, size_t 
         return rc;
     }
 
-    /* Rows in proportion to the shares (largest remainders), at least one per part used. */
-    size_t rows[TITAN_CONF_MAX_BACKENDS], given = 0;
+    /* Rows in proportion to the shares (largest remainders), in blocks of SPLIT_BLOCK rows: BLAS
+     * libraries round a row the same way whatever the row count only away from small edge blocks
+     * (OpenBLAS 0.3.21 differs within ~30 rows of a split point otherwise), so split points fall
+     * on block boundaries and the last part takes the remainder. */
+    size_t blocks = (m + SPLIT_BLOCK - 1) / SPLIT_BLOCK, given = 0;
+    size_t rows[TITAN_CONF_MAX_BACKENDS];
     double frac[TITAN_CONF_MAX_BACKENDS];
     for (int q = 0; q < np; q++) {
-        double want = (double)m * share[q] / total;
+        double want = (double)blocks * share[q] / total;
         rows[q] = (size_t)floor(want);
         frac[q] = want - (double)rows[q];
         given += rows[q];
     }
-    while (given < m) {
+    while (given < blocks) {
         int best = 0;
         for (int q = 1; q < np; q++)
             if (frac[q] > frac[best]) best = q;
@@ -824,6 +832,15 @@ TITAN_API int titan_router_matmul_split(titan_router *r, titan_dtype dt, size_t 
         frac[best] = -1;
         given++;
     }
+    size_t left = m;
+    int last = -1;
+    for (int q = 0; q < np; q++) {
+        rows[q] *= SPLIT_BLOCK;
+        if (rows[q] > left) rows[q] = left;
+        left -= rows[q];
+        if (rows[q]) last = q;
+    }
+    rows[last] += left; /* cannot be needed, but never lose a row */
 
     void *dst = *out ? *out : malloc(nc * es);
     s_part *parts = calloc((size_t)np, sizeof(*parts));
