@@ -2,7 +2,7 @@
 # run.sh - the benchmark suite (`make bench`): titan-worker against a bare echo server, in-process sgemm and the seed worker.
 #
 # Usage: bench/run.sh BUILD_DIR
-# Builds nothing: BUILD_DIR must hold titan-worker and bench/{echo_server,bench_ping,bench_matmul}.
+# Builds nothing: BUILD_DIR must hold titan-worker and bench/{echo_server,bench_ping,bench_matmul,bench_router}.
 # Needs ../shared/baselines (shared/ is a sibling of the repository) and /usr/bin/python3
 # with zmq, numpy and torch. Exits 0 when every bench ran, even if a target was missed (this is
 # a report); non-zero when something broke (a server did not start, a bench failed, a wrong product).
@@ -22,7 +22,8 @@ WORKER=$BUILD/titan-worker
 ECHO=$BUILD/bench/echo_server
 PING=$BUILD/bench/bench_ping
 MATMUL=$BUILD/bench/bench_matmul
-for f in "$WORKER" "$ECHO" "$PING" "$MATMUL"; do
+ROUTER=$BUILD/bench/bench_router
+for f in "$WORKER" "$ECHO" "$PING" "$MATMUL" "$ROUTER"; do
   [ -x "$f" ] || die "$f is missing: build first (make, or ninja -C $1)"
 done
 
@@ -218,7 +219,41 @@ done
 [ "${t_tp_err:-0}" != 0 ] && echo "note: titan answered $t_tp_err pipelined pings with an error (busy?); they are not counted"
 echo "openblas: $(kv matmul_setup openblas_threads) threads in the bench process; core $(kv matmul_setup openblas_core)"
 
-# 5. Batch jobs through Redis Streams against a bare LPUSH/BRPOP queue on the same redis-server.
+# 5. The router (compute_backends.yaml): its cost per request against direct calls to the same worker,
+#    and a float32 matmul split over two single-threaded workers. bench_router starts and stops its own
+#    three titan-workers (A, B: --threads 1 --blas-threads 1; C: --blas-threads 2).
+echo
+echo "== routing (bench_router; ratio = routed / direct client, or the split against one worker)"
+# ovh RATIO DIFF_US: "1.02x +3.4us".
+ovh() { awk -v r="$1" -v d="$2" 'BEGIN {if (r == "" || d == "") exit; printf "%.2fx %+.1fus", r, d}'; }
+# speedup REF_MS MS: "1.65x faster" or "1.10x slower".
+speedup() {
+  awk -v s="$1" -v t="$2" 'BEGIN {if (s == "" || t == "" || s <= 0 || t <= 0) exit;
+    if (s >= t) printf "%.2fx faster", s / t; else printf "%.2fx slower", t / s}'
+}
+if run_bench 300 "router: overhead per request and split matmul (its own workers)" "$ROUTER" "$WORKER"; then
+  echo
+  row "measure" "titan" "reference" "ratio" "target" "result"
+  for op in ping matmul16; do
+    p="router measure=overhead op=$op "
+    d=$(kv "$p" direct_us)
+    row "routed $op, us (vs direct)" "$(kv "$p" routed_us)" "$d" \
+      "$(ovh "$(kv "$p" ratio)" "$(kv "$p" diff_us)")" "-" "info"
+    row "  + dead backend skipped (open)" "$(kv "$p" dead_us)" "$d" \
+      "$(ovh "$(kv "$p" dead_ratio)" "$(kv "$p" dead_diff_us)")" "-" "info"
+  done
+  while read -r n; do
+    p="router measure=split n=$n "
+    split_ms=$(kv "$p" split_ms)
+    row "split n=$n on 2 workers, ms (vs 1)" "$split_ms" "$(kv "$p" one_ms)" \
+      "$(speedup "$(kv "$p" one_ms)" "$split_ms")" "-" "info"
+    row "  vs one worker, 2 BLAS threads" "$split_ms" "$(kv "$p" two_thread_ms)" \
+      "$(speedup "$(kv "$p" two_thread_ms)" "$split_ms")" "-" "info"
+  done < <(sed -n 's/^router measure=split n=\([0-9]*\) .*/\1/p' "$TMP/results")
+  echo "note: $(kv "router measure=setup " cores) cores; the split's workers run --threads 1 --blas-threads 1, one core each"
+fi
+
+# 6. Batch jobs through Redis Streams against a bare LPUSH/BRPOP queue on the same redis-server.
 echo
 if command -v redis-server >/dev/null && "$PY" -c 'import redis' 2>/dev/null; then
   "$PY" "$(dirname "$0")/jobs_bench.py" "$BUILD" --jobs "${BENCH_JOBS:-5000}" --rounds "${BENCH_JOBS_ROUNDS:-3}" || BROKEN=1
