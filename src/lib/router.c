@@ -700,30 +700,44 @@ static int s_matmul_args(titan_dtype dt, size_t m, size_t k, size_t n, const voi
     return rc;
 }
 
-TITAN_API int titan_router_matmul(titan_router *r, titan_dtype dt, size_t m, size_t k, size_t n,
-                                  const void *a, const void *b, void **out, titan_route_info *info)
+/* Starts a product call: resets info and checks the arguments. Returns 0 and *nc (elements of C) or -errno.
+ */
+static int s_matmul_check(titan_router *r, titan_dtype dt, size_t m, size_t k, size_t n, const void *a,
+                          const void *b, void **out, size_t *nc, titan_route_info *info)
 {
-    titan_route_info local;
-    if (!info) info = &local;
     s_info_init(info);
-    size_t nc = 0;
-    int rc = r ? s_matmul_args(dt, m, k, n, a, b, out, &nc) : -EINVAL;
-    if (rc) {
+    int rc = r ? s_matmul_args(dt, m, k, n, a, b, out, nc) : -EINVAL;
+    if (rc)
         snprintf(info->error, sizeof(info->error),
                  rc == -EOVERFLOW ? "matrix sizes overflow" : "invalid argument");
-        return rc;
-    }
+    return rc;
+}
+
+/* The whole product on one routed backend, into *out (malloc'd when NULL). */
+static int s_matmul_whole(titan_router *r, titan_dtype dt, size_t m, size_t k, size_t n, const void *a,
+                          const void *b, void **out, size_t nc, titan_route_info *info)
+{
     void *dst = *out ? *out : malloc(nc * titan_dtype_size(dt));
     if (!dst) {
         snprintf(info->error, sizeof(info->error), "out of memory for the result");
         return -ENOMEM;
     }
-    rc = s_matmul_into(r, -1, dt, m, k, n, a, b, dst, info);
+    int rc = s_matmul_into(r, -1, dt, m, k, n, a, b, dst, info);
     if (rc == 0)
         *out = dst;
     else if (!*out)
         free(dst);
     return rc;
+}
+
+TITAN_API int titan_router_matmul(titan_router *r, titan_dtype dt, size_t m, size_t k, size_t n,
+                                  const void *a, const void *b, void **out, titan_route_info *info)
+{
+    titan_route_info local;
+    if (!info) info = &local;
+    size_t nc = 0;
+    int rc = s_matmul_check(r, dt, m, k, n, a, b, out, &nc, info);
+    return rc ? rc : s_matmul_whole(r, dt, m, k, n, a, b, out, nc, info);
 }
 
 /* Pings, all at once, the backends offering matrix_ops that have neither answered nor failed yet. */
@@ -753,14 +767,9 @@ TITAN_API int titan_router_matmul_split(titan_router *r, titan_dtype dt, size_t 
 {
     titan_route_info local;
     if (!info) info = &local;
-    s_info_init(info);
     size_t nc = 0;
-    int rc = r ? s_matmul_args(dt, m, k, n, a, b, out, &nc) : -EINVAL;
-    if (rc) {
-        snprintf(info->error, sizeof(info->error),
-                 rc == -EOVERFLOW ? "matrix sizes overflow" : "invalid argument");
-        return rc;
-    }
+    int rc = s_matmul_check(r, dt, m, k, n, a, b, out, &nc, info);
+    if (rc) return rc;
     size_t es = titan_dtype_size(dt);
 
     /* Backends never heard from yet are pinged first (at once), so that a split does not hand rows to
@@ -798,17 +807,7 @@ TITAN_API int titan_router_matmul_split(titan_router *r, titan_dtype dt, size_t 
     pthread_mutex_unlock(&r->lock);
     if (np == 0) {
         /* Nothing looks healthy: one routed call says why (or finds a backend whose cool-down ended). */
-        void *dst = *out ? *out : malloc(nc * es);
-        if (!dst) {
-            snprintf(info->error, sizeof(info->error), "out of memory for the result");
-            return -ENOMEM;
-        }
-        rc = s_matmul_into(r, -1, dt, m, k, n, a, b, dst, info);
-        if (rc == 0)
-            *out = dst;
-        else if (!*out)
-            free(dst);
-        return rc;
+        return s_matmul_whole(r, dt, m, k, n, a, b, out, nc, info);
     }
 
     /* Rows in proportion to the shares (largest remainders), in blocks of SPLIT_BLOCK rows: BLAS
@@ -923,7 +922,8 @@ static void s_probe_unknown(titan_router *r)
     pthread_mutex_lock(&r->lock);
     for (int i = 0; i < r->n; i++) {
         s_backend *b = &r->b[i];
-        if (!s_offers(b, "matrix_ops") || b->ok || b->busy || b->failures || b->probes || b->probing) continue;
+        if (!s_offers(b, "matrix_ops") || b->ok || b->busy || b->failures || b->probes || b->probing)
+            continue;
         b->probing = true;
         args[n++] = (s_probe_arg){r, i, false};
     }
@@ -935,7 +935,8 @@ static void s_probe_unknown(titan_router *r)
     for (int k = 0; k < n; k++)
         if (started[k]) pthread_join(th[k], NULL);
     pthread_mutex_lock(&r->lock);
-    for (int k = 0; k < n; k++) r->b[args[k].i].probing = false;
+    for (int k = 0; k < n; k++)
+        r->b[args[k].i].probing = false;
     pthread_mutex_unlock(&r->lock);
 }
 
