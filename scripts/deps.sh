@@ -3,10 +3,13 @@
 # Usage: scripts/deps.sh build|test|bench|run
 set -euo pipefail
 
-build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsystemd-dev libjansson-dev libopenblas-dev libhiredis-dev libyaml-dev"
+build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsystemd-dev libjansson-dev libopenblas-dev libhiredis-dev libyaml-dev libmicrohttpd-dev"
 # clang and libclang-rt-14-dev (libFuzzer): make test runs each fuzz target for 60 s.
 # redis-server and python3-redis: the job tests run their own Redis.
-test_pkgs="libcmocka-dev python3-zmq python3-numpy clang libclang-rt-14-dev redis-server python3-redis"
+# chromium renders titan serve's status page in a test. promtool (which checks /metrics) comes
+# from Debian's prometheus package, unpacked into .deps/ rather than installed: installing it
+# would start a Prometheus server on port 9090 as a side effect (see fetch_promtool below).
+test_pkgs="libcmocka-dev python3-zmq python3-numpy clang libclang-rt-14-dev redis-server python3-redis chromium"
 bench_pkgs="python3-zmq python3-numpy python3-torch redis-server python3-redis"
 
 case "${1:-build}" in
@@ -15,6 +18,31 @@ case "${1:-build}" in
   bench) want="$build_pkgs $bench_pkgs" ;;
   *) echo "usage: $0 build|test|bench|run" >&2; exit 2 ;;
 esac
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+
+# Unpacks promtool from Debian's prometheus package into .deps/bin (git ignores it), once.
+fetch_promtool() {
+  command -v promtool >/dev/null && return 0
+  [ -x "$root/.deps/bin/promtool" ] && return 0
+  if [ "$(id -u)" -ne 0 ] && ! apt-get download --print-uris prometheus >/dev/null 2>&1; then
+    echo "titan: promtool missing (tests check /metrics with it): apt-get install prometheus, or run make test as root" >&2
+    return 0
+  fi
+  local tmp
+  tmp="$(mktemp -d)"
+  echo "titan: unpacking promtool from Debian's prometheus package into .deps/bin" >&2
+  if (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get download -qq prometheus >/dev/null; }) &&
+     dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"; then
+    mkdir -p "$root/.deps/bin"
+    cp "$tmp/x/usr/bin/promtool" "$root/.deps/bin/promtool"
+  else
+    echo "titan: could not fetch promtool; the metrics format test will say so" >&2
+  fi
+  rm -rf "$tmp"
+}
+[ "${1:-build}" = test ] && fetch_promtool
 
 missing=""
 for p in $want; do

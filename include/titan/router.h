@@ -110,6 +110,13 @@ TITAN_API int titan_router_call(titan_router *r, const char *header_json, const 
                                 size_t nframes, const char *capability, titan_reply **reply,
                                 titan_route_info *info);
 
+/* Sends the request to backend i only, with no failover, as a routed call would (breaker, half-open
+ * probe, max_inflight, statistics): for status pollers and tools that must reach one backend.
+ * Returns 0 with *reply (a result or any error answer), -EBUSY (it answered busy or is at
+ * max_inflight), -EHOSTUNREACH (it failed or its breaker is open; info->error says which), -EINVAL. */
+TITAN_API int titan_router_call_on(titan_router *r, size_t i, const char *header_json, const titan_frame *frames,
+                                   size_t nframes, titan_reply **reply, titan_route_info *info);
+
 /* out[m x n] = a[m x k] * b[k x n] on one backend (routed as above). *out as titan_client_matmul:
  * written there when not NULL, else malloc'd. Returns 0, -EREMOTEIO when the backend answered an
  * error (info->error says it), or the errors of titan_router_call. */

@@ -631,6 +631,36 @@ TITAN_API int titan_router_call(titan_router *r, const char *header_json, const 
     return s_route(r, header_json, frames, nframes, capability, -1, reply, info, NULL);
 }
 
+TITAN_API int titan_router_call_on(titan_router *r, size_t i, const char *header_json, const titan_frame *frames,
+                                   size_t nframes, titan_reply **reply, titan_route_info *info)
+{
+    titan_route_info local;
+    if (!info) info = &local;
+    s_info_init(info);
+    if (!r || i >= (size_t)r->n || !header_json || !reply || (nframes && !frames)) {
+        snprintf(info->error, sizeof(info->error), "invalid argument");
+        return -EINVAL;
+    }
+    titan_reply *fallback = NULL;
+    if (s_try(r, (int)i, header_json, frames, nframes, reply, &fallback, info, NULL)) return 0;
+    if (fallback) { /* "unsupported" is an answer like any other here */
+        *reply = fallback;
+        return 0;
+    }
+    if (info->skipped_busy) {
+        snprintf(info->error, sizeof(info->error), "%s is busy or at its max_inflight; retry later",
+                 r->b[i].c.name);
+        return -EBUSY;
+    }
+    if (!info->error[0]) {
+        pthread_mutex_lock(&r->lock);
+        snprintf(info->error, sizeof(info->error), "%s: out of rotation (breaker open): %.300s", r->b[i].c.name,
+                 r->b[i].last_error);
+        pthread_mutex_unlock(&r->lock);
+    }
+    return -EHOSTUNREACH;
+}
+
 /* ---- matrix products ---- */
 
 static bool s_json_int_is(const json_t *v, size_t want)
