@@ -80,6 +80,10 @@ int cli_router_new(const cli_globals *g, titan_router **r);
 /* Reports a routed call's failure `rc` (stderr, and JSON under --json); returns the exit status. */
 int cli_report_route_failure(const cli_globals *g, int rc, const titan_route_info *info, const char *what);
 
+/* The health API and status page over HTTP (cmd_serve.c). */
+int cli_cmd_serve(cli_globals *g, int argc, char **argv);
+void cli_help_serve(FILE *f);
+
 /* CURVE keys (cmd_keygen.c). */
 
 /* Resolves g's --server-key and --curve-secret (Z85 keys or CZMQ certificate files) into *out.

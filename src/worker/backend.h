@@ -2,6 +2,7 @@
 #ifndef TITAN_WORKER_BACKEND_H
 #define TITAN_WORKER_BACKEND_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,12 +16,26 @@ typedef struct {
     char cuda_capability[16];   /* "5.2"; empty on the CPU */
 } titan_device_info;
 
+/* Live figures of the device (the host, on the CPU backend); each has_* says whether it is known. */
+typedef struct {
+    bool has_memory;
+    uint64_t memory_total_bytes;
+    uint64_t memory_used_bytes;
+    bool has_utilization;
+    double utilization; /* busy share of the device's time, 0..1, over the last sampling window */
+    bool has_temperature;
+    double temperature_c;
+} titan_device_stats;
+
 typedef struct titan_backend titan_backend;
 struct titan_backend {
     titan_device_info info;
     /* c[m x n] = a[m x k] * b[k x n], row-major, contiguous. Returns 0 or -errno. */
     int (*gemm)(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_t n, const void *a, const void *b,
                 void *c);
+    /* Fills *out with what the device can tell now; safe from any thread, cheap enough for every
+     * gpu_info (figures may be cached for a fraction of a second). NULL: the backend knows none. */
+    void (*stats)(titan_backend *be, titan_device_stats *out);
     void (*destroy)(titan_backend *be);
 };
 

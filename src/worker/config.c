@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "http.h"
 
 void titan_config_init(titan_config *cfg)
 {
@@ -34,6 +35,7 @@ void titan_config_free(titan_config *cfg)
     free(cfg->redis_password);
     free(cfg->redis_prefix);
     free(cfg->jobs_group);
+    free(cfg->http);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -107,6 +109,10 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
             return -EINVAL;
         }
         return s_set_str(key[0] == 'r' ? &cfg->redis_prefix : &cfg->jobs_group, value);
+    }
+    if (strcmp(key, "http") == 0) {
+        if (titan_http_parse_listen(value, NULL, err, errcap) != 0) return -EINVAL;
+        return s_set_str(&cfg->http, value);
     }
     if (strcmp(key, "insecure") == 0) {
         if (strcmp(value, "true") == 0 || strcmp(value, "yes") == 0 || strcmp(value, "1") == 0)

@@ -23,6 +23,7 @@
 
 #include "jobs.h"
 #include "log.h"
+#include "metrics.h"
 #include "request.h"
 #include "server.h"
 
@@ -90,6 +91,7 @@ struct titan_jobs_consumer {
     int visibility_ms, max_attempts, ttl_s;
     bool winding_down; /* the server answered "shutting_down", or the worker is stopping: take no more jobs */
     volatile sig_atomic_t *_Atomic draining; /* main's stop flag (titan_jobs_consumer_watch) */
+    titan_metrics *metrics;                  /* borrowed; may be NULL */
     bool outage;                             /* Redis is away; logged once */
     double outage_since, next_connect;
     int backoff_ms;
@@ -442,6 +444,7 @@ static void s_lost(titan_jobs_consumer *c, const char *why)
         titan_log(TITAN_LOG_WARN, "jobs: redis %s is unavailable (%s); retrying until it is back",
                   c->url_text, why);
     }
+    titan_metrics_set_jobs_redis_up(c->metrics, false);
     s_disconnect(c);
 }
 
@@ -632,6 +635,7 @@ static int s_connect(titan_jobs_consumer *c)
         titan_log(TITAN_LOG_INFO, "jobs: redis %s is back after %.1f s", c->url_text,
                   (s_mono_ms() - c->outage_since) / 1e3);
     c->outage = false;
+    titan_metrics_set_jobs_redis_up(c->metrics, true);
     c->backoff_ms = BACKOFF_MIN_MS;
     c->next_connect = 0;
     return 0;
@@ -1037,16 +1041,20 @@ static int s_append_store(titan_jobs_consumer *c, const int *order, int n)
 /* Logs what Redis answered to the outcome of sl. */
 static void s_recorded(titan_jobs_consumer *c, const s_slot *sl, const redisReply *r)
 {
-    (void)c;
     const s_outcome *o = &sl->o;
     if (o->kind == O_RETRY || o->kind == O_REVERT) {
-        if (r->type == REDIS_REPLY_ERROR) titan_log(TITAN_LOG_WARN, "jobs: job %s: %s", sl->id, r->str);
+        if (r->type == REDIS_REPLY_ERROR)
+            titan_log(TITAN_LOG_WARN, "jobs: job %s: %s", sl->id, r->str);
+        else if (o->kind == O_RETRY)
+            titan_metrics_job(c->metrics, TITAN_JOBS_RETRIED);
     } else if (r->type == REDIS_REPLY_ERROR) {
         titan_log(TITAN_LOG_WARN, "jobs: job %s: cannot store its outcome: %s; it stays pending", sl->id,
                   r->str);
     } else if (o->kind == O_DONE) {
+        titan_metrics_job(c->metrics, TITAN_JOBS_DONE);
         titan_log_debug("jobs: job %s done (attempt %d)", sl->id, sl->attempt);
     } else {
+        titan_metrics_job(c->metrics, TITAN_JOBS_FAILED);
         titan_log_debug("jobs: job %s failed (attempt %d, %s: %s)", sl->id, sl->attempt, o->code, o->error);
     }
 }
@@ -1187,6 +1195,7 @@ static void s_started(titan_jobs_consumer *c, s_slot *sl, redisReply *r)
     }
     const char *what = r->element[0]->str;
     if (strcmp(what, "skip") == 0) {
+        titan_metrics_job(c->metrics, TITAN_JOBS_SKIPPED);
         titan_log_debug("jobs: job %s skipped (%s)", sl->id,
                         s_is_str(r->element[1]) ? r->element[1]->str : "?");
         freeReplyObject(r);
@@ -1194,6 +1203,7 @@ static void s_started(titan_jobs_consumer *c, s_slot *sl, redisReply *r)
         return;
     }
     if (strcmp(what, "dead") == 0) {
+        titan_metrics_job(c->metrics, TITAN_JOBS_DEAD_LETTERED);
         titan_log(TITAN_LOG_WARN, "jobs: job %s moved to %s: %s", sl->id, c->dead,
                   r->elements >= 3 && s_is_str(r->element[2]) ? r->element[2]->str : "too many attempts");
         freeReplyObject(r);
@@ -1647,8 +1657,8 @@ static void *s_main(void *arg)
     return NULL;
 }
 
-titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zmq_ctx, char *err,
-                                               size_t errcap)
+titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zmq_ctx, titan_metrics *metrics,
+                                               char *err, size_t errcap)
 {
     titan_jobs_consumer *c = calloc(1, sizeof(*c));
     if (!c) {
@@ -1659,6 +1669,7 @@ titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zm
     atomic_init(&c->stop, 0);
     atomic_init(&c->draining, NULL);
     c->zmq_ctx = zmq_ctx;
+    c->metrics = metrics;
     if (!cfg->redis_url) {
         snprintf(err, errcap, "jobs: no --redis URL");
         goto fail;
@@ -1729,6 +1740,7 @@ titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zm
                  zmq_strerror(zmq_errno()));
         goto fail;
     }
+    titan_metrics_set_jobs_redis_up(c->metrics, false); /* until the thread has connected */
     /* Only the main thread takes SIGINT and SIGTERM. The socket moves to the thread with
      * pthread_create, which is a full memory barrier, as ZeroMQ asks. */
     sigset_t set, old;

@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "config.h"
+#include "metrics.h"
 
 typedef struct titan_jobs_consumer titan_jobs_consumer;
 
@@ -16,9 +17,11 @@ int titan_jobs_consumer_check(const titan_config *cfg, char *err, size_t errcap)
 /* Starts a thread that consumes the job streams named by cfg and sends the jobs, up to
  * cfg->jobs_inflight at once (0: one per executor), to TITAN_SERVER_INPROC over a DEALER on
  * zmq_ctx (borrowed; it must outlive the consumer). Redis need not be up: the thread connects,
- * and reconnects, by itself. Returns NULL with a reason in err for bad settings or when the
- * thread cannot start. */
-titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zmq_ctx, char *err, size_t errcap);
+ * and reconnects, by itself. Counts each job's outcome and Redis's reachability in metrics (borrowed,
+ * may be NULL; it must outlive the consumer). Returns NULL with a reason in err for bad settings or
+ * when the thread cannot start. */
+titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zmq_ctx, titan_metrics *metrics,
+                                               char *err, size_t errcap);
 
 /* Lets the consumer watch the worker's stop flag (borrowed; it must outlive the consumer): once
  * it is set, the jobs in hand finish (the server drains them; one it answers "shutting_down" has

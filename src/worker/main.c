@@ -11,8 +11,10 @@
 #include <zmq.h>
 
 #include "config.h"
+#include "http.h"
 #include "jobs.h"
 #include "log.h"
+#include "metrics.h"
 #include "notify.h"
 #include "ops.h"
 #include "server.h"
@@ -66,6 +68,9 @@ static void s_usage(FILE *f)
             "  --drain-timeout MS       on SIGTERM, how long running requests may finish (default 30000)\n"
             "  --heartbeat MS           ZMTP heartbeat interval; dead peers drop after 3x (default 5000, 0 off)\n"
             "  --endpoint-file PATH     write the bound endpoints here once ready (for scripts and tests)\n"
+            "  --http [ADDR:]PORT       serve /healthz, /readyz and /metrics (Prometheus) over HTTP; off by\n"
+            "                           default; PORT alone listens on 127.0.0.1, ADDR is IPv4 or [IPv6];\n"
+            "                           port 0 picks a free one (logged and in --endpoint-file)\n"
             "  --redis URL              also run batch jobs from Redis Streams (docs/JOBS.md):\n"
             "                           redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]; off by default\n"
             "  --redis-password P       Redis password; overrides the URL's (prefer the config file)\n"
@@ -134,6 +139,7 @@ int main(int argc, char **argv)
         {"max-attempts", required_argument, 0, O_SETTING + 22},
         {"result-ttl", required_argument, 0, O_SETTING + 23},
         {"jobs-inflight", required_argument, 0, O_SETTING + 24},
+        {"http", required_argument, 0, O_SETTING + 25},
         {"config", required_argument, 0, O_CONFIG},
         {"version", no_argument, 0, O_VERSION},
         {"help", no_argument, 0, 'h'},
@@ -218,33 +224,63 @@ int main(int argc, char **argv)
     w.limits.max_request_bytes = cfg->max_request_bytes;
     w.limits.max_result_bytes = cfg->max_result_bytes;
     w.limits.max_inflight_bytes = cfg->max_inflight_bytes;
-    int rc = titan_backend_open(cfg->device, w.blas_threads, &w.backend, err, sizeof(err));
-    if (rc) {
-        titan_log(TITAN_LOG_ERROR, "%s", err);
-        titan_config_free(cfg);
-        return 1;
-    }
-    if (titan_ops_init(&w)) {
+    titan_server *srv = NULL;
+    titan_http *http = NULL;
+    titan_jobs_consumer *jobs = NULL;
+    bool ops_ready = false;
+    titan_metrics *metrics = titan_metrics_new();
+    if (!metrics) {
         titan_log(TITAN_LOG_ERROR, "out of memory");
-        titan_backend_destroy(&w.backend);
         titan_config_free(cfg);
         return 1;
     }
+    titan_metrics_set_limits(metrics, w.threads, w.queue);
+    w.load = titan_metrics_load;
+    w.load_arg = metrics;
 
     /* Only the main thread takes SIGINT/SIGTERM: block them while threads are created. */
     sigset_t set, old;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    int rc = 0;
+    if (cfg->http) {
+        /* First, so that probes see "starting" (/readyz 503) while the device opens. */
+        pthread_sigmask(SIG_BLOCK, &set, &old);
+        http = titan_http_start(cfg->http, metrics, err, sizeof(err));
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (!http) {
+            titan_log(TITAN_LOG_ERROR, "%s", err);
+            rc = -EINVAL;
+            goto out;
+        }
+        if (titan_http_public(http))
+            titan_log(TITAN_LOG_WARN,
+                      "HTTP on %s is reachable beyond loopback, without authentication: /metrics is "
+                      "read-only but tells the load, the device and the version; firewall it to your "
+                      "Prometheus",
+                      titan_http_url(http));
+    }
+    rc = titan_backend_open(cfg->device, w.blas_threads, &w.backend, err, sizeof(err));
+    if (rc) {
+        titan_log(TITAN_LOG_ERROR, "%s", err);
+        goto out;
+    }
+    titan_metrics_set_backend(metrics, w.backend);
+    if (titan_ops_init(&w)) {
+        titan_log(TITAN_LOG_ERROR, "out of memory");
+        rc = -ENOMEM;
+        goto out;
+    }
+    ops_ready = true;
+
     pthread_sigmask(SIG_BLOCK, &set, &old);
-    titan_server *srv = titan_server_new(cfg, &w, err, sizeof(err));
+    srv = titan_server_new(cfg, &w, metrics, err, sizeof(err));
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (!srv) {
         titan_log(TITAN_LOG_ERROR, "%s", err);
-        titan_ops_fini(&w);
-        titan_backend_destroy(&w.backend);
-        titan_config_free(cfg);
-        return 1;
+        rc = -EINVAL;
+        goto out;
     }
     if (pipe2(s_wake, O_NONBLOCK | O_CLOEXEC) != 0) s_wake[0] = s_wake[1] = -1;
     struct sigaction sa;
@@ -264,13 +300,13 @@ int main(int argc, char **argv)
               "max request %llu bytes)",
               TITAN_VERSION, eps, w.backend->info.backend, w.backend->info.name, w.threads, w.blas_threads, w.queue,
               (unsigned long long)w.limits.max_request_bytes);
+    if (http) titan_log(TITAN_LOG_INFO, "HTTP /healthz, /readyz and /metrics on %s", titan_http_url(http));
     /* Jobs go through the same admission as ZeroMQ requests, so the consumer starts once the
      * server is up. On SIGTERM it starts no new job, the server drains the one in hand (a job
      * still queued gets "shutting_down": its start is undone and its entry stays pending in Redis
      * for another worker), and the consumer is stopped once the server has drained. */
-    titan_jobs_consumer *jobs = NULL;
-    if (rc == 0 && cfg->redis_url) {
-        jobs = titan_jobs_consumer_start(cfg, titan_server_zmq_ctx(srv), err, sizeof(err));
+    if (cfg->redis_url) {
+        jobs = titan_jobs_consumer_start(cfg, titan_server_zmq_ctx(srv), metrics, err, sizeof(err));
         if (!jobs) {
             titan_log(TITAN_LOG_ERROR, "%s", err);
             rc = -EINVAL;
@@ -278,14 +314,20 @@ int main(int argc, char **argv)
             titan_jobs_consumer_watch(jobs, &s_stop);
         }
     }
-    /* Last, so that whoever waits for the file finds the worker whole (its job consumer too). */
+    /* Last, so that whoever waits for the file finds the worker whole (its job consumer too). The
+     * ZeroMQ endpoints come first, one per line, then the HTTP address, if any. */
     if (rc == 0 && cfg->endpoint_file) {
-        rc = s_write_endpoint_file(cfg->endpoint_file, titan_server_endpoints(srv));
+        char file[2200];
+        snprintf(file, sizeof(file), "%s%s%s", titan_server_endpoints(srv), http ? titan_http_url(http) : "",
+                 http ? "\n" : "");
+        rc = s_write_endpoint_file(cfg->endpoint_file, file);
         if (rc) titan_log(TITAN_LOG_ERROR, "cannot write %s: %s", cfg->endpoint_file, strerror(-rc));
     }
     if (rc == 0) {
         char status[2300];
         snprintf(status, sizeof(status), "serving on %s (%s)", eps, w.backend->info.backend);
+        /* A signal that came first has its drain under way: stay "draining" then. */
+        if (!s_stop) titan_metrics_set_state(metrics, TITAN_STATE_SERVING);
         titan_notify_ready(status);
     }
     rc = rc ? rc : titan_server_run(srv, &s_stop, s_wake[0]);
@@ -308,8 +350,15 @@ int main(int argc, char **argv)
     titan_log(TITAN_LOG_INFO,
               "titan-worker stopped after %llu requests (%llu answered with errors, %llu replies undeliverable%s)",
               served, errors, dropped, refused_txt);
-    titan_ops_fini(&w);
+out:
+    /* The HTTP thread reads the metrics and the backend: it stops first. */
+    titan_jobs_consumer_stop(&jobs);
+    titan_server_destroy(&srv);
+    titan_http_stop(&http);
+    titan_metrics_set_backend(metrics, NULL);
+    if (ops_ready) titan_ops_fini(&w);
     titan_backend_destroy(&w.backend);
+    titan_metrics_destroy(&metrics);
     titan_config_free(cfg);
     return rc ? 1 : 0;
 }

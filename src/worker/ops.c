@@ -35,6 +35,23 @@ static int s_gpu_info(titan_worker_ctx *w, titan_request *req, titan_out *out, t
                           "cuda_capability", di->cuda_capability[0] ? json_string(di->cuda_capability) : json_null(),
                           "backend", di->backend, "executors", w->threads, "blas_threads", w->blas_threads);
     if (o && strcmp(di->backend, "cpu") == 0) json_object_set_new(o, "cores", json_integer(di->multi_processor_count));
+    /* Live figures (PROTOCOL.md 5.2): null when unknown, absent where the worker cannot tell at all. */
+    if (o && w->backend->stats) {
+        titan_device_stats st;
+        w->backend->stats(w->backend, &st);
+        if (st.has_memory)
+            json_object_set_new(o, "memory_used_gb", json_real((double)st.memory_used_bytes / 1e9));
+        json_object_set_new(o, "utilization", st.has_utilization ? json_real(st.utilization) : json_null());
+        json_object_set_new(o, "temperature_c",
+                            st.has_temperature ? json_real(st.temperature_c) : json_null());
+    }
+    if (o && w->load) {
+        titan_worker_load ld;
+        w->load(w->load_arg, &ld);
+        json_object_set_new(o, "queue_depth", json_integer(ld.queue_depth));
+        json_object_set_new(o, "inflight", json_integer(ld.inflight));
+        json_object_set_new(o, "uptime_s", json_real(ld.uptime_s));
+    }
     if (titan_out_json(out, o, req->id)) return titan_fail(err, "internal", "out of memory");
     return 0;
 }

@@ -7,6 +7,13 @@
 #include "backend.h"
 #include "request.h"
 
+/* A running worker's live load, for gpu_info. */
+typedef struct {
+    int queue_depth; /* requests waiting for an executor */
+    int inflight;    /* requests running or waiting */
+    double uptime_s; /* since the worker started */
+} titan_worker_load;
+
 typedef struct {
     titan_backend *backend;
     titan_limits limits;
@@ -15,6 +22,10 @@ typedef struct {
     int queue;
     char *ping_reply; /* the reply to a ping without "id", built once */
     size_t ping_reply_len;
+    /* Set by the worker: fills in its live load (thread-safe); NULL in the in-process engine,
+     * whose gpu_info then has no queue_depth, inflight or uptime_s. */
+    void (*load)(void *arg, titan_worker_load *out);
+    void *load_arg;
 } titan_worker_ctx;
 
 typedef int (*titan_op_fn)(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_error *err);

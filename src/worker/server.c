@@ -14,6 +14,7 @@
 #include "auth.h"
 #include "fairq.h"
 #include "log.h"
+#include "metrics.h"
 #include "notify.h"
 #include "server.h"
 
@@ -65,6 +66,7 @@ struct titan_server {
     bool draining;
     int drain_timeout_ms;
     titan_auth *auth;
+    titan_metrics *metrics; /* borrowed */
     char endpoints[2048];
     unsigned long long served, errors, dropped;
 };
@@ -74,6 +76,20 @@ static double s_ms_since(const struct timespec *t0)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static uint64_t s_ns_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    int64_t ns = (int64_t)(t.tv_sec - t0->tv_sec) * 1000000000 + (t.tv_nsec - t0->tv_nsec);
+    return ns > 0 ? (uint64_t)ns : 0;
+}
+
+/* Publishes the queue and what runs, for /metrics and gpu_info; called wherever they change. */
+static void s_gauges(titan_server *s)
+{
+    titan_metrics_set_load(s->metrics, s->qlen, s->running, s->inflight_bytes);
 }
 
 static void s_job_free(titan_job *j)
@@ -174,6 +190,8 @@ static void s_reply(titan_server *s, titan_job *j)
                   j->out.ndata, s_ms_since(&j->t_recv));
     }
     if (!j->out.hdr) s_job_error(j, "internal", "the operation produced no reply");
+    uint64_t sent = j->out.hdr_len; /* counted now: sending hands the buffers to ZeroMQ */
+    for (size_t i = 0; i < j->out.ndata; i++) sent += j->out.size[i];
     int rc = 0;
     /* Never block the loop: with ROUTER_MANDATORY a gone or saturated client fails the first frame. */
     for (size_t i = 0; i < j->env && rc >= 0; i++)
@@ -203,6 +221,8 @@ static void s_reply(titan_server *s, titan_job *j)
             titan_log(TITAN_LOG_WARN, "reply dropped (op=%s): %s", j->req.op ? j->req.op : "?",
                       e == EAGAIN ? "the client is not reading its replies (send queue full)" : zmq_strerror(e));
     }
+    titan_metrics_replied(s->metrics, j->req.op, j->failed ? j->err.code : NULL, s_ns_since(&j->t_recv), sent,
+                          rc >= 0);
     s_job_free(j);
 }
 
@@ -234,9 +254,9 @@ static void s_dispatch(titan_server *s)
                 break;
             }
         }
-        if (idle < 0) return;
+        if (idle < 0) break;
         titan_job *j = titan_fairq_pop(s->queue);
-        if (!j) return;
+        if (!j) break;
         s->qlen--;
         if (zmq_send(s->pairs[idle], &j, sizeof(j), 0) != sizeof(j)) {
             s->inflight_bytes -= j->bytes;
@@ -246,7 +266,9 @@ static void s_dispatch(titan_server *s)
         }
         s->busy[idle] = true;
         s->running++;
+        titan_metrics_queued(s->metrics, s_ns_since(&j->t_recv));
     }
+    s_gauges(s);
 }
 
 /* Finds where the envelope ends: routing frames up to an empty delimiter (REQ and
@@ -269,6 +291,7 @@ static titan_job *s_receive(titan_server *s)
 {
     titan_job *j = calloc(1, sizeof(*j));
     if (!j) return NULL;
+    uint64_t bytes = 0;
     for (;;) {
         zmq_msg_t spare;
         zmq_msg_t *m = j->nframes < MAX_MSG_FRAMES ? &j->frames[j->nframes] : &spare;
@@ -284,6 +307,7 @@ static titan_job *s_receive(titan_server *s)
             break;
         }
         int more = zmq_msg_more(m);
+        bytes += zmq_msg_size(m);
         if (m == &spare) {
             j->dropped++;
             zmq_msg_close(m);
@@ -293,13 +317,15 @@ static titan_job *s_receive(titan_server *s)
         if (!more) break;
     }
     clock_gettime(CLOCK_MONOTONIC, &j->t_recv);
+    j->env = s_envelope(j);
+    for (size_t i = 0; i < j->env && i < j->nframes; i++) bytes -= zmq_msg_size(&j->frames[i]);
+    titan_metrics_received(s->metrics, bytes);
     return j;
 }
 
 /* Decides what to do with a fresh message: answer now, queue, or refuse. */
 static void s_admit(titan_server *s, titan_job *j)
 {
-    j->env = s_envelope(j);
     if (s->auth) {
         /* ZAP named the client by its key when it connected; the key may have been revoked since. */
         const char *who = zmq_msg_gets(&j->frames[j->nframes - 1], "User-Id");
@@ -350,6 +376,7 @@ static void s_admit(titan_server *s, titan_job *j)
         (s->inflight_bytes + j->bytes > s->max_inflight_bytes && s->inflight_bytes > 0))
         s_job_peek_id(j);
     if (!idle && s->qlen >= s->queue_cap) {
+        titan_metrics_busy(s->metrics, TITAN_BUSY_QUEUE_FULL);
         s_job_error(j, "busy", "worker busy: %d requests running and %d queued; retry later or send it to another "
                     "backend", s->running, s->qlen);
         s_reply(s, j);
@@ -357,12 +384,14 @@ static void s_admit(titan_server *s, titan_job *j)
     }
     if (over_share) {
         /* One client may not take the whole queue: the others keep their turn. */
+        titan_metrics_busy(s->metrics, TITAN_BUSY_CLIENT_SHARE);
         s_job_error(j, "busy", "worker busy: this client already has %zu requests queued, its share of the queue; "
                     "wait for answers before sending more", mine);
         s_reply(s, j);
         return;
     }
     if (s->inflight_bytes + j->bytes > s->max_inflight_bytes && s->inflight_bytes > 0) {
+        titan_metrics_busy(s->metrics, TITAN_BUSY_INFLIGHT_BYTES);
         s_job_error(j, "busy", "worker busy: %llu bytes of requests in hand, the limit is %llu; retry later or send "
                     "it to another backend", (unsigned long long)s->inflight_bytes,
                     (unsigned long long)s->max_inflight_bytes);
@@ -379,7 +408,8 @@ static void s_admit(titan_server *s, titan_job *j)
     s_dispatch(s);
 }
 
-titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, char *err, size_t errcap)
+titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, titan_metrics *metrics,
+                               char *err, size_t errcap)
 {
     titan_server *s = calloc(1, sizeof(*s));
     if (!s) {
@@ -387,6 +417,7 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, cha
         return NULL;
     }
     s->w = w;
+    s->metrics = metrics;
     s->queue_cap = cfg->queue;
     s->client_cap = cfg->queue * cfg->max_client_share / 100;
     if (s->client_cap < 1) s->client_cap = 1;
@@ -495,6 +526,7 @@ void titan_server_counts(const titan_server *s, unsigned long long *served, unsi
 static void s_start_drain(titan_server *s, struct timespec *t_drain)
 {
     s->draining = true;
+    titan_metrics_set_state(s->metrics, TITAN_STATE_DRAINING);
     clock_gettime(CLOCK_MONOTONIC, t_drain);
     titan_notify_stopping();
     if (s->running || s->qlen) {
@@ -510,6 +542,7 @@ static void s_start_drain(titan_server *s, struct timespec *t_drain)
         s_job_error(j, "shutting_down", "the worker is shutting down; retry on another backend or after its restart");
         s_reply(s, j);
     }
+    s_gauges(s);
 }
 
 static void s_collect(titan_server *s, int i)
@@ -521,6 +554,7 @@ static void s_collect(titan_server *s, int i)
     s->running--;
     s->inflight_bytes -= j->bytes;
     s_reply(s, j);
+    s_gauges(s);
 }
 
 int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd)
@@ -578,7 +612,6 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd)
                 titan_job *j = s_receive(s);
                 if (!j) break;
                 if (s->draining) {
-                    j->env = s_envelope(j);
                     s_job_peek_id(j);
                     s_job_error(j, "shutting_down",
                                 "the worker is shutting down; retry on another backend or after its restart");

@@ -5,13 +5,16 @@
 #include <signal.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "ops.h"
 
 typedef struct titan_server titan_server;
 
 /* Binds every endpoint in cfg and starts cfg->threads executors (callers block SIGINT and
- * SIGTERM first so that only the main thread sees them). Returns NULL with a reason in err. */
-titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, char *err, size_t errcap);
+ * SIGTERM first so that only the main thread sees them). Every request is counted in metrics
+ * (borrowed: it must outlive the server). Returns NULL with a reason in err. */
+titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, titan_metrics *metrics,
+                               char *err, size_t errcap);
 /* The in-process endpoint on which the worker also serves requests, for its own job
  * consumer (a DEALER on titan_server_zmq_ctx): such requests share the admission limits. */
 #define TITAN_SERVER_INPROC "inproc://titan-requests"

@@ -1,8 +1,10 @@
 /* cpu.c - the CPU backend: OpenBLAS GEMM and host information. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cblas.h>
 
@@ -29,15 +31,79 @@ static int s_gemm(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_t 
     return 0;
 }
 
+/* Host figures are sampled at most this often; utilization is the busy share of the CPUs' time
+ * between two samples, so it needs one window before it is known. */
+#define SAMPLE_INTERVAL_S 0.5
+
+typedef struct {
+    titan_backend be; /* first: the backend's pointer is this object's */
+    pthread_mutex_t lock;
+    double t_sample; /* CLOCK_MONOTONIC seconds of the last sample */
+    uint64_t busy, total; /* /proc/stat ticks at the last sample */
+    bool have_ticks;
+    titan_device_stats last;
+    char thermal[4096]; /* the zone's temp file; empty: none */
+} s_cpu;
+
+static double s_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Takes a sample into c->last (c->lock held). */
+static void s_sample(s_cpu *c, double now)
+{
+    uint64_t total, avail, busy, ticks;
+    c->last.has_memory = titan_sysinfo_memory("/proc/meminfo", &total, &avail) == 0;
+    if (c->last.has_memory) {
+        c->last.memory_total_bytes = total;
+        c->last.memory_used_bytes = total - avail;
+    }
+    if (titan_sysinfo_cpu_ticks("/proc/stat", &busy, &ticks) == 0) {
+        if (c->have_ticks && ticks > c->total && busy >= c->busy) {
+            double r = (double)(busy - c->busy) / (double)(ticks - c->total);
+            c->last.utilization = r > 1 ? 1 : r;
+            c->last.has_utilization = true;
+        }
+        c->busy = busy;
+        c->total = ticks;
+        c->have_ticks = true;
+    } else {
+        c->have_ticks = c->last.has_utilization = false;
+    }
+    c->last.has_temperature =
+        c->thermal[0] && titan_sysinfo_read_temperature(c->thermal, &c->last.temperature_c) == 0;
+    c->t_sample = now;
+}
+
+static void s_stats(titan_backend *be, titan_device_stats *out)
+{
+    s_cpu *c = (s_cpu *)be;
+    double now = s_now();
+    pthread_mutex_lock(&c->lock);
+    if (now - c->t_sample >= SAMPLE_INTERVAL_S) s_sample(c, now);
+    *out = c->last;
+    pthread_mutex_unlock(&c->lock);
+}
+
 static void s_destroy(titan_backend *be)
 {
-    free(be);
+    s_cpu *c = (s_cpu *)be;
+    pthread_mutex_destroy(&c->lock);
+    free(c);
 }
 
 int titan_backend_cpu_open(int blas_threads, titan_backend **out)
 {
-    titan_backend *be = calloc(1, sizeof(*be));
-    if (!be) return -ENOMEM;
+    s_cpu *c = calloc(1, sizeof(*c));
+    if (!c) return -ENOMEM;
+    if (pthread_mutex_init(&c->lock, NULL) != 0) {
+        free(c);
+        return -ENOMEM;
+    }
+    titan_backend *be = &c->be;
     titan_sysinfo si;
     titan_sysinfo_read(&si);
     snprintf(be->info.name, sizeof(be->info.name), "%s", si.cpu_model);
@@ -46,7 +112,11 @@ int titan_backend_cpu_open(int blas_threads, titan_backend **out)
     be->info.multi_processor_count = si.cores;
     be->info.cuda_capability[0] = '\0';
     be->gemm = s_gemm;
+    be->stats = s_stats;
     be->destroy = s_destroy;
+    if (titan_sysinfo_find_cpu_thermal("/sys/class/thermal", c->thermal, sizeof(c->thermal)) != 0)
+        c->thermal[0] = '\0';
+    s_sample(c, s_now()); /* the first utilization window starts now */
     openblas_set_num_threads(blas_threads > 0 ? blas_threads : si.cores);
     *out = be;
     return 0;
