@@ -84,6 +84,14 @@ int cli_report_route_failure(const cli_globals *g, int rc, const titan_route_inf
 int cli_cmd_serve(cli_globals *g, int argc, char **argv);
 void cli_help_serve(FILE *f);
 
+/* VFIO host preparation (cmd_host.c dispatches to host_check.c, host_setup.c, host_bind.c; files go
+ * through src/host/sysroot.h so that --sysroot DIR redirects every read and write). */
+int cli_cmd_host(cli_globals *g, int argc, char **argv);
+void cli_help_host(FILE *f);
+int cli_host_check(cli_globals *g, int argc, char **argv);
+int cli_host_setup(cli_globals *g, int argc, char **argv);
+int cli_host_bind(cli_globals *g, bool bind, int argc, char **argv);
+
 /* CURVE keys (cmd_keygen.c). */
 
 /* Resolves g's --server-key and --curve-secret (Z85 keys or CZMQ certificate files) into *out.

@@ -23,6 +23,7 @@ static const cli_command s_commands[] = {
     {"jobs", "list batch jobs: titan jobs list --state failed", cli_cmd_jobs, cli_help_jobs},
     {"backends", "probe the backends of compute_backends.yaml (--backends FILE) and show their state",
      cli_cmd_backends, cli_help_backends},
+    {"host", "VFIO passthrough of a GPU on this host: check, setup, bind, unbind", cli_cmd_host, cli_help_host},
     {"serve", "serve the health API and a live status page over HTTP: titan serve --listen 127.0.0.1:8080",
      cli_cmd_serve, cli_help_serve},
 };
