@@ -653,8 +653,12 @@ def long_jobs_and_shutdown(srv):
         if d.poll(0):
             d.recv_multipart()
             d.send_multipart(msg)
+            time.sleep(0.05)  # let the product reach the executor first
         queued = submit(r, prefix, *matmul_job(a, a))
-        started = wait_until(lambda: states(r, prefix, [queued]) == ["running"], 10, 0.005)
+        # A job that ran at once (the product was not in the way) is "done" before a poll sees it
+        # "running": try again at once rather than wait out the timeout.
+        started = wait_until(lambda: states(r, prefix, [queued])[0] in ("running", "done"), 10, 0.005)
+        started = started and states(r, prefix, [queued]) == ["running"]
         time.sleep(0.15)
         if started and states(r, prefix, [queued]) == ["running"]:
             break
