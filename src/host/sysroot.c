@@ -148,6 +148,14 @@ int titan_sysroot_link_name(const titan_sysroot *sr, const char *path, char *out
     target[n] = '\0';
     const char *base = strrchr(target, '/');
     base = base ? base + 1 : target;
+    if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
+        /* A link to an ancestor ("../.."): name it by where it leads. */
+        char real[PATH_MAX];
+        if (!realpath(p, real)) return -errno;
+        memcpy(target, real, strlen(real) + 1);
+        base = strrchr(target, '/');
+        base = base ? base + 1 : target;
+    }
     if (strlen(base) >= cap) return -ENAMETOOLONG;
     memcpy(out, base, strlen(base) + 1);
     return 0;
@@ -202,4 +210,60 @@ void titan_sysroot_free_list(char **names, size_t n)
 {
     for (size_t i = 0; i < n; i++) free(names[i]);
     free(names);
+}
+
+int titan_sysroot_mkdirs(const titan_sysroot *sr, const char *path, mode_t mode)
+{
+    char p[PATH_MAX];
+    int rc = titan_sysroot_path(sr, path, p, sizeof(p));
+    if (rc) return rc;
+    /* Walk the host path's components only: the sysroot itself must exist already. */
+    size_t skip = strlen(sr->root);
+    for (char *s = p + skip + 1;; s++) {
+        if (*s != '/' && *s != '\0') continue;
+        char c = *s;
+        *s = '\0';
+        struct stat st;
+        if (stat(p, &st) == 0) {
+            if (!S_ISDIR(st.st_mode)) return -ENOTDIR;
+        } else if (errno != ENOENT || (mkdir(p, mode) != 0 && errno != EEXIST)) {
+            return -errno;
+        }
+        *s = c;
+        if (c == '\0') break;
+    }
+    return 0;
+}
+
+int titan_sysroot_replace(const titan_sysroot *sr, const char *path, const char *data, size_t len,
+                          mode_t mode)
+{
+    char p[PATH_MAX], tmp[PATH_MAX];
+    int rc = titan_sysroot_path(sr, path, p, sizeof(p));
+    if (rc) return rc;
+    struct stat st;
+    if (lstat(p, &st) == 0) {
+        if (S_ISLNK(st.st_mode)) return titan_sysroot_write(sr, path, data, len, mode);
+        mode = st.st_mode & 07777;
+    } else if (errno != ENOENT) {
+        return -errno;
+    }
+    /* ".NAME.titan-XXXXXX" in the same directory: rename(2) stays on one file system, and the name matches
+     * none of the *.conf globs that modprobe, dracut or systemd-boot read meanwhile. */
+    const char *slash = strrchr(p, '/');
+    int n = snprintf(tmp, sizeof(tmp), "%.*s/.%s.titan-XXXXXX", (int)(slash - p), p, slash + 1);
+    if (n < 0 || (size_t)n >= sizeof(tmp)) return -ENAMETOOLONG;
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) return -errno;
+    int e = fchmod(fd, mode) != 0 ? errno : 0;
+    for (size_t done = 0; !e && done < len;) {
+        ssize_t w = write(fd, data + done, len - done);
+        if (w < 0 && errno != EINTR) e = errno;
+        if (w > 0) done += (size_t)w;
+    }
+    if (!e && fsync(fd) != 0) e = errno;
+    if (close(fd) != 0 && !e) e = errno;
+    if (!e && rename(tmp, p) != 0) e = errno;
+    if (e) unlink(tmp);
+    return -e;
 }

@@ -35,7 +35,8 @@ int titan_sysroot_write(const titan_sysroot *sr, const char *path, const char *d
 int titan_sysroot_write_attr(const titan_sysroot *sr, const char *path, const char *value);
 
 /* The last component of the target of the symlink `path` (e.g. the driver name of
- * /sys/bus/pci/devices/ADDR/driver) into out[cap]. Returns 0, -ENOENT when there is no link, or -errno. */
+ * /sys/bus/pci/devices/ADDR/driver; a link to an ancestor such as "../.." is named by where it leads) into
+ * out[cap]. Returns 0, -ENOENT when there is no link, or -errno. */
 int titan_sysroot_link_name(const titan_sysroot *sr, const char *path, char *out, size_t cap);
 
 /* True when `path` exists (stat follows links). */
@@ -45,5 +46,15 @@ bool titan_sysroot_exists(const titan_sysroot *sr, const char *path);
  * strings (*names, *n). Returns 0 or -errno. Free with titan_sysroot_free_list. */
 int titan_sysroot_list(const titan_sysroot *sr, const char *path, char ***names, size_t *n);
 void titan_sysroot_free_list(char **names, size_t n);
+
+/* Creates directory `path` and its missing parents with `mode` (mkdir -p). Returns 0 or -errno (-ENOTDIR
+ * when a component is not a directory). */
+int titan_sysroot_mkdirs(const titan_sysroot *sr, const char *path, mode_t mode);
+
+/* Replaces the file's content with `len` bytes atomically: a temporary file in the same directory, fsync,
+ * then rename(2). An existing file keeps its mode; a new one gets `mode`. A symlink is written through in
+ * place (its target keeps the link). Returns 0 or -errno. */
+int titan_sysroot_replace(const titan_sysroot *sr, const char *path, const char *data, size_t len,
+                          mode_t mode);
 
 #endif
