@@ -3,7 +3,7 @@
 # Usage: scripts/deps.sh build|test|bench|run
 set -euo pipefail
 
-build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsystemd-dev libjansson-dev libopenblas-dev libhiredis-dev libyaml-dev libmicrohttpd-dev libpci-dev"
+build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsystemd-dev libjansson-dev libopenblas-dev libhiredis-dev libyaml-dev libmicrohttpd-dev libpci-dev libvirt-dev"
 # clang and libclang-rt-14-dev (libFuzzer): make test runs each fuzz target for 60 s.
 # redis-server and python3-redis: the job tests run their own Redis.
 # chromium renders titan serve's status page in a test. promtool (which checks /metrics) comes

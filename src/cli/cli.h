@@ -92,6 +92,12 @@ int cli_host_check(cli_globals *g, int argc, char **argv);
 int cli_host_setup(cli_globals *g, int argc, char **argv);
 int cli_host_bind(cli_globals *g, bool bind, int argc, char **argv);
 
+/* The VM (cmd_vm.c, over src/host/vm.h and vmconf.h) and the whole picture (cmd_status.c). */
+int cli_cmd_vm(cli_globals *g, int argc, char **argv);
+void cli_help_vm(FILE *f);
+int cli_cmd_status(cli_globals *g, int argc, char **argv);
+void cli_help_status(FILE *f);
+
 /* CURVE keys (cmd_keygen.c). */
 
 /* Resolves g's --server-key and --curve-secret (Z85 keys or CZMQ certificate files) into *out.

@@ -24,6 +24,10 @@ static const cli_command s_commands[] = {
     {"backends", "probe the backends of compute_backends.yaml (--backends FILE) and show their state",
      cli_cmd_backends, cli_help_backends},
     {"host", "VFIO passthrough of a GPU on this host: check, setup, bind, unbind", cli_cmd_host, cli_help_host},
+    {"vm", "the GPU VM through libvirt: define, xml, start, stop, status, autostart, undefine", cli_cmd_vm,
+     cli_help_vm},
+    {"status", "one line per component (VM, worker, queue); exit 0 healthy, 1 degraded, 2 down", cli_cmd_status,
+     cli_help_status},
     {"serve", "serve the health API and a live status page over HTTP: titan serve --listen 127.0.0.1:8080",
      cli_cmd_serve, cli_help_serve},
 };

@@ -1,0 +1,61 @@
+/* vmconf.h - the VM's small YAML config (vm.yaml) and the libvirt domain XML made from it.
+ *
+ *   name: titan-vm                 # required: 1..63 of [A-Za-z0-9_.-]
+ *   memory: 8GiB                   # required: N, N MiB, N GiB (KiB/MiB/GiB/TiB, or M/G suffixes); >= 256 MiB
+ *   vcpus: 4                       # required: 1..256
+ *   topology: {sockets: 1, cores: 4, threads: 1}   # optional; the product must equal vcpus
+ *   disk:                          # required
+ *     path: /var/lib/libvirt/images/titan-vm.qcow2 # absolute
+ *     size: 40GiB                  # optional: create the image when missing (qcow2 or raw)
+ *     format: qcow2                # qcow2 (default) or raw
+ *   gpu: [0000:03:00.0, 0000:03:00.1]   # PCI functions passed through (managed); DDDD:BB:SS.F or BB:SS.F
+ *   firmware: efi                  # efi (default: <os firmware='efi'> autoselection) or bios, or
+ *                                  #   {loader: /usr/share/OVMF/OVMF_CODE.fd, nvram: /var/lib/...VARS.fd}
+ *   network: default               # a libvirt network name (default "default", NAT); or none
+ *   mac: 52:54:00:12:34:56         # optional
+ *   guest_agent: true              # optional (default false): a virtio-serial org.qemu.guest_agent.0 channel
+ *   hide_kvm: true                 # optional (default false): <kvm><hidden state='on'/></kvm> (+ vendor_id)
+ *   graphics: none                 # none (default) or spice
+ *   machine: q35                   # optional (default q35)
+ *
+ * Errors name the file, the line and the field, as compute_backends.yaml's do. */
+#ifndef TITAN_HOST_VMCONF_H
+#define TITAN_HOST_VMCONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TITAN_VM_MAX_GPUS 8
+
+typedef struct {
+    char name[64];
+    uint64_t memory_kib;
+    int vcpus;
+    int sockets, cores, threads; /* 0 when no topology was given */
+    char disk_path[1024];
+    uint64_t disk_size_bytes; /* 0: the image must exist */
+    char disk_format[8];      /* "qcow2" or "raw" */
+    char gpus[TITAN_VM_MAX_GPUS][16]; /* normalized "0000:03:00.0" */
+    int ngpus;
+    char firmware[8];   /* "efi" or "bios" */
+    char loader[1024];  /* explicit loader path ("" for autoselection) */
+    char nvram[1024];   /* explicit nvram path ("" for libvirt's default) */
+    char network[64];   /* "" for none */
+    char mac[18];       /* "" for libvirt's choice */
+    bool guest_agent;
+    bool hide_kvm;
+    char graphics[8];   /* "none" or "spice" */
+    char machine[32];   /* "q35" */
+} titan_vmconf;
+
+/* Reads and checks vm.yaml. Returns 0 and *out, or -errno (-ENOENT, -EACCES, -EINVAL for a bad file)
+ * with "FILE:LINE: FIELD: what is wrong; what to do" in err. *out is written only on success. */
+int titan_vmconf_load_file(const char *path, titan_vmconf *out, char *err, size_t errcap);
+int titan_vmconf_load_string(const char *text, size_t len, const char *name, titan_vmconf *out, char *err,
+                             size_t errcap);
+
+/* The libvirt domain XML (type kvm) for `c`, malloc'd, or NULL when out of memory. */
+char *titan_vmconf_xml(const titan_vmconf *c);
+
+#endif
