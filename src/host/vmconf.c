@@ -1,19 +1,16 @@
 /* vmconf.c - vm.yaml (see vmconf.h): a libyaml document checked field by field, and the domain XML made from
  * it. */
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <yaml.h>
 
+#include "../lib/yamlconf.h"
 #include "vmconf.h"
 
 /* A vm.yaml is a few dozen lines; these caps keep a hostile or wrong file cheap to reject. */
@@ -31,6 +28,16 @@
 #define S_MAX_DISK (1024ULL * S_TIB)
 
 #define S_MAX_VCPUS 256
+
+static const yamlconf_rules s_rules = {
+    .max_bytes = S_MAX_BYTES,
+    .max_depth = S_MAX_DEPTH,
+    .max_values = S_MAX_NODES,
+    .what = "a vm.yaml",
+    .holder = "vm.yaml",
+    .path_of = "vm.yaml",
+    .needs = "name:, memory:, vcpus: and disk:",
+};
 
 enum {
     K_NAME,
@@ -61,53 +68,6 @@ static const char *const s_topo_keys[P_COUNT] = {"sockets", "cores", "threads"};
 enum { W_LOADER, W_NVRAM, W_COUNT };
 static const char *const s_fw_keys[W_COUNT] = {"loader", "nvram"};
 
-typedef struct {
-    const char *name; /* the file, in messages */
-    char *err;
-    size_t errcap;
-    yaml_document_t *doc;
-} s_ctx;
-
-typedef struct {
-    const char *s;
-    size_t len;
-} s_text;
-
-__attribute__((format(printf, 3, 4))) static int s_fail(s_ctx *c, int line, const char *fmt, ...)
-{
-    if (!c->err || c->errcap == 0) return -EINVAL;
-    int n = line > 0 ? snprintf(c->err, c->errcap, "%s:%d: ", c->name, line)
-                     : snprintf(c->err, c->errcap, "%s: ", c->name);
-    if (n >= 0 && (size_t)n < c->errcap) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(c->err + n, c->errcap - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    return -EINVAL;
-}
-
-static int s_line_of(const yaml_mark_t *m)
-{
-    return m->line >= INT_MAX - 1 ? INT_MAX : (int)m->line + 1;
-}
-
-static int s_line(const yaml_node_t *n)
-{
-    return s_line_of(&n->start_mark);
-}
-
-static s_text s_text_of(const yaml_node_t *n)
-{
-    s_text t = {(const char *)n->data.scalar.value, n->data.scalar.length};
-    return t;
-}
-
-static bool s_is(s_text t, const char *word)
-{
-    return t.len == strlen(word) && memcmp(t.s, word, t.len) == 0;
-}
-
 /* A short, one-line, printable rendering of a value for messages: "\"8 gigs\"", "a list", ... */
 static const char *s_show(const yaml_node_t *n, char *buf, size_t cap)
 {
@@ -115,7 +75,7 @@ static const char *s_show(const yaml_node_t *n, char *buf, size_t cap)
     if (n->type == YAML_MAPPING_NODE) return "a mapping";
     if (n->type != YAML_SCALAR_NODE) return "nothing";
     if (n->data.scalar.length == 0) return "an empty value";
-    s_text t = s_text_of(n);
+    yamlconf_text t = yamlconf_text_of(n);
     size_t o = 0;
     buf[o++] = '"';
     for (size_t i = 0; i < t.len && o + 8 < cap; i++) {
@@ -139,19 +99,6 @@ static const char *s_show(const yaml_node_t *n, char *buf, size_t cap)
     return buf;
 }
 
-/* 1..maxlen characters of [A-Za-z0-9_.-]. */
-static bool s_name_chars(s_text t, size_t maxlen)
-{
-    if (t.len == 0 || t.len > maxlen) return false;
-    for (size_t i = 0; i < t.len; i++) {
-        char ch = t.s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-              ch == '.' || ch == '-'))
-            return false;
-    }
-    return true;
-}
-
 static bool s_alnum(char ch)
 {
     return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
@@ -171,7 +118,7 @@ static char s_lower(char ch)
 }
 
 /* Edit distance, for "did you mean" on a mistyped key; keys are short, so the O(n*m) table is tiny. */
-static size_t s_distance(s_text a, const char *b)
+static size_t s_distance(yamlconf_text a, const char *b)
 {
     size_t bl = strlen(b);
     if (a.len > 32 || bl > 32) return SIZE_MAX;
@@ -195,7 +142,7 @@ static size_t s_distance(s_text a, const char *b)
 
 /* Sorts a mapping's pairs into vals[] by `names`. An unknown key is an error (a typo would silently drop a
  * GPU or a disk), and so is a key given twice. `prefix` is the mapping's path ("disk.") or "". */
-static int s_collect(s_ctx *c, const yaml_node_t *map, const char *prefix, const char *const *names,
+static int s_collect(yamlconf *c, const yaml_node_t *map, const char *prefix, const char *const *names,
                      int nnames, yaml_node_t **vals, int *lines)
 {
     char buf[96];
@@ -206,14 +153,15 @@ static int s_collect(s_ctx *c, const yaml_node_t *map, const char *prefix, const
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
         yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
         yaml_node_t *v = yaml_document_get_node(c->doc, p->value);
-        if (!k || !v) return s_fail(c, s_line(map), "%s: damaged YAML document; rewrite it", prefix);
+        if (!k || !v)
+            return yamlconf_fail(c, yamlconf_line(map), "%s: damaged YAML document; rewrite it", prefix);
         if (k->type != YAML_SCALAR_NODE)
-            return s_fail(c, s_line(k), "%skey: is %s; keys must be plain field names", prefix,
-                          s_show(k, buf, sizeof buf));
-        s_text t = s_text_of(k);
+            return yamlconf_fail(c, yamlconf_line(k), "%skey: is %s; keys must be plain field names", prefix,
+                                 s_show(k, buf, sizeof buf));
+        yamlconf_text t = yamlconf_text_of(k);
         int f = -1;
         for (int i = 0; i < nnames && f < 0; i++)
-            if (s_is(t, names[i])) f = i;
+            if (yamlconf_is(t, names[i])) f = i;
         if (f < 0) {
             char known[256] = "";
             size_t o = 0;
@@ -229,46 +177,32 @@ static int s_collect(s_ctx *c, const yaml_node_t *map, const char *prefix, const
                 }
             }
             if (near >= 0)
-                return s_fail(c, s_line(k), "%s%s: unknown field (did you mean %s?); the fields are: %s",
-                              prefix, s_show(k, buf, sizeof buf), names[near], known);
-            return s_fail(c, s_line(k), "%s%s: unknown field; remove it or use one of: %s", prefix,
-                          s_show(k, buf, sizeof buf), known);
+                return yamlconf_fail(c, yamlconf_line(k),
+                                     "%s%s: unknown field (did you mean %s?); the fields are: %s", prefix,
+                                     s_show(k, buf, sizeof buf), names[near], known);
+            return yamlconf_fail(c, yamlconf_line(k), "%s%s: unknown field; remove it or use one of: %s",
+                                 prefix, s_show(k, buf, sizeof buf), known);
         }
         if (vals[f])
-            return s_fail(c, s_line(k), "%s%s: given twice (first on line %d); keep one", prefix, names[f],
-                          lines[f]);
+            return yamlconf_fail(c, yamlconf_line(k), "%s%s: given twice (first on line %d); keep one",
+                                 prefix, names[f], lines[f]);
         vals[f] = v;
-        lines[f] = s_line(k);
+        lines[f] = yamlconf_line(k);
     }
     return 0;
 }
 
 /* The value must be a non-empty scalar; `want` says what to write instead. */
-static int s_need_scalar(s_ctx *c, const yaml_node_t *v, const char *field, const char *want)
+static int s_need_scalar(yamlconf *c, const yaml_node_t *v, const char *field, const char *want)
 {
     char buf[96];
     if (v->type == YAML_SCALAR_NODE && v->data.scalar.length > 0) return 0;
-    return s_fail(c, s_line(v), "%s: is %s; %s", field, s_show(v, buf, sizeof buf), want);
-}
-
-/* A whole decimal number in [lo, hi]; no sign games, leading zeros (YAML 1.1 octal) or junk. */
-static bool s_parse_int(s_text t, long lo, long hi, long *out)
-{
-    if (t.len == 0 || t.len > 12) return false;
-    if (t.s[0] == '0' && t.len > 1) return false;
-    long v = 0;
-    for (size_t i = 0; i < t.len; i++) {
-        if (t.s[i] < '0' || t.s[i] > '9') return false;
-        v = v * 10 + (t.s[i] - '0');
-    }
-    if (v < lo || v > hi) return false;
-    *out = v;
-    return true;
+    return yamlconf_fail(c, yamlconf_line(v), "%s: is %s; %s", field, s_show(v, buf, sizeof buf), want);
 }
 
 /* "N UNIT" with an optional blank: KiB/MiB/GiB/TiB, K/M/G/T (binary) and KB/MB/GB/TB (read as binary too,
  * as libvirt and qemu-img do). Bare numbers get `bare_unit` (0: a unit is required). */
-static bool s_parse_size(s_text t, uint64_t bare_unit, uint64_t *bytes)
+static bool s_parse_size(yamlconf_text t, uint64_t bare_unit, uint64_t *bytes)
 {
     size_t i = 0;
     uint64_t v = 0;
@@ -281,7 +215,7 @@ static bool s_parse_size(s_text t, uint64_t bare_unit, uint64_t *bytes)
     if (t.s[0] == '0' && i > 1) return false;
     size_t u = i;
     if (u < t.len && t.s[u] == ' ') u++;
-    s_text unit = {t.s + u, t.len - u};
+    yamlconf_text unit = {t.s + u, t.len - u};
     uint64_t mult = 0;
     static const struct {
         const char *word;
@@ -294,7 +228,7 @@ static bool s_parse_size(s_text t, uint64_t bare_unit, uint64_t *bytes)
         mult = bare_unit;
     } else {
         for (size_t k = 0; k < sizeof units / sizeof units[0] && mult == 0; k++)
-            if (s_is(unit, units[k].word)) mult = units[k].mult;
+            if (yamlconf_is(unit, units[k].word)) mult = units[k].mult;
     }
     if (mult == 0) return false;
     if (v > UINT64_MAX / mult) return false;
@@ -303,54 +237,56 @@ static bool s_parse_size(s_text t, uint64_t bare_unit, uint64_t *bytes)
 }
 
 /* YAML 1.1's booleans, as people write them. */
-static int s_parse_bool(s_ctx *c, const yaml_node_t *v, const char *field, bool *out)
+static int s_parse_bool(yamlconf *c, const yaml_node_t *v, const char *field, bool *out)
 {
     static const char *const yes[] = {"true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"};
     static const char *const no[] = {"false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"};
     char buf[96];
     if (v->type == YAML_SCALAR_NODE) {
-        s_text t = s_text_of(v);
+        yamlconf_text t = yamlconf_text_of(v);
         for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
-            if (s_is(t, yes[i])) {
+            if (yamlconf_is(t, yes[i])) {
                 *out = true;
                 return 0;
             }
-            if (s_is(t, no[i])) {
+            if (yamlconf_is(t, no[i])) {
                 *out = false;
                 return 0;
             }
         }
     }
-    return s_fail(c, s_line(v), "%s: %s is not true or false; write true or false", field,
-                  s_show(v, buf, sizeof buf));
+    return yamlconf_fail(c, yamlconf_line(v), "%s: %s is not true or false; write true or false", field,
+                         s_show(v, buf, sizeof buf));
 }
 
 /* An absolute path without control characters that fits `cap` with its NUL. */
-static int s_parse_path(s_ctx *c, const yaml_node_t *v, const char *field, const char *example, char *out,
+static int s_parse_path(yamlconf *c, const yaml_node_t *v, const char *field, const char *example, char *out,
                         size_t cap)
 {
     char buf[96];
     int rc = s_need_scalar(c, v, field, "give an absolute path");
     if (rc < 0) return rc;
-    s_text t = s_text_of(v);
+    yamlconf_text t = yamlconf_text_of(v);
     for (size_t i = 0; i < t.len; i++) {
         unsigned char ch = (unsigned char)t.s[i];
         if (ch < 0x20 || ch == 0x7f)
-            return s_fail(c, s_line(v), "%s: %s has a control character; give a plain absolute path", field,
-                          s_show(v, buf, sizeof buf));
+            return yamlconf_fail(c, yamlconf_line(v),
+                                 "%s: %s has a control character; give a plain absolute path", field,
+                                 s_show(v, buf, sizeof buf));
     }
     if (t.s[0] != '/')
-        return s_fail(c, s_line(v), "%s: %s is a relative path; give an absolute path, e.g. %s", field,
-                      s_show(v, buf, sizeof buf), example);
+        return yamlconf_fail(c, yamlconf_line(v), "%s: %s is a relative path; give an absolute path, e.g. %s",
+                             field, s_show(v, buf, sizeof buf), example);
     if (t.len >= cap)
-        return s_fail(c, s_line(v), "%s: the path is longer than %zu bytes; shorten it", field, cap - 1);
+        return yamlconf_fail(c, yamlconf_line(v), "%s: the path is longer than %zu bytes; shorten it", field,
+                             cap - 1);
     memcpy(out, t.s, t.len);
     out[t.len] = '\0';
     return 0;
 }
 
 /* DDDD:BB:SS.F or BB:SS.F in hex (slot <= 1f, function <= 7), written out as 0000:bb:ss.f. */
-static bool s_parse_pci(s_text t, char out[16])
+static bool s_parse_pci(yamlconf_text t, char out[16])
 {
     size_t i = 0;
     char dom[5] = "0000";
@@ -374,7 +310,7 @@ static bool s_parse_pci(s_text t, char out[16])
 }
 
 /* Six hex pairs split by ':' (or '-'), unicast; written in lowercase with ':'. */
-static bool s_parse_mac(s_text t, char out[18], bool *multicast)
+static bool s_parse_mac(yamlconf_text t, char out[18], bool *multicast)
 {
     if (t.len != 17) return false;
     char sep = t.s[2];
@@ -393,14 +329,15 @@ static bool s_parse_mac(s_text t, char out[18], bool *multicast)
     return true;
 }
 
-static int s_topology(s_ctx *c, const yaml_node_t *v, titan_vmconf *o)
+static int s_topology(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
 {
     char buf[96];
     yaml_node_t *vals[P_COUNT];
     int lines[P_COUNT];
     if (v->type != YAML_MAPPING_NODE)
-        return s_fail(c, s_line(v), "topology: is %s; write e.g. {sockets: 1, cores: 4, threads: 1}",
-                      s_show(v, buf, sizeof buf));
+        return yamlconf_fail(c, yamlconf_line(v),
+                             "topology: is %s; write e.g. {sockets: 1, cores: 4, threads: 1}",
+                             s_show(v, buf, sizeof buf));
     int rc = s_collect(c, v, "topology.", s_topo_keys, P_COUNT, vals, lines);
     if (rc < 0) return rc;
     int got[P_COUNT];
@@ -408,127 +345,134 @@ static int s_topology(s_ctx *c, const yaml_node_t *v, titan_vmconf *o)
         got[i] = 1; /* a missing level counts once: {cores: 4} means 1 socket, 1 thread */
         if (!vals[i]) continue;
         long n = 0;
-        if (vals[i]->type != YAML_SCALAR_NODE || !s_parse_int(s_text_of(vals[i]), 1, S_MAX_VCPUS, &n))
-            return s_fail(c, s_line(vals[i]), "topology.%s: %s is not a whole number from 1 to %d; fix it",
-                          s_topo_keys[i], s_show(vals[i], buf, sizeof buf), S_MAX_VCPUS);
+        if (vals[i]->type != YAML_SCALAR_NODE ||
+            !yamlconf_parse_long(yamlconf_text_of(vals[i]), false, 1, S_MAX_VCPUS, &n))
+            return yamlconf_fail(c, yamlconf_line(vals[i]),
+                                 "topology.%s: %s is not a whole number from 1 to %d; fix it", s_topo_keys[i],
+                                 s_show(vals[i], buf, sizeof buf), S_MAX_VCPUS);
         got[i] = (int)n;
     }
     long product = (long)got[P_SOCKETS] * got[P_CORES] * got[P_THREADS];
     if (product != o->vcpus)
-        return s_fail(c, s_line(v),
-                      "topology: sockets %d x cores %d x threads %d = %ld, but vcpus is %d; make the product "
-                      "equal vcpus",
-                      got[P_SOCKETS], got[P_CORES], got[P_THREADS], product, o->vcpus);
+        return yamlconf_fail(
+            c, yamlconf_line(v),
+            "topology: sockets %d x cores %d x threads %d = %ld, but vcpus is %d; make the product "
+            "equal vcpus",
+            got[P_SOCKETS], got[P_CORES], got[P_THREADS], product, o->vcpus);
     o->sockets = got[P_SOCKETS];
     o->cores = got[P_CORES];
     o->threads = got[P_THREADS];
     return 0;
 }
 
-static int s_disk(s_ctx *c, int keyline, const yaml_node_t *v, titan_vmconf *o)
+static int s_disk(yamlconf *c, int keyline, const yaml_node_t *v, titan_vmconf *o)
 {
     char buf[96];
     yaml_node_t *vals[D_COUNT];
     int lines[D_COUNT];
     if (v->type != YAML_MAPPING_NODE)
-        return s_fail(c, s_line(v), "disk: is %s; write a mapping with path: (and optionally size:, format:)",
-                      s_show(v, buf, sizeof buf));
+        return yamlconf_fail(c, yamlconf_line(v),
+                             "disk: is %s; write a mapping with path: (and optionally size:, format:)",
+                             s_show(v, buf, sizeof buf));
     int rc = s_collect(c, v, "disk.", s_disk_keys, D_COUNT, vals, lines);
     if (rc < 0) return rc;
     if (!vals[D_PATH])
-        return s_fail(c, keyline, "disk.path: missing; add e.g. path: /var/lib/libvirt/images/%s.qcow2",
-                      o->name);
+        return yamlconf_fail(c, keyline,
+                             "disk.path: missing; add e.g. path: /var/lib/libvirt/images/%s.qcow2", o->name);
     rc = s_parse_path(c, vals[D_PATH], "disk.path", "/var/lib/libvirt/images/titan-vm.qcow2", o->disk_path,
                       sizeof o->disk_path);
     if (rc < 0) return rc;
     if (vals[D_SIZE]) {
         const yaml_node_t *s = vals[D_SIZE];
         uint64_t bytes = 0;
-        if (s->type != YAML_SCALAR_NODE || !s_parse_size(s_text_of(s), 0, &bytes))
-            return s_fail(c, s_line(s),
-                          "disk.size: %s is not a size with a unit; write e.g. 40GiB or 40960MiB",
-                          s_show(s, buf, sizeof buf));
+        if (s->type != YAML_SCALAR_NODE || !s_parse_size(yamlconf_text_of(s), 0, &bytes))
+            return yamlconf_fail(c, yamlconf_line(s),
+                                 "disk.size: %s is not a size with a unit; write e.g. 40GiB or 40960MiB",
+                                 s_show(s, buf, sizeof buf));
         if (bytes < S_MIN_DISK || bytes > S_MAX_DISK)
-            return s_fail(c, s_line(s), "disk.size: %s is out of range; give 1MiB to 1024TiB, e.g. 40GiB",
-                          s_show(s, buf, sizeof buf));
+            return yamlconf_fail(c, yamlconf_line(s),
+                                 "disk.size: %s is out of range; give 1MiB to 1024TiB, e.g. 40GiB",
+                                 s_show(s, buf, sizeof buf));
         o->disk_size_bytes = bytes;
     }
     if (vals[D_FORMAT]) {
         const yaml_node_t *f = vals[D_FORMAT];
-        if (f->type == YAML_SCALAR_NODE && s_is(s_text_of(f), "qcow2"))
+        if (f->type == YAML_SCALAR_NODE && yamlconf_is(yamlconf_text_of(f), "qcow2"))
             snprintf(o->disk_format, sizeof o->disk_format, "qcow2");
-        else if (f->type == YAML_SCALAR_NODE && s_is(s_text_of(f), "raw"))
+        else if (f->type == YAML_SCALAR_NODE && yamlconf_is(yamlconf_text_of(f), "raw"))
             snprintf(o->disk_format, sizeof o->disk_format, "raw");
         else
-            return s_fail(c, s_line(f), "disk.format: %s is not a disk format; write qcow2 or raw",
-                          s_show(f, buf, sizeof buf));
+            return yamlconf_fail(c, yamlconf_line(f),
+                                 "disk.format: %s is not a disk format; write qcow2 or raw",
+                                 s_show(f, buf, sizeof buf));
     }
     return 0;
 }
 
-static int s_one_gpu(s_ctx *c, const yaml_node_t *g, titan_vmconf *o, int *lines)
+static int s_one_gpu(yamlconf *c, const yaml_node_t *g, titan_vmconf *o, int *lines)
 {
     char buf[96];
     char pci[16];
-    if (g->type != YAML_SCALAR_NODE || !s_parse_pci(s_text_of(g), pci))
-        return s_fail(c, s_line(g),
-                      "gpu: %s is not a PCI address; write DDDD:BB:SS.F or BB:SS.F as lspci -D shows it, "
-                      "e.g. 0000:03:00.0",
-                      s_show(g, buf, sizeof buf));
+    if (g->type != YAML_SCALAR_NODE || !s_parse_pci(yamlconf_text_of(g), pci))
+        return yamlconf_fail(
+            c, yamlconf_line(g),
+            "gpu: %s is not a PCI address; write DDDD:BB:SS.F or BB:SS.F as lspci -D shows it, "
+            "e.g. 0000:03:00.0",
+            s_show(g, buf, sizeof buf));
     for (int i = 0; i < o->ngpus; i++)
         if (strcmp(o->gpus[i], pci) == 0)
-            return s_fail(c, s_line(g), "gpu: %s is listed twice (first on line %d); keep one", pci,
-                          lines[i]);
+            return yamlconf_fail(c, yamlconf_line(g), "gpu: %s is listed twice (first on line %d); keep one",
+                                 pci, lines[i]);
     if (o->ngpus >= TITAN_VM_MAX_GPUS)
-        return s_fail(c, s_line(g), "gpu: more than %d PCI functions; pass at most %d", TITAN_VM_MAX_GPUS,
-                      TITAN_VM_MAX_GPUS);
-    lines[o->ngpus] = s_line(g);
+        return yamlconf_fail(c, yamlconf_line(g), "gpu: more than %d PCI functions; pass at most %d",
+                             TITAN_VM_MAX_GPUS, TITAN_VM_MAX_GPUS);
+    lines[o->ngpus] = yamlconf_line(g);
     memcpy(o->gpus[o->ngpus++], pci, sizeof pci);
     return 0;
 }
 
-static int s_gpus(s_ctx *c, const yaml_node_t *v, titan_vmconf *o)
+static int s_gpus(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
 {
     int lines[TITAN_VM_MAX_GPUS] = {0};
     if (v->type == YAML_SCALAR_NODE) return s_one_gpu(c, v, o, lines);
     if (v->type != YAML_SEQUENCE_NODE) {
         char buf[96];
-        return s_fail(c, s_line(v),
-                      "gpu: is %s; write a list of PCI addresses, e.g. [0000:03:00.0, 0000:03:00.1]",
-                      s_show(v, buf, sizeof buf));
+        return yamlconf_fail(c, yamlconf_line(v),
+                             "gpu: is %s; write a list of PCI addresses, e.g. [0000:03:00.0, 0000:03:00.1]",
+                             s_show(v, buf, sizeof buf));
     }
     for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
         yaml_node_t *g = yaml_document_get_node(c->doc, *it);
-        if (!g) return s_fail(c, s_line(v), "gpu: damaged YAML document; rewrite it");
+        if (!g) return yamlconf_fail(c, yamlconf_line(v), "gpu: damaged YAML document; rewrite it");
         int rc = s_one_gpu(c, g, o, lines);
         if (rc < 0) return rc;
     }
     return 0;
 }
 
-static int s_firmware(s_ctx *c, const yaml_node_t *v, titan_vmconf *o)
+static int s_firmware(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
 {
     char buf[96];
     if (v->type == YAML_SCALAR_NODE) {
-        s_text t = s_text_of(v);
-        if (s_is(t, "efi") || s_is(t, "bios")) {
+        yamlconf_text t = yamlconf_text_of(v);
+        if (yamlconf_is(t, "efi") || yamlconf_is(t, "bios")) {
             memcpy(o->firmware, t.s, t.len);
             o->firmware[t.len] = '\0';
             return 0;
         }
     }
     if (v->type != YAML_MAPPING_NODE)
-        return s_fail(c, s_line(v),
-                      "firmware: %s is not a firmware; write efi, bios, or {loader: /usr/share/OVMF/"
-                      "OVMF_CODE.fd, nvram: PATH}",
-                      s_show(v, buf, sizeof buf));
+        return yamlconf_fail(c, yamlconf_line(v),
+                             "firmware: %s is not a firmware; write efi, bios, or {loader: /usr/share/OVMF/"
+                             "OVMF_CODE.fd, nvram: PATH}",
+                             s_show(v, buf, sizeof buf));
     yaml_node_t *vals[W_COUNT];
     int lines[W_COUNT];
     int rc = s_collect(c, v, "firmware.", s_fw_keys, W_COUNT, vals, lines);
     if (rc < 0) return rc;
     if (!vals[W_LOADER])
-        return s_fail(c, s_line(v),
-                      "firmware.loader: missing; add e.g. loader: /usr/share/OVMF/OVMF_CODE.fd");
+        return yamlconf_fail(c, yamlconf_line(v),
+                             "firmware.loader: missing; add e.g. loader: /usr/share/OVMF/OVMF_CODE.fd");
     rc = s_parse_path(c, vals[W_LOADER], "firmware.loader", "/usr/share/OVMF/OVMF_CODE.fd", o->loader,
                       sizeof o->loader);
     if (rc < 0) return rc;
@@ -541,16 +485,16 @@ static int s_firmware(s_ctx *c, const yaml_node_t *v, titan_vmconf *o)
     return 0;
 }
 
-static int s_top(s_ctx *c, const yaml_node_t *root, titan_vmconf *o)
+static int s_top(yamlconf *c, const yaml_node_t *root, titan_vmconf *o)
 {
     char buf[96];
     yaml_node_t *v[K_COUNT];
     int kl[K_COUNT];
     int rc;
     if (root->type != YAML_MAPPING_NODE)
-        return s_fail(c, s_line(root),
-                      "the file is %s; it must be a mapping with name:, memory:, vcpus: and disk:",
-                      s_show(root, buf, sizeof buf));
+        return yamlconf_fail(c, yamlconf_line(root),
+                             "the file is %s; it must be a mapping with name:, memory:, vcpus: and disk:",
+                             s_show(root, buf, sizeof buf));
     if ((rc = s_collect(c, root, "", s_top_keys, K_COUNT, v, kl)) < 0) return rc;
 
     static const char *const missing[K_COUNT] = {
@@ -560,14 +504,15 @@ static int s_top(s_ctx *c, const yaml_node_t *root, titan_vmconf *o)
         [K_DISK] = "add a disk: mapping with path: /var/lib/libvirt/images/titan-vm.qcow2",
     };
     for (int i = 0; i < K_COUNT; i++)
-        if (missing[i] && !v[i]) return s_fail(c, s_line(root), "%s: missing; %s", s_top_keys[i], missing[i]);
+        if (missing[i] && !v[i])
+            return yamlconf_fail(c, yamlconf_line(root), "%s: missing; %s", s_top_keys[i], missing[i]);
 
     /* name */
     if ((rc = s_need_scalar(c, v[K_NAME], "name", "write e.g. name: titan-vm")) < 0) return rc;
-    s_text name = s_text_of(v[K_NAME]);
-    if (!s_name_chars(name, sizeof o->name - 1) || !s_alnum(name.s[0]))
-        return s_fail(
-            c, s_line(v[K_NAME]),
+    yamlconf_text name = yamlconf_text_of(v[K_NAME]);
+    if (!yamlconf_name_ok(name, sizeof o->name - 1) || !s_alnum(name.s[0]))
+        return yamlconf_fail(
+            c, yamlconf_line(v[K_NAME]),
             "name: %s is not a VM name; use 1 to %zu of A-Z a-z 0-9 _ . - starting with a letter or "
             "digit, e.g. titan-vm",
             s_show(v[K_NAME], buf, sizeof buf), sizeof o->name - 1);
@@ -577,18 +522,21 @@ static int s_top(s_ctx *c, const yaml_node_t *root, titan_vmconf *o)
     /* memory: a bare number is MiB, as virt-install reads it */
     uint64_t mem = 0;
     const yaml_node_t *m = v[K_MEMORY];
-    if (m->type != YAML_SCALAR_NODE || !s_parse_size(s_text_of(m), S_MIB, &mem))
-        return s_fail(c, s_line(m), "memory: %s is not a size; write e.g. 8GiB or 8192MiB",
-                      s_show(m, buf, sizeof buf));
+    if (m->type != YAML_SCALAR_NODE || !s_parse_size(yamlconf_text_of(m), S_MIB, &mem))
+        return yamlconf_fail(c, yamlconf_line(m), "memory: %s is not a size; write e.g. 8GiB or 8192MiB",
+                             s_show(m, buf, sizeof buf));
     if (mem < S_MIN_MEMORY || mem > S_MAX_MEMORY)
-        return s_fail(c, s_line(m), "memory: %s is out of range; give 256MiB to 64TiB, e.g. 8GiB",
-                      s_show(m, buf, sizeof buf));
+        return yamlconf_fail(c, yamlconf_line(m),
+                             "memory: %s is out of range; give 256MiB to 64TiB, e.g. 8GiB",
+                             s_show(m, buf, sizeof buf));
     o->memory_kib = mem / S_KIB;
 
     long vcpus = 0;
-    if (v[K_VCPUS]->type != YAML_SCALAR_NODE || !s_parse_int(s_text_of(v[K_VCPUS]), 1, S_MAX_VCPUS, &vcpus))
-        return s_fail(c, s_line(v[K_VCPUS]), "vcpus: %s is not a whole number from 1 to %d; write e.g. 4",
-                      s_show(v[K_VCPUS], buf, sizeof buf), S_MAX_VCPUS);
+    if (v[K_VCPUS]->type != YAML_SCALAR_NODE ||
+        !yamlconf_parse_long(yamlconf_text_of(v[K_VCPUS]), false, 1, S_MAX_VCPUS, &vcpus))
+        return yamlconf_fail(c, yamlconf_line(v[K_VCPUS]),
+                             "vcpus: %s is not a whole number from 1 to %d; write e.g. 4",
+                             s_show(v[K_VCPUS], buf, sizeof buf), S_MAX_VCPUS);
     o->vcpus = (int)vcpus;
 
     if (v[K_TOPOLOGY] && (rc = s_topology(c, v[K_TOPOLOGY], o)) < 0) return rc;
@@ -598,52 +546,57 @@ static int s_top(s_ctx *c, const yaml_node_t *root, titan_vmconf *o)
 
     if (v[K_NETWORK]) {
         const yaml_node_t *n = v[K_NETWORK];
-        if (n->type == YAML_SCALAR_NODE && s_is(s_text_of(n), "none")) {
+        if (n->type == YAML_SCALAR_NODE && yamlconf_is(yamlconf_text_of(n), "none")) {
             o->network[0] = '\0';
-        } else if (n->type == YAML_SCALAR_NODE && s_name_chars(s_text_of(n), sizeof o->network - 1)) {
+        } else if (n->type == YAML_SCALAR_NODE &&
+                   yamlconf_name_ok(yamlconf_text_of(n), sizeof o->network - 1)) {
             memcpy(o->network, n->data.scalar.value, n->data.scalar.length);
             o->network[n->data.scalar.length] = '\0';
         } else {
-            return s_fail(c, s_line(n),
-                          "network: %s is not a libvirt network name; write none or a name of 1 to %zu of "
-                          "A-Z a-z 0-9 _ . - (virsh net-list --all shows them), e.g. default",
-                          s_show(n, buf, sizeof buf), sizeof o->network - 1);
+            return yamlconf_fail(
+                c, yamlconf_line(n),
+                "network: %s is not a libvirt network name; write none or a name of 1 to %zu of "
+                "A-Z a-z 0-9 _ . - (virsh net-list --all shows them), e.g. default",
+                s_show(n, buf, sizeof buf), sizeof o->network - 1);
         }
     }
     if (v[K_MAC]) {
         const yaml_node_t *n = v[K_MAC];
         bool multicast = false;
-        if (n->type != YAML_SCALAR_NODE || !s_parse_mac(s_text_of(n), o->mac, &multicast))
-            return s_fail(c, s_line(n),
-                          "mac: %s is not a MAC address; write six hex pairs, e.g. 52:54:00:12:34:56",
-                          s_show(n, buf, sizeof buf));
+        if (n->type != YAML_SCALAR_NODE || !s_parse_mac(yamlconf_text_of(n), o->mac, &multicast))
+            return yamlconf_fail(c, yamlconf_line(n),
+                                 "mac: %s is not a MAC address; write six hex pairs, e.g. 52:54:00:12:34:56",
+                                 s_show(n, buf, sizeof buf));
         if (multicast)
-            return s_fail(c, s_line(n),
-                          "mac: %s is a multicast address; use a unicast one (even first byte), e.g. "
-                          "52:54:00:12:34:56",
-                          s_show(n, buf, sizeof buf));
+            return yamlconf_fail(c, yamlconf_line(n),
+                                 "mac: %s is a multicast address; use a unicast one (even first byte), e.g. "
+                                 "52:54:00:12:34:56",
+                                 s_show(n, buf, sizeof buf));
         if (!o->network[0])
-            return s_fail(c, s_line(n), "mac: given, but network is none; remove mac or name a network");
+            return yamlconf_fail(c, yamlconf_line(n),
+                                 "mac: given, but network is none; remove mac or name a network");
     }
     if (v[K_GUEST_AGENT] && (rc = s_parse_bool(c, v[K_GUEST_AGENT], "guest_agent", &o->guest_agent)) < 0)
         return rc;
     if (v[K_HIDE_KVM] && (rc = s_parse_bool(c, v[K_HIDE_KVM], "hide_kvm", &o->hide_kvm)) < 0) return rc;
     if (v[K_GRAPHICS]) {
         const yaml_node_t *g = v[K_GRAPHICS];
-        if (g->type == YAML_SCALAR_NODE && (s_is(s_text_of(g), "none") || s_is(s_text_of(g), "spice"))) {
+        if (g->type == YAML_SCALAR_NODE &&
+            (yamlconf_is(yamlconf_text_of(g), "none") || yamlconf_is(yamlconf_text_of(g), "spice"))) {
             memcpy(o->graphics, g->data.scalar.value, g->data.scalar.length);
             o->graphics[g->data.scalar.length] = '\0';
         } else {
-            return s_fail(c, s_line(g), "graphics: %s is not a graphics choice; write none or spice",
-                          s_show(g, buf, sizeof buf));
+            return yamlconf_fail(c, yamlconf_line(g),
+                                 "graphics: %s is not a graphics choice; write none or spice",
+                                 s_show(g, buf, sizeof buf));
         }
     }
     if (v[K_MACHINE]) {
         const yaml_node_t *g = v[K_MACHINE];
-        if (g->type != YAML_SCALAR_NODE || !s_name_chars(s_text_of(g), sizeof o->machine - 1) ||
+        if (g->type != YAML_SCALAR_NODE || !yamlconf_name_ok(yamlconf_text_of(g), sizeof o->machine - 1) ||
             !s_alnum(g->data.scalar.value[0]))
-            return s_fail(
-                c, s_line(g),
+            return yamlconf_fail(
+                c, yamlconf_line(g),
                 "machine: %s is not a machine type; write q35 (or a versioned one such as pc-q35-7.2, "
                 "see qemu-system-x86_64 -machine help)",
                 s_show(g, buf, sizeof buf));
@@ -651,76 +604,6 @@ static int s_top(s_ctx *c, const yaml_node_t *root, titan_vmconf *o)
         o->machine[g->data.scalar.length] = '\0';
     }
     return 0;
-}
-
-static int s_yaml_error(s_ctx *c, const yaml_parser_t *p, const char *text, size_t len)
-{
-    if (p->error == YAML_MEMORY_ERROR) return -ENOMEM;
-    int line;
-    if (p->error == YAML_READER_ERROR) { /* the reader gives a byte offset, not a line */
-        size_t nl = 0;
-        for (size_t i = 0; i < p->problem_offset && i < len; i++)
-            nl += text[i] == '\n';
-        line = nl >= INT_MAX - 1 ? INT_MAX : (int)nl + 1;
-    } else {
-        line = s_line_of(&p->problem_mark);
-    }
-    const char *problem = p->problem ? p->problem : "unknown error";
-    if (p->context)
-        return s_fail(c, line, "not valid YAML: %s (%s on line %d); fix the syntax", problem, p->context,
-                      s_line_of(&p->context_mark));
-    return s_fail(c, line, "not valid YAML: %s; fix the syntax", problem);
-}
-
-/* One pass over the events for what the document loader would accept silently: aliases, several
- * documents, deep nesting, sheer size. Syntax errors are reported from here. */
-static int s_prescan(s_ctx *c, const char *text, size_t len)
-{
-    yaml_parser_t p;
-    yaml_event_t ev;
-    int rc = 0, depth = 0, docs = 0, nodes = 0;
-    if (!yaml_parser_initialize(&p)) return -ENOMEM;
-    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
-    for (bool done = false; !done && rc == 0;) {
-        if (!yaml_parser_parse(&p, &ev)) {
-            rc = s_yaml_error(c, &p, text, len);
-            break;
-        }
-        int line = s_line_of(&ev.start_mark);
-        switch (ev.type) {
-        case YAML_STREAM_END_EVENT:
-            done = true;
-            break;
-        case YAML_DOCUMENT_START_EVENT:
-            if (++docs > 1)
-                rc = s_fail(c, line,
-                            "a second YAML document; vm.yaml holds one: remove this --- and what follows");
-            break;
-        case YAML_ALIAS_EVENT:
-            rc = s_fail(c, line, "YAML aliases (*name) are not supported; write the value out in full");
-            break;
-        case YAML_MAPPING_START_EVENT:
-        case YAML_SEQUENCE_START_EVENT:
-            if (++depth > S_MAX_DEPTH)
-                rc = s_fail(c, line, "nested more than %d levels deep; this is not a vm.yaml", S_MAX_DEPTH);
-            /* fall through */
-        case YAML_SCALAR_EVENT:
-            if (rc == 0 && ++nodes > S_MAX_NODES)
-                rc = s_fail(c, line, "more than %d YAML values; this is not a vm.yaml", S_MAX_NODES);
-            break;
-        case YAML_MAPPING_END_EVENT:
-        case YAML_SEQUENCE_END_EVENT:
-            depth--;
-            break;
-        default:
-            break;
-        }
-        yaml_event_delete(&ev);
-    }
-    yaml_parser_delete(&p);
-    if (rc == 0 && docs == 0)
-        rc = s_fail(c, 1, "the file is empty; it needs name:, memory:, vcpus: and disk:");
-    return rc;
 }
 
 static void s_defaults(titan_vmconf *o)
@@ -733,109 +616,52 @@ static void s_defaults(titan_vmconf *o)
     snprintf(o->machine, sizeof o->machine, "q35");
 }
 
-static int s_load(s_ctx *c, const char *text, size_t len, titan_vmconf *out)
+static int s_load(yamlconf *c, const char *text, size_t len, titan_vmconf *out)
 {
-    int rc = s_prescan(c, text, len);
+    yaml_document_t doc;
+    yaml_node_t *root = NULL;
+    int rc = yamlconf_load(c, &s_rules, text, len, &doc, &root);
     if (rc < 0) return rc;
     titan_vmconf *o = malloc(sizeof *o); /* ~4 KiB: built aside so *out is written only on success */
-    if (!o) return -ENOMEM;
-    s_defaults(o);
-    yaml_parser_t p;
-    yaml_document_t doc;
-    bool have_doc = false;
-    if (!yaml_parser_initialize(&p)) {
+    if (o) {
+        s_defaults(o);
+        rc = s_top(c, root, o);
+        if (rc == 0) *out = *o;
         free(o);
-        return -ENOMEM;
+    } else {
+        rc = -ENOMEM;
     }
-    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
-    if (!yaml_parser_load(&p, &doc)) {
-        rc = s_yaml_error(c, &p, text, len);
-        goto out;
-    }
-    have_doc = true;
-    c->doc = &doc;
-    yaml_node_t *root = yaml_document_get_root_node(&doc);
-    if (!root) {
-        rc = s_fail(c, 1, "the file is empty; it needs name:, memory:, vcpus: and disk:");
-        goto out;
-    }
-    rc = s_top(c, root, o);
-    if (rc == 0) *out = *o;
-out:
-    if (have_doc) yaml_document_delete(&doc);
-    yaml_parser_delete(&p);
-    free(o);
+    yaml_document_delete(&doc);
     return rc;
 }
 
 int titan_vmconf_load_string(const char *text, size_t len, const char *name, titan_vmconf *out, char *err,
                              size_t errcap)
 {
-    s_ctx c = {.name = name ? name : "(string)", .err = err, .errcap = errcap};
+    yamlconf c = {.name = name ? name : "(string)", .err = err, .errcap = errcap};
     if (!out || (!text && len > 0))
-        return s_fail(&c, 0, "no text or no place for the result (a bug in the caller)");
+        return yamlconf_fail(&c, 0, "no text or no place for the result (a bug in the caller)");
     if (len > S_MAX_BYTES) {
-        s_fail(&c, 0, "larger than %d bytes; this is not a vm.yaml", S_MAX_BYTES);
+        yamlconf_fail(&c, 0, "larger than %d bytes; this is not a vm.yaml", S_MAX_BYTES);
         return -EFBIG;
     }
     int rc = s_load(&c, text ? text : "", len, out);
-    if (rc == -ENOMEM) s_fail(&c, 0, "out of memory while reading it");
+    if (rc == -ENOMEM) yamlconf_fail(&c, 0, "out of memory while reading it");
     return rc;
 }
 
 int titan_vmconf_load_file(const char *path, titan_vmconf *out, char *err, size_t errcap)
 {
-    s_ctx c = {.name = path ? path : "(null)", .err = err, .errcap = errcap};
-    if (!path || !out) return s_fail(&c, 0, "no path or no place for the result (a bug in the caller)");
-    int rc = 0;
+    yamlconf c = {.name = path ? path : "(null)", .err = err, .errcap = errcap};
+    if (!path || !out)
+        return yamlconf_fail(&c, 0, "no path or no place for the result (a bug in the caller)");
     char *buf = NULL;
     size_t len = 0;
-    struct stat st;
-    /* O_NONBLOCK: a FIFO must not hang us before fstat says what it is */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0) {
-        rc = -errno;
-        s_fail(&c, 0, "cannot read it (%s); check the path and its permissions", strerror(-rc));
-        return rc;
-    }
-    if (fstat(fd, &st) != 0) {
-        rc = -errno;
-        s_fail(&c, 0, "cannot read it (%s); check the path and its permissions", strerror(-rc));
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = s_fail(&c, 0, "not a regular file; give the path of vm.yaml");
-        goto out;
-    }
-    if (st.st_size > S_MAX_BYTES) {
-        rc = s_fail(&c, 0, "larger than %d bytes; this is not a vm.yaml", S_MAX_BYTES);
-        goto out;
-    }
-    buf = malloc(S_MAX_BYTES + 1);
-    if (!buf) {
-        rc = s_fail(&c, 0, "out of memory while reading it");
-        rc = -ENOMEM;
-        goto out;
-    }
-    for (;;) {
-        ssize_t got = read(fd, buf + len, S_MAX_BYTES + 1 - len);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0) {
-            rc = -errno;
-            s_fail(&c, 0, "cannot read it (%s); check the path and its permissions", strerror(-rc));
-            goto out;
-        }
-        if (got == 0) break;
-        len += (size_t)got;
-        if (len > S_MAX_BYTES) { /* it grew since fstat */
-            rc = s_fail(&c, 0, "larger than %d bytes; this is not a vm.yaml", S_MAX_BYTES);
-            goto out;
-        }
-    }
+    int rc = yamlconf_read(&c, &s_rules, &buf, &len);
+    if (rc == -EFBIG) return -EINVAL; /* as for any other bad file */
+    if (rc < 0) return rc;
     rc = titan_vmconf_load_string(buf, len, path, out, err, errcap);
-out:
     free(buf);
-    close(fd);
     return rc;
 }
 
@@ -1012,7 +838,7 @@ char *titan_vmconf_xml(const titan_vmconf *c)
     int ngpus = c->ngpus < 0 ? 0 : c->ngpus > TITAN_VM_MAX_GPUS ? TITAN_VM_MAX_GPUS : c->ngpus;
     for (int i = 0; i < ngpus; i++) {
         char pci[16];
-        s_text t = {c->gpus[i], strnlen(c->gpus[i], sizeof c->gpus[i])};
+        yamlconf_text t = {c->gpus[i], strnlen(c->gpus[i], sizeof c->gpus[i])};
         if (s_parse_pci(t, pci)) s_put_pci(&b, pci);
     }
 

@@ -1,7 +1,6 @@
 /* backends_conf.c - compute_backends.yaml reader (see backends_conf.h): libyaml document, checked field by
  * field. */
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -10,14 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <yaml.h>
 #include <zmq.h>
 
 #include "backends_conf.h"
 #include "numfmt.h"
+#include "yamlconf.h"
 
 #define S_CERT_MAX_BYTES (64 * 1024)
 /* A backends file is a few dozen nodes; these caps keep a hostile file from costing much. */
@@ -25,23 +23,25 @@
 #define S_MAX_NODES 100000
 #define S_KEY_LEN 40
 
+static const yamlconf_rules s_rules = {
+    .max_bytes = TITAN_CONF_MAX_BYTES,
+    .max_depth = S_MAX_DEPTH,
+    .max_values = S_MAX_NODES,
+    .what = "a backends file",
+    .holder = "a backends file",
+    .path_of = "compute_backends.yaml",
+    .needs = "a backends: mapping (see docs/OPERATIONS.md)",
+    .name_alias = true,
+};
+
 static const char s_z85_chars[] =
     "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
 
 typedef struct {
-    const char *name; /* the file, in messages */
-    const char *dir;  /* where relative certificate paths are read from; NULL: the current directory */
-    char *err;
-    size_t errcap;
-    yaml_document_t *doc;
+    yamlconf y;
+    const char *dir; /* where relative certificate paths are read from; NULL: the current directory */
     titan_conf *conf;
 } s_ctx;
-
-/* A scalar's text; libyaml keeps the length because "\0" escapes may put NULs inside. */
-typedef struct {
-    const char *s;
-    size_t len;
-} s_text;
 
 /* The settings a backend may have, in the order they are checked. */
 enum {
@@ -77,52 +77,6 @@ __attribute__((format(printf, 3, 4))) static void s_print(char *buf, size_t cap,
     va_end(ap);
 }
 
-__attribute__((format(printf, 3, 4))) static int s_fail(s_ctx *c, int line, const char *fmt, ...)
-{
-    if (c->err && c->errcap > 0) {
-        int n = line > 0 ? snprintf(c->err, c->errcap, "%s:%d: ", c->name, line)
-                         : snprintf(c->err, c->errcap, "%s: ", c->name);
-        if (n >= 0 && (size_t)n < c->errcap) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(c->err + n, c->errcap - (size_t)n, fmt, ap);
-            va_end(ap);
-        }
-    }
-    return -EINVAL;
-}
-
-static int s_line(const yaml_node_t *n)
-{
-    return n->start_mark.line >= INT_MAX ? INT_MAX : (int)n->start_mark.line + 1;
-}
-
-/* Writes a printable, bounded copy of s[0..len) into out (escaping what is not printable ASCII). */
-static void s_escape(const char *s, size_t len, char *out, size_t cap)
-{
-    size_t o = 0;
-    const size_t limit = 48;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        char piece[8];
-        if (i >= limit) {
-            snprintf(piece, sizeof piece, "...");
-        } else if (ch == '"' || ch == '\\') {
-            snprintf(piece, sizeof piece, "\\%c", ch);
-        } else if (ch >= 0x20 && ch < 0x7f) {
-            snprintf(piece, sizeof piece, "%c", ch);
-        } else {
-            snprintf(piece, sizeof piece, "\\x%02x", ch);
-        }
-        size_t pn = strlen(piece);
-        if (o + pn + 1 > cap) break;
-        memcpy(out + o, piece, pn);
-        o += pn;
-        if (i >= limit) break;
-    }
-    if (cap > 0) out[o < cap ? o : cap - 1] = '\0';
-}
-
 /* How a value reads in a message: "\"abc\"", "an empty value", "a list" or "a mapping". */
 static const char *s_show(const yaml_node_t *n, char *buf, size_t cap)
 {
@@ -131,47 +85,24 @@ static const char *s_show(const yaml_node_t *n, char *buf, size_t cap)
     if (n->type != YAML_SCALAR_NODE) return "nothing";
     if (n->data.scalar.length == 0) return "an empty value";
     buf[0] = '"';
-    s_escape((const char *)n->data.scalar.value, n->data.scalar.length, buf + 1, cap - 2);
+    yamlconf_escape((const char *)n->data.scalar.value, n->data.scalar.length, buf + 1, cap - 2);
     size_t o = strlen(buf);
     buf[o] = '"';
     buf[o + 1] = '\0';
     return buf;
 }
 
-static s_text s_text_of(const yaml_node_t *n)
-{
-    s_text t = {(const char *)n->data.scalar.value, n->data.scalar.length};
-    return t;
-}
-
-static bool s_is(s_text t, const char *word)
-{
-    return t.len == strlen(word) && memcmp(t.s, word, t.len) == 0;
-}
-
 /* The YAML spellings of "no value" on a plain scalar. */
 static bool s_is_null(const yaml_node_t *n)
 {
     if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return false;
-    s_text t = s_text_of(n);
-    return t.len == 0 || s_is(t, "~") || s_is(t, "null") || s_is(t, "Null") || s_is(t, "NULL");
-}
-
-/* 1..maxlen characters of [A-Za-z0-9_.-]. */
-static bool s_name_ok(s_text t, size_t maxlen)
-{
-    if (t.len == 0 || t.len > maxlen) return false;
-    for (size_t i = 0; i < t.len; i++) {
-        char ch = t.s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-              ch == '.' || ch == '-'))
-            return false;
-    }
-    return true;
+    yamlconf_text t = yamlconf_text_of(n);
+    return t.len == 0 || yamlconf_is(t, "~") || yamlconf_is(t, "null") || yamlconf_is(t, "Null") ||
+           yamlconf_is(t, "NULL");
 }
 
 /* No control characters (NUL included) and no bytes beyond what fits. */
-static bool s_printable(s_text t)
+static bool s_printable(yamlconf_text t)
 {
     for (size_t i = 0; i < t.len; i++) {
         unsigned char ch = (unsigned char)t.s[i];
@@ -200,27 +131,8 @@ static bool s_z85_key(const char *s, size_t len)
     return zmq_z85_decode(bin, copy) != NULL;
 }
 
-/* A whole decimal number in [lo, hi]: no fraction, exponent, junk, leading zeros or words. */
-static bool s_parse_int(s_text t, long lo, long hi, int *out)
-{
-    size_t i = 0;
-    bool neg = false;
-    if (i < t.len && (t.s[i] == '-' || t.s[i] == '+')) neg = t.s[i++] == '-';
-    if (i == t.len || t.len - i > 10) return false;
-    if (t.s[i] == '0' && t.len - i > 1) return false; /* YAML 1.1 would read 010 as octal */
-    long v = 0;
-    for (; i < t.len; i++) {
-        if (t.s[i] < '0' || t.s[i] > '9') return false;
-        v = v * 10 + (t.s[i] - '0');
-    }
-    if (neg) v = -v;
-    if (v < lo || v > hi) return false;
-    *out = (int)v;
-    return true;
-}
-
 /* A finite number > 0 in JSON's spelling (1, 0.5, 2e3). */
-static bool s_parse_weight(s_text t, double *out)
+static bool s_parse_weight(yamlconf_text t, double *out)
 {
     if (t.len == 0 || t.len > 64 || t.s[0] < '0' || t.s[0] > '9') return false;
     double d = 0;
@@ -235,10 +147,10 @@ static int s_warn(s_ctx *c, int line, const char *prefix, const yaml_node_t *key
     titan_conf *conf = c->conf;
     if (conf->nwarnings < TITAN_CONF_MAX_WARNINGS) {
         char esc[256];
-        s_escape((const char *)key->data.scalar.value, key->data.scalar.length, esc, sizeof esc);
+        yamlconf_escape((const char *)key->data.scalar.value, key->data.scalar.length, esc, sizeof esc);
         s_print(conf->warnings[conf->nwarnings], sizeof conf->warnings[0],
-                "%s:%d: unknown field %s%s%s ignored", c->name, line, prefix ? prefix : "", prefix ? "." : "",
-                esc);
+                "%s:%d: unknown field %s%s%s ignored", c->y.name, line, prefix ? prefix : "",
+                prefix ? "." : "", esc);
     }
     if (conf->nwarnings < INT_MAX) conf->nwarnings++;
     return 0;
@@ -254,88 +166,35 @@ static int s_collect(s_ctx *c, const yaml_node_t *map, const char *prefix, const
         keylines[i] = 0;
     }
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-        yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
-        yaml_node_t *v = yaml_document_get_node(c->doc, p->value);
+        yaml_node_t *k = yaml_document_get_node(c->y.doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(c->y.doc, p->value);
         if (!k || !v)
-            return s_fail(c, s_line(map), "%s: damaged YAML document; rewrite it", prefix ? prefix : "");
+            return yamlconf_fail(&c->y, yamlconf_line(map), "%s: damaged YAML document; rewrite it",
+                                 prefix ? prefix : "");
         if (k->type != YAML_SCALAR_NODE) {
             char buf[80];
-            return s_fail(c, s_line(k), "%s%skey: is %s; keys must be plain names", prefix ? prefix : "",
-                          prefix ? "." : "", s_show(k, buf, sizeof buf));
+            return yamlconf_fail(&c->y, yamlconf_line(k), "%s%skey: is %s; keys must be plain names",
+                                 prefix ? prefix : "", prefix ? "." : "", s_show(k, buf, sizeof buf));
         }
-        s_text t = s_text_of(k);
+        yamlconf_text t = yamlconf_text_of(k);
         int f = -1;
         for (int i = 0; i < nnames && f < 0; i++)
-            if (s_is(t, names[i])) f = i;
+            if (yamlconf_is(t, names[i])) f = i;
         if (f < 0) {
-            s_warn(c, s_line(k), prefix, k);
+            s_warn(c, yamlconf_line(k), prefix, k);
             continue;
         }
         if (vals[f])
-            return s_fail(c, s_line(k), "%s%s%s: given twice (first on line %d); keep one",
-                          prefix ? prefix : "", prefix ? "." : "", names[f], keylines[f]);
+            return yamlconf_fail(&c->y, yamlconf_line(k), "%s%s%s: given twice (first on line %d); keep one",
+                                 prefix ? prefix : "", prefix ? "." : "", names[f], keylines[f]);
         vals[f] = v;
-        keylines[f] = s_line(k);
+        keylines[f] = yamlconf_line(k);
     }
     return 0;
 }
 
-/* Reads a regular file of at most `max` bytes into a NUL-terminated heap buffer. */
-static int s_read_file(const char *path, size_t max, char **out, size_t *outlen)
-{
-    int rc = 0;
-    char *buf = NULL;
-    struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0) return -errno;
-    if (fstat(fd, &st) != 0) {
-        rc = -errno;
-        goto out;
-    }
-    if (S_ISDIR(st.st_mode)) {
-        rc = -EISDIR;
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = -EINVAL; /* a FIFO or device could block or never end */
-        goto out;
-    }
-    if (st.st_size > (off_t)max) {
-        rc = -EFBIG;
-        goto out;
-    }
-    buf = malloc(max + 2);
-    if (!buf) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    size_t len = 0;
-    for (;;) {
-        ssize_t got = read(fd, buf + len, max + 1 - len);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0) {
-            rc = -errno;
-            goto out;
-        }
-        if (got == 0) break;
-        len += (size_t)got;
-        if (len > max) { /* grew since fstat */
-            rc = -EFBIG;
-            goto out;
-        }
-    }
-    buf[len] = '\0';
-    *out = buf;
-    *outlen = len;
-    buf = NULL;
-out:
-    free(buf);
-    close(fd);
-    return rc;
-}
-
 /* Finds `name = "VALUE"` on a line of a zcert file (leading blanks, optional quotes); false if absent. */
-static bool s_cert_field(const char *text, size_t len, const char *name, s_text *value)
+static bool s_cert_field(const char *text, size_t len, const char *name, yamlconf_text *value)
 {
     size_t nlen = strlen(name);
     size_t i = 0;
@@ -382,15 +241,17 @@ static int s_key(s_ctx *c, const char *bname, const char *field, const yaml_node
                : "give the worker's public key (40 Z85 characters) or its public certificate from "
                  "titan keygen";
     if (n->type != YAML_SCALAR_NODE || n->data.scalar.length == 0)
-        return s_fail(c, s_line(n), "%s.%s: is %s; %s", bname, field, s_show(n, buf, sizeof buf), want);
-    s_text t = s_text_of(n);
+        return yamlconf_fail(&c->y, yamlconf_line(n), "%s.%s: is %s; %s", bname, field,
+                             s_show(n, buf, sizeof buf), want);
+    yamlconf_text t = yamlconf_text_of(n);
     char key[S_KEY_LEN + 1] = "";
     char file_pub[S_KEY_LEN + 1] = "";
     if (s_z85_shape(t.s, t.len)) {
         if (!s_z85_key(t.s, t.len))
-            return s_fail(c, s_line(n),
-                          "%s.%s: %s is not a valid Z85 key (a group of 5 characters is out of range); %s",
-                          bname, field, s_show(n, buf, sizeof buf), want);
+            return yamlconf_fail(
+                &c->y, yamlconf_line(n),
+                "%s.%s: %s is not a valid Z85 key (a group of 5 characters is out of range); %s", bname,
+                field, s_show(n, buf, sizeof buf), want);
         memcpy(key, t.s, S_KEY_LEN);
         key[S_KEY_LEN] = '\0';
     } else {
@@ -399,23 +260,27 @@ static int s_key(s_ctx *c, const char *bname, const char *field, const yaml_node
         char *text = NULL;
         size_t len = 0;
         if (memchr(t.s, '\0', t.len) || t.len >= PATH_MAX)
-            return s_fail(c, s_line(n), "%s.%s: %s is not a 40-character Z85 key nor a file name; %s", bname,
-                          field, s_show(n, buf, sizeof buf), want);
+            return yamlconf_fail(&c->y, yamlconf_line(n),
+                                 "%s.%s: %s is not a 40-character Z85 key nor a file name; %s", bname, field,
+                                 s_show(n, buf, sizeof buf), want);
         int pn = t.s[0] != '/' && c->dir && c->dir[0] ? snprintf(path, sizeof path, "%s/%s", c->dir, t.s)
                                                       : snprintf(path, sizeof path, "%s", t.s);
         if (pn < 0 || (size_t)pn >= sizeof path)
-            return s_fail(c, s_line(n), "%s.%s: the certificate path is too long; shorten it", bname, field);
-        s_escape(path, strlen(path), esc, sizeof esc);
-        int rc = s_read_file(path, S_CERT_MAX_BYTES, &text, &len);
+            return yamlconf_fail(&c->y, yamlconf_line(n),
+                                 "%s.%s: the certificate path is too long; shorten it", bname, field);
+        yamlconf_escape(path, strlen(path), esc, sizeof esc);
+        int rc = yamlconf_read_file(path, S_CERT_MAX_BYTES, &text, &len);
         if (rc == -ENOMEM) return rc;
         if (rc == -EFBIG)
-            return s_fail(c, s_line(n), "%s.%s: %s is larger than %d bytes, so not a certificate; %s", bname,
-                          field, esc, S_CERT_MAX_BYTES, want);
+            return yamlconf_fail(&c->y, yamlconf_line(n),
+                                 "%s.%s: %s is larger than %d bytes, so not a certificate; %s", bname, field,
+                                 esc, S_CERT_MAX_BYTES, want);
         if (rc < 0)
-            return s_fail(c, s_line(n),
-                          "%s.%s: %s is not a 40-character Z85 key nor a readable certificate (%s: %s); %s",
-                          bname, field, s_show(n, buf, sizeof buf), esc, strerror(-rc), want);
-        s_text kpub = {NULL, 0}, ksec = {NULL, 0};
+            return yamlconf_fail(
+                &c->y, yamlconf_line(n),
+                "%s.%s: %s is not a 40-character Z85 key nor a readable certificate (%s: %s); %s", bname,
+                field, s_show(n, buf, sizeof buf), esc, strerror(-rc), want);
+        yamlconf_text kpub = {NULL, 0}, ksec = {NULL, 0};
         bool has_pub = s_cert_field(text, len, "public-key", &kpub);
         bool has_sec = s_cert_field(text, len, "secret-key", &ksec);
         if (secret && !has_sec && strlen(path) + sizeof "_secret" <= sizeof path) {
@@ -423,7 +288,7 @@ static int s_key(s_ctx *c, const char *bname, const char *field, const yaml_node
             char *text2 = NULL;
             size_t len2 = 0;
             strcat(path, "_secret");
-            rc = s_read_file(path, S_CERT_MAX_BYTES, &text2, &len2);
+            rc = yamlconf_read_file(path, S_CERT_MAX_BYTES, &text2, &len2);
             if (rc == -ENOMEM) {
                 free(text);
                 return rc;
@@ -434,7 +299,7 @@ static int s_key(s_ctx *c, const char *bname, const char *field, const yaml_node
                 len = len2;
                 has_pub = s_cert_field(text, len, "public-key", &kpub);
                 has_sec = true;
-                s_escape(path, strlen(path), esc, sizeof esc);
+                yamlconf_escape(path, strlen(path), esc, sizeof esc);
             } else {
                 free(text2);
             }
@@ -449,7 +314,7 @@ static int s_key(s_ctx *c, const char *bname, const char *field, const yaml_node
         else if (secret && !s_z85_key(ksec.s, ksec.len))
             problem = "has a secret-key that is not 40 Z85 characters";
         if (!problem) {
-            s_text use = secret ? ksec : kpub;
+            yamlconf_text use = secret ? ksec : kpub;
             memcpy(key, use.s, S_KEY_LEN);
             key[S_KEY_LEN] = '\0';
             if (has_pub) {
@@ -458,7 +323,9 @@ static int s_key(s_ctx *c, const char *bname, const char *field, const yaml_node
             }
         }
         free(text);
-        if (problem) return s_fail(c, s_line(n), "%s.%s: %s %s; %s", bname, field, esc, problem, want);
+        if (problem)
+            return yamlconf_fail(&c->y, yamlconf_line(n), "%s.%s: %s %s; %s", bname, field, esc, problem,
+                                 want);
     }
     if (!secret) {
         memcpy(pub, key, S_KEY_LEN + 1);
@@ -466,12 +333,13 @@ static int s_key(s_ctx *c, const char *bname, const char *field, const yaml_node
     }
     char derived[S_KEY_LEN + 1];
     if (zmq_curve_public(derived, key) != 0)
-        return s_fail(c, s_line(n), "%s.%s: cannot derive the public key (%s); use a libzmq built with CURVE",
-                      bname, field, zmq_strerror(zmq_errno()));
+        return yamlconf_fail(&c->y, yamlconf_line(n),
+                             "%s.%s: cannot derive the public key (%s); use a libzmq built with CURVE", bname,
+                             field, zmq_strerror(zmq_errno()));
     if (file_pub[0] && strcmp(file_pub, derived) != 0)
-        return s_fail(c, s_line(n),
-                      "%s.%s: the certificate's public-key does not belong to its secret-key; %s", bname,
-                      field, want);
+        return yamlconf_fail(&c->y, yamlconf_line(n),
+                             "%s.%s: the certificate's public-key does not belong to its secret-key; %s",
+                             bname, field, want);
     memcpy(sec, key, S_KEY_LEN + 1);
     memcpy(pub, derived, S_KEY_LEN + 1);
     return 0;
@@ -481,52 +349,61 @@ static int s_int_field(s_ctx *c, const char *bname, const char *field, const yam
                        int *out)
 {
     char buf[80];
-    if (n->type == YAML_SCALAR_NODE && s_parse_int(s_text_of(n), lo, hi, out)) return 0;
-    return s_fail(c, s_line(n), "%s.%s: must be a whole number from %ld to %ld, not %s", bname, field, lo, hi,
-                  s_show(n, buf, sizeof buf));
+    long v = 0;
+    if (n->type == YAML_SCALAR_NODE && yamlconf_parse_long(yamlconf_text_of(n), true, lo, hi, &v)) {
+        *out = (int)v;
+        return 0;
+    }
+    return yamlconf_fail(&c->y, yamlconf_line(n), "%s.%s: must be a whole number from %ld to %ld, not %s",
+                         bname, field, lo, hi, s_show(n, buf, sizeof buf));
 }
 
-static bool s_device_ok(s_text t)
+static bool s_device_ok(yamlconf_text t)
 {
-    if (s_is(t, "auto") || s_is(t, "cpu") || s_is(t, "cuda")) return true;
-    int idx;
-    return t.len > 5 && memcmp(t.s, "cuda:", 5) == 0 && t.s[5] != '-' && t.s[5] != '+' &&
-           s_parse_int((s_text){t.s + 5, t.len - 5}, 0, 65535, &idx);
+    if (yamlconf_is(t, "auto") || yamlconf_is(t, "cpu") || yamlconf_is(t, "cuda")) return true;
+    long idx;
+    return t.len > 5 && memcmp(t.s, "cuda:", 5) == 0 &&
+           yamlconf_parse_long((yamlconf_text){t.s + 5, t.len - 5}, false, 0, 65535, &idx);
 }
 
 static int s_caps(s_ctx *c, const char *bname, const yaml_node_t *n, titan_conf_backend *b)
 {
     char buf[80];
     if (n->type != YAML_SEQUENCE_NODE)
-        return s_fail(
-            c, s_line(n),
+        return yamlconf_fail(
+            &c->y, yamlconf_line(n),
             "%s.capabilities: must be a list of names such as [matrix_ops, legacy_inference], not %s; "
             "leave it out to offer every operation",
             bname, s_show(n, buf, sizeof buf));
     int count = 0;
     for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
          it++, count++) {
-        yaml_node_t *item = yaml_document_get_node(c->doc, *it);
-        if (!item) return s_fail(c, s_line(n), "%s.capabilities: damaged YAML document; rewrite it", bname);
+        yaml_node_t *item = yaml_document_get_node(c->y.doc, *it);
+        if (!item)
+            return yamlconf_fail(&c->y, yamlconf_line(n),
+                                 "%s.capabilities: damaged YAML document; rewrite it", bname);
         if (count >= TITAN_CONF_MAX_CAPS)
-            return s_fail(c, s_line(item), "%s.capabilities: more than %d capabilities; list at most %d",
-                          bname, TITAN_CONF_MAX_CAPS, TITAN_CONF_MAX_CAPS);
-        if (item->type != YAML_SCALAR_NODE || !s_name_ok(s_text_of(item), sizeof b->caps[0] - 1))
-            return s_fail(
-                c, s_line(item),
+            return yamlconf_fail(&c->y, yamlconf_line(item),
+                                 "%s.capabilities: more than %d capabilities; list at most %d", bname,
+                                 TITAN_CONF_MAX_CAPS, TITAN_CONF_MAX_CAPS);
+        if (item->type != YAML_SCALAR_NODE ||
+            !yamlconf_name_ok(yamlconf_text_of(item), sizeof b->caps[0] - 1))
+            return yamlconf_fail(
+                &c->y, yamlconf_line(item),
                 "%s.capabilities[%d]: must be a name of 1 to %zu letters, digits, '_', '.' or '-', not %s",
                 bname, count, sizeof b->caps[0] - 1, s_show(item, buf, sizeof buf));
-        s_text t = s_text_of(item);
+        yamlconf_text t = yamlconf_text_of(item);
         for (int j = 0; j < count; j++)
-            if (s_is(t, b->caps[j]))
-                return s_fail(c, s_line(item), "%s.capabilities[%d]: %s is listed twice; list it once", bname,
-                              count, b->caps[j]);
+            if (yamlconf_is(t, b->caps[j]))
+                return yamlconf_fail(&c->y, yamlconf_line(item),
+                                     "%s.capabilities[%d]: %s is listed twice; list it once", bname, count,
+                                     b->caps[j]);
         memcpy(b->caps[count], t.s, t.len);
         b->caps[count][t.len] = '\0';
     }
     if (count == 0)
-        return s_fail(
-            c, s_line(n),
+        return yamlconf_fail(
+            &c->y, yamlconf_line(n),
             "%s.capabilities: is an empty list; name at least one, or leave it out to offer every operation",
             bname);
     b->ncaps = count;
@@ -540,13 +417,13 @@ static int s_backend(s_ctx *c, const yaml_node_t *key, const yaml_node_t *map, i
 {
     char buf[80];
     const char *bname = b->name;
-    int nline = s_line(key);
+    int nline = yamlconf_line(key);
     if (map->type != YAML_MAPPING_NODE || map->data.mapping.pairs.top == map->data.mapping.pairs.start) {
         if (map->type == YAML_MAPPING_NODE || s_is_null(map))
-            return s_fail(c, nline, "%s: has no settings; give it at least type: local or type: remote",
-                          bname);
-        return s_fail(c, nline, "%s: must be a mapping of settings such as {type: local}, not %s", bname,
-                      s_show(map, buf, sizeof buf));
+            return yamlconf_fail(&c->y, nline,
+                                 "%s: has no settings; give it at least type: local or type: remote", bname);
+        return yamlconf_fail(&c->y, nline, "%s: must be a mapping of settings such as {type: local}, not %s",
+                             bname, s_show(map, buf, sizeof buf));
     }
     yaml_node_t *v[F_COUNT];
     int kl[F_COUNT];
@@ -554,37 +431,39 @@ static int s_backend(s_ctx *c, const yaml_node_t *key, const yaml_node_t *map, i
     if (rc < 0) return rc;
     for (int f = 0; f < F_COUNT; f++)
         if (v[f] && f != F_CAPS && v[f]->type != YAML_SCALAR_NODE)
-            return s_fail(c, s_line(v[f]), "%s.%s: must be a single value, not %s", bname,
-                          s_backend_fields[f], s_show(v[f], buf, sizeof buf));
+            return yamlconf_fail(&c->y, yamlconf_line(v[f]), "%s.%s: must be a single value, not %s", bname,
+                                 s_backend_fields[f], s_show(v[f], buf, sizeof buf));
 
-    if (!v[F_TYPE]) return s_fail(c, nline, "%s.type: missing; add type: local or type: remote", bname);
-    s_text t = s_text_of(v[F_TYPE]);
-    if (s_is(t, "local"))
+    if (!v[F_TYPE])
+        return yamlconf_fail(&c->y, nline, "%s.type: missing; add type: local or type: remote", bname);
+    yamlconf_text t = yamlconf_text_of(v[F_TYPE]);
+    if (yamlconf_is(t, "local"))
         b->type = TITAN_CONF_LOCAL;
-    else if (s_is(t, "remote"))
+    else if (yamlconf_is(t, "remote"))
         b->type = TITAN_CONF_REMOTE;
     else
-        return s_fail(c, s_line(v[F_TYPE]), "%s.type: unknown type %s; use local|remote", bname,
-                      s_show(v[F_TYPE], buf, sizeof buf));
+        return yamlconf_fail(&c->y, yamlconf_line(v[F_TYPE]), "%s.type: unknown type %s; use local|remote",
+                             bname, s_show(v[F_TYPE], buf, sizeof buf));
     bool local = b->type == TITAN_CONF_LOCAL;
 
     if (local && v[F_ENDPOINT])
-        return s_fail(
-            c, kl[F_ENDPOINT],
+        return yamlconf_fail(
+            &c->y, kl[F_ENDPOINT],
             "%s.endpoint: a local backend runs in this process and has no endpoint; remove it or use "
             "type: remote",
             bname);
     if (!local && !v[F_ENDPOINT])
-        return s_fail(
-            c, nline,
+        return yamlconf_fail(
+            &c->y, nline,
             "%s.endpoint: missing; a remote backend needs endpoint: tcp://HOST:PORT (or ipc://PATH, "
             "inproc://NAME)",
             bname);
     if (v[F_ENDPOINT]) {
-        t = s_text_of(v[F_ENDPOINT]);
+        t = yamlconf_text_of(v[F_ENDPOINT]);
         if (t.len >= sizeof b->endpoint)
-            return s_fail(c, s_line(v[F_ENDPOINT]), "%s.endpoint: longer than %zu characters; shorten it",
-                          bname, sizeof b->endpoint - 1);
+            return yamlconf_fail(&c->y, yamlconf_line(v[F_ENDPOINT]),
+                                 "%s.endpoint: longer than %zu characters; shorten it", bname,
+                                 sizeof b->endpoint - 1);
         size_t plen = t.len >= 6 && memcmp(t.s, "tcp://", 6) == 0      ? 6
                       : t.len >= 6 && memcmp(t.s, "ipc://", 6) == 0    ? 6
                       : t.len >= 9 && memcmp(t.s, "inproc://", 9) == 0 ? 9
@@ -593,22 +472,23 @@ static int s_backend(s_ctx *c, const yaml_node_t *key, const yaml_node_t *map, i
         for (size_t i = 0; i < t.len; i++)
             if (t.s[i] == ' ' || t.s[i] == '\t') blank = true;
         if (plen == 0 || t.len == plen || blank || !s_printable(t))
-            return s_fail(c, s_line(v[F_ENDPOINT]),
-                          "%s.endpoint: must be tcp://HOST:PORT, ipc://PATH or inproc://NAME, not %s", bname,
-                          s_show(v[F_ENDPOINT], buf, sizeof buf));
+            return yamlconf_fail(&c->y, yamlconf_line(v[F_ENDPOINT]),
+                                 "%s.endpoint: must be tcp://HOST:PORT, ipc://PATH or inproc://NAME, not %s",
+                                 bname, s_show(v[F_ENDPOINT], buf, sizeof buf));
         memcpy(b->endpoint, t.s, t.len);
         b->endpoint[t.len] = '\0';
     }
 
     snprintf(b->device, sizeof b->device, "%s", local ? "auto" : "");
     if (v[F_DEVICE]) {
-        t = s_text_of(v[F_DEVICE]);
+        t = yamlconf_text_of(v[F_DEVICE]);
         if (local && !s_device_ok(t))
-            return s_fail(c, s_line(v[F_DEVICE]), "%s.device: must be auto, cpu, cuda or cuda:N, not %s",
-                          bname, s_show(v[F_DEVICE], buf, sizeof buf));
+            return yamlconf_fail(&c->y, yamlconf_line(v[F_DEVICE]),
+                                 "%s.device: must be auto, cpu, cuda or cuda:N, not %s", bname,
+                                 s_show(v[F_DEVICE], buf, sizeof buf));
         if (!local && (t.len == 0 || t.len >= sizeof b->device || !s_printable(t)))
-            return s_fail(
-                c, s_line(v[F_DEVICE]),
+            return yamlconf_fail(
+                &c->y, yamlconf_line(v[F_DEVICE]),
                 "%s.device: must be a label of 1 to %zu printable characters, not %s; shorten it or "
                 "leave it out",
                 bname, sizeof b->device - 1, s_show(v[F_DEVICE], buf, sizeof buf));
@@ -623,11 +503,11 @@ static int s_backend(s_ctx *c, const yaml_node_t *key, const yaml_node_t *map, i
         (rc = s_int_field(c, bname, "priority", v[F_PRIORITY], 0, 1000000, &b->priority)) < 0)
         return rc;
     b->weight = 1.0;
-    if (v[F_WEIGHT] && !s_parse_weight(s_text_of(v[F_WEIGHT]), &b->weight))
-        return s_fail(c, s_line(v[F_WEIGHT]),
-                      "%s.weight: must be a finite number greater than 0 (such as 1 or 0.5), "
-                      "not %s",
-                      bname, s_show(v[F_WEIGHT], buf, sizeof buf));
+    if (v[F_WEIGHT] && !s_parse_weight(yamlconf_text_of(v[F_WEIGHT]), &b->weight))
+        return yamlconf_fail(&c->y, yamlconf_line(v[F_WEIGHT]),
+                             "%s.weight: must be a finite number greater than 0 (such as 1 or 0.5), "
+                             "not %s",
+                             bname, s_show(v[F_WEIGHT], buf, sizeof buf));
     b->max_inflight = local ? 1 : 0;
     if (v[F_MAX_INFLIGHT] &&
         (rc = s_int_field(c, bname, "max_inflight", v[F_MAX_INFLIGHT], 0, 100000, &b->max_inflight)) < 0)
@@ -639,14 +519,15 @@ static int s_backend(s_ctx *c, const yaml_node_t *key, const yaml_node_t *map, i
 
     for (int f = F_SERVER_KEY; f <= F_CLIENT_KEY; f++)
         if (local && v[f])
-            return s_fail(c, kl[f],
-                          "%s.%s: a local backend uses no CURVE keys; remove it or use type: remote", bname,
-                          s_backend_fields[f]);
+            return yamlconf_fail(&c->y, kl[f],
+                                 "%s.%s: a local backend uses no CURVE keys; remove it or use type: remote",
+                                 bname, s_backend_fields[f]);
     if (v[F_CLIENT_KEY] && !v[F_SERVER_KEY])
-        return s_fail(c, kl[F_CLIENT_KEY],
-                      "%s.client_key: needs server_key; add the worker's public key as server_key, or remove "
-                      "client_key",
-                      bname);
+        return yamlconf_fail(
+            &c->y, kl[F_CLIENT_KEY],
+            "%s.client_key: needs server_key; add the worker's public key as server_key, or remove "
+            "client_key",
+            bname);
     if (v[F_SERVER_KEY] &&
         (rc = s_key(c, bname, "server_key", v[F_SERVER_KEY], false, b->server_key, NULL)) < 0)
         return rc;
@@ -662,40 +543,44 @@ static int s_backends(s_ctx *c, int kline, const yaml_node_t *map)
     titan_conf *conf = c->conf;
     if (map->type != YAML_MAPPING_NODE) {
         if (s_is_null(map))
-            return s_fail(c, kline,
-                          "backends: is empty; add at least one backend, such as "
-                          "local: {type: local}");
-        return s_fail(c, s_line(map), "backends: must be a mapping of NAME: {settings}, not %s",
-                      s_show(map, buf, sizeof buf));
+            return yamlconf_fail(&c->y, kline,
+                                 "backends: is empty; add at least one backend, such as "
+                                 "local: {type: local}");
+        return yamlconf_fail(&c->y, yamlconf_line(map),
+                             "backends: must be a mapping of NAME: {settings}, not %s",
+                             s_show(map, buf, sizeof buf));
     }
     if (map->data.mapping.pairs.top == map->data.mapping.pairs.start)
-        return s_fail(c, kline, "backends: is empty; add at least one backend, such as local: {type: local}");
+        return yamlconf_fail(&c->y, kline,
+                             "backends: is empty; add at least one backend, such as local: {type: local}");
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-        yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
-        yaml_node_t *v = yaml_document_get_node(c->doc, p->value);
-        if (!k || !v) return s_fail(c, s_line(map), "backends: damaged YAML document; rewrite it");
+        yaml_node_t *k = yaml_document_get_node(c->y.doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(c->y.doc, p->value);
+        if (!k || !v)
+            return yamlconf_fail(&c->y, yamlconf_line(map), "backends: damaged YAML document; rewrite it");
         if (k->type != YAML_SCALAR_NODE)
-            return s_fail(c, s_line(k),
-                          "backends: a backend name is %s; names are plain words such as primary",
-                          s_show(k, buf, sizeof buf));
-        s_text t = s_text_of(k);
-        if (!s_name_ok(t, sizeof conf->backends[0].name - 1))
-            return s_fail(
-                c, s_line(k),
+            return yamlconf_fail(&c->y, yamlconf_line(k),
+                                 "backends: a backend name is %s; names are plain words such as primary",
+                                 s_show(k, buf, sizeof buf));
+        yamlconf_text t = yamlconf_text_of(k);
+        if (!yamlconf_name_ok(t, sizeof conf->backends[0].name - 1))
+            return yamlconf_fail(
+                &c->y, yamlconf_line(k),
                 "backends: backend name %s must be 1 to %zu letters, digits, '_', '.' or '-'; rename it",
                 s_show(k, buf, sizeof buf), sizeof conf->backends[0].name - 1);
         for (int i = 0; i < conf->n; i++)
-            if (s_is(t, conf->backends[i].name))
-                return s_fail(c, s_line(k),
-                              "%s: a second backend of that name (the first is on line %d); rename one",
-                              conf->backends[i].name, conf->backends[i].line);
+            if (yamlconf_is(t, conf->backends[i].name))
+                return yamlconf_fail(
+                    &c->y, yamlconf_line(k),
+                    "%s: a second backend of that name (the first is on line %d); rename one",
+                    conf->backends[i].name, conf->backends[i].line);
         if (conf->n >= TITAN_CONF_MAX_BACKENDS)
-            return s_fail(c, s_line(k), "backends: more than %d backends; remove some",
-                          TITAN_CONF_MAX_BACKENDS);
+            return yamlconf_fail(&c->y, yamlconf_line(k), "backends: more than %d backends; remove some",
+                                 TITAN_CONF_MAX_BACKENDS);
         titan_conf_backend *b = &conf->backends[conf->n];
         memcpy(b->name, t.s, t.len);
         b->name[t.len] = '\0';
-        b->line = s_line(k);
+        b->line = yamlconf_line(k);
         int rc = s_backend(c, k, v, conf->n + 1, b);
         if (rc < 0) return rc;
         conf->n++;
@@ -709,8 +594,8 @@ static int s_router(s_ctx *c, int kline, const yaml_node_t *map)
     titan_conf *conf = c->conf;
     if (s_is_null(map)) return 0; /* "router:" with every line commented out */
     if (map->type != YAML_MAPPING_NODE)
-        return s_fail(c, kline, "router: must be a mapping such as {breaker_failures: 2}, not %s",
-                      s_show(map, buf, sizeof buf));
+        return yamlconf_fail(&c->y, kline, "router: must be a mapping such as {breaker_failures: 2}, not %s",
+                             s_show(map, buf, sizeof buf));
     yaml_node_t *v[R_COUNT];
     int kl[R_COUNT];
     int rc = s_collect(c, map, "router", s_router_fields, R_COUNT, v, kl);
@@ -726,8 +611,8 @@ static int s_router(s_ctx *c, int kline, const yaml_node_t *map)
                               &conf->breaker_max_cooldown_ms)) < 0)
             return rc;
         if (conf->breaker_max_cooldown_ms < conf->breaker_cooldown_ms)
-            return s_fail(
-                c, s_line(v[R_MAX_COOLDOWN]),
+            return yamlconf_fail(
+                &c->y, yamlconf_line(v[R_MAX_COOLDOWN]),
                 "router.breaker_max_cooldown_ms: %d is less than breaker_cooldown_ms (%d); raise it",
                 conf->breaker_max_cooldown_ms, conf->breaker_cooldown_ms);
     } else if (conf->breaker_max_cooldown_ms < conf->breaker_cooldown_ms) {
@@ -741,182 +626,73 @@ static int s_top(s_ctx *c, const yaml_node_t *root)
 {
     char buf[80];
     if (root->type != YAML_MAPPING_NODE)
-        return s_fail(c, s_line(root), "top level: must be a mapping with a backends: key, not %s",
-                      s_show(root, buf, sizeof buf));
+        return yamlconf_fail(&c->y, yamlconf_line(root),
+                             "top level: must be a mapping with a backends: key, not %s",
+                             s_show(root, buf, sizeof buf));
     yaml_node_t *v[T_COUNT];
     int kl[T_COUNT];
     int rc = s_collect(c, root, NULL, s_top_fields, T_COUNT, v, kl);
     if (rc < 0) return rc;
     if (!v[T_BACKENDS])
-        return s_fail(c, s_line(root),
-                      "backends: missing; add a backends: mapping with at least one backend");
+        return yamlconf_fail(&c->y, yamlconf_line(root),
+                             "backends: missing; add a backends: mapping with at least one backend");
     if ((rc = s_backends(c, kl[T_BACKENDS], v[T_BACKENDS])) < 0) return rc;
     if (v[T_ROUTER]) return s_router(c, kl[T_ROUTER], v[T_ROUTER]);
     return 0;
 }
 
-static int s_yaml_error(s_ctx *c, const yaml_parser_t *p, const char *text, size_t len)
-{
-    if (p->error == YAML_MEMORY_ERROR) return -ENOMEM;
-    size_t line = p->problem_mark.line;
-    if (p->error == YAML_READER_ERROR) { /* the reader reports a byte offset, not a mark */
-        line = 0;
-        for (size_t i = 0; i < p->problem_offset && i < len; i++)
-            if (text[i] == '\n') line++;
-    }
-    int l = line >= INT_MAX ? INT_MAX : (int)line + 1;
-    const char *problem = p->problem ? p->problem : "unknown error";
-    if (p->context)
-        return s_fail(c, l, "not valid YAML: %s (%s on line %d); fix the syntax", problem, p->context,
-                      p->context_mark.line >= INT_MAX ? INT_MAX : (int)p->context_mark.line + 1);
-    return s_fail(c, l, "not valid YAML: %s; fix the syntax", problem);
-}
-
-/* Walks the events once for what the document loader takes silently: aliases, a second document,
- * deep nesting and sheer size. Syntax errors surface here first. */
-static int s_prescan(s_ctx *c, const char *text, size_t len)
-{
-    yaml_parser_t p;
-    yaml_event_t ev;
-    int rc = 0, depth = 0, docs = 0;
-    long nodes = 0;
-    if (!yaml_parser_initialize(&p)) return -ENOMEM;
-    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
-    for (bool done = false; !done && rc == 0;) {
-        if (!yaml_parser_parse(&p, &ev)) {
-            rc = s_yaml_error(c, &p, text, len);
-            break;
-        }
-        int line = ev.start_mark.line >= INT_MAX ? INT_MAX : (int)ev.start_mark.line + 1;
-        switch (ev.type) {
-        case YAML_STREAM_END_EVENT:
-            done = true;
-            break;
-        case YAML_DOCUMENT_START_EVENT:
-            if (++docs > 1)
-                rc = s_fail(c, line,
-                            "a second YAML document; a backends file holds one: remove this --- and what "
-                            "follows");
-            break;
-        case YAML_ALIAS_EVENT: {
-            char esc[256];
-            const char *a = (const char *)ev.data.alias.anchor;
-            s_escape(a, strlen(a), esc, sizeof esc);
-            rc = s_fail(c, line, "YAML aliases (*%s) are not supported; write the value out in full", esc);
-            break;
-        }
-        case YAML_MAPPING_START_EVENT:
-        case YAML_SEQUENCE_START_EVENT:
-            if (++depth > S_MAX_DEPTH)
-                rc = s_fail(c, line, "nested more than %d levels deep; this is not a backends file",
-                            S_MAX_DEPTH);
-            /* fall through */
-        case YAML_SCALAR_EVENT:
-            if (rc == 0 && ++nodes > S_MAX_NODES)
-                rc = s_fail(c, line, "more than %d YAML values; this is not a backends file", S_MAX_NODES);
-            break;
-        case YAML_MAPPING_END_EVENT:
-        case YAML_SEQUENCE_END_EVENT:
-            depth--;
-            break;
-        default:
-            break;
-        }
-        yaml_event_delete(&ev);
-    }
-    yaml_parser_delete(&p);
-    if (rc == 0 && docs == 0)
-        rc = s_fail(c, 1, "the file is empty; it needs a backends: mapping (see docs/OPERATIONS.md)");
-    return rc;
-}
-
 static int s_load(s_ctx *c, const char *text, size_t len, titan_conf *out)
 {
-    int rc = s_prescan(c, text, len);
-    if (rc < 0) return rc;
-
-    titan_conf *conf = calloc(1, sizeof *conf);
-    if (!conf) return -ENOMEM;
-    conf->breaker_failures = 2;
-    conf->breaker_cooldown_ms = 1000;
-    conf->breaker_max_cooldown_ms = 30000;
-    c->conf = conf;
-
-    yaml_parser_t p;
     yaml_document_t doc;
-    bool have_doc = false;
-    if (!yaml_parser_initialize(&p)) {
+    yaml_node_t *root = NULL;
+    int rc = yamlconf_load(&c->y, &s_rules, text, len, &doc, &root);
+    if (rc < 0) return rc;
+    titan_conf *conf = calloc(1, sizeof *conf);
+    if (conf) {
+        conf->breaker_failures = 2;
+        conf->breaker_cooldown_ms = 1000;
+        conf->breaker_max_cooldown_ms = 30000;
+        c->conf = conf;
+        rc = s_top(c, root);
+        if (rc == 0) memcpy(out, conf, sizeof *conf);
         free(conf);
-        return -ENOMEM;
+    } else {
+        rc = -ENOMEM;
     }
-    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
-    if (!yaml_parser_load(&p, &doc)) {
-        rc = s_yaml_error(c, &p, text, len);
-        goto out;
-    }
-    have_doc = true;
-    c->doc = &doc;
-    yaml_node_t *root = yaml_document_get_root_node(&doc);
-    if (!root) {
-        rc = s_fail(c, 1, "the file is empty; it needs a backends: mapping (see docs/OPERATIONS.md)");
-        goto out;
-    }
-    rc = s_top(c, root);
-    if (rc == 0) memcpy(out, conf, sizeof *conf);
-out:
-    if (have_doc) yaml_document_delete(&doc);
-    yaml_parser_delete(&p);
-    free(conf);
+    yaml_document_delete(&doc);
     return rc;
 }
 
 int titan_conf_load_string(const char *text, size_t len, const char *name, const char *dir, titan_conf *out,
                            char *err, size_t errcap)
 {
-    s_ctx c = {.name = name ? name : "(string)", .dir = dir, .err = err, .errcap = errcap};
+    s_ctx c = {.y = {.name = name ? name : "(string)", .err = err, .errcap = errcap}, .dir = dir};
     if (!out || (!text && len > 0)) {
-        s_fail(&c, 0, "no text or no place for the result (a bug in the caller)");
+        yamlconf_fail(&c.y, 0, "no text or no place for the result (a bug in the caller)");
         return -EINVAL;
     }
     if (len > TITAN_CONF_MAX_BYTES) {
-        s_fail(&c, 0, "larger than %d bytes; this is not a backends file", TITAN_CONF_MAX_BYTES);
+        yamlconf_fail(&c.y, 0, "larger than %d bytes; this is not a backends file", TITAN_CONF_MAX_BYTES);
         return -EFBIG;
     }
     int rc = s_load(&c, text ? text : "", len, out);
-    if (rc == -ENOMEM) s_fail(&c, 0, "out of memory while reading it");
+    if (rc == -ENOMEM) yamlconf_fail(&c.y, 0, "out of memory while reading it");
     return rc;
 }
 
 int titan_conf_load_file(const char *path, titan_conf *out, char *err, size_t errcap)
 {
-    s_ctx c = {.name = path ? path : "(null)", .err = err, .errcap = errcap};
-    if (!path || !out) {
-        s_fail(&c, 0, "no path or no place for the result (a bug in the caller)");
-        return -EINVAL;
-    }
+    yamlconf y = {.name = path ? path : "(null)", .err = err, .errcap = errcap};
+    if (!path || !out)
+        return yamlconf_fail(&y, 0, "no path or no place for the result (a bug in the caller)");
     char *text = NULL;
     size_t len = 0;
-    int rc = s_read_file(path, TITAN_CONF_MAX_BYTES, &text, &len);
-    if (rc == -EFBIG) {
-        s_fail(&c, 0, "larger than %d bytes; this is not a backends file", TITAN_CONF_MAX_BYTES);
-        return rc;
-    }
-    if (rc == -EISDIR || rc == -EINVAL) {
-        s_fail(&c, 0, "not a regular file; give the path of compute_backends.yaml");
-        return -EINVAL;
-    }
-    if (rc == -ENOMEM) {
-        s_fail(&c, 0, "out of memory while reading it");
-        return rc;
-    }
-    if (rc < 0) {
-        s_fail(&c, 0, "cannot read it (%s); check the path and its permissions", strerror(-rc));
-        return rc;
-    }
+    int rc = yamlconf_read(&y, &s_rules, &text, &len);
+    if (rc < 0) return rc;
     char *dir = strdup(path);
     if (!dir) {
         free(text);
-        s_fail(&c, 0, "out of memory while reading it");
+        yamlconf_fail(&y, 0, "out of memory while reading it");
         return -ENOMEM;
     }
     char *slash = strrchr(dir, '/');
