@@ -9,7 +9,7 @@ build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsys
 # chromium renders titan serve's status page in a test. promtool (which checks /metrics) comes
 # from Debian's prometheus package, unpacked into .deps/ rather than installed: installing it
 # would start a Prometheus server on port 9090 as a side effect (see fetch_promtool below).
-test_pkgs="libcmocka-dev python3-zmq python3-numpy clang libclang-rt-14-dev redis-server python3-redis chromium shellcheck"
+test_pkgs="libcmocka-dev python3-zmq python3-numpy python3-pytest clang libclang-rt-14-dev redis-server python3-redis chromium shellcheck"
 bench_pkgs="python3-zmq python3-numpy python3-torch redis-server python3-redis"
 
 case "${1:-build}" in
@@ -44,13 +44,35 @@ fetch_promtool() {
 }
 [ "${1:-build}" = test ] && fetch_promtool
 
+# clients/node's test needs node, npm and its node_modules: `npm ci` (the npm registry only; zeromq's
+# npm tarball carries its prebuilt linux-x64 addon) whenever node_modules is missing or older than
+# package-lock.json. Runs after the Debian packages below are in place (nodejs npm when missing).
+node_client_deps() {
+  local dir="$root/clients/node"
+  [ -f "$dir/package-lock.json" ] || return 0
+  if [ -d "$dir/node_modules" ] && [ ! "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+    return 0
+  fi
+  echo "titan: npm ci in clients/node" >&2
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2) && touch "$dir/node_modules" ||
+    echo "titan: npm ci failed in clients/node; the node_client test will say so" >&2
+}
+# node and npm may come from elsewhere than Debian (nvm, NodeSource): ask for the packages only when missing.
+if [ "${1:-build}" = test ]; then
+  command -v node >/dev/null || want="$want nodejs"
+  command -v npm >/dev/null || want="$want npm"
+fi
+
 missing=""
 for p in $want; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing="$missing $p"
   fi
 done
-[ -z "$missing" ] && exit 0
+if [ -z "$missing" ]; then
+  [ "${1:-build}" = test ] && node_client_deps
+  exit 0
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "titan: missing Debian packages:$missing" >&2
@@ -62,3 +84,5 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $missing >/dev/null
+[ "${1:-build}" = test ] && node_client_deps
+exit 0
