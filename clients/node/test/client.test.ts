@@ -121,7 +121,7 @@ test("busy: a worker with --threads 1 --queue 0 running a long product answers T
   const probe = new TitanClient(w.endpoint, { timeoutMs: 5000 });
   const other = new TitanClient(w.endpoint, { timeoutMs: 5000, retries: 0 });
   try {
-    const n = 1800;
+    const n = 3000; // ~54 GFLOP on one BLAS thread: it holds the executor for a while even on a fast CPU
     const big = new Float64Array(n * n).fill(1);
     const running = long.matmul(big, [n, n], big, [n, n]);
     // Wait until the product holds the executor (gpu_info is answered on the I/O thread).
