@@ -40,6 +40,20 @@ static void s_on_signal(int sig)
     errno = saved;
 }
 
+#ifdef TITAN_HAVE_TORCH
+extern const titan_runner titan_runner_torchscript;
+static const titan_runner *const s_runners[] = {&titan_runner_torchscript};
+#define S_NRUNNERS 1
+#else
+static const titan_runner *const s_runners[] = {NULL};
+#define S_NRUNNERS 0
+#endif
+
+static void s_note_model(const char *msg)
+{
+    titan_log(TITAN_LOG_INFO, "%s", msg);
+}
+
 static void s_usage(FILE *f)
 {
     fprintf(f,
@@ -85,6 +99,12 @@ static void s_usage(FILE *f)
             "                           or the executors if more); enough keeps small jobs flowing past\n"
             "                           Redis round trips; capped at the executors plus the queue share;\n"
             "                           no more are taken while --max-inflight-bytes are in hand\n"
+            "  --models DIR             serve the models of DIR's NAME.model.json manifests (inference,\n"
+            "                           list_models, load_model, unload_model); off by default\n"
+            "  --max-models N           models loaded at once; beyond, the least recently used is\n"
+            "                           unloaded (default 8)\n"
+            "  --model-memory-mb N      budget of the loaded models, estimated from their files' sizes\n"
+            "                           (default 4096)\n"
             "  --config FILE            read settings from FILE: 'key = value' lines with the option\n"
             "                           names above (bind may repeat); command-line options win\n"
             "  --version                print the version and exit\n"
@@ -140,6 +160,9 @@ int main(int argc, char **argv)
         {"result-ttl", required_argument, 0, O_SETTING + 23},
         {"jobs-inflight", required_argument, 0, O_SETTING + 24},
         {"http", required_argument, 0, O_SETTING + 25},
+        {"models", required_argument, 0, O_SETTING + 26},
+        {"max-models", required_argument, 0, O_SETTING + 27},
+        {"model-memory-mb", required_argument, 0, O_SETTING + 28},
         {"config", required_argument, 0, O_CONFIG},
         {"version", no_argument, 0, O_VERSION},
         {"help", no_argument, 0, 'h'},
@@ -159,7 +182,8 @@ int main(int argc, char **argv)
             s_usage(stdout);
             return 0;
         case O_VERSION:
-            printf("titan-worker %s (protocol %d)\n", TITAN_VERSION, TITAN_PROTOCOL_VERSION);
+            printf("titan-worker %s (protocol %d; model runners: %s)\n", TITAN_VERSION, TITAN_PROTOCOL_VERSION,
+                   S_NRUNNERS ? "torchscript" : "none");
             return 0;
         case O_CONFIG:
             config_path = optarg;
@@ -273,6 +297,25 @@ int main(int argc, char **argv)
         goto out;
     }
     ops_ready = true;
+    char runner_info[128] = "";
+    if (S_NRUNNERS) {
+        s_runners[0]->describe(runner_info, sizeof(runner_info));
+        w.runner_info = runner_info;
+    }
+    if (cfg->models) {
+        w.models = titan_models_new(cfg->models, s_runners, S_NRUNNERS, cfg->max_models, cfg->model_memory_mb << 20,
+                                    s_note_model, err, sizeof(err));
+        if (!w.models) {
+            titan_log(TITAN_LOG_ERROR, "%s", err);
+            rc = -EINVAL;
+            goto out;
+        }
+        json_t *l = titan_models_list(w.models);
+        titan_log(TITAN_LOG_INFO, "serving %zu model(s) from %s (%s; at most %d loaded, %llu MB)", json_array_size(l),
+                  cfg->models, S_NRUNNERS ? runner_info : "no runner", cfg->max_models,
+                  (unsigned long long)cfg->model_memory_mb);
+        json_decref(l);
+    }
 
     pthread_sigmask(SIG_BLOCK, &set, &old);
     srv = titan_server_new(cfg, &w, metrics, err, sizeof(err));
@@ -357,6 +400,7 @@ out:
     titan_http_stop(&http);
     titan_metrics_set_backend(metrics, NULL);
     if (ops_ready) titan_ops_fini(&w);
+    titan_models_destroy(&w.models);
     titan_backend_destroy(&w.backend);
     titan_metrics_destroy(&metrics);
     titan_config_free(cfg);
