@@ -1,4 +1,5 @@
 /* main.c - titan-worker: options, start-up, signals and shutdown. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -41,13 +42,39 @@ static void s_on_signal(int sig)
 }
 
 #ifdef TITAN_HAVE_TORCH
-extern const titan_runner titan_runner_torchscript;
-static const titan_runner *const s_runners[] = {&titan_runner_torchscript};
 #define S_NRUNNERS 1
 #else
-static const titan_runner *const s_runners[] = {NULL};
 #define S_NRUNNERS 0
 #endif
+
+/* Opens the TorchScript runner module: next to this executable (the build tree), else in
+ * TITAN_RUNNER_LIBDIR. Returns the runner, or NULL with a message in err. The module stays
+ * loaded until exit (libtorch does not unload cleanly). */
+static const titan_runner *s_open_runner(char *err, size_t errcap)
+{
+    const char *file = "titan-runner-torchscript.so";
+    char self[4096], path[4200];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    void *h = NULL;
+    if (n > 0) {
+        self[n] = '\0';
+        char *slash = strrchr(self, '/');
+        if (slash) *slash = '\0';
+        snprintf(path, sizeof(path), "%s/%s", self, file);
+        if (access(path, F_OK) == 0) h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    }
+    if (!h) {
+        snprintf(path, sizeof(path), "%s/%s", TITAN_RUNNER_LIBDIR, file);
+        h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    }
+    if (!h) {
+        snprintf(err, errcap, "cannot load the TorchScript runner %.300s: %.180s", path, dlerror());
+        return NULL;
+    }
+    const titan_runner *r = dlsym(h, "titan_runner_torchscript");
+    if (!r) snprintf(err, errcap, "%.400s has no titan_runner_torchscript", path);
+    return r;
+}
 
 static void s_note_model(const char *msg)
 {
@@ -297,13 +324,20 @@ int main(int argc, char **argv)
         goto out;
     }
     ops_ready = true;
-    char runner_info[128] = "";
-    if (S_NRUNNERS) {
-        s_runners[0]->describe(runner_info, sizeof(runner_info));
-        w.runner_info = runner_info;
+    char runner_info[128] = "torchscript (loaded with --models)";
+    const titan_runner *runners[1] = {NULL};
+    if (S_NRUNNERS) w.runner_info = runner_info;
+    if (cfg->models && S_NRUNNERS) {
+        runners[0] = s_open_runner(err, sizeof(err));
+        if (!runners[0]) {
+            titan_log(TITAN_LOG_ERROR, "%s", err);
+            rc = -EINVAL;
+            goto out;
+        }
+        runners[0]->describe(runner_info, sizeof(runner_info));
     }
     if (cfg->models) {
-        w.models = titan_models_new(cfg->models, s_runners, S_NRUNNERS, cfg->max_models, cfg->model_memory_mb << 20,
+        w.models = titan_models_new(cfg->models, runners, S_NRUNNERS, cfg->max_models, cfg->model_memory_mb << 20,
                                     s_note_model, err, sizeof(err));
         if (!w.models) {
             titan_log(TITAN_LOG_ERROR, "%s", err);
