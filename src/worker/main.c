@@ -68,7 +68,7 @@ static const titan_runner *s_open_runner(char *err, size_t errcap)
         h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     }
     if (!h) {
-        snprintf(err, errcap, "cannot load the TorchScript runner %.300s: %.180s", path, dlerror());
+        snprintf(err, errcap, "cannot load the TorchScript runner %.200s: %.200s", path, dlerror());
         return NULL;
     }
     const titan_runner *r = dlsym(h, "titan_runner_torchscript");
