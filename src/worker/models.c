@@ -137,8 +137,12 @@ static int s_read_manifest(titan_models *m, const char *dir, const char *file, c
     if (mfile[0] == '/') snprintf(mpath, sizeof(mpath), "%s", mfile);
     else snprintf(mpath, sizeof(mpath), "%s/%s", dir, mfile);
     struct stat st;
-    if (stat(mpath, &st) != 0 || !S_ISREG(st.st_mode)) {
-        snprintf(err, errcap, "%s: model file %s: %s", path, mpath, S_ISREG(st.st_mode) ? strerror(errno) : "not a file");
+    if (stat(mpath, &st) != 0) {
+        snprintf(err, errcap, "%s: model file %s: %s", path, mpath, strerror(errno));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errcap, "%s: model file %s is not a regular file", path, mpath);
         goto out;
     }
     md->bytes = (uint64_t)st.st_size;
