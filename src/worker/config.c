@@ -21,6 +21,8 @@ void titan_config_init(titan_config *cfg)
     cfg->visibility_timeout_ms = 60000;
     cfg->max_attempts = 3;
     cfg->result_ttl_s = 86400;
+    cfg->max_models = 8;
+    cfg->model_memory_mb = 4096;
 }
 
 void titan_config_free(titan_config *cfg)
@@ -36,6 +38,7 @@ void titan_config_free(titan_config *cfg)
     free(cfg->redis_prefix);
     free(cfg->jobs_group);
     free(cfg->http);
+    free(cfg->models);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -110,6 +113,7 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         }
         return s_set_str(key[0] == 'r' ? &cfg->redis_prefix : &cfg->jobs_group, value);
     }
+    if (strcmp(key, "models") == 0) return s_set_str(&cfg->models, value);
     if (strcmp(key, "http") == 0) {
         if (titan_http_parse_listen(value, NULL, err, errcap) != 0) return -EINVAL;
         return s_set_str(&cfg->http, value);
@@ -143,6 +147,8 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         {"max-attempts", 1, 1000},
         {"result-ttl", 1, 315360000},
         {"jobs-inflight", 1, 256},
+        {"max-models", 1, 256},
+        {"model-memory-mb", 1, 1ULL << 24},
     };
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
         if (strcmp(key, nums[i].name) != 0) continue;
@@ -166,7 +172,9 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         else if (i == 10) cfg->visibility_timeout_ms = (int)u;
         else if (i == 11) cfg->max_attempts = (int)u;
         else if (i == 12) cfg->result_ttl_s = (int)u;
-        else cfg->jobs_inflight = (int)u;
+        else if (i == 13) cfg->jobs_inflight = (int)u;
+        else if (i == 14) cfg->max_models = (int)u;
+        else cfg->model_memory_mb = u;
         return 0;
     }
     snprintf(err, errcap, "unknown setting '%s'", key);

@@ -35,6 +35,9 @@ typedef struct {
     int max_attempts;         /* starts of one job before it goes to the dead-letter stream */
     int result_ttl_s;         /* TTL of a job record once it has ended */
     int jobs_inflight;        /* jobs the consumer keeps in hand at once; 0 = one per executor */
+    char *models;             /* directory of NAME.model.json manifests; NULL: no models */
+    int max_models;           /* models loaded at once */
+    uint64_t model_memory_mb; /* budget of the loaded models' file sizes */
     char *http;               /* [ADDR:]PORT of /healthz, /readyz, /metrics; NULL: no HTTP */
 } titan_config;
 

@@ -1,4 +1,5 @@
 /* main.c - titan-worker: options, start-up, signals and shutdown. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -38,6 +39,46 @@ static void s_on_signal(int sig)
         (void)w;
     }
     errno = saved;
+}
+
+#ifdef TITAN_HAVE_TORCH
+#define S_NRUNNERS 1
+#else
+#define S_NRUNNERS 0
+#endif
+
+/* Opens the TorchScript runner module: next to this executable (the build tree), else in
+ * TITAN_RUNNER_LIBDIR. Returns the runner, or NULL with a message in err. The module stays
+ * loaded until exit (libtorch does not unload cleanly). */
+static const titan_runner *s_open_runner(char *err, size_t errcap)
+{
+    const char *file = "titan-runner-torchscript.so";
+    char self[4096], path[4200];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    void *h = NULL;
+    if (n > 0) {
+        self[n] = '\0';
+        char *slash = strrchr(self, '/');
+        if (slash) *slash = '\0';
+        snprintf(path, sizeof(path), "%s/%s", self, file);
+        if (access(path, F_OK) == 0) h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    }
+    if (!h) {
+        snprintf(path, sizeof(path), "%s/%s", TITAN_RUNNER_LIBDIR, file);
+        h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    }
+    if (!h) {
+        snprintf(err, errcap, "cannot load the TorchScript runner %.200s: %.200s", path, dlerror());
+        return NULL;
+    }
+    const titan_runner *r = dlsym(h, "titan_runner_torchscript");
+    if (!r) snprintf(err, errcap, "%.400s has no titan_runner_torchscript", path);
+    return r;
+}
+
+static void s_note_model(const char *msg)
+{
+    titan_log(TITAN_LOG_INFO, "%s", msg);
 }
 
 static void s_usage(FILE *f)
@@ -85,6 +126,12 @@ static void s_usage(FILE *f)
             "                           or the executors if more); enough keeps small jobs flowing past\n"
             "                           Redis round trips; capped at the executors plus the queue share;\n"
             "                           no more are taken while --max-inflight-bytes are in hand\n"
+            "  --models DIR             serve the models of DIR's NAME.model.json manifests (inference,\n"
+            "                           list_models, load_model, unload_model); off by default\n"
+            "  --max-models N           models loaded at once; beyond, the least recently used is\n"
+            "                           unloaded (default 8)\n"
+            "  --model-memory-mb N      budget of the loaded models, estimated from their files' sizes\n"
+            "                           (default 4096)\n"
             "  --config FILE            read settings from FILE: 'key = value' lines with the option\n"
             "                           names above (bind may repeat); command-line options win\n"
             "  --version                print the version and exit\n"
@@ -140,6 +187,9 @@ int main(int argc, char **argv)
         {"result-ttl", required_argument, 0, O_SETTING + 23},
         {"jobs-inflight", required_argument, 0, O_SETTING + 24},
         {"http", required_argument, 0, O_SETTING + 25},
+        {"models", required_argument, 0, O_SETTING + 26},
+        {"max-models", required_argument, 0, O_SETTING + 27},
+        {"model-memory-mb", required_argument, 0, O_SETTING + 28},
         {"config", required_argument, 0, O_CONFIG},
         {"version", no_argument, 0, O_VERSION},
         {"help", no_argument, 0, 'h'},
@@ -159,7 +209,8 @@ int main(int argc, char **argv)
             s_usage(stdout);
             return 0;
         case O_VERSION:
-            printf("titan-worker %s (protocol %d)\n", TITAN_VERSION, TITAN_PROTOCOL_VERSION);
+            printf("titan-worker %s (protocol %d; model runners: %s)\n", TITAN_VERSION, TITAN_PROTOCOL_VERSION,
+                   S_NRUNNERS ? "torchscript" : "none");
             return 0;
         case O_CONFIG:
             config_path = optarg;
@@ -273,6 +324,32 @@ int main(int argc, char **argv)
         goto out;
     }
     ops_ready = true;
+    char runner_info[128] = "torchscript (loaded with --models)";
+    const titan_runner *runners[1] = {NULL};
+    if (S_NRUNNERS) w.runner_info = runner_info;
+    if (cfg->models && S_NRUNNERS) {
+        runners[0] = s_open_runner(err, sizeof(err));
+        if (!runners[0]) {
+            titan_log(TITAN_LOG_ERROR, "%s", err);
+            rc = -EINVAL;
+            goto out;
+        }
+        runners[0]->describe(runner_info, sizeof(runner_info));
+    }
+    if (cfg->models) {
+        w.models = titan_models_new(cfg->models, runners, S_NRUNNERS, cfg->max_models, cfg->model_memory_mb << 20,
+                                    s_note_model, err, sizeof(err));
+        if (!w.models) {
+            titan_log(TITAN_LOG_ERROR, "%s", err);
+            rc = -EINVAL;
+            goto out;
+        }
+        json_t *l = titan_models_list(w.models);
+        titan_log(TITAN_LOG_INFO, "serving %zu model(s) from %s (%s; at most %d loaded, %llu MB)", json_array_size(l),
+                  cfg->models, S_NRUNNERS ? runner_info : "no runner", cfg->max_models,
+                  (unsigned long long)cfg->model_memory_mb);
+        json_decref(l);
+    }
 
     pthread_sigmask(SIG_BLOCK, &set, &old);
     srv = titan_server_new(cfg, &w, metrics, err, sizeof(err));
@@ -357,6 +434,7 @@ out:
     titan_http_stop(&http);
     titan_metrics_set_backend(metrics, NULL);
     if (ops_ready) titan_ops_fini(&w);
+    titan_models_destroy(&w.models);
     titan_backend_destroy(&w.backend);
     titan_metrics_destroy(&metrics);
     titan_config_free(cfg);

@@ -1,4 +1,4 @@
-/* ops.c - ping, gpu_info, ops, matrix_multiply and inference. */
+/* ops.c - ping, gpu_info, ops, matrix_multiply, inference and the model ops. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,10 +58,58 @@ static int s_gpu_info(titan_worker_ctx *w, titan_request *req, titan_out *out, t
 
 static int s_ops(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_error *err);
 
+static int s_no_models(titan_worker_ctx *w, titan_error *err)
+{
+    if (w->runner_info)
+        return titan_fail(err, "unsupported",
+                          "this worker serves no models: start it with --models DIR (docs/OPERATIONS.md)");
+    return titan_fail(err, "unsupported",
+                      "inference is not available: this worker has no model runner (build with -Dtorch=enabled and "
+                      "start it with --models DIR); matrix_multiply works");
+}
+
 static int s_inference(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_error *err)
 {
-    return titan_fail(err, "unsupported",
-                      "inference is not available: this worker has no model runner yet (matrix_multiply works)");
+    if (!w->models) return s_no_models(w, err);
+    return titan_models_infer(w->models, req, out, err);
+}
+
+static const char *s_model_name(titan_request *req, titan_error *err)
+{
+    json_t *m = json_object_get(req->hdr, "model");
+    if (!json_is_string(m)) {
+        titan_fail(err, "bad_request", "\"model\" must name a model (see list_models)");
+        return NULL;
+    }
+    return json_string_value(m);
+}
+
+static int s_list_models(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_error *err)
+{
+    if (!w->models) return s_no_models(w, err);
+    json_t *o = json_pack("{s:o, s:s}", "models", titan_models_list(w->models), "runner", w->runner_info);
+    if (titan_out_json(out, o, req->id)) return titan_fail(err, "internal", "out of memory");
+    return 0;
+}
+
+static int s_load_model(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_error *err)
+{
+    if (!w->models) return s_no_models(w, err);
+    const char *name = s_model_name(req, err);
+    if (!name || titan_models_load(w->models, name, err)) return -1;
+    if (titan_out_json(out, json_pack("{s:s, s:s, s:b}", "status", "ok", "model", name, "loaded", 1), req->id))
+        return titan_fail(err, "internal", "out of memory");
+    return 0;
+}
+
+static int s_unload_model(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_error *err)
+{
+    if (!w->models) return s_no_models(w, err);
+    const char *name = s_model_name(req, err);
+    if (!name || titan_models_unload(w->models, name, err)) return -1;
+    if (titan_out_json(out, json_pack("{s:s, s:s, s:b}", "status", "ok", "model", name, "loaded", 0), req->id))
+        return titan_fail(err, "internal", "out of memory");
+    return 0;
 }
 
 /* Writes the m x n matrix as nested JSON arrays into a reply {"result":[[...]]}. */
@@ -196,15 +244,23 @@ static const titan_op s_table[] = {
     {"gpu_info", s_gpu_info, false, "the device: name, memory, multiprocessors, CUDA capability"},
     {"ops", s_ops, false, "this list, with limits and the protocol version"},
     {"matrix_multiply", s_matmul, true, "C = A x B for 2-D float32/float64 matrices, JSON arrays or binary frames"},
-    {"inference", s_inference, false, "model inference (unsupported: no model runner in this build)"},
+    {"inference", s_inference, true, "runs a model: {\"model\", \"inputs\":[tensors]} answers {\"outputs\"}"},
+    {"list_models", s_list_models, false, "the models of --models: name, runner, loaded, inputs, outputs"},
+    {"load_model", s_load_model, true, "loads a model now (evicting the least recently used over the limits)"},
+    {"unload_model", s_unload_model, true, "unloads a model"},
 };
+
+static bool s_is_model_op(titan_op_fn fn)
+{
+    return fn == s_inference || fn == s_list_models || fn == s_load_model || fn == s_unload_model;
+}
 
 static int s_ops(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_error *err)
 {
     json_t *list = json_array();
     for (size_t i = 0; i < sizeof(s_table) / sizeof(s_table[0]); i++) {
         json_t *o = json_pack("{s:s, s:s, s:b}", "name", s_table[i].name, "summary", s_table[i].summary,
-                              "supported", s_table[i].fn != s_inference);
+                              "supported", !s_is_model_op(s_table[i].fn) || w->models != NULL);
         if (o && s_table[i].fn == s_matmul) {
             json_object_set_new(o, "dtypes", json_pack("[s,s]", "float32", "float64"));
             json_object_set_new(o, "forms", json_pack("[s,s]", "json", "binary"));
@@ -219,6 +275,7 @@ static int s_ops(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_
                           (json_int_t)w->limits.max_inflight_bytes, "max_frames", TITAN_MAX_BODY_FRAMES,
                           "max_rank", TITAN_MAX_RANK, "max_json_depth", TITAN_JSON_MAX_DEPTH, "queue", w->queue);
     /* A tensor's elements are capped through its bytes: the request cap over the smallest dtype. */
+    if (o) json_object_set_new(o, "runner", w->runner_info ? json_string(w->runner_info) : json_null());
     json_t *lim = o ? json_object_get(o, "limits") : NULL;
     if (lim) json_object_set_new(lim, "max_tensor_elements", json_integer((json_int_t)(w->limits.max_request_bytes / 4)));
     if (titan_out_json(out, o, req->id)) return titan_fail(err, "internal", "out of memory");

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 
 #include "backend.h"
+#include "models.h"
 #include "request.h"
 
 /* A running worker's live load, for gpu_info. */
@@ -26,6 +27,10 @@ typedef struct {
      * whose gpu_info then has no queue_depth, inflight or uptime_s. */
     void (*load)(void *arg, titan_worker_load *out);
     void *load_arg;
+    /* The model registry (--models); NULL when the worker serves no models and in the
+     * in-process engine: inference and the model ops then answer "unsupported". */
+    titan_models *models;
+    const char *runner_info; /* "libtorch 1.13.0, cpu", or NULL when no runner is built in */
 } titan_worker_ctx;
 
 typedef int (*titan_op_fn)(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_error *err);

@@ -197,6 +197,76 @@ int titan_request_tensor(titan_request *req, const char *name, titan_dtype json_
                       name);
 }
 
+int titan_request_tensor_list(titan_request *req, const char *name, const titan_dtype *json_dtypes, int max,
+                              titan_tensor_view *views, int *n, titan_error *err)
+{
+    const titan_json_span *sp = NULL;
+    size_t nlen = strlen(name);
+    for (size_t i = 0; i < req->split.nspans && !sp; i++)
+        if (req->split.spans[i].key_len == nlen && memcmp(req->split.spans[i].key, name, nlen) == 0)
+            sp = &req->split.spans[i];
+    if (!sp) return titan_fail(err, "bad_request", "'%s' must be an array of tensors", name);
+    /* Walk the array text's top-level elements: nested arrays parse straight into tensors,
+     * descriptor objects go through the DOM (they are small). */
+    const char *t = sp->val, *end = sp->val + sp->val_len;
+    int count = 0;
+    char label[64];
+    t++; /* '[' */
+    while (t < end) {
+        while (t < end && (*t == ' ' || *t == '\t' || *t == '\n' || *t == '\r' || *t == ',')) t++;
+        if (t >= end || *t == ']') break;
+        const char *s = t;
+        int depth = 0;
+        bool str = false;
+        for (; t < end; t++) {
+            if (str) {
+                if (*t == '\\') t++;
+                else if (*t == '"') str = false;
+                continue;
+            }
+            if (*t == '"') str = true;
+            else if (*t == '[' || *t == '{') depth++;
+            else if (*t == ']' || *t == '}') {
+                if (--depth == 0) {
+                    t++;
+                    break;
+                }
+            } else if (depth == 0 && *t == ',') break;
+        }
+        if (count >= max) {
+            titan_fail(err, "bad_request", "'%s' has more than %d tensors", name, max);
+            goto fail;
+        }
+        snprintf(label, sizeof(label), "%s[%d]", name, count);
+        memset(&views[count], 0, sizeof(views[count]));
+        if (*s == '[') {
+            if (s_json_tensor(req, label, s, (size_t)(t - s), json_dtypes[count], &views[count], err)) goto fail;
+        } else if (*s == '{') {
+            json_error_t jerr;
+            json_t *d = json_loadb(s, (size_t)(t - s), 0, &jerr);
+            if (!d) {
+                titan_fail(err, "bad_request", "'%s' is not a valid descriptor: %s", label, jerr.text);
+                goto fail;
+            }
+            int rc = s_descriptor(req, label, d, &views[count], err);
+            json_decref(d);
+            if (rc) {
+                titan_tensor_view_release(&views[count]);
+                goto fail;
+            }
+        } else {
+            titan_fail(err, "bad_request", "'%s' must be a nested array of numbers or a tensor descriptor", label);
+            goto fail;
+        }
+        count++;
+    }
+    *n = count;
+    return 0;
+fail:
+    for (int i = 0; i < count; i++) titan_tensor_view_release(&views[i]);
+    return -1;
+}
+
 int titan_request_check_frames(titan_request *req, titan_error *err)
 {
     for (size_t f = 1; f <= req->nframes; f++)

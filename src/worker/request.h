@@ -72,6 +72,11 @@ int titan_request_parse(titan_request *req, const char *text, size_t len, zmq_ms
  * titan_tensor_view_release), or -1 with err set. */
 int titan_request_tensor(titan_request *req, const char *name, titan_dtype json_dtype, titan_tensor_view *out,
                          titan_error *err);
+/* Resolves the elements of the array field `name` (each a nested JSON array parsed as
+ * json_dtypes[i], or a binary descriptor) into views[0..*n). Returns 0 (release every view),
+ * or -1 with err set and nothing to release. */
+int titan_request_tensor_list(titan_request *req, const char *name, const titan_dtype *json_dtypes, int max,
+                              titan_tensor_view *views, int *n, titan_error *err);
 /* Fails with bad_request when a body frame was not referenced by any descriptor. */
 int titan_request_check_frames(titan_request *req, titan_error *err);
 void titan_request_release(titan_request *req);

@@ -1,0 +1,269 @@
+#!/usr/bin/python3
+"""test_inference.py - real TorchScript inference through titan-worker --models: tiny models made
+with torch.jit at test time, outputs compared with PyTorch's own, JSON and binary forms, the model
+ops, LRU eviction, concurrency and every bad input.
+Usage: test_inference.py PATH/TO/titan-worker   (prints TAP)"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+
+BIN = sys.argv[1]
+ver = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout
+if "torchscript" not in ver:
+    print("1..0 # SKIP titan-worker was built without the TorchScript runner (-Dtorch)")
+    sys.exit(0)
+try:
+    import numpy as np
+    import torch
+    import zmq
+except ImportError as e:
+    print(f"1..0 # SKIP {e} (make test installs python3-torch)")
+    sys.exit(0)
+
+from workerproc import Tap, Worker
+
+tap = Tap()
+ctx = zmq.Context()
+torch.manual_seed(0)
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1 = torch.nn.Linear(4, 16)
+        self.l2 = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.l2(torch.relu(self.l1(x)))
+
+
+class CNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c(x)).flatten(1))
+
+
+class Two(torch.nn.Module):
+    def forward(self, a, b):
+        return a + b, a * b.sum()
+
+
+def manifest(d, name, inputs, outputs, file=None):
+    with open(os.path.join(d, name + ".model.json"), "w") as f:
+        json.dump({"name": name, "runner": "torchscript", "file": file or name + ".pt", "inputs": inputs,
+                   "outputs": outputs, "device": "cpu"}, f)
+
+
+def spec(name, shape, dtype="float32"):
+    return {"name": name, "dtype": dtype, "shape": shape}
+
+
+mdir = tempfile.mkdtemp(prefix="titan-models-")
+mlp, cnn, two = MLP().eval(), CNN().eval(), Two().eval()
+torch.jit.script(mlp).save(os.path.join(mdir, "mlp.pt"))
+torch.jit.trace(cnn, torch.zeros(1, 1, 8, 8)).save(os.path.join(mdir, "cnn.pt"))
+torch.jit.script(two).save(os.path.join(mdir, "two.pt"))
+manifest(mdir, "mlp", [spec("x", [-1, 4])], [spec("y", [-1, 3])])
+manifest(mdir, "cnn", [spec("img", [-1, 1, 8, 8])], [spec("logits", [-1, 2])])
+manifest(mdir, "two", [spec("a", [-1, 3]), spec("b", [-1, 3])], [spec("sum", [-1, 3]), spec("scaled", [-1, 3])])
+with open(os.path.join(mdir, "broken.pt"), "wb") as f:
+    f.write(b"this is not a TorchScript archive" * 10)
+manifest(mdir, "broken", [spec("x", [-1, 4])], [spec("y", [-1, 3])])
+
+
+def sock(ep):
+    s = ctx.socket(zmq.REQ)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVTIMEO, 60000)
+    s.connect(ep)
+    return s
+
+
+def call(s, header, *frames):
+    s.send_multipart([json.dumps(header).encode(), *frames])
+    parts = s.recv_multipart()
+    return json.loads(parts[0]), parts[1:]
+
+
+def desc(arr, frame):
+    return {"dtype": str(arr.dtype), "shape": list(arr.shape), "frame": frame}
+
+
+def close(got, want):
+    got = np.asarray(got, dtype=np.float64)
+    want = want.detach().numpy().astype(np.float64)
+    return got.shape == want.shape and np.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+w = Worker(BIN, "--models", mdir, "--threads", "4")
+s = sock(w.endpoint)
+x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+img = np.random.default_rng(2).standard_normal((3, 1, 8, 8)).astype(np.float32)
+a = np.random.default_rng(3).standard_normal((2, 3)).astype(np.float32)
+b = np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)
+with torch.no_grad():
+    want_mlp = mlp(torch.from_numpy(x))
+    want_cnn = cnn(torch.from_numpy(img))
+    want_two = two(torch.from_numpy(a), torch.from_numpy(b))
+
+
+def t_list():
+    r, _ = call(s, {"op": "list_models"})
+    byname = {m["name"]: m for m in r.get("models", [])}
+    tap.ok(set(byname) == {"mlp", "cnn", "two", "broken"}, "list_models names every manifest", r)
+    m = byname.get("mlp", {})
+    tap.ok(m.get("runner") == "torchscript" and m.get("loaded") is False and m.get("last_used") is None
+           and m.get("inputs") == [spec("x", [-1, 4])] and m.get("outputs") == [spec("y", [-1, 3])],
+           "list_models: runner, loaded=false, inputs, outputs, last_used", m)
+    r, _ = call(s, {"op": "ops"})
+    inf = [o for o in r.get("ops", []) if o["name"] == "inference"]
+    tap.ok(inf and inf[0]["supported"] and "libtorch" in (r.get("runner") or ""), "ops: inference supported", r)
+
+
+def t_json():
+    r, _ = call(s, {"op": "inference", "model": "mlp", "inputs": [x.tolist()], "id": 7})
+    tap.ok(r.get("id") == 7 and close(r["outputs"][0], want_mlp), "MLP, JSON form, matches PyTorch", r)
+    r, _ = call(s, {"op": "inference", "model": "cnn", "inputs": [img.tolist()]})
+    tap.ok("outputs" in r and close(r["outputs"][0], want_cnn), "CNN, JSON form, matches PyTorch", r)
+    r, _ = call(s, {"op": "inference", "model": "two", "inputs": [a.tolist(), b.tolist()]})
+    tap.ok("outputs" in r and len(r["outputs"]) == 2 and close(r["outputs"][0], want_two[0])
+           and close(r["outputs"][1], want_two[1]), "two inputs, two outputs, JSON", r)
+    r, _ = call(s, {"op": "inference", "model": "mlp", "input": x.tolist()})
+    tap.ok("output" in r and close(r["output"], want_mlp), "the design's single-input form answers output", r)
+
+
+def t_binary():
+    r, fr = call(s, {"op": "inference", "model": "mlp", "inputs": [desc(x, 1)]}, x.tobytes())
+    o = r.get("outputs", [{}])[0]
+    got = np.frombuffer(fr[0], dtype=np.float32).reshape(o["shape"]) if fr else None
+    tap.ok(o.get("dtype") == "float32" and o.get("frame") == 1 and o.get("name") == "y" and got is not None
+           and close(got, want_mlp), "MLP, binary in, binary out, matches PyTorch", r)
+    r, fr = call(s, {"op": "inference", "model": "two", "inputs": [desc(a, 1), b.tolist()]}, a.tobytes())
+    ok = len(fr) == 2 and all(close(np.frombuffer(fr[i], dtype=np.float32).reshape(r["outputs"][i]["shape"]),
+                                    want_two[i]) for i in range(2))
+    tap.ok(ok, "mixed binary and JSON inputs: two binary outputs", r)
+    r, fr = call(s, {"op": "inference", "model": "cnn", "input": desc(img, 1)}, img.tobytes())
+    tap.ok(fr and close(np.frombuffer(fr[0], dtype=np.float32).reshape(r["output"]["shape"]), want_cnn),
+           "single-input form with a binary frame", r)
+
+
+def t_bad():
+    cases = [
+        ({"op": "inference", "model": "nope", "inputs": [x.tolist()]}, (), "bad_request", "unknown model"),
+        ({"op": "inference", "model": "mlp", "inputs": [desc(x.astype(np.float64), 1)]},
+         (x.astype(np.float64).tobytes(),), "bad_request", "wrong dtype"),
+        ({"op": "inference", "model": "mlp", "inputs": [np.zeros((2, 5)).tolist()]}, (), "bad_request",
+         "wrong shape"),
+        ({"op": "inference", "model": "mlp", "inputs": [np.zeros(4).tolist()]}, (), "bad_request", "wrong rank"),
+        ({"op": "inference", "model": "two", "inputs": [a.tolist()]}, (), "bad_request", "wrong number of inputs"),
+        ({"op": "inference", "model": "mlp", "inputs": []}, (), "bad_request", "no inputs"),
+        ({"op": "inference", "model": "mlp"}, (), "bad_request", "neither inputs nor input"),
+        ({"op": "inference", "inputs": [x.tolist()]}, (), "bad_request", "no model"),
+        ({"op": "inference", "model": "broken", "inputs": [x.tolist()]}, (), "device_error", "corrupt model file"),
+        ({"op": "load_model", "model": "broken"}, (), "device_error", "load_model of a corrupt file"),
+        ({"op": "load_model", "model": "nope"}, (), "bad_request", "load_model of an unknown model"),
+    ]
+    for hdr, frames, code, what in cases:
+        r, _ = call(s, hdr, *frames)
+        tap.ok(r.get("code") == code and r.get("error"), f"{what}: {code}", r)
+    r, _ = call(s, {"op": "ping"})
+    tap.ok(r.get("status") == "ok", "the worker still answers after the bad inputs", r)
+
+
+def t_load_unload():
+    r, _ = call(s, {"op": "unload_model", "model": "mlp"})
+    tap.ok(r.get("status") == "ok" and r.get("loaded") is False, "unload_model", r)
+    r, _ = call(s, {"op": "list_models"})
+    m = [m for m in r["models"] if m["name"] == "mlp"][0]
+    tap.ok(m["loaded"] is False and isinstance(m["last_used"], float), "unloaded: loaded=false, last_used kept", m)
+    r, _ = call(s, {"op": "load_model", "model": "mlp"})
+    r2, _ = call(s, {"op": "list_models"})
+    m = [m for m in r2["models"] if m["name"] == "mlp"][0]
+    tap.ok(r.get("loaded") is True and m["loaded"] is True, "load_model", (r, m))
+
+
+def t_concurrent():
+    errors = []
+
+    def client(i):
+        c = sock(w.endpoint)
+        try:
+            for _ in range(15):
+                if i % 2:
+                    r, fr = call(c, {"op": "inference", "model": "mlp", "inputs": [desc(x, 1)]}, x.tobytes())
+                    if not fr or not close(np.frombuffer(fr[0], dtype=np.float32).reshape(5, 3), want_mlp):
+                        errors.append(r)
+                else:
+                    r, _ = call(c, {"op": "inference", "model": "cnn", "inputs": [img.tolist()]})
+                    if "outputs" not in r or not close(r["outputs"][0], want_cnn):
+                        errors.append(r)
+        finally:
+            c.close()
+
+    ts = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    tap.ok(not errors, "6 sockets x 15 inferences on two models at once, all correct", errors[:3])
+
+
+tap.run("list", t_list)
+tap.run("json", t_json)
+tap.run("binary", t_binary)
+tap.run("bad", t_bad)
+tap.run("load/unload", t_load_unload)
+tap.run("concurrent", t_concurrent)
+
+
+def t_lru():
+    w2 = Worker(BIN, "--models", mdir, "--max-models", "1")
+    c = sock(w2.endpoint)
+    r1, _ = call(c, {"op": "inference", "model": "mlp", "inputs": [x.tolist()]})
+    r2, _ = call(c, {"op": "inference", "model": "cnn", "inputs": [img.tolist()]})
+    r, _ = call(c, {"op": "list_models"})
+    loaded = {m["name"]: m["loaded"] for m in r["models"]}
+    tap.ok(close(r1["outputs"][0], want_mlp) and close(r2["outputs"][0], want_cnn)
+           and loaded == {"mlp": False, "cnn": True, "two": False, "broken": False},
+           "--max-models 1: the least recently used model is unloaded", (loaded, r1, r2))
+    r3, _ = call(c, {"op": "inference", "model": "mlp", "inputs": [x.tolist()]})
+    tap.ok(close(r3["outputs"][0], want_mlp), "an evicted model loads again on use", r3)
+    c.close()
+    w2.stop()
+    log = w2.read_log() if not w2.log.closed else open(w2.logpath).read()
+    tap.ok("unloading model 'mlp' (least recently used)" in log, "the eviction is logged", log[-2000:])
+
+
+def t_no_models():
+    w3 = Worker(BIN)
+    c = sock(w3.endpoint)
+    r, _ = call(c, {"op": "inference", "model": "mlp", "inputs": [x.tolist()]})
+    tap.ok(r.get("code") == "unsupported" and "--models" in r.get("error", ""), "without --models: unsupported", r)
+    r, _ = call(c, {"op": "list_models"})
+    tap.ok(r.get("code") == "unsupported", "list_models without --models: unsupported", r)
+    c.close()
+    w3.stop()
+
+
+def t_bad_dir():
+    p = subprocess.run([BIN, "--bind", "tcp://127.0.0.1:*", "--models", "/nonexistent-titan-models"],
+                       capture_output=True, text=True, timeout=30)
+    tap.ok(p.returncode != 0 and "/nonexistent-titan-models" in p.stderr, "--models on a missing directory fails",
+           p.stderr)
+
+
+tap.run("lru", t_lru)
+tap.run("no models", t_no_models)
+tap.run("bad dir", t_bad_dir)
+s.close()
+for ep, rc, san in Worker.stop_all():
+    tap.ok(rc == 0 and not san, f"worker {ep} exited cleanly (exit 0, no sanitizer report)", rc)
+ctx.term()
+sys.exit(tap.done())
