@@ -142,14 +142,15 @@ nomem:
     return NULL;
 }
 
-TITAN_API titan_router *titan_router_new_from_file(const char *path, const titan_router_opts *opts, char *err,
-                                                   size_t errcap)
+/* Loads the configuration from the file `path`, or from the text `yaml` (named `name` in messages). */
+static titan_router *s_new_from(const char *path, const char *yaml, const char *name, const titan_router_opts *opts,
+                                char *err, size_t errcap)
 {
     char dummy[8];
     if (!err || !errcap) err = dummy, errcap = sizeof(dummy);
     err[0] = '\0';
-    if (!path) {
-        snprintf(err, errcap, "no configuration file given");
+    if (!path && !yaml) {
+        snprintf(err, errcap, name ? "no configuration text given" : "no configuration file given");
         errno = EINVAL;
         return NULL;
     }
@@ -159,7 +160,8 @@ TITAN_API titan_router *titan_router_new_from_file(const char *path, const titan
         errno = ENOMEM;
         return NULL;
     }
-    int rc = titan_conf_load_file(path, conf, err, errcap);
+    int rc = path ? titan_conf_load_file(path, conf, err, errcap)
+                  : titan_conf_load_string(yaml, strlen(yaml), name, NULL, conf, err, errcap);
     if (rc) {
         free(conf);
         errno = -rc;
@@ -168,30 +170,16 @@ TITAN_API titan_router *titan_router_new_from_file(const char *path, const titan
     return s_new(conf, opts, err, errcap);
 }
 
+TITAN_API titan_router *titan_router_new_from_file(const char *path, const titan_router_opts *opts, char *err,
+                                                   size_t errcap)
+{
+    return s_new_from(path, NULL, NULL, opts, err, errcap);
+}
+
 TITAN_API titan_router *titan_router_new_from_string(const char *yaml, const char *name,
                                                      const titan_router_opts *opts, char *err, size_t errcap)
 {
-    char dummy[8];
-    if (!err || !errcap) err = dummy, errcap = sizeof(dummy);
-    err[0] = '\0';
-    if (!yaml) {
-        snprintf(err, errcap, "no configuration text given");
-        errno = EINVAL;
-        return NULL;
-    }
-    titan_conf *conf = calloc(1, sizeof(*conf));
-    if (!conf) {
-        snprintf(err, errcap, "out of memory");
-        errno = ENOMEM;
-        return NULL;
-    }
-    int rc = titan_conf_load_string(yaml, strlen(yaml), name ? name : "(string)", NULL, conf, err, errcap);
-    if (rc) {
-        free(conf);
-        errno = -rc;
-        return NULL;
-    }
-    return s_new(conf, opts, err, errcap);
+    return s_new_from(NULL, yaml, name ? name : "(string)", opts, err, errcap);
 }
 
 TITAN_API void titan_router_destroy(titan_router **rp)
