@@ -31,7 +31,16 @@ typedef struct {
     /* ZMTP heartbeat interval in ms (0..3600000; 0 = off); the connection is dropped and
      * remade after 3 intervals without traffic. Default 5000. Each attempt's timeout still applies. */
     int heartbeat_ms;
+    /* A name for this client on the worker (1 to TITAN_CLIENT_IDENTITY_MAX printable ASCII
+     * characters, copied), used as its ZeroMQ routing id. The worker's resident tensors
+     * (tensor_put) belong to the client that made them: its CURVE key when CURVE is on, else its
+     * routing id. Without an identity that id is per connection, so a retry (which reconnects)
+     * loses access to the tensors made before; with one, they stay this client's. Two live clients
+     * must not share an identity: the newer connection takes the name over. NULL (default): none. */
+    const char *identity;
 } titan_client_opts;
+
+#define TITAN_CLIENT_IDENTITY_MAX 64
 
 /* One outgoing binary frame. Frames under 64 KiB are copied when sent; larger ones are
  * sent from the caller's memory without a copy, and the call returns only once ZeroMQ is

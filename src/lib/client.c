@@ -57,6 +57,12 @@ struct titan_client {
     char last_code[32];
     char last_error[512];
     s_lent lent;
+    /* opts.identity: the routing id of every socket, so that the worker knows this client across
+     * reconnects; then each attempt carries a tag frame, and a late reply to an abandoned attempt
+     * (which the worker now routes to the new socket) is recognised and dropped. */
+    char identity[TITAN_CLIENT_IDENTITY_MAX + 1];
+    size_t identity_len;
+    unsigned tag;
 };
 
 struct titan_reply {
@@ -148,6 +154,7 @@ static int s_open_socket(titan_client *c)
         (c->curve && (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, c->server_key, sizeof c->server_key) != 0 ||
                       zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, c->public_key, sizeof c->public_key) != 0 ||
                       zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, c->secret_key, sizeof c->secret_key) != 0)) ||
+        (c->identity_len && zmq_setsockopt(s, ZMQ_ROUTING_ID, c->identity, c->identity_len) != 0) ||
         zmq_connect(s, c->endpoint) != 0) {
         int e = s_errno_from_zmq(errno);
         zmq_close(s);
@@ -210,7 +217,14 @@ static int s_send_lent(titan_client *c, const void *data, size_t size, int flags
 static int s_send_request(titan_client *c, const char *header, size_t hlen, const titan_frame *frames,
                           size_t nframes)
 {
-    int rc = s_send_part(c->sock, "", 0, ZMQ_SNDMORE);
+    int rc = 0;
+    if (c->identity_len) {
+        /* An envelope frame the worker echoes back (PROTOCOL.md §2); never JSON-like. */
+        char tag[16];
+        int n = snprintf(tag, sizeof(tag), "@%08x", ++c->tag);
+        rc = s_send_part(c->sock, tag, (size_t)n, ZMQ_SNDMORE);
+    }
+    if (rc == 0) rc = s_send_part(c->sock, "", 0, ZMQ_SNDMORE);
     if (rc == 0) rc = s_send_part(c->sock, header, hlen, nframes ? ZMQ_SNDMORE : 0);
     for (size_t i = 0; rc == 0 && i < nframes; i++) {
         int flags = i + 1 < nframes ? ZMQ_SNDMORE : 0;
@@ -285,6 +299,24 @@ static int s_recv_reply(titan_client *c, titan_reply **out)
 
     rc = s_recv_part(c->sock, &msg);
     if (rc) goto out;
+    if (c->identity_len) {
+        char tag[16];
+        int n = snprintf(tag, sizeof(tag), "@%08x", c->tag);
+        if (zmq_msg_size(&msg) != (size_t)n || memcmp(zmq_msg_data(&msg), tag, (size_t)n) != 0) {
+            /* A reply to an earlier attempt: drop all of it and keep waiting. */
+            while (zmq_msg_more(&msg) && s_recv_part(c->sock, &msg) == 0) {
+            }
+            rc = -EAGAIN;
+            goto out;
+        }
+        if (!zmq_msg_more(&msg)) {
+            s_set_error(c, "protocol", "reply from %s has only its tag frame", c->endpoint);
+            rc = -EPROTO;
+            goto out;
+        }
+        rc = s_recv_part(c->sock, &msg);
+        if (rc) goto out;
+    }
     if (zmq_msg_size(&msg) != 0 || !zmq_msg_more(&msg)) {
         s_set_error(c, "protocol", "reply from %s lacks the empty delimiter frame or a header", c->endpoint);
         rc = -EPROTO;
@@ -340,8 +372,10 @@ static int s_call(titan_client *c, const char *header, const titan_frame *frames
         if (!c->sock && (rc = s_open_socket(c)) != 0) break;
         int64_t deadline = s_now_ms() + c->timeout_ms;
         rc = s_send_request(c, header, hlen, frames, nframes);
-        if (rc == 0) rc = s_wait_readable(c, deadline);
-        if (rc == 0) rc = s_recv_reply(c, out);
+        do {
+            if (rc == 0 || rc == -EAGAIN) rc = s_wait_readable(c, deadline);
+            if (rc == 0) rc = s_recv_reply(c, out);
+        } while (rc == -EAGAIN);
         if (rc == 0) break;
         /* Any failure leaves the socket in an unknown state (request queued, reply half read). */
         s_close_socket(c);
@@ -371,6 +405,7 @@ TITAN_API void titan_client_opts_init(titan_client_opts *opts)
     opts->public_key = NULL;
     opts->secret_key = NULL;
     opts->heartbeat_ms = S_DEFAULT_HEARTBEAT_MS;
+    opts->identity = NULL;
 }
 
 /* Returns true when `key` is a 40-character Z85 text that decodes. */
@@ -424,6 +459,17 @@ TITAN_API titan_client *titan_client_new(const char *endpoint, const titan_clien
     c->timeout_ms = o.timeout_ms;
     c->retries = o.retries;
     c->heartbeat_ms = o.heartbeat_ms;
+    if (o.identity) {
+        size_t n = strlen(o.identity);
+        bool ok = n >= 1 && n <= TITAN_CLIENT_IDENTITY_MAX;
+        for (size_t i = 0; ok && i < n; i++) ok = o.identity[i] > ' ' && o.identity[i] < 0x7f;
+        if (!ok) {
+            rc = -EINVAL;
+            goto fail;
+        }
+        memcpy(c->identity, o.identity, n + 1);
+        c->identity_len = n;
+    }
     if ((rc = s_setup_curve(c, &o)) != 0) goto fail;
     rc = -ENOMEM;
     c->endpoint = strdup(endpoint);

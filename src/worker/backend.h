@@ -1,4 +1,4 @@
-/* backend.h - the compute backend interface (cpu: OpenBLAS; cuda: cuBLAS, when built). */
+/* backend.h - the compute backend interface (cpu: OpenBLAS, here; cuda: cuBLAS, a module loaded at start). */
 #ifndef TITAN_WORKER_BACKEND_H
 #define TITAN_WORKER_BACKEND_H
 
@@ -8,12 +8,18 @@
 
 #include "titan/tensor.h"
 
+#include "error.h"
+
 typedef struct {
     char name[256];             /* device name: the GPU's, or the CPU model */
     const char *backend;        /* "cpu" or "cuda" */
     double total_memory_gb;     /* device memory (host RAM on the CPU), in 1e9 bytes */
     int multi_processor_count;  /* SMs, or cores */
     char cuda_capability[16];   /* "5.2"; empty on the CPU */
+    int device_index;           /* the CUDA device ordinal; -1 on the CPU */
+    char driver_version[32];    /* "470.256.02" (NVML) or "11.4" (CUDA's driver API version); empty: unknown */
+    char runtime_version[32];   /* "11.8"; empty on the CPU */
+    char pci_bus_id[32];        /* "0000:01:00.0"; empty: unknown */
 } titan_device_info;
 
 /* Live figures of the device (the host, on the CPU backend); each has_* says whether it is known. */
@@ -25,27 +31,64 @@ typedef struct {
     double utilization; /* busy share of the device's time, 0..1, over the last sampling window */
     bool has_temperature;
     double temperature_c;
+    bool has_power;
+    double power_w;
+    bool has_clocks;
+    double sm_clock_mhz, mem_clock_mhz;
+    /* The backend's memory pool (cuda only): bytes held from the device, of which cached for reuse. */
+    bool has_pool;
+    uint64_t pool_held_bytes, pool_cached_bytes, pool_device_allocs;
 } titan_device_stats;
+
+/* A matmul operand: in host memory (a request's frame) or in the backend's memory (a resident
+ * tensor, from mem_alloc). Exactly one of the two is set. */
+typedef struct {
+    const void *host;
+    const void *dev;
+} titan_operand;
+
+/* Where a matmul's result goes: a host buffer, or backend memory from mem_alloc. */
+typedef struct {
+    void *host;
+    void *dev;
+} titan_result;
 
 typedef struct titan_backend titan_backend;
 struct titan_backend {
     titan_device_info info;
-    /* c[m x n] = a[m x k] * b[k x n], row-major, contiguous. Returns 0 or -errno. */
-    int (*gemm)(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_t n, const void *a, const void *b,
-                void *c);
+    /* c[m x n] = a[m x k] * b[k x n], row-major, contiguous, float32 or float64. Safe to call
+     * from several executor threads at once. Returns 0, or -1 with err set (too_large when
+     * memory ran out, device_error for anything else). */
+    int (*matmul)(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_t n, titan_operand a, titan_operand b,
+                  titan_result c, titan_error *err);
+    /* Backend memory for resident tensors. mem_alloc returns 0 and *dev, or -1 with err set
+     * (too_large: the device is out of memory; device_error). mem_free takes what mem_alloc gave
+     * and the same size. upload/download copy whole buffers; they return 0 or -1 with err set. */
+    int (*mem_alloc)(titan_backend *be, size_t bytes, void **dev, titan_error *err);
+    void (*mem_free)(titan_backend *be, void *dev, size_t bytes);
+    int (*upload)(titan_backend *be, void *dev, const void *host, size_t bytes, titan_error *err);
+    int (*download)(titan_backend *be, void *host, const void *dev, size_t bytes, titan_error *err);
     /* Fills *out with what the device can tell now; safe from any thread, cheap enough for every
      * gpu_info (figures may be cached for a fraction of a second). NULL: the backend knows none. */
     void (*stats)(titan_backend *be, titan_device_stats *out);
+    /* False, with the reason in why, when the device can no longer compute (a sticky CUDA error
+     * poisoned its context); the worker then reports itself not ready. NULL: always ready. */
+    bool (*ready)(titan_backend *be, char *why, size_t cap);
     void (*destroy)(titan_backend *be);
 };
 
 /* Opens the backend named by `device` ("auto", "cpu", "cuda", "cuda:N") with `blas_threads`
  * CPU threads (0: all cores). Returns 0 and *out, -ENODEV when the device does not exist,
- * -ENOTSUP when this build lacks that backend; `err` explains either. */
+ * -ENOTSUP when this build lacks that backend; `err` explains either. In libtitan (the router's
+ * local backends) only the CPU exists; titan-worker adds CUDA (backends/select.c). */
 int titan_backend_open(const char *device, int blas_threads, titan_backend **out, char *err, size_t errcap);
 void titan_backend_destroy(titan_backend **be);
 
 /* The CPU backend (backends/cpu.c). */
 int titan_backend_cpu_open(int blas_threads, titan_backend **out);
+
+/* Parses "auto", "cpu", "cuda" (device 0) or "cuda:N". Returns 0 with *kind (0 auto, 1 cpu,
+ * 2 cuda) and *index, or -EINVAL. */
+int titan_device_parse(const char *device, int *kind, int *index);
 
 #endif

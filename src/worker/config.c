@@ -23,6 +23,7 @@ void titan_config_init(titan_config *cfg)
     cfg->result_ttl_s = 86400;
     cfg->max_models = 8;
     cfg->model_memory_mb = 4096;
+    cfg->max_tensors = 4096;
 }
 
 void titan_config_free(titan_config *cfg)
@@ -149,6 +150,11 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         {"jobs-inflight", 1, 256},
         {"max-models", 1, 256},
         {"model-memory-mb", 1, 1ULL << 24},
+        {"tensor-memory-mb", 0, 1ULL << 30},
+        {"tensor-quota-mb", 0, 1ULL << 30},
+        {"max-tensors", 0, 1000000},
+        {"tensor-ttl", 0, 315360000},
+        {"pool-cache-mb", 0, 1ULL << 30},
     };
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
         if (strcmp(key, nums[i].name) != 0) continue;
@@ -174,7 +180,12 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         else if (i == 12) cfg->result_ttl_s = (int)u;
         else if (i == 13) cfg->jobs_inflight = (int)u;
         else if (i == 14) cfg->max_models = (int)u;
-        else cfg->model_memory_mb = u;
+        else if (i == 15) cfg->model_memory_mb = u;
+        else if (i == 16) cfg->tensor_memory_mb = u;
+        else if (i == 17) cfg->tensor_quota_mb = u;
+        else if (i == 18) cfg->max_tensors = (int)u;
+        else if (i == 19) cfg->tensor_ttl_s = (int)u;
+        else cfg->pool_cache_mb = u;
         return 0;
     }
     snprintf(err, errcap, "unknown setting '%s'", key);

@@ -39,6 +39,12 @@ typedef struct {
     int max_models;           /* models loaded at once */
     uint64_t model_memory_mb; /* budget of the loaded models' file sizes */
     char *http;               /* [ADDR:]PORT of /healthz, /readyz, /metrics; NULL: no HTTP */
+    /* Resident tensors (tensor_put...). */
+    uint64_t tensor_memory_mb; /* all clients together; 0: half the device's memory (a quarter of RAM on the CPU) */
+    uint64_t tensor_quota_mb;  /* one client's; 0: the same as tensor_memory_mb */
+    int max_tensors;           /* tensors one client may hold */
+    int tensor_ttl_s;          /* free tensors unused this long; 0: never */
+    uint64_t pool_cache_mb;    /* CUDA: free device memory the pool keeps for reuse; 0: a quarter of the device */
 } titan_config;
 
 /* Sets the defaults. */

@@ -16,6 +16,8 @@
 #include "jobs.h"
 #include "log.h"
 #include "metrics.h"
+#include "module.h"
+#include "backends/select.h"
 #include "notify.h"
 #include "ops.h"
 #include "server.h"
@@ -47,32 +49,18 @@ static void s_on_signal(int sig)
 #define S_NRUNNERS 0
 #endif
 
-/* Opens the TorchScript runner module: next to this executable (the build tree), else in
- * TITAN_RUNNER_LIBDIR. Returns the runner, or NULL with a message in err. The module stays
- * loaded until exit (libtorch does not unload cleanly). */
+/* Opens the TorchScript runner module (module.c says where it is looked for). Returns the
+ * runner, or NULL with a message in err. libtorch does not unload cleanly: it stays loaded. */
 static const titan_runner *s_open_runner(char *err, size_t errcap)
 {
-    const char *file = "titan-runner-torchscript.so";
-    char self[4096], path[4200];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    void *h = NULL;
-    if (n > 0) {
-        self[n] = '\0';
-        char *slash = strrchr(self, '/');
-        if (slash) *slash = '\0';
-        snprintf(path, sizeof(path), "%s/%s", self, file);
-        if (access(path, F_OK) == 0) h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    }
+    char msg[700];
+    void *h = titan_module_open("titan-runner-torchscript.so", msg, sizeof(msg));
     if (!h) {
-        snprintf(path, sizeof(path), "%s/%s", TITAN_RUNNER_LIBDIR, file);
-        h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    }
-    if (!h) {
-        snprintf(err, errcap, "cannot load the TorchScript runner %.200s: %.200s", path, dlerror());
+        snprintf(err, errcap, "the TorchScript runner: %.400s", msg);
         return NULL;
     }
     const titan_runner *r = dlsym(h, "titan_runner_torchscript");
-    if (!r) snprintf(err, errcap, "%.400s has no titan_runner_torchscript", path);
+    if (!r) snprintf(err, errcap, "titan-runner-torchscript.so has no titan_runner_torchscript");
     return r;
 }
 
@@ -132,6 +120,15 @@ static void s_usage(FILE *f)
             "                           unloaded (default 8)\n"
             "  --model-memory-mb N      budget of the loaded models, estimated from their files' sizes\n"
             "                           (default 4096)\n"
+            "  --tensor-memory-mb N     memory for resident tensors (tensor_put, matrix_multiply \"keep\"),\n"
+            "                           all clients together (default 0: half the GPU's memory, a\n"
+            "                           quarter of RAM on the CPU); going over is an error, never an eviction\n"
+            "  --tensor-quota-mb N      one client's share of it (default 0: all of it)\n"
+            "  --max-tensors N          resident tensors one client may hold (default 4096; 0: none)\n"
+            "  --tensor-ttl S           free resident tensors no request used for S seconds (default 0:\n"
+            "                           keep them until tensor_free or a restart)\n"
+            "  --pool-cache-mb N        CUDA: free device memory kept for reuse, so that steady state does\n"
+            "                           not allocate (default 0: a quarter of the GPU's memory)\n"
             "  --config FILE            read settings from FILE: 'key = value' lines with the option\n"
             "                           names above (bind may repeat); command-line options win\n"
             "  --version                print the version and exit\n"
@@ -190,6 +187,11 @@ int main(int argc, char **argv)
         {"models", required_argument, 0, O_SETTING + 26},
         {"max-models", required_argument, 0, O_SETTING + 27},
         {"model-memory-mb", required_argument, 0, O_SETTING + 28},
+        {"tensor-memory-mb", required_argument, 0, O_SETTING + 29},
+        {"tensor-quota-mb", required_argument, 0, O_SETTING + 30},
+        {"max-tensors", required_argument, 0, O_SETTING + 31},
+        {"tensor-ttl", required_argument, 0, O_SETTING + 32},
+        {"pool-cache-mb", required_argument, 0, O_SETTING + 33},
         {"config", required_argument, 0, O_CONFIG},
         {"version", no_argument, 0, O_VERSION},
         {"help", no_argument, 0, 'h'},
@@ -312,10 +314,35 @@ int main(int argc, char **argv)
                       "Prometheus",
                       titan_http_url(http));
     }
-    rc = titan_backend_open(cfg->device, w.blas_threads, &w.backend, err, sizeof(err));
+    char why[512] = "";
+    titan_cuda_opts copts = {.pool_cache_bytes = cfg->pool_cache_mb << 20, .executors = w.threads};
+    rc = titan_backend_select(cfg->device, w.blas_threads, &copts, &w.backend, why, sizeof(why), err, sizeof(err));
     if (rc) {
         titan_log(TITAN_LOG_ERROR, "%s", err);
         goto out;
+    }
+    if (why[0]) titan_log(TITAN_LOG_INFO, "--device %s: %s", cfg->device, why);
+    {
+        uint64_t dev_bytes = (uint64_t)(w.backend->info.total_memory_gb * 1e9);
+        titan_tstore_quota q = {
+            .worker_bytes = cfg->tensor_memory_mb ? cfg->tensor_memory_mb << 20
+                                                  : (strcmp(w.backend->info.backend, "cpu") == 0 ? dev_bytes / 4
+                                                                                                 : dev_bytes / 2),
+            .client_tensors = cfg->max_tensors,
+            .idle_ttl_s = cfg->tensor_ttl_s,
+        };
+        q.client_bytes = cfg->tensor_quota_mb ? cfg->tensor_quota_mb << 20 : q.worker_bytes;
+        if (q.client_bytes > q.worker_bytes) q.client_bytes = q.worker_bytes;
+        w.tensors = titan_tstore_new(w.backend, &q);
+        if (!w.tensors) {
+            titan_log(TITAN_LOG_ERROR, "out of memory");
+            rc = -ENOMEM;
+            goto out;
+        }
+        titan_log(TITAN_LOG_INFO,
+                  "resident tensors: %llu MB for all clients, %llu MB and %d tensors per client%s",
+                  (unsigned long long)(q.worker_bytes >> 20), (unsigned long long)(q.client_bytes >> 20),
+                  q.client_tensors, cfg->tensor_ttl_s ? ", freed when idle past --tensor-ttl" : "");
     }
     titan_metrics_set_backend(metrics, w.backend);
     if (titan_ops_init(&w)) {
@@ -435,6 +462,7 @@ out:
     titan_metrics_set_backend(metrics, NULL);
     if (ops_ready) titan_ops_fini(&w);
     titan_models_destroy(&w.models);
+    titan_tstore_destroy(&w.tensors);
     titan_backend_destroy(&w.backend);
     titan_metrics_destroy(&metrics);
     titan_config_free(cfg);

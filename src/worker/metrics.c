@@ -184,6 +184,15 @@ bool titan_metrics_ready(const titan_metrics *m, char *why, size_t cap)
         snprintf(why, cap, "draining: the worker is shutting down and takes no new requests");
         return false;
     }
+    /* A device whose context a sticky CUDA error poisoned computes nothing until a restart. */
+    titan_backend *be = atomic_load_explicit((_Atomic(titan_backend *) *)&m->backend, memory_order_acquire);
+    if (be && be->ready) {
+        char dev[384];
+        if (!be->ready(be, dev, sizeof(dev))) {
+            snprintf(why, cap, "device: %s", dev);
+            return false;
+        }
+    }
     /* A Redis outage stops only the batch jobs; compute requests are still served, so the worker
      * stays ready (docs/OPERATIONS.md, "HTTP health and metrics"). */
     if (atomic_load_explicit((atomic_int *)&m->jobs_redis, memory_order_relaxed) == 0)

@@ -7,6 +7,7 @@
 #include "backend.h"
 #include "models.h"
 #include "request.h"
+#include "tstore.h"
 
 /* A running worker's live load, for gpu_info. */
 typedef struct {
@@ -31,6 +32,8 @@ typedef struct {
      * in-process engine: inference and the model ops then answer "unsupported". */
     titan_models *models;
     const char *runner_info; /* "libtorch 1.13.0, cpu", or NULL when no runner is built in */
+    /* Resident tensors (tensor_put...); NULL in the in-process engine: those ops answer "unsupported". */
+    titan_tstore *tensors;
 } titan_worker_ctx;
 
 typedef int (*titan_op_fn)(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_error *err);

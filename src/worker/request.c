@@ -93,10 +93,16 @@ static int s_json_tensor(titan_request *req, const char *name, const char *text,
 static int s_descriptor(titan_request *req, const char *name, json_t *d, titan_tensor_view *out, titan_error *err)
 {
     json_t *ref = json_object_get(d, "ref");
-    if (ref && !json_is_null(ref))
-        return titan_fail(err, "unsupported",
-                          "'%s' refers to a resident tensor, which this worker does not support yet; send the data",
-                          name);
+    if (ref && !json_is_null(ref)) {
+        if (!req->allow_refs)
+            return titan_fail(err, "unsupported",
+                              "'%s' refers to a resident tensor, which %s does not take; send the data", name,
+                              req->op ? req->op : "this operation");
+        if (!json_is_string(ref))
+            return titan_fail(err, "bad_request", "'%s.ref' must be a tensor handle string from tensor_put", name);
+        out->ref = json_string_value(ref);
+        return 0;
+    }
     json_t *jdt = json_object_get(d, "dtype"), *jshape = json_object_get(d, "shape"),
            *jframe = json_object_get(d, "frame");
     if (!jdt || !json_is_string(jdt))

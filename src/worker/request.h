@@ -15,11 +15,7 @@
 #define TITAN_MAX_BODY_FRAMES 16 /* header + tensor frames */
 #define TITAN_MAX_OUT_FRAMES 4
 
-/* A stable error code and a message for the client. */
-typedef struct {
-    const char *code; /* "bad_request", "too_large"... (static string) */
-    char msg[512];
-} titan_error;
+#include "error.h"
 
 /* Sets err and returns -1, so handlers can `return titan_fail(...)`. */
 int titan_fail(titan_error *err, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -38,6 +34,7 @@ typedef struct {
     const void *data; /* borrowed from a frame, or == owned */
     void *owned;      /* free() on release; NULL when borrowed */
     bool binary;      /* came in a binary frame */
+    const char *ref;  /* a resident tensor's handle ({"ref": ...}, borrowed from the header); then no data */
 } titan_tensor_view;
 
 typedef struct {
@@ -52,6 +49,8 @@ typedef struct {
     json_t *id;     /* borrowed from hdr; NULL when absent */
     int64_t deadline_ms; /* 0 when absent */
     const titan_limits *limits;
+    const char *client; /* who sent it, for resident tensors' ownership (borrowed; NULL: anonymous) */
+    bool allow_refs;    /* set by an op that takes {"ref": ...} operands before it resolves them */
 } titan_request;
 
 /* What a handler answers: a header and up to TITAN_MAX_OUT_FRAMES data frames. */

@@ -36,6 +36,7 @@ typedef struct titan_job {
     bool failed;
     titan_error err;
     json_t *peek_id; /* the "id" of a request refused before it was parsed; owned */
+    char owner[TITAN_OWNER_MAX]; /* who sent it, for resident tensors (req.client) */
     struct timespec t_recv;
     struct titan_job *next;
 } titan_job;
@@ -135,14 +136,32 @@ static void s_job_peek_id(titan_job *j)
         json_decref(id);
 }
 
+/* Names the client for resident tensors' ownership: its CURVE key when ZAP named one, else its
+ * routing id (per connection, unless the client sets a stable ZMQ_ROUTING_ID, as libtitan does). */
+static void s_job_owner(titan_job *j)
+{
+    const char *who = zmq_msg_gets(&j->frames[j->nframes - 1], "User-Id");
+    if (who && *who) {
+        snprintf(j->owner, sizeof(j->owner), "key:%s", who);
+        return;
+    }
+    const unsigned char *id = zmq_msg_data(&j->frames[0]);
+    size_t n = zmq_msg_size(&j->frames[0]), max = (sizeof(j->owner) - 4) / 2;
+    memcpy(j->owner, "id:", 3);
+    for (size_t i = 0; i < n && i < max; i++) snprintf(j->owner + 3 + 2 * i, 3, "%02x", id[i]);
+}
+
 /* Parses the body and finds the op; on failure the job holds the error reply. */
 static bool s_job_parse(titan_server *s, titan_job *j)
 {
     j->parsed = true;
     size_t body = j->env;
     zmq_msg_t *h = &j->frames[body];
-    if (titan_request_parse(&j->req, zmq_msg_data(h), zmq_msg_size(h), &j->frames[body + 1],
-                            j->nframes - body - 1, &s->w->limits, &j->err)) {
+    int prc = titan_request_parse(&j->req, zmq_msg_data(h), zmq_msg_size(h), &j->frames[body + 1],
+                                  j->nframes - body - 1, &s->w->limits, &j->err);
+    s_job_owner(j);
+    j->req.client = j->owner;
+    if (prc) {
         titan_error e = j->err;
         s_job_error(j, e.code, "%s", e.msg);
         return false;
@@ -443,6 +462,10 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, tit
     zmq_setsockopt(s->router, ZMQ_RCVHWM, &rcvhwm, sizeof(rcvhwm));
     zmq_setsockopt(s->router, ZMQ_SNDHWM, &sndhwm, sizeof(sndhwm));
     zmq_setsockopt(s->router, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof(mandatory));
+    /* A client that reconnects with the same routing id (libtitan keeps one per client, so that its
+     * resident tensors stay its own) takes the name over from its dead connection. */
+    int handover = 1;
+    zmq_setsockopt(s->router, ZMQ_ROUTER_HANDOVER, &handover, sizeof(handover));
     zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
     /* IPv6 only when asked for: with it on, IPv4 endpoints are reported as [::ffff:a.b.c.d]. */
     for (int i = 0; i < cfg->nbinds; i++) {

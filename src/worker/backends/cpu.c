@@ -1,6 +1,7 @@
 /* cpu.c - the CPU backend: OpenBLAS GEMM and host information. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,10 +15,8 @@
 /* OpenBLAS's own knob; declared here because not every cblas.h declares it. */
 extern void openblas_set_num_threads(int num_threads);
 
-static int s_gemm(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_t n, const void *a, const void *b,
-                  void *c)
+static int s_gemm(titan_dtype dt, size_t m, size_t k, size_t n, const void *a, const void *b, void *c)
 {
-    (void)be;
     /* cblas takes int dimensions */
     if (m > (size_t)INT32_MAX || k > (size_t)INT32_MAX || n > (size_t)INT32_MAX) return -EOVERFLOW;
     if (dt == TITAN_DTYPE_FLOAT32)
@@ -28,6 +27,61 @@ static int s_gemm(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_t 
                     0.0, c, (int)n);
     else
         return -EINVAL;
+    return 0;
+}
+
+static void s_fail(titan_error *err, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void s_fail(titan_error *err, const char *code, const char *fmt, ...)
+{
+    err->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    va_end(ap);
+}
+
+/* On the CPU, "device" memory is host memory: resident tensors and host operands are the same kind of pointer. */
+static int s_matmul(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_t n, titan_operand a,
+                    titan_operand b, titan_result c, titan_error *err)
+{
+    (void)be;
+    int rc = s_gemm(dt, m, k, n, a.host ? a.host : a.dev, b.host ? b.host : b.dev, c.host ? c.host : c.dev);
+    if (rc == -EOVERFLOW) {
+        s_fail(err, "too_large", "a dimension of %zux%zu times %zux%zu is over 2^31-1, the CPU backend's limit", m, k,
+               k, n);
+        return -1;
+    }
+    if (rc) {
+        s_fail(err, "bad_request", "the CPU backend multiplies float32 and float64 only");
+        return -1;
+    }
+    return 0;
+}
+
+static int s_mem_alloc(titan_backend *be, size_t bytes, void **dev, titan_error *err)
+{
+    (void)be;
+    void *p = aligned_alloc(64, ((bytes ? bytes : 1) + 63) & ~(size_t)63);
+    if (!p) {
+        s_fail(err, "too_large", "out of host memory: could not allocate %zu bytes for a resident tensor", bytes);
+        return -1;
+    }
+    *dev = p;
+    return 0;
+}
+
+static void s_mem_free(titan_backend *be, void *dev, size_t bytes)
+{
+    (void)be;
+    (void)bytes;
+    free(dev);
+}
+
+static int s_copy(titan_backend *be, void *dst, const void *src, size_t bytes, titan_error *err)
+{
+    (void)be;
+    (void)err;
+    memcpy(dst, src, bytes);
     return 0;
 }
 
@@ -111,7 +165,12 @@ int titan_backend_cpu_open(int blas_threads, titan_backend **out)
     be->info.total_memory_gb = (double)si.mem_total / 1e9;
     be->info.multi_processor_count = si.cores;
     be->info.cuda_capability[0] = '\0';
-    be->gemm = s_gemm;
+    be->info.device_index = -1;
+    be->matmul = s_matmul;
+    be->mem_alloc = s_mem_alloc;
+    be->mem_free = s_mem_free;
+    be->upload = s_copy;
+    be->download = s_copy;
     be->stats = s_stats;
     be->destroy = s_destroy;
     if (titan_sysinfo_find_cpu_thermal("/sys/class/thermal", c->thermal, sizeof(c->thermal)) != 0)
@@ -122,18 +181,42 @@ int titan_backend_cpu_open(int blas_threads, titan_backend **out)
     return 0;
 }
 
+int titan_device_parse(const char *device, int *kind, int *index)
+{
+    if (strcmp(device, "auto") == 0 || strcmp(device, "cpu") == 0) {
+        *kind = device[0] == 'a' ? 0 : 1;
+        *index = -1;
+        return 0;
+    }
+    if (strcmp(device, "cuda") == 0) {
+        *kind = 2;
+        *index = 0;
+        return 0;
+    }
+    if (strncmp(device, "cuda:", 5) == 0) {
+        const char *p = device + 5;
+        if (*p < '0' || *p > '9') return -EINVAL;
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (*end || v < 0 || v > 255) return -EINVAL;
+        *kind = 2;
+        *index = (int)v;
+        return 0;
+    }
+    return -EINVAL;
+}
+
 int titan_backend_open(const char *device, int blas_threads, titan_backend **out, char *err, size_t errcap)
 {
-    if (strcmp(device, "auto") == 0 || strcmp(device, "cpu") == 0) return titan_backend_cpu_open(blas_threads, out);
-    if (strcmp(device, "cuda") == 0 || strncmp(device, "cuda:", 5) == 0) {
-        snprintf(err, errcap,
-                 "device '%s' is unsupported: this titan-worker was built without the CUDA backend; "
-                 "use --device cpu (or auto)",
-                 device);
-        return -ENOTSUP;
+    int kind, index;
+    if (titan_device_parse(device, &kind, &index)) {
+        snprintf(err, errcap, "unknown device '%s': expected auto, cpu, cuda or cuda:N (N: 0 to 255)", device);
+        return -EINVAL;
     }
-    snprintf(err, errcap, "unknown device '%s': expected auto, cpu, cuda or cuda:N", device);
-    return -EINVAL;
+    if (kind != 2) return titan_backend_cpu_open(blas_threads, out);
+    snprintf(err, errcap,
+             "device '%s' is unsupported here: only titan-worker has the CUDA backend; use cpu (or auto)", device);
+    return -ENOTSUP;
 }
 
 void titan_backend_destroy(titan_backend **be)

@@ -1,0 +1,73 @@
+/* select.c - picks and opens titan-worker's backend (see select.h). */
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "module.h"
+#include "select.h"
+
+/* Loads the CUDA module: $TITAN_CUDA_MODULE when set (a path; for tests and odd layouts), else
+ * titan-backend-cuda.so where module.c looks. Returns its entry point, or NULL with err set. */
+static titan_cuda_open_fn s_cuda_entry(char *err, size_t errcap)
+{
+    const char *over = getenv("TITAN_CUDA_MODULE");
+    void *h;
+    if (over && *over) {
+        h = dlopen(over, RTLD_NOW | RTLD_LOCAL);
+        if (!h) {
+            snprintf(err, errcap, "cannot load TITAN_CUDA_MODULE=%.300s: %.300s", over, dlerror());
+            return NULL;
+        }
+    } else {
+        char msg[700];
+        h = titan_module_open(TITAN_CUDA_MODULE, msg, sizeof(msg));
+        if (!h) {
+            snprintf(err, errcap, "no CUDA backend: %s (build with -Dcuda=enabled and the CUDA toolkit)", msg);
+            return NULL;
+        }
+    }
+    titan_cuda_open_fn fn;
+    *(void **)&fn = dlsym(h, TITAN_CUDA_ENTRY);
+    if (!fn) snprintf(err, errcap, "the CUDA module has no %s", TITAN_CUDA_ENTRY);
+    return fn;
+}
+
+/* Whether an NVIDIA driver could be there at all: without its control node no CUDA call can
+ * succeed, and loading cuBLAS only to learn that costs every CPU-only start a fraction of a second. */
+static int s_nvidia_present(void)
+{
+    return access("/dev/nvidiactl", F_OK) == 0 || access("/proc/driver/nvidia/version", F_OK) == 0;
+}
+
+int titan_backend_select(const char *device, int blas_threads, const titan_cuda_opts *opts, titan_backend **out,
+                         char *why, size_t whycap, char *err, size_t errcap)
+{
+    int kind, index;
+    if (whycap) why[0] = '\0';
+    if (titan_device_parse(device, &kind, &index)) {
+        snprintf(err, errcap, "unknown device '%s': expected auto, cpu, cuda or cuda:N (N: 0 to 255)", device);
+        return -EINVAL;
+    }
+    if (kind == 1) return titan_backend_cpu_open(blas_threads, out);
+    const char *over = getenv("TITAN_CUDA_MODULE");
+    if (kind == 0 && !(over && *over) && !s_nvidia_present()) {
+        snprintf(why, whycap, "no NVIDIA driver here (/dev/nvidiactl is missing): computing on the CPU");
+        return titan_backend_cpu_open(blas_threads, out);
+    }
+    char msg[768] = "";
+    titan_cuda_open_fn open_cuda = s_cuda_entry(msg, sizeof(msg));
+    int rc = -ENOTSUP;
+    if (open_cuda) {
+        rc = open_cuda(kind == 0 ? 0 : index, opts, out, msg, sizeof(msg));
+        if (rc == 0) return 0;
+    }
+    if (kind == 2) {
+        snprintf(err, errcap, "device '%s' cannot be used: %s; use --device cpu (or auto)", device, msg);
+        return rc;
+    }
+    snprintf(why, whycap, "CUDA is not usable (%s): computing on the CPU", msg);
+    return titan_backend_cpu_open(blas_threads, out);
+}
