@@ -4,7 +4,7 @@ MESON_OPTS ?=
 BIND ?= tcp://127.0.0.1:5555
 DEVICE ?= auto
 
-.PHONY: all deps run test test-asan bench fuzz soak clean format
+.PHONY: all deps run test test-asan bench fuzz soak clean format check-legacy-cuda
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -49,6 +49,13 @@ bench:
 	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD) $(MESON_OPTS)
 	ninja -C $(BUILD)
 	bench/run.sh $(BUILD)
+
+# Builds the CUDA backend for Maxwell (sm_52) with Debian's non-free nvidia-cuda-toolkit 11.8 (installed
+# on first use through a throwaway apt configuration) and shows the sm_52 code with cuobjdump. Not part
+# of `make test`: it downloads ~1.6 GB. docs/OPERATIONS.md, "Building the CUDA backend".
+check-legacy-cuda:
+	@scripts/deps.sh build
+	scripts/check-legacy-cuda.sh $(BUILD)-legacy-cuda
 
 # libFuzzer, FUZZ_SECONDS per target, under ASan and UBSan (needs clang and libclang-rt-14-dev).
 # Each target keeps a scratch corpus in $(BUILD)/fuzz-corpus/NAME (libFuzzer adds to it) and

@@ -7,8 +7,10 @@
 # 1. Installs nvidia-cuda-toolkit if $CUDA_ROOT/bin/nvcc is missing, from bookworm's non-free
 #    component through a throwaway apt configuration under /tmp: /etc/apt is not touched, and
 #    the extra package lists go to a private directory that is removed afterwards.
-# 2. meson setup BUILD -Dcuda=enabled -Dcuda_path=$CUDA_ROOT -Dcuda_arch=52 -Dcuda_ccbin=... and
-#    meson compile -C BUILD titan-backend-cuda
+# 2. meson setup BUILD -Dcuda=enabled -Dcuda-path=$CUDA_ROOT -Dcuda-arch=52 -Dcuda-ccbin=... and
+#    meson compile -C BUILD titan-backend-cuda. The options are spelled with dashes because meson
+#    reserves every project option name that starts with a language prefix such as "cuda_"
+#    ("ERROR: Option name cuda_path is reserved.").
 # 3. Fails unless cuobjdump --list-elf BUILD/titan-backend-cuda.so lists sm_52 code.
 #
 # Environment:
@@ -17,6 +19,8 @@
 #               default: the first of g++-11, clang-14, clang-13, clang-12, g++-10 installed
 #               (the package depends on one of them). CUDA_CCBIN=gcc-12 also works if you add
 #               -allow-unsupported-compiler yourself; not done here.
+#   CHECK_LEGACY_CUDA_FORCE_INSTALL=1  runs the apt steps even if nvcc is present (a no-op
+#               install then; tests the throwaway apt configuration).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -74,13 +78,16 @@ install_toolkit() {
   fi
   tmp="$(mktemp -d /tmp/check-legacy-cuda-apt.XXXXXX)"
   # shellcheck disable=SC2064  # expand $tmp now
-  trap "rm -rf '$tmp'" EXIT
+  trap "${sudo[*]} rm -rf '$tmp'" EXIT
   mkdir -p "$tmp/lists/partial"
+  # apt downloads as user _apt: let it into the private lists directory, as in /var/lib/apt/lists.
+  chmod 755 "$tmp" "$tmp/lists"
+  if id _apt >/dev/null 2>&1; then "${sudo[@]}" chown _apt "$tmp/lists/partial"; fi
   write_sources | sort -u > "$tmp/sources.list"
   [ -s "$tmp/sources.list" ] || die "found no Debian 'deb' sources in /etc/apt to derive non-free sources from"
   local apt_opts=(-o "Dir::Etc::sourcelist=$tmp/sources.list" -o "Dir::Etc::sourceparts=-"
                   -o "Dir::State::Lists=$tmp/lists")
-  say "$nvcc missing: installing nvidia-cuda-toolkit (CUDA 11.8, ~1.6 GB download, ~5.4 GB) from"
+  say "$nvcc ${why}: installing nvidia-cuda-toolkit (CUDA 11.8, ~1.6 GB download, ~5.4 GB) from"
   say "Debian non-free using a temporary apt sources list ($tmp/sources.list; /etc/apt untouched):"
   sed 's/^/    /' "$tmp/sources.list"
   say "+ apt-get ${apt_opts[*]} update"
@@ -88,12 +95,14 @@ install_toolkit() {
   say "+ apt-get ${apt_opts[*]} install -y --no-install-recommends nvidia-cuda-toolkit"
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get "${apt_opts[@]}" install -y --no-install-recommends nvidia-cuda-toolkit
-  rm -rf "$tmp"
+  "${sudo[@]}" rm -rf "$tmp"
   trap - EXIT
 }
 
 if [ ! -x "$nvcc" ] || [ -n "${CHECK_LEGACY_CUDA_FORCE_INSTALL:-}" ]; then
   [ "$CUDA_ROOT" = /usr ] || die "$nvcc missing (CUDA_ROOT=$CUDA_ROOT): only the Debian toolkit (/usr) is installed automatically"
+  why=missing
+  [ -x "$nvcc" ] && why="present, CHECK_LEGACY_CUDA_FORCE_INSTALL set"
   install_toolkit
 fi
 [ -x "$nvcc" ] || die "$nvcc still missing after installing nvidia-cuda-toolkit"
@@ -120,8 +129,8 @@ say "nvcc host compiler (-ccbin): $CUDA_CCBIN"
 cuobjdump="$CUDA_ROOT/bin/cuobjdump"
 [ -x "$cuobjdump" ] || cuobjdump="$(command -v cuobjdump)" || die "cuobjdump not found"
 
-setup=(meson setup "$BUILD" "$root" -Dcuda=enabled "-Dcuda_path=$CUDA_ROOT" -Dcuda_arch=52
-       "-Dcuda_ccbin=$CUDA_CCBIN" -Dtorch=disabled)
+setup=(meson setup "$BUILD" "$root" -Dcuda=enabled "-Dcuda-path=$CUDA_ROOT" -Dcuda-arch=52
+       "-Dcuda-ccbin=$CUDA_CCBIN" -Dtorch=disabled)
 if [ -d "$BUILD/meson-private" ]; then
   setup+=(--wipe)
 fi
@@ -134,5 +143,5 @@ meson compile -C "$BUILD" titan-backend-cuda
 say "+ $cuobjdump --list-elf $so"
 elf="$("$cuobjdump" --list-elf "$so")" || die "cuobjdump --list-elf $so failed"
 echo "$elf"
-grep -q 'sm_52' <<<"$elf" || die "no sm_52 code (cubin) in $so: check that -Dcuda_arch=52 reaches nvcc as -gencode arch=compute_52,code=sm_52"
+grep -q 'sm_52' <<<"$elf" || die "no sm_52 code (cubin) in $so: check that -Dcuda-arch=52 reaches nvcc as -gencode arch=compute_52,code=sm_52"
 say "sm_52 code present in $so (nvcc $nvcc_version)"

@@ -259,13 +259,22 @@ fi
 # ---- 5. titan ----
 say "building titan from $src"
 build=$src/build-guest
-# TODO(cuda backend): titan has no CUDA backend or meson option yet (meson_options.txt is absent), so this
-# builds the CPU backend only and `--device cuda` in the unit fails until it lands. Then configure with
-#   meson setup "$build" -Dcuda=enabled ... (and CUDA_HOME from /etc/profile.d/titan-cuda.sh).
-if [[ -f $build/build.ninja ]]; then
-    meson setup --reconfigure "$build" "$src" --prefix /usr/local --buildtype release
+# The CUDA backend module, for the Titan X (sm_52) whatever else the toolkit builds; CUDA_CCBIN picks
+# nvcc's host compiler when the system gcc is too new for the toolkit (CUDA 11.4 wants gcc <= 10).
+if [[ -z ${cuda_home:-} && -f /etc/profile.d/titan-cuda.sh ]]; then
+    cuda_home=$(sed -n 's/^export CUDA_HOME=//p' /etc/profile.d/titan-cuda.sh)
+fi
+cuda_opts=(-Dcuda=disabled)
+if [[ -n $cuda_home && -x $cuda_home/bin/nvcc ]]; then
+    cuda_opts=(-Dcuda=enabled "-Dcuda-path=$cuda_home" -Dcuda-arch=52)
+    [[ -n ${CUDA_CCBIN:-} ]] && cuda_opts+=("-Dcuda-ccbin=$CUDA_CCBIN")
 else
-    meson setup "$build" "$src" --prefix /usr/local --buildtype release
+    say "WARNING: no CUDA toolkit: building the CPU backend only; the unit's --device cuda will fail"
+fi
+if [[ -f $build/build.ninja ]]; then
+    meson setup --reconfigure "$build" "$src" --prefix /usr/local --buildtype release "${cuda_opts[@]}"
+else
+    meson setup "$build" "$src" --prefix /usr/local --buildtype release "${cuda_opts[@]}"
 fi
 meson compile -C "$build"
 meson install -C "$build" --no-rebuild

@@ -35,11 +35,11 @@ static titan_cuda_open_fn s_cuda_entry(char *err, size_t errcap)
     return fn;
 }
 
-/* Whether an NVIDIA driver could be there at all: without its control node no CUDA call can
+/* Whether an NVIDIA GPU could be there at all: without the kernel driver (or a GPU node) no CUDA call can
  * succeed, and loading cuBLAS only to learn that costs every CPU-only start a fraction of a second. */
 static int s_nvidia_present(void)
 {
-    return access("/dev/nvidiactl", F_OK) == 0 || access("/proc/driver/nvidia/version", F_OK) == 0;
+    return access("/proc/driver/nvidia/version", F_OK) == 0 || access("/dev/nvidia0", F_OK) == 0;
 }
 
 int titan_backend_select(const char *device, int blas_threads, const titan_cuda_opts *opts, titan_backend **out,
@@ -54,7 +54,7 @@ int titan_backend_select(const char *device, int blas_threads, const titan_cuda_
     if (kind == 1) return titan_backend_cpu_open(blas_threads, out);
     const char *over = getenv("TITAN_CUDA_MODULE");
     if (kind == 0 && !(over && *over) && !s_nvidia_present()) {
-        snprintf(why, whycap, "no NVIDIA driver here (/dev/nvidiactl is missing): computing on the CPU");
+        snprintf(why, whycap, "no NVIDIA GPU here (neither /proc/driver/nvidia nor /dev/nvidia0): computing on the CPU");
         return titan_backend_cpu_open(blas_threads, out);
     }
     char msg[768] = "";
