@@ -4,7 +4,7 @@ MESON_OPTS ?=
 BIND ?= tcp://127.0.0.1:5555
 DEVICE ?= auto
 
-.PHONY: all deps run test test-asan bench fuzz soak clean format check-legacy-cuda
+.PHONY: all deps run test test-asan bench bench-gpu fuzz soak clean format check-legacy-cuda
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -49,6 +49,14 @@ bench:
 	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD) $(MESON_OPTS)
 	ninja -C $(BUILD)
 	bench/run.sh $(BUILD)
+
+# On a machine with an NVIDIA GPU (a few minutes on an H100): matmul through a CUDA titan-worker against
+# in-process cuBLAS, resident and with transfer; results in $(BUILD)/bench-gpu (OUT=DIR to change).
+bench-gpu:
+	@scripts/deps.sh build
+	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD) $(MESON_OPTS)
+	ninja -C $(BUILD)
+	bench/gpu.sh $(BUILD)
 
 # Builds the CUDA backend for Maxwell (sm_52) with Debian's non-free nvidia-cuda-toolkit 11.8 (installed
 # on first use through a throwaway apt configuration) and shows the sm_52 code with cuobjdump. Not part
