@@ -92,6 +92,25 @@ TITAN_API int titan_client_gpu_info(titan_client *c, titan_gpu_info *info, char 
 TITAN_API int titan_client_matmul(titan_client *c, titan_dtype dt, size_t m, size_t k, size_t n,
                                   const void *a, const void *b, void **out);
 
+/* Resident tensors (PROTOCOL.md §5.7): data kept in the worker's device memory between calls, named by
+ * handles ("t-" and 24 hex digits) that belong to this client. Set titan_client_opts.identity so that
+ * they stay this client's across the reconnect a retry makes. */
+#define TITAN_TENSOR_REF_MAX 64
+
+/* Stores a row-major tensor of `rank` (1..TITAN_MAX_RANK) dimensions `shape` in the worker; writes its
+ * handle into ref. Errors as the typed calls; the worker's "quota_exceeded" comes back as -EREMOTEIO. */
+TITAN_API int titan_client_tensor_put(titan_client *c, titan_dtype dt, int rank, const int64_t *shape,
+                                      const void *data, char ref[TITAN_TENSOR_REF_MAX]);
+/* Reads a resident tensor back. On 0: *dt, *rank and shape[0..*rank) describe it, and *data is a
+ * malloc'd copy of its *bytes bytes (the caller frees it). Any output pointer but data may be NULL. */
+TITAN_API int titan_client_tensor_get(titan_client *c, const char *ref, titan_dtype *dt, int *rank,
+                                      int64_t shape[TITAN_MAX_RANK], void **data, size_t *bytes);
+/* Frees a resident tensor. */
+TITAN_API int titan_client_tensor_free(titan_client *c, const char *ref);
+/* Multiplies two resident matrices and keeps the product resident: writes its handle into c_ref. */
+TITAN_API int titan_client_matmul_resident(titan_client *c, const char *a_ref, const char *b_ref,
+                                           char c_ref[TITAN_TENSOR_REF_MAX]);
+
 /* The last error of a typed call: the worker's message and stable code
  * ("busy", "bad_request"...), or a local description with code "timeout",
  * "protocol" or "local". Borrowed; valid until the next call on `c`. */

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -469,6 +470,9 @@ TITAN_API titan_client *titan_client_new(const char *endpoint, const titan_clien
         }
         memcpy(c->identity, o.identity, n + 1);
         c->identity_len = n;
+        /* Another client object may have used this identity before (a restarted process): start the
+         * tags somewhere else than its, so that its late replies cannot match. */
+        if (getrandom(&c->tag, sizeof c->tag, 0) != (ssize_t)sizeof c->tag) c->tag = (unsigned)s_now_ms();
     }
     if ((rc = s_setup_curve(c, &o)) != 0) goto fail;
     rc = -ENOMEM;
@@ -741,6 +745,143 @@ TITAN_API int titan_client_matmul(titan_client *c, titan_dtype dt, size_t m, siz
     memcpy(dst, data, size);
     *out = dst;
 out:
+    json_decref(root);
+    titan_reply_destroy(&r);
+    return rc;
+}
+
+/* A handle goes into a JSON header as it is: only the characters handles are made of. */
+static bool s_ref_ok(const char *ref)
+{
+    size_t n = ref ? strlen(ref) : 0;
+    if (n == 0 || n >= TITAN_TENSOR_REF_MAX) return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = ref[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '-' ||
+              ch == '_'))
+            return false;
+    }
+    return true;
+}
+
+/* Copies the reply's handle (`obj`."ref") into ref. Returns 0 or -EPROTO. */
+static int s_copy_ref(titan_client *c, json_t *obj, char ref[TITAN_TENSOR_REF_MAX])
+{
+    const char *h = json_string_value(json_object_get(obj, "ref"));
+    if (!s_ref_ok(h)) return s_proto(c, "the reply lacks a valid tensor handle \"ref\"");
+    snprintf(ref, TITAN_TENSOR_REF_MAX, "%s", h);
+    return 0;
+}
+
+TITAN_API int titan_client_tensor_put(titan_client *c, titan_dtype dt, int rank, const int64_t *shape,
+                                      const void *data, char ref[TITAN_TENSOR_REF_MAX])
+{
+    if (!c) return -EINVAL;
+    s_reset_last(c);
+    const char *dname = titan_dtype_name(dt);
+    size_t elems = 0;
+    if (!dname || !shape || !data || !ref || titan_shape_elems(dt, shape, rank, &elems) != 0) {
+        s_set_error(c, "local", "invalid argument: a dtype, a shape of 1 to %d dimensions, data and ref are needed",
+                    TITAN_MAX_RANK);
+        return -EINVAL;
+    }
+    char header[512];
+    int o = snprintf(header, sizeof header, "{\"op\":\"tensor_put\",\"tensor\":{\"dtype\":\"%s\",\"shape\":[", dname);
+    for (int i = 0; i < rank; i++) o += snprintf(header + o, sizeof header - (size_t)o, "%s%lld", i ? "," : "",
+                                                 (long long)shape[i]);
+    snprintf(header + o, sizeof header - (size_t)o, "],\"frame\":1}}");
+    titan_frame frame = {data, elems * titan_dtype_size(dt)};
+    titan_reply *r = NULL;
+    json_t *root = NULL;
+    int rc = s_typed_call(c, header, &frame, 1, &r, &root);
+    if (rc) return rc;
+    rc = s_copy_ref(c, root, ref);
+    json_decref(root);
+    titan_reply_destroy(&r);
+    return rc;
+}
+
+TITAN_API int titan_client_tensor_get(titan_client *c, const char *ref, titan_dtype *dt, int *rank,
+                                      int64_t shape[TITAN_MAX_RANK], void **data, size_t *bytes)
+{
+    if (!c) return -EINVAL;
+    s_reset_last(c);
+    if (!s_ref_ok(ref) || !data) {
+        s_set_error(c, "local", "invalid argument: a tensor handle and a data pointer are needed");
+        return -EINVAL;
+    }
+    char header[160];
+    snprintf(header, sizeof header, "{\"op\":\"tensor_get\",\"ref\":\"%s\"}", ref);
+    titan_reply *r = NULL;
+    json_t *root = NULL;
+    int rc = s_typed_call(c, header, NULL, 0, &r, &root);
+    if (rc) return rc;
+    json_t *res = json_object_get(root, "result");
+    json_t *jshape = json_object_get(res, "shape");
+    titan_dtype rdt = titan_dtype_from_name(json_string_value(json_object_get(res, "dtype")));
+    int64_t sh[TITAN_MAX_RANK];
+    size_t n = json_array_size(jshape), elems = 0, size = 0;
+    const void *frame = titan_reply_frame(r, 0, &size);
+    for (size_t i = 0; i < n && i < TITAN_MAX_RANK; i++) sh[i] = json_integer_value(json_array_get(jshape, i));
+    if (rdt == TITAN_DTYPE_INVALID || n < 1 || n > TITAN_MAX_RANK || titan_shape_elems(rdt, sh, (int)n, &elems) ||
+        !frame || size != elems * titan_dtype_size(rdt)) {
+        rc = s_proto(c, "tensor_get's reply is not one tensor descriptor with its frame");
+        goto out;
+    }
+    void *copy = malloc(size ? size : 1);
+    if (!copy) {
+        s_set_error(c, "local", "out of memory for a %zu-byte tensor", size);
+        rc = -ENOMEM;
+        goto out;
+    }
+    memcpy(copy, frame, size);
+    *data = copy;
+    if (dt) *dt = rdt;
+    if (rank) *rank = (int)n;
+    if (shape) memcpy(shape, sh, n * sizeof(int64_t));
+    if (bytes) *bytes = size;
+out:
+    json_decref(root);
+    titan_reply_destroy(&r);
+    return rc;
+}
+
+TITAN_API int titan_client_tensor_free(titan_client *c, const char *ref)
+{
+    if (!c) return -EINVAL;
+    s_reset_last(c);
+    if (!s_ref_ok(ref)) {
+        s_set_error(c, "local", "invalid argument: not a tensor handle");
+        return -EINVAL;
+    }
+    char header[160];
+    snprintf(header, sizeof header, "{\"op\":\"tensor_free\",\"ref\":\"%s\"}", ref);
+    titan_reply *r = NULL;
+    json_t *root = NULL;
+    int rc = s_typed_call(c, header, NULL, 0, &r, &root);
+    if (rc) return rc;
+    json_decref(root);
+    titan_reply_destroy(&r);
+    return 0;
+}
+
+TITAN_API int titan_client_matmul_resident(titan_client *c, const char *a_ref, const char *b_ref,
+                                           char c_ref[TITAN_TENSOR_REF_MAX])
+{
+    if (!c) return -EINVAL;
+    s_reset_last(c);
+    if (!s_ref_ok(a_ref) || !s_ref_ok(b_ref) || !c_ref) {
+        s_set_error(c, "local", "invalid argument: two tensor handles and room for the result's are needed");
+        return -EINVAL;
+    }
+    char header[256];
+    snprintf(header, sizeof header,
+             "{\"op\":\"matrix_multiply\",\"a\":{\"ref\":\"%s\"},\"b\":{\"ref\":\"%s\"},\"keep\":true}", a_ref, b_ref);
+    titan_reply *r = NULL;
+    json_t *root = NULL;
+    int rc = s_typed_call(c, header, NULL, 0, &r, &root);
+    if (rc) return rc;
+    rc = s_copy_ref(c, json_object_get(root, "result"), c_ref);
     json_decref(root);
     titan_reply_destroy(&r);
     return rc;

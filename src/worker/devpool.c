@@ -33,7 +33,7 @@ size_t titan_devpool_block_size(size_t bytes)
     size_t top = (size_t)1 << 20;
     while (top <= bytes / 2) top <<= 1; /* the largest power of two <= bytes */
     size_t step = top / 8;
-    size_t n = (bytes + step - 1) / step;
+    size_t n = bytes / step + (bytes % step != 0); /* no wrap near SIZE_MAX */
     if (n > SIZE_MAX / step) return bytes; /* no rounding at the very top of the address space */
     return n * step;
 }

@@ -339,6 +339,7 @@ int main(int argc, char **argv)
             rc = -ENOMEM;
             goto out;
         }
+        titan_metrics_set_tensors(metrics, w.tensors);
         titan_log(TITAN_LOG_INFO,
                   "resident tensors: %llu MB for all clients, %llu MB and %d tensors per client%s",
                   (unsigned long long)(q.worker_bytes >> 20), (unsigned long long)(q.client_bytes >> 20),
@@ -460,6 +461,7 @@ out:
     titan_server_destroy(&srv);
     titan_http_stop(&http);
     titan_metrics_set_backend(metrics, NULL);
+    titan_metrics_set_tensors(metrics, NULL);
     if (ops_ready) titan_ops_fini(&w);
     titan_models_destroy(&w.models);
     titan_tstore_destroy(&w.tensors);

@@ -52,6 +52,7 @@ struct titan_metrics {
     atomic_int jobs_redis; /* -1: no consumer; 0: Redis unreachable; 1: connected */
     atomic_int executors, queue_capacity;
     _Atomic(titan_backend *) backend;
+    _Atomic(titan_tstore *) tensors;
     struct timespec t_start; /* CLOCK_MONOTONIC */
     double start_unix;       /* CLOCK_REALTIME seconds at creation */
 };
@@ -64,6 +65,7 @@ titan_metrics *titan_metrics_new(void)
     atomic_init(&m->state, TITAN_STATE_STARTING);
     atomic_init(&m->jobs_redis, -1);
     atomic_init(&m->backend, NULL);
+    atomic_init(&m->tensors, NULL);
     clock_gettime(CLOCK_MONOTONIC, &m->t_start);
     struct timespec rt;
     clock_gettime(CLOCK_REALTIME, &rt);
@@ -82,6 +84,11 @@ void titan_metrics_set_limits(titan_metrics *m, int executors, int queue_capacit
 {
     atomic_store_explicit(&m->executors, executors, memory_order_relaxed);
     atomic_store_explicit(&m->queue_capacity, queue_capacity, memory_order_relaxed);
+}
+
+void titan_metrics_set_tensors(titan_metrics *m, titan_tstore *ts)
+{
+    atomic_store_explicit(&m->tensors, ts, memory_order_release);
 }
 
 void titan_metrics_set_backend(titan_metrics *m, titan_backend *be)
@@ -340,6 +347,7 @@ int titan_metrics_render(titan_metrics *m, char **text, size_t *len)
 
     if (be && be->stats) {
         titan_device_stats st;
+        memset(&st, 0, sizeof(st));
         be->stats(be, &st);
         if (st.has_memory) {
             s_family(f, "titan_device_memory_total_bytes", "gauge",
@@ -358,6 +366,40 @@ int titan_metrics_render(titan_metrics *m, char **text, size_t *len)
             s_family(f, "titan_device_temperature_celsius", "gauge", "Device temperature.");
             fprintf(f, "titan_device_temperature_celsius %.1f\n", st.temperature_c);
         }
+        if (st.has_power) {
+            s_family(f, "titan_device_power_watts", "gauge", "The GPU's power draw (NVML).");
+            fprintf(f, "titan_device_power_watts %.3f\n", st.power_w);
+        }
+        if (st.has_clocks) {
+            s_family(f, "titan_device_clock_mhz", "gauge", "The GPU's current clocks (NVML), by domain.");
+            fprintf(f, "titan_device_clock_mhz{domain=\"sm\"} %.0f\n", st.sm_clock_mhz);
+            fprintf(f, "titan_device_clock_mhz{domain=\"memory\"} %.0f\n", st.mem_clock_mhz);
+        }
+        if (st.has_pool) {
+            s_family(f, "titan_device_pool_bytes", "gauge",
+                     "Device memory the CUDA backend's pool holds, by state (in use, or cached for reuse).");
+            fprintf(f, "titan_device_pool_bytes{state=\"in_use\"} %llu\n",
+                    (unsigned long long)(st.pool_held_bytes - st.pool_cached_bytes));
+            fprintf(f, "titan_device_pool_bytes{state=\"cached\"} %llu\n", (unsigned long long)st.pool_cached_bytes);
+            s_family(f, "titan_device_allocations_total", "counter",
+                     "cudaMalloc calls of the pool; flat in steady state.");
+            fprintf(f, "titan_device_allocations_total %llu\n", (unsigned long long)st.pool_device_allocs);
+        }
+    }
+    titan_tstore *ts = atomic_load_explicit(&m->tensors, memory_order_acquire);
+    if (ts) {
+        uint64_t bytes, count, clients, expired;
+        titan_tstore_usage(ts, &bytes, &count, &clients, &expired);
+        s_family(f, "titan_resident_bytes", "gauge", "Bytes of resident tensors (tensor_put, keep), all clients.");
+        fprintf(f, "titan_resident_bytes %llu\n", (unsigned long long)bytes);
+        s_family(f, "titan_resident_limit_bytes", "gauge", "--tensor-memory-mb, in bytes.");
+        fprintf(f, "titan_resident_limit_bytes %llu\n", (unsigned long long)titan_tstore_get_quota(ts)->worker_bytes);
+        s_family(f, "titan_resident_tensors", "gauge", "Resident tensors held.");
+        fprintf(f, "titan_resident_tensors %llu\n", (unsigned long long)count);
+        s_family(f, "titan_resident_clients", "gauge", "Clients holding resident tensors.");
+        fprintf(f, "titan_resident_clients %llu\n", (unsigned long long)clients);
+        s_family(f, "titan_resident_expired_total", "counter", "Resident tensors freed by --tensor-ttl.");
+        fprintf(f, "titan_resident_expired_total %llu\n", (unsigned long long)expired);
     }
     if (fclose(f) != 0 || !buf) {
         free(buf);

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "tstore.h"
 #include "ops.h"
 
 /* The worker's state as /readyz tells it. */
@@ -46,6 +47,8 @@ void titan_metrics_set_limits(titan_metrics *m, int executors, int queue_capacit
 /* Publishes the backend (borrowed; NULL unpublishes it before it is destroyed): build_info's labels and
  * the device gauges come from it from now on. */
 void titan_metrics_set_backend(titan_metrics *m, titan_backend *be);
+/* The resident tensors' store, for their gauges (NULL: none); borrowed, like the backend. */
+void titan_metrics_set_tensors(titan_metrics *m, titan_tstore *ts);
 void titan_metrics_set_state(titan_metrics *m, titan_worker_state st);
 /* Says that a job consumer runs (the jobs families appear) and whether it reaches Redis now. */
 void titan_metrics_set_jobs_redis_up(titan_metrics *m, bool up);

@@ -299,7 +299,14 @@ static int s_tensor_get(titan_worker_ctx *w, titan_request *req, titan_out *out,
     titan_tensor_entry *e;
     if (titan_tstore_acquire(w->tensors, req->client, h, &e, err)) return -1;
     int rc = -1;
-    void *buf = aligned_alloc(64, (e->bytes + 63) & ~(size_t)63);
+    void *buf = NULL;
+    if (e->bytes > w->limits.max_result_bytes) {
+        /* The reply is bounded like any result; the tensor stays, for products that use it. */
+        titan_fail(err, "too_large", "tensor '%s' has %zu bytes, over this worker's limit of %llu for a reply "
+                   "(max_result_bytes)", h, e->bytes, (unsigned long long)w->limits.max_result_bytes);
+        goto out;
+    }
+    buf = aligned_alloc(64, (e->bytes + 63) & ~(size_t)63);
     if (!buf) {
         titan_fail(err, "too_large", "not enough host memory to read back %zu bytes", e->bytes);
         goto out;

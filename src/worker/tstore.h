@@ -12,7 +12,7 @@
 #include "backend.h"
 
 #define TITAN_HANDLE_MAX 32 /* "t-" and 24 hex digits, NUL included */
-#define TITAN_OWNER_MAX 96
+#define TITAN_OWNER_MAX 520 /* "id:" and a 255-byte routing id in hex */
 
 typedef struct {
     char handle[TITAN_HANDLE_MAX];

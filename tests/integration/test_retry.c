@@ -479,6 +479,120 @@ static void test_lent_buffers_returned(void **state)
     worker_stop(&w, SIGTERM);
 }
 
+/* Resident tensors through libtitan: put, a kept product, get, free; another client refused. */
+static void test_resident_tensors(void **state)
+{
+    static worker w;
+    assert_int_equal(worker_start(&w, "tcp://127.0.0.1:*", "resident", "64"), 0);
+    titan_client_opts o;
+    titan_client_opts_init(&o);
+    o.timeout_ms = 20000;
+    o.identity = "resident-alpha";
+    titan_client *c = titan_client_new(w.endpoint, &o);
+    assert_non_null(c);
+    uint64_t seed = 7;
+    size_t m = 70, k = 33, n = 51;
+    void *a, *b;
+    make_inputs(TITAN_DTYPE_FLOAT64, m, k, n, &seed, &a, &b);
+    int64_t sa[2] = {(int64_t)m, (int64_t)k}, sb[2] = {(int64_t)k, (int64_t)n};
+    char ra[TITAN_TENSOR_REF_MAX], rb[TITAN_TENSOR_REF_MAX], rc_[TITAN_TENSOR_REF_MAX];
+    assert_int_equal(titan_client_tensor_put(c, TITAN_DTYPE_FLOAT64, 2, sa, a, ra), 0);
+    assert_int_equal(titan_client_tensor_put(c, TITAN_DTYPE_FLOAT64, 2, sb, b, rb), 0);
+    assert_int_equal(strncmp(ra, "t-", 2), 0);
+    assert_int_equal(titan_client_matmul_resident(c, ra, rb, rc_), 0);
+    titan_dtype dt = TITAN_DTYPE_INVALID;
+    int rank = 0;
+    int64_t shape[TITAN_MAX_RANK];
+    void *out = NULL;
+    size_t bytes = 0;
+    assert_int_equal(titan_client_tensor_get(c, rc_, &dt, &rank, shape, &out, &bytes), 0);
+    assert_int_equal(dt, TITAN_DTYPE_FLOAT64);
+    assert_int_equal(rank, 2);
+    assert_true(shape[0] == (int64_t)m && shape[1] == (int64_t)n && bytes == m * n * 8);
+    char why[256];
+    if (check_product(TITAN_DTYPE_FLOAT64, m, k, n, a, b, out, why, sizeof why)) fail_msg("%s", why);
+    free(out);
+    out = NULL;
+    /* Another client (no identity: its own routing id) may not touch them. */
+    titan_client_opts_init(&o);
+    o.timeout_ms = 20000;
+    titan_client *other = titan_client_new(w.endpoint, &o);
+    assert_non_null(other);
+    assert_int_equal(titan_client_tensor_get(other, ra, NULL, NULL, NULL, &out, NULL), -EREMOTEIO);
+    assert_string_equal(titan_client_last_code(other), "unauthorized");
+    assert_int_equal(titan_client_tensor_free(other, ra), -EREMOTEIO);
+    /* Bad handles never reach the wire. */
+    assert_int_equal(titan_client_tensor_free(c, "t-\"}"), -EINVAL);
+    assert_int_equal(titan_client_tensor_free(c, ra), 0);
+    assert_int_equal(titan_client_tensor_get(c, ra, NULL, NULL, NULL, &out, NULL), -EREMOTEIO);
+    assert_string_equal(titan_client_last_code(c), "not_found");
+    titan_client_destroy(&other);
+    titan_client_destroy(&c);
+    free(a);
+    free(b);
+    assert_int_equal(worker_stop(&w, SIGTERM), 0);
+}
+
+/* With an identity, the tensors stay this client's across the reconnect of a retry, and the late
+ * replies to the attempts that timed out (which the worker now routes to the new socket) are
+ * dropped, not taken for the answer to the next call. */
+static void test_identity_survives_retry(void **state)
+{
+    static worker w;
+    assert_int_equal(worker_start(&w, "tcp://127.0.0.1:*", "identity", "64"), 0);
+    titan_client_opts o;
+    titan_client_opts_init(&o);
+    o.timeout_ms = 20000;
+    o.identity = "resident-beta";
+    titan_client *c = titan_client_new(w.endpoint, &o);
+    assert_non_null(c);
+    float x[6] = {1, 2, 3, 4, 5, 6};
+    int64_t sx[2] = {2, 3};
+    char rx[TITAN_TENSOR_REF_MAX];
+    assert_int_equal(titan_client_tensor_put(c, TITAN_DTYPE_FLOAT32, 2, sx, x, rx), 0);
+    titan_client_destroy(&c);
+    /* A product that outlasts two short attempts. */
+    o.timeout_ms = 60;
+    o.retries = 1;
+    c = titan_client_new(w.endpoint, &o);
+    assert_non_null(c);
+    size_t dim = 1400;
+    double *big = calloc(dim * dim, sizeof(double));
+    assert_non_null(big);
+    for (size_t i = 0; i < dim * dim; i++) big[i] = (double)(i % 7);
+    void *out = NULL;
+    int rc = titan_client_matmul(c, TITAN_DTYPE_FLOAT64, dim, dim, dim, big, big, &out);
+    if (rc == 0) {
+        free(out);
+        free(big);
+        titan_client_destroy(&c);
+        worker_stop(&w, SIGTERM);
+        skip(); /* the machine computed it within 60 ms: nothing to drop */
+    }
+    assert_int_equal(rc, -ETIMEDOUT);
+    assert_int_equal(titan_client_last_retries(c), 1);
+    free(big);
+    titan_client_destroy(&c);
+    /* The same identity from a new client object at once (a restarted process): both abandoned products
+     * are still running on the executors, so their replies come to this socket before the answer. */
+    o.timeout_ms = 60000;
+    o.retries = 0;
+    c = titan_client_new(w.endpoint, &o);
+    assert_non_null(c);
+    /* Its tensor, and the tensor's bytes: not a stale product. */
+    void *data = NULL;
+    size_t bytes = 0;
+    int rank = 0;
+    rc = titan_client_tensor_get(c, rx, NULL, &rank, NULL, &data, &bytes);
+    if (rc) fail_msg("tensor_get after the retries: %d %s: %s", rc, titan_client_last_code(c), titan_client_last_error(c));
+    assert_int_equal(rank, 2);
+    assert_int_equal(bytes, sizeof x);
+    assert_memory_equal(data, x, sizeof x);
+    free(data);
+    titan_client_destroy(&c);
+    assert_int_equal(worker_stop(&w, SIGTERM), 0);
+}
+
 static int group_setup(void **state)
 {
     snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp/titan-test-retry-XXXXXX");
@@ -506,6 +620,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_concurrent_clients, kill_live_workers),
         cmocka_unit_test_teardown(test_worker_exits_on_sigterm, kill_live_workers),
         cmocka_unit_test_teardown(test_lent_buffers_returned, kill_live_workers),
+        cmocka_unit_test_teardown(test_resident_tensors, kill_live_workers),
+        cmocka_unit_test_teardown(test_identity_survives_retry, kill_live_workers),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -34,7 +34,7 @@ _Static_assert(CUBLAS_STATUS_EXECUTION_FAILED == 13, "CUBLAS_STATUS_EXECUTION_FA
 
 /* The probe kernel (cuda_kernels.cu): writes i * 3 + 1 into buf[0..n). */
 extern cudaError_t titan_cuda_probe_launch(cudaStream_t stream, unsigned *buf, unsigned n);
-extern const char titan_cuda_archs[]; /* the -Dcuda_arch list this module was built for */
+extern const char titan_cuda_archs[]; /* the -Dcuda-arch list this module was built for */
 
 /* Staging buffers: each executor has two pairs (in, out) of pinned host memory of this size (or
  * $TITAN_CUDA_STAGE_KB), so the copy of one row block overlaps the product of the previous one. */
@@ -81,7 +81,10 @@ static int s_fail_rt(s_cuda *c, titan_error *err, cudaError_t e, const char *wha
                             .need_bytes = need, .total_bytes = c->total_bytes};
     if (cls == TITAN_CUDA_OOM) {
         size_t fr = 0, tot = 0;
-        if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) f.free_bytes = fr;
+        if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) {
+            f.free_bytes = fr;
+            f.free_known = 1;
+        }
         (void)cudaGetLastError(); /* an out-of-memory error is not sticky: clear it */
     }
     if (cls == TITAN_CUDA_STICKY && !atomic_exchange(&c->poisoned, true)) {
@@ -118,13 +121,14 @@ static bool s_poisoned(s_cuda *c, titan_error *err)
 
 static void s_exec_free(s_exec *x)
 {
+    /* The handle first: it is still bound to one of the streams (cublasSetStream). */
+    if (x->blas) cublasDestroy(x->blas);
     for (int i = 0; i < 2; i++) {
         if (x->stage_in[i]) cudaFreeHost(x->stage_in[i]);
         if (x->stage_out[i]) cudaFreeHost(x->stage_out[i]);
         if (x->stream[i]) cudaStreamDestroy(x->stream[i]);
     }
     if (x->b_ready) cudaEventDestroy(x->b_ready);
-    if (x->blas) cublasDestroy(x->blas);
     free(x);
 }
 
@@ -176,13 +180,14 @@ static s_exec *s_exec_get(s_cuda *c, titan_error *err)
     return x;
 }
 
-/* Device memory from the pool; out of memory becomes a reply with the sizes. */
-static int s_dev_get(s_cuda *c, size_t bytes, void **p, titan_error *err)
+/* Device memory from the pool; out of memory becomes a reply with the sizes. `need` is what the whole
+ * request needs on the device (this block and its others): more than the device has is too_large. */
+static int s_dev_get(s_cuda *c, size_t bytes, uint64_t need, void **p, titan_error *err)
 {
     char msg[400] = "";
     int rc = titan_devpool_get(c->pool, bytes, p, msg, sizeof(msg));
     if (rc == 0) return 0;
-    if (rc == -ENOMEM) return s_fail_rt(c, err, cudaErrorMemoryAllocation, "cudaMalloc", bytes);
+    if (rc == -ENOMEM) return s_fail_rt(c, err, cudaErrorMemoryAllocation, "cudaMalloc", need);
     err->code = "device_error";
     snprintf(err->msg, sizeof(err->msg), "%s", msg);
     if (atomic_load(&c->poisoned)) s_poisoned(c, err);
@@ -257,7 +262,7 @@ static int s_mem_alloc(titan_backend *be, size_t bytes, void **dev, titan_error 
 {
     s_cuda *c = (s_cuda *)be;
     if (s_poisoned(c, err)) return -1;
-    return s_dev_get(c, bytes ? bytes : 1, dev, err);
+    return s_dev_get(c, bytes ? bytes : 1, bytes, dev, err);
 }
 
 static void s_mem_free(titan_backend *be, void *dev, size_t bytes)
@@ -311,10 +316,9 @@ static int s_matmul(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_
     const char *what = "";
     /* Each temporary is counted with the others in an out-of-memory reply. */
     uint64_t need = (dA ? 0 : abytes) + (dB ? 0 : bbytes) + (dC ? 0 : cbytes);
-    if (!dA && s_dev_get(c, abytes, &tA, err)) goto out;
-    if (!dB && s_dev_get(c, bbytes, &tB, err)) goto out;
-    if (!dC && s_dev_get(c, cbytes, &tC, err)) goto out;
-    (void)need;
+    if (!dA && s_dev_get(c, abytes, need, &tA, err)) goto out;
+    if (!dB && s_dev_get(c, bbytes, need, &tB, err)) goto out;
+    if (!dC && s_dev_get(c, cbytes, need, &tC, err)) goto out;
     if (tA) dA = tA;
     if (tB) dB = tB;
     if (tC) dC = tC;
@@ -488,11 +492,17 @@ static int s_self_test(s_cuda *c, char *errbuf, size_t errcap)
     if (dbuf) cudaFree(dbuf);
     if (e != cudaSuccess) {
         titan_cuda_class cls = titan_cuda_classify((int)e);
+        char sm[16];
+        const char *cap = c->be.info.cuda_capability;
+        size_t o = 0;
+        for (const char *q = cap; *q && o + 1 < sizeof(sm); q++)
+            if (*q != '.') sm[o++] = *q; /* "5.2" -> "52" */
+        sm[o] = '\0';
         if (cls == TITAN_CUDA_NOCODE)
             snprintf(errbuf, errcap,
                      "this build has no GPU code for %s (compute capability %s; built for sm %s): rebuild with "
-                     "-Dcuda_arch=%s using a toolkit that supports it (CUDA 11.x or 12.x for Maxwell)",
-                     c->be.info.name, c->be.info.cuda_capability, titan_cuda_archs, c->be.info.cuda_capability);
+                     "-Dcuda-arch=%s using a toolkit that supports it (CUDA 11.x or 12.x for Maxwell)",
+                     c->be.info.name, cap, titan_cuda_archs, sm);
         else
             snprintf(errbuf, errcap, "the GPU self-test kernel failed: %s (%s)", cudaGetErrorName(e),
                      cudaGetErrorString(e));

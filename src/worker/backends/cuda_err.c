@@ -108,7 +108,7 @@ void titan_cuda_error_reply(titan_error *err, titan_cuda_class cls, const titan_
             snprintf(err->msg, sizeof(err->msg),
                      "GPU out of memory: the request needs %s, %s of %s is free (%s: %s); free resident tensors "
                      "(tensor_free), retry later or send it to another backend",
-                     need, f->free_bytes ? freeb : "an unknown amount", total, what, name);
+                     need, f->free_known ? freeb : "an unknown amount", total, what, name);
         }
         return;
     case TITAN_CUDA_STICKY:
@@ -126,7 +126,7 @@ void titan_cuda_error_reply(titan_error *err, titan_cuda_class cls, const titan_
     case TITAN_CUDA_NOCODE:
         err->code = "device_error";
         snprintf(err->msg, sizeof(err->msg),
-                 "this build has no GPU code for the device (%s: %s); rebuild with -Dcuda_arch set to its compute "
+                 "this build has no GPU code for the device (%s: %s); rebuild with -Dcuda-arch set to its compute "
                  "capability",
                  what, name);
         return;

@@ -30,7 +30,8 @@ typedef struct {
     const char *name;     /* the error's name ("cudaErrorMemoryAllocation") */
     const char *text;     /* the runtime's description, or NULL */
     uint64_t need_bytes;  /* what the request needed on the device (0: not about memory) */
-    uint64_t free_bytes;  /* device memory free when it failed (0: unknown) */
+    uint64_t free_bytes;  /* device memory free when it failed */
+    int free_known;       /* free_bytes was read (cudaMemGetInfo); else the message says unknown */
     uint64_t total_bytes; /* the device's memory */
 } titan_cuda_failure;
 

@@ -1,0 +1,377 @@
+#!/usr/bin/python3
+"""test_tensors.py - resident tensors end to end against a real titan-worker on the CPU backend, from pyzmq
+DEALER clients with their own routing ids: tensor_put (binary and JSON), matrix_multiply on {"ref"} operands
+with "keep", tensor_get (binary and JSON), ownership by routing id (another client refused, the same id on a
+new connection still the owner), the quotas (--tensor-quota-mb, --tensor-memory-mb, --max-tensors) refusing
+without evicting, tensor_free and tensor_list, bad inputs, the idle TTL, gpu_info's "resident" and ops.
+Usage: test_tensors.py PATH/TO/titan-worker   (prints TAP)"""
+import json
+import re
+import sys
+import time
+
+import numpy as np
+import zmq
+
+from workerproc import Tap, Worker
+
+BIN = sys.argv[1]
+tap = Tap()
+ctx = zmq.Context()
+HANDLE = re.compile(r"^t-[0-9a-f]{24}$")
+
+
+class Client:
+    """A DEALER speaking like REQ (empty delimiter), with a routing id of its choosing."""
+
+    def __init__(self, ep, rid):
+        self.ep, self.rid = ep, rid
+        self.s = ctx.socket(zmq.DEALER)
+        self.s.setsockopt(zmq.LINGER, 0)
+        self.s.setsockopt(zmq.RCVTIMEO, 20000)
+        self.s.setsockopt(zmq.ROUTING_ID, rid)
+        self.s.connect(ep)
+
+    def call(self, header, *frames):
+        """Sends one request; returns (reply dict, data frames)."""
+        self.s.send_multipart([b"", json.dumps(header).encode(), *frames])
+        parts = self.s.recv_multipart()
+        assert parts[0] == b"", parts
+        return json.loads(parts[1]), parts[2:]
+
+    def put(self, arr, **extra):
+        """tensor_put of a numpy array as a binary frame; returns the reply."""
+        r, _ = self.call({"op": "tensor_put", "tensor": desc(arr, 1), **extra}, arr.tobytes())
+        return r
+
+    def get(self, ref):
+        """tensor_get (binary): the array, or None and the reply."""
+        r, fr = self.call({"op": "tensor_get", "ref": ref})
+        res = r.get("result")
+        if not isinstance(res, dict) or len(fr) != 1:
+            return None, r
+        return np.frombuffer(fr[0], dtype=res["dtype"]).reshape(res["shape"]), r
+
+    def close(self):
+        self.s.close()
+
+
+def desc(arr, frame):
+    return {"dtype": str(arr.dtype), "shape": list(arr.shape), "frame": frame}
+
+
+def worker(*args):
+    return Worker(BIN, "--device", "cpu", "--threads", "2", "--blas-threads", "1", *args)
+
+
+w = worker()
+alice = Client(w.endpoint, b"alice-1")
+rng = np.random.default_rng(11)
+A32 = rng.standard_normal((64, 33)).astype(np.float32)
+B32 = rng.standard_normal((33, 17)).astype(np.float32)
+A64 = rng.standard_normal((20, 9))
+B64 = rng.standard_normal((9, 5))
+refs = {}  # name -> handle, alice's
+
+
+def put_and_get():
+    r = alice.put(A32)
+    ok = isinstance(r.get("ref"), str) and HANDLE.match(r["ref"]) is not None
+    tap.ok(ok and r.get("dtype") == "float32" and r.get("shape") == [64, 33] and r.get("bytes") == A32.nbytes,
+           "tensor_put (binary frame) answers ref, dtype, shape, bytes", r)
+    refs["a32"] = r.get("ref")
+    r = alice.put(B32, id="put-b")
+    tap.ok(r.get("id") == "put-b" and HANDLE.match(r.get("ref", "")) is not None, "tensor_put echoes the id", r)
+    refs["b32"] = r.get("ref")
+    tap.ok(refs["a32"] != refs["b32"], "handles differ", refs)
+    r, _ = alice.call({"op": "tensor_put", "dtype": "float64", "tensor": A64.tolist()})
+    tap.ok(r.get("dtype") == "float64" and r.get("shape") == [20, 9] and r.get("bytes") == A64.nbytes,
+           "tensor_put of a JSON nested array with \"dtype\": \"float64\"", r)
+    refs["a64"] = r.get("ref")
+    r, _ = alice.call({"op": "tensor_put", "dtype": "float64", "tensor": B64.tolist()})
+    refs["b64"] = r.get("ref")
+    r, _ = alice.call({"op": "tensor_put", "tensor": [[1.5, 2], [3, 4]]})
+    tap.ok(r.get("dtype") == "float32" and r.get("shape") == [2, 2] and r.get("bytes") == 16,
+           "tensor_put of JSON without dtype is float32", r)
+    refs["small"] = r.get("ref")
+    got, r = alice.get(refs["a32"])
+    tap.ok(got is not None and got.dtype == np.float32 and np.array_equal(got, A32)
+           and r["result"] == {"dtype": "float32", "shape": [64, 33], "frame": 1},
+           "tensor_get answers the same bytes in a binary frame", r)
+    got, r = alice.get(refs["a64"])
+    tap.ok(got is not None and np.array_equal(got, A64), "a JSON float64 tensor reads back exactly", r)
+    r, fr = alice.call({"op": "tensor_get", "ref": refs["small"], "json": True, "id": 3})
+    tap.ok(r == {"result": [[1.5, 2.0], [3.0, 4.0]], "id": 3} and fr == [], "tensor_get with \"json\": true", r)
+    r, fr = alice.call({"op": "tensor_get", "ref": refs["a64"], "json": True})
+    tap.ok(np.array_equal(np.asarray(r.get("result")), A64), "JSON read-back of float64 is exact", r if "result" not in r else "")
+
+
+def matmul_refs():
+    r, fr = alice.call({"op": "matrix_multiply", "a": {"ref": refs["a32"]}, "b": {"ref": refs["b32"]}, "keep": True})
+    res = r.get("result", {})
+    ok = isinstance(res, dict) and HANDLE.match(res.get("ref", "")) is not None
+    tap.ok(ok and res.get("dtype") == "float32" and res.get("shape") == [64, 17] and res.get("bytes") == 64 * 17 * 4
+           and fr == [], "matrix_multiply of two refs with keep answers a handle", r)
+    refs["c32"] = res.get("ref") if ok else None
+    got, r = alice.get(refs["c32"])
+    tap.ok(got is not None and got.shape == (64, 17) and np.allclose(got, A32 @ B32, rtol=1e-4, atol=1e-4),
+           "the kept float32 product equals numpy's", r)
+    r, _ = alice.call({"op": "tensor_get", "ref": refs["c32"], "json": True})
+    tap.ok(np.allclose(np.asarray(r.get("result"), dtype=np.float32), A32 @ B32, rtol=1e-4, atol=1e-4),
+           "the kept product read back as JSON", "" if "result" in r else r)
+    r, _ = alice.call({"op": "matrix_multiply", "a": {"ref": refs["a64"]}, "b": {"ref": refs["b64"]}, "keep": True})
+    refs["c64"] = r.get("result", {}).get("ref")
+    got, r2 = alice.get(refs["c64"])
+    tap.ok(r.get("result", {}).get("dtype") == "float64" and got is not None
+           and np.allclose(got, A64 @ B64, rtol=1e-12, atol=1e-12), "the kept float64 product equals numpy's", (r, r2))
+    # A kept product as an operand, beside a binary frame.
+    x = rng.standard_normal((17, 4)).astype(np.float32)
+    r, fr = alice.call({"op": "matrix_multiply", "a": {"ref": refs["c32"]}, "b": desc(x, 1)}, x.tobytes())
+    ok = r.get("result") == {"dtype": "float32", "shape": [64, 4], "frame": 1} and len(fr) == 1
+    got = np.frombuffer(fr[0], np.float32).reshape(64, 4) if ok else None
+    tap.ok(ok and np.allclose(got, (A32 @ B32) @ x, rtol=1e-3, atol=1e-3),
+           "a ref times a binary operand answers a binary frame", r)
+    y = rng.standard_normal((5, 64)).astype(np.float32)
+    r, fr = alice.call({"op": "matrix_multiply", "a": y.tolist(), "b": {"ref": refs["a32"]}})
+    ok = r.get("result") == {"dtype": "float32", "shape": [5, 33], "frame": 1} and len(fr) == 1
+    got = np.frombuffer(fr[0], np.float32).reshape(5, 33) if ok else None
+    tap.ok(ok and np.allclose(got, y @ A32, rtol=1e-4, atol=1e-4),
+           "a JSON operand times a ref answers a binary frame", r)
+    r, fr = alice.call({"op": "matrix_multiply", "a": {"ref": refs["a32"]}, "b": {"ref": refs["b32"]}})
+    tap.ok(len(fr) == 1 and np.allclose(np.frombuffer(fr[0], np.float32).reshape(64, 17), A32 @ B32, rtol=1e-4,
+                                        atol=1e-4) and "ref" not in r.get("result", {}),
+           "two refs without keep answer the product, nothing kept", r)
+    r, _ = alice.call({"op": "matrix_multiply", "a": {"ref": refs["a64"]}, "b": B64.tolist()})
+    tap.ok(r.get("code") == "bad_request" and "float64" in r.get("error", ""),
+           "a float64 ref with a float32 JSON operand is bad_request", r)
+    r, _ = alice.call({"op": "matrix_multiply", "dtype": "float64", "a": {"ref": refs["a64"]}, "b": B64.tolist()})
+    tap.ok(isinstance(r.get("result"), dict), "with \"dtype\": \"float64\" the same pair multiplies", r)
+    r, _ = alice.call({"op": "matrix_multiply", "a": {"ref": refs["a32"]}, "b": {"ref": refs["a32"]}, "keep": True})
+    tap.ok(r.get("code") == "bad_request" and "inner" in r.get("error", ""),
+           "refs with mismatched inner dimensions are bad_request", r)
+    r, _ = alice.call({"op": "matrix_multiply", "a": {"ref": refs["a32"]}, "b": {"ref": refs["a64"]}})
+    tap.ok(r.get("code") == "bad_request", "refs of different dtypes are bad_request", r)
+    r, _ = alice.call({"op": "matrix_multiply", "a": {"ref": "t-000000000000000000000000"}, "b": {"ref": refs["b32"]}})
+    tap.ok(r.get("code") == "not_found", "an unknown ref operand is not_found", r)
+
+
+def listing():
+    r, _ = alice.call({"op": "tensor_list"})
+    mine = {t["ref"]: t for t in r.get("tensors", [])}
+    want = {refs[k] for k in ("a32", "b32", "a64", "b64", "small", "c32", "c64")}
+    total = A32.nbytes + B32.nbytes + A64.nbytes + B64.nbytes + 16 + 64 * 17 * 4 + 20 * 5 * 8
+    tap.ok(set(mine) == want and r.get("count") == 7 and r.get("bytes") == total and r.get("worker_bytes") == total,
+           "tensor_list: this client's tensors, count and bytes", r)
+    t = mine.get(refs["c32"], {})
+    tap.ok(set(t) == {"ref", "dtype", "shape", "bytes", "age_s", "idle_s"} and t.get("shape") == [64, 17]
+           and t.get("bytes") == 64 * 17 * 4 and t.get("age_s", -1) >= 0 and t.get("idle_s", -1) >= 0,
+           "a listed tensor has ref, dtype, shape, bytes, age_s, idle_s", t)
+    q = r.get("quota", {})
+    tap.ok(set(q) == {"client_bytes", "client_tensors", "worker_bytes", "idle_ttl_s"} and q["client_tensors"] == 4096
+           and q["client_bytes"] == q["worker_bytes"] > 0 and q["idle_ttl_s"] == 0, "tensor_list's quota", q)
+    r, _ = alice.call({"op": "gpu_info"})
+    res = r.get("resident", {})
+    tap.ok(res.get("bytes") == total and res.get("tensors") == 7 and res.get("clients") == 1
+           and res.get("worker_bytes_limit") == q.get("worker_bytes") and res.get("client_bytes_limit") == q.get("client_bytes"),
+           "gpu_info's resident: bytes, tensors, clients, limits", res)
+    tap.ok(r.get("ready") is True and all(k in r and r[k] is None for k in
+                                          ("driver_version", "runtime_version", "power_w", "sm_clock_mhz")),
+           "gpu_info on the CPU: ready, and nulls for what the CPU cannot tell", r)
+    r, _ = alice.call({"op": "ops"})
+    ops = {o["name"]: o for o in r.get("ops", [])}
+    tap.ok(all(ops.get(n, {}).get("supported") is True for n in ("tensor_put", "tensor_get", "tensor_free", "tensor_list"))
+           and "ref" in ops.get("matrix_multiply", {}).get("forms", []), "ops lists the tensor ops as supported", ops)
+
+
+def ownership():
+    bob = Client(w.endpoint, b"bob-1")
+    for name, hdr in [("tensor_get", {"op": "tensor_get", "ref": refs["a32"]}),
+                      ("tensor_get json", {"op": "tensor_get", "ref": refs["a32"], "json": True}),
+                      ("tensor_free", {"op": "tensor_free", "ref": refs["a32"]}),
+                      ("matrix_multiply", {"op": "matrix_multiply", "a": {"ref": refs["a32"]}, "b": {"ref": refs["b32"]}}),
+                      ("matrix_multiply keep", {"op": "matrix_multiply", "a": B32.tolist(), "b": {"ref": refs["c32"]},
+                                                "keep": True})]:
+        r, fr = bob.call(hdr)
+        tap.ok(r.get("code") == "unauthorized" and fr == [], f"another client's {name} is unauthorized", r)
+    r, _ = bob.call({"op": "tensor_list"})
+    tap.ok(r.get("tensors") == [] and r.get("count") == 0, "another client lists none of them", r)
+    r, _ = bob.call({"op": "tensor_free", "all": True})
+    tap.ok(r == {"status": "ok", "freed": 0}, "another client's free all frees nothing of alice's", r)
+    bob.close()
+    got, _ = alice.get(refs["a32"])
+    tap.ok(got is not None and np.array_equal(got, A32), "alice's tensor survived bob's attempts")
+    # The same routing id on a new connection is the same client.
+    alice.close()
+    again = Client(w.endpoint, b"alice-1")
+    got, r = again.get(refs["a32"])
+    tap.ok(got is not None and np.array_equal(got, A32), "the same routing id reconnecting still owns its tensors", r)
+    globals()["alice"] = again
+    # A REQ socket (a routing id of ZeroMQ's choosing) is yet another client.
+    s = ctx.socket(zmq.REQ)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVTIMEO, 20000)
+    s.connect(w.endpoint)
+    s.send(json.dumps({"op": "tensor_get", "ref": refs["a32"]}).encode())
+    r = json.loads(s.recv_multipart()[0])
+    tap.ok(r.get("code") == "unauthorized", "a REQ client with its own routing id is unauthorized", r)
+    s.close()
+
+
+def bad_inputs():
+    h = refs["a32"]
+    cases = [
+        ("tensor_get ref not a string", {"op": "tensor_get", "ref": 5}, "bad_request"),
+        ("tensor_get ref missing", {"op": "tensor_get"}, "bad_request"),
+        ("tensor_get json not boolean", {"op": "tensor_get", "ref": h, "json": "yes"}, "bad_request"),
+        ("tensor_free ref missing", {"op": "tensor_free"}, "bad_request"),
+        ("tensor_free ref not a string", {"op": "tensor_free", "ref": ["x"]}, "bad_request"),
+        ("tensor_free all not boolean", {"op": "tensor_free", "all": 1}, "bad_request"),
+        ("tensor_put without tensor", {"op": "tensor_put"}, "bad_request"),
+        ("tensor_put bad dtype", {"op": "tensor_put", "dtype": "int8", "tensor": [1]}, "bad_request"),
+        ("tensor_put of a ref", {"op": "tensor_put", "tensor": {"ref": h}}, "unsupported"),
+        ("matmul keep not boolean", {"op": "matrix_multiply", "a": {"ref": h}, "b": [[1]], "keep": "yes"}, "bad_request"),
+        ("matmul ref not a string", {"op": "matrix_multiply", "a": {"ref": 5}, "b": {"ref": h}}, "bad_request"),
+        ("inference with a ref", {"op": "inference", "model": "m", "inputs": [{"ref": h}]}, "unsupported"),
+        ("tensor_get unknown handle", {"op": "tensor_get", "ref": "t-0123456789abcdef01234567"}, "not_found"),
+    ]
+    for name, hdr, code in cases:
+        r, fr = alice.call(hdr)
+        tap.ok(r.get("code") == code and isinstance(r.get("error"), str) and r["error"] and fr == [], name, r)
+    r, _ = alice.call({"op": "tensor_put", "tensor": {"dtype": "float32", "shape": [2, 2], "frame": 1}})
+    tap.ok(r.get("code") == "bad_request", "tensor_put naming a frame that is not there", r)
+    x = np.ones((2, 2), np.float32)
+    r, _ = alice.call({"op": "tensor_put", "tensor": desc(x, 1)}, x.tobytes(), x.tobytes())
+    tap.ok(r.get("code") == "bad_request", "tensor_put with a frame no descriptor names", r)
+    r, _ = alice.call({"op": "tensor_list"})
+    tap.ok(r.get("count") == 7, "no bad request left a tensor behind", r.get("count"))
+
+
+def freeing():
+    r, _ = alice.call({"op": "tensor_free", "ref": refs["small"]})
+    tap.ok(r == {"status": "ok", "ref": refs["small"], "bytes": 16}, "tensor_free answers ref and bytes", r)
+    got, r = alice.get(refs["small"])
+    tap.ok(got is None and r.get("code") == "not_found", "tensor_get after tensor_free is not_found", r)
+    r, _ = alice.call({"op": "tensor_free", "ref": refs["small"]})
+    tap.ok(r.get("code") == "not_found", "a second tensor_free is not_found", r)
+    r, _ = alice.call({"op": "matrix_multiply", "a": {"ref": refs["small"]}, "b": [[1], [2]]})
+    tap.ok(r.get("code") == "not_found", "a freed ref operand is not_found", r)
+    r, _ = alice.call({"op": "tensor_free", "all": True})
+    tap.ok(r == {"status": "ok", "freed": 6}, "tensor_free all frees the rest", r)
+    r, _ = alice.call({"op": "tensor_list"})
+    tap.ok(r.get("tensors") == [] and r.get("count") == 0 and r.get("bytes") == 0 and r.get("worker_bytes") == 0,
+           "nothing listed after free all", r)
+    r, _ = alice.call({"op": "gpu_info"})
+    res = r.get("resident", {})
+    tap.ok(res.get("bytes") == 0 and res.get("tensors") == 0 and res.get("clients") == 0,
+           "gpu_info's resident is back to zero", res)
+
+
+def quotas():
+    mb = 1 << 20
+    wq = worker("--tensor-quota-mb", "1", "--tensor-memory-mb", "2")
+    c1, c2, c3 = (Client(wq.endpoint, n) for n in (b"q1", b"q2", b"q3"))
+    quarter = np.arange(mb // 16, dtype=np.float32)  # 256 KiB
+    h1 = [c1.put(quarter + i).get("ref") for i in range(4)]
+    tap.ok(all(h and HANDLE.match(h) for h in h1), "a client fills its quota exactly (4 x 256 KiB of 1 MiB)", h1)
+    r = c1.put(quarter)
+    tap.ok(r.get("code") == "quota_exceeded" and "--tensor-quota-mb" in r.get("error", ""),
+           "one more is quota_exceeded naming --tensor-quota-mb", r)
+    r, _ = c1.call({"op": "matrix_multiply", "a": [[1.0]], "b": [[2.0]], "keep": True})
+    tap.ok(r.get("code") == "quota_exceeded", "matrix_multiply keep over the quota is quota_exceeded", r)
+    h2 = [c2.put(quarter).get("ref") for _ in range(4)]
+    tap.ok(all(h2), "another client has its own quota", h2)
+    r = c3.put(np.ones(4, np.float32))
+    tap.ok(r.get("code") == "quota_exceeded" and "--tensor-memory-mb" in r.get("error", ""),
+           "past the worker's memory: quota_exceeded naming --tensor-memory-mb", r)
+    ok = True
+    for i, h in enumerate(h1):
+        got, _ = c1.get(h)
+        ok = ok and got is not None and np.array_equal(got, quarter + i)
+    tap.ok(ok, "nothing was evicted: the first client's tensors still read back")
+    r, _ = c1.call({"op": "tensor_free", "ref": h1[0]})
+    r = c3.put(np.ones(4, np.float32))
+    tap.ok(HANDLE.match(r.get("ref", "")) is not None, "freed memory is given back to everyone", r)
+    r, _ = c1.call({"op": "tensor_list"})
+    tap.ok(r.get("count") == 3 and r.get("bytes") == 3 * quarter.nbytes and r.get("quota", {}).get("client_bytes") == mb
+           and r["quota"].get("worker_bytes") == 2 * mb, "tensor_list shows the usage and the quotas", r)
+    for c in (c1, c2, c3):
+        c.close()
+    wq.stop()
+
+    wn = worker("--max-tensors", "2")
+    c = Client(wn.endpoint, b"n1")
+    hs = [c.put(np.full((3, 3), i, np.float32)).get("ref") for i in range(2)]
+    r = c.put(np.ones((3, 3), np.float32))
+    tap.ok(all(hs) and r.get("code") == "quota_exceeded" and "--max-tensors" in r.get("error", ""),
+           "--max-tensors 2: the third is quota_exceeded naming --max-tensors", r)
+    r, _ = c.call({"op": "matrix_multiply", "a": {"ref": hs[0]}, "b": {"ref": hs[1]}, "keep": True})
+    tap.ok(r.get("code") == "quota_exceeded", "--max-tensors counts kept products too", r)
+    r, fr = c.call({"op": "matrix_multiply", "a": {"ref": hs[0]}, "b": {"ref": hs[1]}})
+    tap.ok(len(fr) == 1 and np.array_equal(np.frombuffer(fr[0], np.float32), np.zeros(9, np.float32)),
+           "the refs still multiply without keep", r)
+    got = [c.get(h)[0] for h in hs]
+    tap.ok(all(g is not None and np.array_equal(g, np.full((3, 3), i, np.float32)) for i, g in enumerate(got)),
+           "nothing was evicted by --max-tensors")
+    c.close()
+    wn.stop()
+
+    w0 = worker("--max-tensors", "0")
+    c = Client(w0.endpoint, b"z1")
+    r = c.put(np.ones(2, np.float32))
+    tap.ok(r.get("code") == "quota_exceeded", "--max-tensors 0 refuses tensor_put", r)
+    r, _ = c.call({"op": "tensor_list"})
+    tap.ok(r.get("count") == 0 and r.get("quota", {}).get("client_tensors") == 0, "and lists nothing", r)
+    c.close()
+    w0.stop()
+
+
+def ttl():
+    wt = worker("--tensor-ttl", "1")
+    c = Client(wt.endpoint, b"ttl")
+    kept = c.put(np.ones(4, np.float32)).get("ref")
+    idle = c.put(np.ones(4, np.float32)).get("ref")
+    r, _ = c.call({"op": "tensor_list"})
+    tap.ok(r.get("count") == 2 and r.get("quota", {}).get("idle_ttl_s") == 1, "--tensor-ttl 1 in tensor_list", r)
+    # Used every 0.4 s, one stays; the other idles past the TTL and goes at a sweep (at most one a second).
+    deadline = time.monotonic() + 2.6
+    while time.monotonic() < deadline:
+        time.sleep(0.4)
+        c.call({"op": "tensor_get", "ref": kept})
+    r, _ = c.call({"op": "tensor_list"})
+    listed = {t["ref"] for t in r.get("tensors", [])}
+    tap.ok(listed == {kept}, "an idle tensor expires; one in use stays", r)
+    got, r = c.get(idle)
+    tap.ok(got is None and r.get("code") == "not_found", "an expired tensor is not_found", r)
+    c.close()
+    wt.stop()
+
+
+def result_limit():
+    """tensor_get is a reply like any other: bounded by --max-result-bytes, while the tensor stays usable."""
+    wl = worker("--max-result-bytes", "1K")
+    c = Client(wl.endpoint, b"limits")
+    a = np.ones((32, 32), np.float32)  # 4 KiB
+    r = c.put(a)
+    ref = r.get("ref")
+    got, r = c.get(ref)
+    tap.ok(got is None and r.get("code") == "too_large" and "max_result_bytes" in r.get("error", ""),
+           "tensor_get over --max-result-bytes answers too_large", r)
+    r, _ = c.call({"op": "tensor_get", "ref": ref, "json": True})
+    tap.ok(r.get("code") == "too_large", "and so does its JSON form", r)
+    r, _ = c.call({"op": "matrix_multiply", "a": {"ref": ref}, "b": {"ref": ref}, "keep": True})
+    tap.ok(HANDLE.match(r.get("result", {}).get("ref", "")) is not None,
+           "a kept product is not a reply: max_result_bytes does not bound it", r)
+    r, _ = c.call({"op": "matrix_multiply", "a": {"ref": ref}, "b": {"ref": ref}})
+    tap.ok(r.get("code") == "too_large", "the same product sent back is bounded", r)
+    c.close()
+    wl.stop()
+
+
+for name, fn in [("put and get", put_and_get), ("matmul refs", matmul_refs), ("listing", listing),
+                 ("ownership", ownership), ("bad inputs", bad_inputs), ("freeing", freeing), ("quotas", quotas),
+                 ("ttl", ttl), ("result limit", result_limit)]:
+    tap.run(name, fn)
+alice.close()
+res = Worker.stop_all()
+tap.ok(all(rc == 0 and not san for _, rc, san in res), "every worker exited 0 with no sanitizer report", res)
+sys.exit(tap.done())
