@@ -43,8 +43,9 @@ extern const char titan_cuda_archs[]; /* the -Dcuda-arch list this module was bu
 
 typedef struct s_exec {
     cudaStream_t stream[2];
-    cudaEvent_t b_ready; /* b is on the device: the second stream waits for it */
-    cublasHandle_t blas;
+    /* One cuBLAS handle per stream, bound once: a handle's workspace is not safe to share between
+     * two streams whose work overlaps. */
+    cublasHandle_t blas[2];
     void *stage_in[2], *stage_out[2]; /* pinned */
     size_t stage_bytes;
     struct s_exec *next;
@@ -121,14 +122,14 @@ static bool s_poisoned(s_cuda *c, titan_error *err)
 
 static void s_exec_free(s_exec *x)
 {
-    /* The handle first: it is still bound to one of the streams (cublasSetStream). */
-    if (x->blas) cublasDestroy(x->blas);
+    /* The handles first: each is bound to its stream (cublasSetStream). */
+    for (int i = 0; i < 2; i++)
+        if (x->blas[i]) cublasDestroy(x->blas[i]);
     for (int i = 0; i < 2; i++) {
         if (x->stage_in[i]) cudaFreeHost(x->stage_in[i]);
         if (x->stage_out[i]) cudaFreeHost(x->stage_out[i]);
         if (x->stream[i]) cudaStreamDestroy(x->stream[i]);
     }
-    if (x->b_ready) cudaEventDestroy(x->b_ready);
     free(x);
 }
 
@@ -150,10 +151,6 @@ static s_exec *s_exec_get(s_cuda *c, titan_error *err)
     }
     const char *what = "cudaStreamCreate";
     for (int i = 0; i < 2 && e == cudaSuccess; i++) e = cudaStreamCreateWithFlags(&x->stream[i], cudaStreamNonBlocking);
-    if (e == cudaSuccess) {
-        what = "cudaEventCreate";
-        e = cudaEventCreateWithFlags(&x->b_ready, cudaEventDisableTiming);
-    }
     for (int i = 0; i < 2 && e == cudaSuccess; i++) {
         what = "cudaHostAlloc";
         e = cudaHostAlloc(&x->stage_in[i], c->stage_bytes, cudaHostAllocDefault);
@@ -165,12 +162,20 @@ static s_exec *s_exec_get(s_cuda *c, titan_error *err)
         return NULL;
     }
     x->stage_bytes = c->stage_bytes;
-    cublasStatus_t st = cublasCreate(&x->blas);
-    if (st != CUBLAS_STATUS_SUCCESS) {
-        x->blas = NULL;
-        s_fail_blas(c, err, st, "cublasCreate", 0);
-        s_exec_free(x);
-        return NULL;
+    for (int i = 0; i < 2; i++) {
+        const char *fn = "cublasCreate";
+        cublasStatus_t st = cublasCreate(&x->blas[i]);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            x->blas[i] = NULL;
+        } else {
+            fn = "cublasSetStream";
+            st = cublasSetStream(x->blas[i], x->stream[i]);
+        }
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            s_fail_blas(c, err, st, fn, 0);
+            s_exec_free(x);
+            return NULL;
+        }
     }
     pthread_setspecific(c->exec_key, x);
     pthread_mutex_lock(&c->lock);
@@ -276,15 +281,13 @@ static void s_mem_free(titan_backend *be, void *dev, size_t bytes)
 static cublasStatus_t s_gemm_rows(s_exec *x, int s, titan_dtype dt, size_t rows, size_t k, size_t n, const void *dA,
                                   const void *dB, void *dC)
 {
-    cublasStatus_t st = cublasSetStream(x->blas, x->stream[s]);
-    if (st != CUBLAS_STATUS_SUCCESS) return st;
     if (dt == TITAN_DTYPE_FLOAT32) {
         const float one = 1.0f, zero = 0.0f;
-        return cublasSgemm(x->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)n, (int)rows, (int)k, &one, dB, (int)n, dA, (int)k,
+        return cublasSgemm(x->blas[s], CUBLAS_OP_N, CUBLAS_OP_N, (int)n, (int)rows, (int)k, &one, dB, (int)n, dA, (int)k,
                            &zero, dC, (int)n);
     }
     const double one = 1.0, zero = 0.0;
-    return cublasDgemm(x->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)n, (int)rows, (int)k, &one, dB, (int)n, dA, (int)k,
+    return cublasDgemm(x->blas[s], CUBLAS_OP_N, CUBLAS_OP_N, (int)n, (int)rows, (int)k, &one, dB, (int)n, dA, (int)k,
                        &zero, dC, (int)n);
 }
 
