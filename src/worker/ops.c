@@ -532,6 +532,13 @@ static int s_ops(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_
     if (o) json_object_set_new(o, "runner", w->runner_info ? json_string(w->runner_info) : json_null());
     json_t *lim = o ? json_object_get(o, "limits") : NULL;
     if (lim) json_object_set_new(lim, "max_tensor_elements", json_integer((json_int_t)(w->limits.max_request_bytes / 4)));
+    if (lim && w->tensors) {
+        const titan_tstore_quota *q = titan_tstore_get_quota(w->tensors);
+        json_object_set_new(lim, "resident",
+                            json_pack("{s:I, s:I, s:i, s:f}", "worker_bytes", (json_int_t)q->worker_bytes,
+                                      "client_bytes", (json_int_t)q->client_bytes, "client_tensors",
+                                      q->client_tensors, "idle_ttl_s", q->idle_ttl_s));
+    }
     if (titan_out_json(out, o, req->id)) return titan_fail(err, "internal", "out of memory");
     return 0;
 }

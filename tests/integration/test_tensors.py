@@ -181,6 +181,10 @@ def listing():
     ops = {o["name"]: o for o in r.get("ops", [])}
     tap.ok(all(ops.get(n, {}).get("supported") is True for n in ("tensor_put", "tensor_get", "tensor_free", "tensor_list"))
            and "ref" in ops.get("matrix_multiply", {}).get("forms", []), "ops lists the tensor ops as supported", ops)
+    res = r.get("limits", {}).get("resident", {})
+    tap.ok(res.get("client_tensors") == 4096 and res.get("worker_bytes", 0) > 0
+           and res.get("client_bytes") == res.get("worker_bytes") and res.get("idle_ttl_s") == 0,
+           "ops' limits carry the resident-tensor quotas", r.get("limits"))
 
 
 def ownership():
