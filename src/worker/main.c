@@ -316,12 +316,15 @@ int main(int argc, char **argv)
     }
     char why[512] = "";
     titan_cuda_opts copts = {.pool_cache_bytes = cfg->pool_cache_mb << 20, .executors = w.threads};
-    rc = titan_backend_select(cfg->device, w.blas_threads, &copts, &w.backend, why, sizeof(why), err, sizeof(err));
+    bool why_warns = false;
+    rc = titan_backend_select(cfg->device, w.blas_threads, &copts, &w.backend, why, sizeof(why), &why_warns, err,
+                              sizeof(err));
     if (rc) {
         titan_log(TITAN_LOG_ERROR, "%s", err);
         goto out;
     }
-    if (why[0]) titan_log(TITAN_LOG_INFO, "--device %s: %s", cfg->device, why);
+    /* Routine (no GPU at all) at debug, so that a CPU worker still starts with one line at info. */
+    if (why[0]) titan_log(why_warns ? TITAN_LOG_WARN : TITAN_LOG_DEBUG, "--device %s: %s", cfg->device, why);
     {
         uint64_t dev_bytes = (uint64_t)(w.backend->info.total_memory_gb * 1e9);
         titan_tstore_quota q = {
@@ -340,10 +343,6 @@ int main(int argc, char **argv)
             goto out;
         }
         titan_metrics_set_tensors(metrics, w.tensors);
-        titan_log(TITAN_LOG_INFO,
-                  "resident tensors: %llu MB for all clients, %llu MB and %d tensors per client%s",
-                  (unsigned long long)(q.worker_bytes >> 20), (unsigned long long)(q.client_bytes >> 20),
-                  q.client_tensors, cfg->tensor_ttl_s ? ", freed when idle past --tensor-ttl" : "");
     }
     titan_metrics_set_backend(metrics, w.backend);
     if (titan_ops_init(&w)) {
@@ -402,9 +401,12 @@ int main(int argc, char **argv)
     eps[strcspn(eps, "\n")] = '\0';
     titan_log(TITAN_LOG_INFO,
               "titan-worker %s listening on %s (device %s: %s; %d executors, %d BLAS threads, queue %d, "
-              "max request %llu bytes)",
+              "max request %llu bytes; resident tensors %llu MB, %llu MB and %d tensors per client%s)",
               TITAN_VERSION, eps, w.backend->info.backend, w.backend->info.name, w.threads, w.blas_threads, w.queue,
-              (unsigned long long)w.limits.max_request_bytes);
+              (unsigned long long)w.limits.max_request_bytes,
+              (unsigned long long)(titan_tstore_get_quota(w.tensors)->worker_bytes >> 20),
+              (unsigned long long)(titan_tstore_get_quota(w.tensors)->client_bytes >> 20),
+              titan_tstore_get_quota(w.tensors)->client_tensors, cfg->tensor_ttl_s ? ", idle ones freed at --tensor-ttl" : "");
     if (http) titan_log(TITAN_LOG_INFO, "HTTP /healthz, /readyz and /metrics on %s", titan_http_url(http));
     /* Jobs go through the same admission as ZeroMQ requests, so the consumer starts once the
      * server is up. On SIGTERM it starts no new job, the server drains the one in hand (a job

@@ -184,7 +184,7 @@ def bad_frames():
     r, _ = call(s, {**good, "a": {**desc(a, 1), "shape": [2**31, 2**31, 2**31]}}, a.tobytes(), b.tobytes())
     tap.ok(r.get("code") == "too_large", "binary: 64-bit overflow of the element count -> too_large", r)
     r, _ = call(s, {**good, "a": {"ref": "gpu:1"}}, b.tobytes())
-    tap.ok(r.get("code") == "unsupported", "resident tensor refs are unsupported for now", r)
+    tap.ok(r.get("code") == "not_found", "a resident tensor ref that does not exist -> not_found", r)
     r, _ = call(s, {**good, "a": {**desc(a, 1), "ref": None}}, a.tobytes(), b.tobytes())
     tap.ok(r.get("result") is not None, "a null ref is no ref", r)
     # result bigger than the cap although the inputs are tiny

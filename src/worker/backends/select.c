@@ -43,10 +43,11 @@ static int s_nvidia_present(void)
 }
 
 int titan_backend_select(const char *device, int blas_threads, const titan_cuda_opts *opts, titan_backend **out,
-                         char *why, size_t whycap, char *err, size_t errcap)
+                         char *why, size_t whycap, bool *why_warns, char *err, size_t errcap)
 {
     int kind, index;
     if (whycap) why[0] = '\0';
+    *why_warns = false;
     if (titan_device_parse(device, &kind, &index)) {
         snprintf(err, errcap, "unknown device '%s': expected auto, cpu, cuda or cuda:N (N: 0 to 255)", device);
         return -EINVAL;
@@ -69,5 +70,6 @@ int titan_backend_select(const char *device, int blas_threads, const titan_cuda_
         return rc;
     }
     snprintf(why, whycap, "CUDA is not usable (%s): computing on the CPU", msg);
+    *why_warns = true;
     return titan_backend_cpu_open(blas_threads, out);
 }

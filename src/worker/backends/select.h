@@ -2,6 +2,7 @@
 #ifndef TITAN_WORKER_BACKENDS_SELECT_H
 #define TITAN_WORKER_BACKENDS_SELECT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,9 +24,10 @@ typedef int (*titan_cuda_open_fn)(int index, const titan_cuda_opts *opts, titan_
 
 /* Opens the backend that `device` names (auto, cpu, cuda, cuda:N). "auto" takes CUDA device 0 when
  * the CUDA module loads and finds a device, else the CPU, and says why in `why` (empty when there
- * was nothing to say). Returns 0 and *out, or -errno with err set: -EINVAL (a bad name), -ENOTSUP
- * (no CUDA module) or -ENODEV (no such device). */
+ * was nothing to say); *why_warns is true when that is worth a warning (a GPU driver is there but
+ * CUDA failed), false when it is routine (no GPU at all). Returns 0 and *out, or -errno with err
+ * set: -EINVAL (a bad name), -ENOTSUP (no CUDA module) or -ENODEV (no such device). */
 int titan_backend_select(const char *device, int blas_threads, const titan_cuda_opts *opts, titan_backend **out,
-                         char *why, size_t whycap, char *err, size_t errcap);
+                         char *why, size_t whycap, bool *why_warns, char *err, size_t errcap);
 
 #endif
