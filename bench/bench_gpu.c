@@ -20,6 +20,8 @@
 
 #include "titan/titan.h"
 
+#include "benchargs.h"
+
 #define MAX_SIZES 16
 #define MAX_REPS 1000
 #define TARGET_N 4096
@@ -734,34 +736,6 @@ static void s_usage(FILE *f)
             "product; 2 for bad arguments or no CUDA device.\n");
 }
 
-static bool s_parse_sizes(const char *s, s_config *cfg)
-{
-    cfg->nsizes = 0;
-    while (*s) {
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (errno || end == s || v < 1 || v > 32768 || cfg->nsizes == MAX_SIZES) return false;
-        cfg->sizes[cfg->nsizes++] = (int)v;
-        if (*end == ',')
-            end++;
-        else if (*end)
-            return false;
-        s = end;
-    }
-    return cfg->nsizes > 0;
-}
-
-static bool s_parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
 int main(int argc, char **argv)
 {
     s_config cfg = {.sizes = {1024, 2048, 4096, 8192},
@@ -776,9 +750,9 @@ int main(int argc, char **argv)
         if (!strcmp(a, "--endpoint") && v)
             cfg.endpoint = v;
         else if (!strcmp(a, "--sizes") && v)
-            ok = s_parse_sizes(v, &cfg);
+            ok = bench_parse_sizes(v, 1, 32768, cfg.sizes, MAX_SIZES, &cfg.nsizes);
         else if (!strcmp(a, "--reps") && v)
-            ok = s_parse_long(v, 1, MAX_REPS, &l), cfg.reps = (int)l;
+            ok = bench_parse_long(v, 1, MAX_REPS, &l), cfg.reps = (int)l;
         else if (!strcmp(a, "--dtype") && v) {
             if (!strcmp(v, "float32"))
                 cfg.dtype = TITAN_DTYPE_FLOAT32;
@@ -791,9 +765,9 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--table") && v)
             cfg.table_path = v;
         else if (!strcmp(a, "--timeout-ms") && v)
-            ok = s_parse_long(v, 1, 3600000, &l), cfg.timeout_ms = (int)l;
+            ok = bench_parse_long(v, 1, 3600000, &l), cfg.timeout_ms = (int)l;
         else if (!strcmp(a, "--cuda-device") && v)
-            ok = s_parse_long(v, 0, 1023, &l), cfg.cuda_device = (int)l;
+            ok = bench_parse_long(v, 0, 1023, &l), cfg.cuda_device = (int)l;
         else {
             takes = false;
             if (!strcmp(a, "--help") || !strcmp(a, "-h")) {

@@ -15,6 +15,8 @@
 
 #include "titan/titan.h"
 
+#include "benchargs.h"
+
 #define MAX_SIZES 16
 
 static double s_now(void)
@@ -212,34 +214,6 @@ static void s_usage(FILE *f)
                "OpenBLAS runs with its default thread count (OPENBLAS_NUM_THREADS or the cores).\n");
 }
 
-static bool s_parse_sizes(const char *s, s_config *cfg)
-{
-    cfg->nsizes = 0;
-    while (*s) {
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (errno || end == s || v < 1 || v > 16384 || cfg->nsizes == MAX_SIZES) return false;
-        cfg->sizes[cfg->nsizes++] = (int)v;
-        if (*end == ',')
-            end++;
-        else if (*end)
-            return false;
-        s = end;
-    }
-    return cfg->nsizes > 0;
-}
-
-static bool s_parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
 static bool s_parse_double(const char *s, double lo, double hi, double *out)
 {
     char *end;
@@ -264,13 +238,13 @@ int main(int argc, char **argv)
         bool ok = true, takes = v != NULL;
         long l = 0;
         if (!strcmp(a, "--sizes") && v)
-            ok = s_parse_sizes(v, &cfg);
+            ok = bench_parse_sizes(v, 1, 16384, cfg.sizes, MAX_SIZES, &cfg.nsizes);
         else if (!strcmp(a, "--min-reps") && v)
-            ok = s_parse_long(v, 1, 100000, &l), cfg.min_reps = (int)l;
+            ok = bench_parse_long(v, 1, 100000, &l), cfg.min_reps = (int)l;
         else if (!strcmp(a, "--max-reps") && v)
-            ok = s_parse_long(v, 1, 100000, &l), cfg.max_reps = (int)l;
+            ok = bench_parse_long(v, 1, 100000, &l), cfg.max_reps = (int)l;
         else if (!strcmp(a, "--timeout-ms") && v)
-            ok = s_parse_long(v, 1, 3600000, &l), cfg.timeout_ms = (int)l;
+            ok = bench_parse_long(v, 1, 3600000, &l), cfg.timeout_ms = (int)l;
         else if (!strcmp(a, "--budget") && v)
             ok = s_parse_double(v, 0, 3600, &cfg.budget_s);
         else if (!strcmp(a, "--settle") && v)

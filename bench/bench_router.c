@@ -32,6 +32,8 @@
 
 #include "titan/titan.h"
 
+#include "benchargs.h"
+
 #define MAX_SIZES 8
 #define NWORKERS 3
 /* tcpmux: nothing listens there on a normal host (main checks that its breaker opens) */
@@ -591,52 +593,25 @@ static void s_usage(FILE *f)
                "C with --blas-threads 2) and stops them at the end. Prints `router measure=...` lines.\n");
 }
 
-static bool s_parse_int(const char *s, long lo, long hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = (int)v;
-    return true;
-}
-
-static bool s_parse_sizes(const char *s, int *sizes, int *nsizes)
-{
-    *nsizes = 0;
-    while (*s) {
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (errno || end == s || v < 2 || v > 8192 || *nsizes == MAX_SIZES) return false;
-        sizes[(*nsizes)++] = (int)v;
-        if (*end == ',')
-            end++;
-        else if (*end)
-            return false;
-        s = end;
-    }
-    return *nsizes > 0;
-}
-
 int main(int argc, char **argv)
 {
     int rounds = 20, per_round = 250, warmup = 300, reps = 11, nsizes = 2, sizes[MAX_SIZES] = {1024, 2048};
     double settle_s = 0.2;
     const char *worker_arg = NULL;
+    long l = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool ok = true, takes = v != NULL;
         if (!strcmp(a, "--rounds") && v)
-            ok = s_parse_int(v, 1, 100000, &rounds);
+            ok = bench_parse_long(v, 1, 100000, &l), rounds = ok ? (int)l : rounds;
         else if (!strcmp(a, "--per-round") && v)
-            ok = s_parse_int(v, 1, 1000000, &per_round);
+            ok = bench_parse_long(v, 1, 1000000, &l), per_round = ok ? (int)l : per_round;
         else if (!strcmp(a, "--warmup") && v)
-            ok = s_parse_int(v, 0, 1000000, &warmup);
+            ok = bench_parse_long(v, 0, 1000000, &l), warmup = ok ? (int)l : warmup;
         else if (!strcmp(a, "--reps") && v)
-            ok = s_parse_int(v, 1, 1000, &reps);
+            ok = bench_parse_long(v, 1, 1000, &l), reps = ok ? (int)l : reps;
         else if (!strcmp(a, "--sizes") && v)
-            ok = s_parse_sizes(v, sizes, &nsizes);
+            ok = bench_parse_sizes(v, 2, 8192, sizes, MAX_SIZES, &nsizes);
         else if (!strcmp(a, "--settle") && v) {
             char *end;
             settle_s = strtod(v, &end);

@@ -801,20 +801,30 @@ TITAN_API int titan_client_tensor_put(titan_client *c, titan_dtype dt, int rank,
     return rc;
 }
 
+/* Sends {"op": op, "ref": ref} and parses the reply (the typed calls' returns); ref is checked first. */
+static int s_ref_call(titan_client *c, const char *op, const char *ref, titan_reply **r, json_t **root)
+{
+    if (!s_ref_ok(ref)) {
+        s_set_error(c, "local", "invalid argument: not a tensor handle");
+        return -EINVAL;
+    }
+    char header[160];
+    snprintf(header, sizeof header, "{\"op\":\"%s\",\"ref\":\"%s\"}", op, ref);
+    return s_typed_call(c, header, NULL, 0, r, root);
+}
+
 TITAN_API int titan_client_tensor_get(titan_client *c, const char *ref, titan_dtype *dt, int *rank,
                                       int64_t shape[TITAN_MAX_RANK], void **data, size_t *bytes)
 {
     if (!c) return -EINVAL;
     s_reset_last(c);
-    if (!s_ref_ok(ref) || !data) {
-        s_set_error(c, "local", "invalid argument: a tensor handle and a data pointer are needed");
+    if (!data) {
+        s_set_error(c, "local", "invalid argument: a data pointer is needed");
         return -EINVAL;
     }
-    char header[160];
-    snprintf(header, sizeof header, "{\"op\":\"tensor_get\",\"ref\":\"%s\"}", ref);
     titan_reply *r = NULL;
     json_t *root = NULL;
-    int rc = s_typed_call(c, header, NULL, 0, &r, &root);
+    int rc = s_ref_call(c, "tensor_get", ref, &r, &root);
     if (rc) return rc;
     json_t *res = json_object_get(root, "result");
     json_t *jshape = json_object_get(res, "shape");
@@ -850,15 +860,9 @@ TITAN_API int titan_client_tensor_free(titan_client *c, const char *ref)
 {
     if (!c) return -EINVAL;
     s_reset_last(c);
-    if (!s_ref_ok(ref)) {
-        s_set_error(c, "local", "invalid argument: not a tensor handle");
-        return -EINVAL;
-    }
-    char header[160];
-    snprintf(header, sizeof header, "{\"op\":\"tensor_free\",\"ref\":\"%s\"}", ref);
     titan_reply *r = NULL;
     json_t *root = NULL;
-    int rc = s_typed_call(c, header, NULL, 0, &r, &root);
+    int rc = s_ref_call(c, "tensor_free", ref, &r, &root);
     if (rc) return rc;
     json_decref(root);
     titan_reply_destroy(&r);

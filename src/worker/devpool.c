@@ -27,14 +27,16 @@ size_t titan_devpool_block_size(size_t bytes)
     if (bytes <= 256) return 256;
     if (bytes <= ((size_t)1 << 20)) {
         size_t s = 256;
-        while (s < bytes) s <<= 1;
+        while (s < bytes)
+            s <<= 1;
         return s;
     }
     size_t top = (size_t)1 << 20;
-    while (top <= bytes / 2) top <<= 1; /* the largest power of two <= bytes */
+    while (top <= bytes / 2)
+        top <<= 1; /* the largest power of two <= bytes */
     size_t step = top / 8;
     size_t n = bytes / step + (bytes % step != 0); /* no wrap near SIZE_MAX */
-    if (n > SIZE_MAX / step) return bytes; /* no rounding at the very top of the address space */
+    if (n > SIZE_MAX / step) return bytes;         /* no rounding at the very top of the address space */
     return n * step;
 }
 
@@ -53,10 +55,14 @@ titan_devpool *titan_devpool_new(const titan_devpool_ops *ops, uint64_t max_cach
 
 static void s_unlink(titan_devpool *pool, s_block *b)
 {
-    if (b->prev) b->prev->next = b->next;
-    else pool->head = b->next;
-    if (b->next) b->next->prev = b->prev;
-    else pool->tail = b->prev;
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        pool->head = b->next;
+    if (b->next)
+        b->next->prev = b->prev;
+    else
+        pool->tail = b->prev;
     b->prev = b->next = NULL;
     pool->st.cached_bytes -= b->size;
 }
@@ -79,7 +85,8 @@ static void s_evict_tail(titan_devpool *pool)
 
 static void s_trim_locked(titan_devpool *pool)
 {
-    while (pool->tail) s_evict_tail(pool);
+    while (pool->tail)
+        s_evict_tail(pool);
 }
 
 int titan_devpool_get(titan_devpool *pool, size_t bytes, void **out, char *msg, size_t cap)
@@ -112,9 +119,11 @@ int titan_devpool_get(titan_devpool *pool, size_t bytes, void **out, char *msg, 
         *out = p;
     } else if (msg && cap) {
         if (rc == -ENOMEM)
-            snprintf(msg, cap, "device out of memory: %zu bytes asked for (a block of %zu) while this worker holds %llu "
-                     "in use%s%s",
-                     bytes, size, (unsigned long long)pool->st.in_use_bytes, amsg[0] ? "; " : "", amsg);
+            snprintf(
+                msg, cap,
+                "device out of memory: %zu bytes asked for (a block of %zu) while this worker holds %llu "
+                "in use%s%s",
+                bytes, size, (unsigned long long)pool->st.in_use_bytes, amsg[0] ? "; " : "", amsg);
         else
             snprintf(msg, cap, "%s", amsg[0] ? amsg : "device allocation failed");
     }
@@ -129,8 +138,10 @@ void titan_devpool_put(titan_devpool *pool, void *block, size_t bytes)
     pthread_mutex_lock(&pool->lock);
     pool->st.in_use_bytes -= size;
     s_block *b = pool->spare;
-    if (b) pool->spare = b->next;
-    else b = malloc(sizeof(*b));
+    if (b)
+        pool->spare = b->next;
+    else
+        b = malloc(sizeof(*b));
     if (!b || size > pool->max_cached) {
         /* Not kept: no node for it, or the block alone is over the cache's size. */
         if (b) s_release_node(pool, b);
@@ -139,13 +150,16 @@ void titan_devpool_put(titan_devpool *pool, void *block, size_t bytes)
         pthread_mutex_unlock(&pool->lock);
         return;
     }
-    while (pool->tail && pool->st.cached_bytes + size > pool->max_cached) s_evict_tail(pool);
+    while (pool->tail && pool->st.cached_bytes + size > pool->max_cached)
+        s_evict_tail(pool);
     b->p = block;
     b->size = size;
     b->prev = NULL;
     b->next = pool->head;
-    if (pool->head) pool->head->prev = b;
-    else pool->tail = b;
+    if (pool->head)
+        pool->head->prev = b;
+    else
+        pool->tail = b;
     pool->head = b;
     pool->st.cached_bytes += size;
     pthread_mutex_unlock(&pool->lock);

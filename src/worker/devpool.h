@@ -15,12 +15,12 @@ typedef struct {
 } titan_devpool_ops;
 
 typedef struct {
-    uint64_t in_use_bytes;   /* handed out, in block sizes */
-    uint64_t cached_bytes;   /* free blocks kept for reuse */
-    uint64_t device_allocs;  /* calls to ops.alloc that succeeded, since the start */
-    uint64_t device_frees;   /* calls to ops.free */
-    uint64_t hits;           /* gets served from the cache */
-    uint64_t oom_trims;      /* times the cache was emptied to retry an allocation */
+    uint64_t in_use_bytes;  /* handed out, in block sizes */
+    uint64_t cached_bytes;  /* free blocks kept for reuse */
+    uint64_t device_allocs; /* calls to ops.alloc that succeeded, since the start */
+    uint64_t device_frees;  /* calls to ops.free */
+    uint64_t hits;          /* gets served from the cache */
+    uint64_t oom_trims;     /* times the cache was emptied to retry an allocation */
 } titan_devpool_stats;
 
 typedef struct titan_devpool titan_devpool;

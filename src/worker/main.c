@@ -406,7 +406,8 @@ int main(int argc, char **argv)
               (unsigned long long)w.limits.max_request_bytes,
               (unsigned long long)(titan_tstore_get_quota(w.tensors)->worker_bytes >> 20),
               (unsigned long long)(titan_tstore_get_quota(w.tensors)->client_bytes >> 20),
-              titan_tstore_get_quota(w.tensors)->client_tensors, cfg->tensor_ttl_s ? ", idle ones freed at --tensor-ttl" : "");
+              titan_tstore_get_quota(w.tensors)->client_tensors,
+              cfg->tensor_ttl_s ? ", idle ones freed at --tensor-ttl" : "");
     if (http) titan_log(TITAN_LOG_INFO, "HTTP /healthz, /readyz and /metrics on %s", titan_http_url(http));
     /* Jobs go through the same admission as ZeroMQ requests, so the consumer starts once the
      * server is up. On SIGTERM it starts no new job, the server drains the one in hand (a job

@@ -9,6 +9,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "request.h"
 #include "tstore.h"
 
 #define S_BUCKETS 256
@@ -46,20 +47,11 @@ static double s_now(void)
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-static void s_fail(titan_error *err, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void s_fail(titan_error *err, const char *code, const char *fmt, ...)
-{
-    err->code = code;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-    va_end(ap);
-}
-
 static unsigned s_bucket(const char *handle)
 {
     unsigned h = 5381;
-    for (const char *p = handle; *p; p++) h = h * 33 + (unsigned char)*p;
+    for (const char *p = handle; *p; p++)
+        h = h * 33 + (unsigned char)*p;
     return h % S_BUCKETS;
 }
 
@@ -149,29 +141,31 @@ static void s_sweep(titan_tstore *ts, double now)
     }
 }
 
-int titan_tstore_create(titan_tstore *ts, const char *owner, titan_dtype dtype, int rank, const int64_t *shape,
-                        titan_tensor_entry **out, titan_error *err)
+int titan_tstore_create(titan_tstore *ts, const char *owner, titan_dtype dtype, int rank,
+                        const int64_t *shape, titan_tensor_entry **out, titan_error *err)
 {
     size_t elems;
     if (rank < 1 || rank > TITAN_MAX_RANK || titan_shape_elems(dtype, shape, rank, &elems)) {
-        s_fail(err, "bad_request", "a resident tensor needs 1 to %d dimensions and a size that fits in memory",
-               TITAN_MAX_RANK);
+        titan_fail(err, "bad_request",
+                   "a resident tensor needs 1 to %d dimensions and a size that fits in memory",
+                   TITAN_MAX_RANK);
         return -1;
     }
     size_t bytes = elems * titan_dtype_size(dtype);
     s_entry *e = calloc(1, sizeof(*e));
     if (!e) {
-        s_fail(err, "internal", "out of memory");
+        titan_fail(err, "internal", "out of memory");
         return -1;
     }
     unsigned char rnd[12];
     if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
         free(e);
-        s_fail(err, "internal", "no randomness for a tensor handle: %s", strerror(errno));
+        titan_fail(err, "internal", "no randomness for a tensor handle: %s", strerror(errno));
         return -1;
     }
     memcpy(e->pub.handle, "t-", 2);
-    for (size_t i = 0; i < sizeof(rnd); i++) snprintf(e->pub.handle + 2 + 2 * i, 3, "%02x", rnd[i]);
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(e->pub.handle + 2 + 2 * i, 3, "%02x", rnd[i]);
     e->pub.dtype = dtype;
     e->pub.rank = rank;
     memcpy(e->pub.shape, shape, sizeof(int64_t) * (size_t)rank);
@@ -184,21 +178,24 @@ int titan_tstore_create(titan_tstore *ts, const char *owner, titan_dtype dtype, 
     s_owner *o = s_owner_find(ts, owner ? owner : "anonymous", true);
     int rc = -1;
     if (!o) {
-        s_fail(err, "internal", "out of memory");
+        titan_fail(err, "internal", "out of memory");
     } else if (o->count >= ts->quota.client_tensors) {
-        s_fail(err, "quota_exceeded",
-               "this client already holds %d resident tensors, its limit (--max-tensors); free some with tensor_free",
-               o->count);
+        titan_fail(err, "quota_exceeded",
+                   "this client already holds %d resident tensors, its limit (--max-tensors); free some with "
+                   "tensor_free",
+                   o->count);
     } else if (bytes > ts->quota.client_bytes || o->bytes > ts->quota.client_bytes - bytes) {
-        s_fail(err, "quota_exceeded",
-               "a %zu-byte tensor would take this client to %" PRIu64 " bytes resident, over its quota of %" PRIu64
-               " (--tensor-quota-mb); free some with tensor_free",
-               bytes, o->bytes + bytes, ts->quota.client_bytes);
+        titan_fail(err, "quota_exceeded",
+                   "a %zu-byte tensor would take this client to %" PRIu64
+                   " bytes resident, over its quota of %" PRIu64
+                   " (--tensor-quota-mb); free some with tensor_free",
+                   bytes, o->bytes + bytes, ts->quota.client_bytes);
     } else if (bytes > ts->quota.worker_bytes || ts->bytes > ts->quota.worker_bytes - bytes) {
-        s_fail(err, "quota_exceeded",
-               "a %zu-byte tensor would take this worker to %" PRIu64 " bytes resident, over its limit of %" PRIu64
-               " (--tensor-memory-mb); free some with tensor_free, or use another worker",
-               bytes, ts->bytes + bytes, ts->quota.worker_bytes);
+        titan_fail(err, "quota_exceeded",
+                   "a %zu-byte tensor would take this worker to %" PRIu64
+                   " bytes resident, over its limit of %" PRIu64
+                   " (--tensor-memory-mb); free some with tensor_free, or use another worker",
+                   bytes, ts->bytes + bytes, ts->quota.worker_bytes);
     } else {
         /* Reserve first, so that concurrent creations cannot both pass the check. */
         o->bytes += bytes;
@@ -250,16 +247,19 @@ static s_entry *s_lookup(titan_tstore *ts, const char *owner, const char *handle
     for (s_entry *e = ts->buckets[s_bucket(handle)]; e; e = e->next) {
         if (strcmp(e->pub.handle, handle) != 0) continue;
         if (strcmp(e->owner->name, owner ? owner : "anonymous") != 0) {
-            s_fail(err, "unauthorized", "tensor '%s' belongs to another client: handles are private to the client "
-                   "(its connection identity or CURVE key) that made them", handle);
+            titan_fail(err, "unauthorized",
+                       "tensor '%s' belongs to another client: handles are private to the client "
+                       "(its connection identity or CURVE key) that made them",
+                       handle);
             return NULL;
         }
         return e;
     }
-    s_fail(err, "not_found",
-           "no resident tensor '%s' here: it was freed, expired, never existed, or the worker restarted (see "
-           "tensor_list)",
-           handle);
+    titan_fail(
+        err, "not_found",
+        "no resident tensor '%s' here: it was freed, expired, never existed, or the worker restarted (see "
+        "tensor_list)",
+        handle);
     return NULL;
 }
 
@@ -286,7 +286,8 @@ void titan_tstore_release(titan_tstore *ts, titan_tensor_entry *pub)
     pthread_mutex_unlock(&ts->lock);
 }
 
-int titan_tstore_free(titan_tstore *ts, const char *owner, const char *handle, size_t *bytes, titan_error *err)
+int titan_tstore_free(titan_tstore *ts, const char *owner, const char *handle, size_t *bytes,
+                      titan_error *err)
 {
     pthread_mutex_lock(&ts->lock);
     s_entry *e = s_lookup(ts, owner, handle, err);
@@ -331,29 +332,32 @@ json_t *titan_tstore_list(titan_tstore *ts, const char *owner)
         for (s_entry *e = ts->buckets[b]; e; e = e->next) {
             if (strcmp(e->owner->name, name) != 0) continue;
             json_t *shape = json_array();
-            for (int i = 0; i < e->pub.rank; i++) json_array_append_new(shape, json_integer(e->pub.shape[i]));
-            json_array_append_new(list, json_pack("{s:s, s:s, s:o, s:I, s:f, s:f}", "ref", e->pub.handle, "dtype",
-                                                  titan_dtype_name(e->pub.dtype), "shape", shape, "bytes",
-                                                  (json_int_t)e->pub.bytes, "age_s", now - e->created, "idle_s",
-                                                  now - e->used));
+            for (int i = 0; i < e->pub.rank; i++)
+                json_array_append_new(shape, json_integer(e->pub.shape[i]));
+            json_array_append_new(list, json_pack("{s:s, s:s, s:o, s:I, s:f, s:f}", "ref", e->pub.handle,
+                                                  "dtype", titan_dtype_name(e->pub.dtype), "shape", shape,
+                                                  "bytes", (json_int_t)e->pub.bytes, "age_s",
+                                                  now - e->created, "idle_s", now - e->used));
             bytes += e->pub.bytes;
             count++;
         }
     }
-    json_t *o = json_pack("{s:o, s:I, s:I, s:{s:I, s:i, s:I, s:f}, s:I}", "tensors", list, "bytes", (json_int_t)bytes,
-                          "count", (json_int_t)count, "quota", "client_bytes", (json_int_t)ts->quota.client_bytes,
-                          "client_tensors", ts->quota.client_tensors, "worker_bytes",
-                          (json_int_t)ts->quota.worker_bytes, "idle_ttl_s", ts->quota.idle_ttl_s, "worker_bytes",
-                          (json_int_t)ts->bytes);
+    json_t *o = json_pack("{s:o, s:I, s:I, s:{s:I, s:i, s:I, s:f}, s:I}", "tensors", list, "bytes",
+                          (json_int_t)bytes, "count", (json_int_t)count, "quota", "client_bytes",
+                          (json_int_t)ts->quota.client_bytes, "client_tensors", ts->quota.client_tensors,
+                          "worker_bytes", (json_int_t)ts->quota.worker_bytes, "idle_ttl_s",
+                          ts->quota.idle_ttl_s, "worker_bytes", (json_int_t)ts->bytes);
     pthread_mutex_unlock(&ts->lock);
     return o;
 }
 
-void titan_tstore_usage(titan_tstore *ts, uint64_t *bytes, uint64_t *count, uint64_t *clients, uint64_t *expired)
+void titan_tstore_usage(titan_tstore *ts, uint64_t *bytes, uint64_t *count, uint64_t *clients,
+                        uint64_t *expired)
 {
     pthread_mutex_lock(&ts->lock);
     uint64_t n = 0;
-    for (s_owner *o = ts->owners; o; o = o->next) n++;
+    for (s_owner *o = ts->owners; o; o = o->next)
+        n++;
     if (bytes) *bytes = ts->bytes;
     if (count) *count = ts->count;
     if (clients) *clients = n;

@@ -24,10 +24,10 @@ typedef struct {
 } titan_tensor_entry;
 
 typedef struct {
-    uint64_t worker_bytes;  /* all resident tensors together (0: none allowed) */
-    uint64_t client_bytes;  /* one client's (0: none allowed) */
-    int client_tensors;     /* how many one client may hold */
-    double idle_ttl_s;      /* a tensor no request used for this long is freed (0: kept until freed) */
+    uint64_t worker_bytes; /* all resident tensors together (0: none allowed) */
+    uint64_t client_bytes; /* one client's (0: none allowed) */
+    int client_tensors;    /* how many one client may hold */
+    double idle_ttl_s;     /* a tensor no request used for this long is freed (0: kept until freed) */
 } titan_tstore_quota;
 
 typedef struct titan_tstore titan_tstore;
@@ -41,8 +41,8 @@ void titan_tstore_destroy(titan_tstore **p);
  * fill its memory, then titan_tstore_commit it, or titan_tstore_release it to give it all back.
  * Returns 0 and *out (one reference, the caller's), or -1 with err: quota_exceeded (with the
  * figures), too_large or device_error (the backend's allocation). */
-int titan_tstore_create(titan_tstore *ts, const char *owner, titan_dtype dtype, int rank, const int64_t *shape,
-                        titan_tensor_entry **out, titan_error *err);
+int titan_tstore_create(titan_tstore *ts, const char *owner, titan_dtype dtype, int rank,
+                        const int64_t *shape, titan_tensor_entry **out, titan_error *err);
 /* Lists a created entry under its handle. The caller keeps its reference (release it). */
 void titan_tstore_commit(titan_tstore *ts, titan_tensor_entry *e);
 /* Finds `handle` for `owner` and takes a reference. Returns 0 and *out, or -1 with err: not_found (no
@@ -53,7 +53,8 @@ int titan_tstore_acquire(titan_tstore *ts, const char *owner, const char *handle
 void titan_tstore_release(titan_tstore *ts, titan_tensor_entry *e);
 /* Unlists `handle` (memory follows when no request uses it). Returns 0 and *bytes, or -1 with err as
  * titan_tstore_acquire. */
-int titan_tstore_free(titan_tstore *ts, const char *owner, const char *handle, size_t *bytes, titan_error *err);
+int titan_tstore_free(titan_tstore *ts, const char *owner, const char *handle, size_t *bytes,
+                      titan_error *err);
 /* Drops every tensor of `owner`. Returns how many. */
 int titan_tstore_free_all(titan_tstore *ts, const char *owner);
 /* {"tensors":[{"ref","dtype","shape","bytes","age_s","idle_s"}...], "bytes", "count", "quota": {...},
@@ -61,7 +62,8 @@ int titan_tstore_free_all(titan_tstore *ts, const char *owner);
 json_t *titan_tstore_list(titan_tstore *ts, const char *owner);
 /* The worker's totals: bytes and tensors resident now, the number of clients holding any, and how
  * many tensors idle_ttl_s has freed since the start. */
-void titan_tstore_usage(titan_tstore *ts, uint64_t *bytes, uint64_t *count, uint64_t *clients, uint64_t *expired);
+void titan_tstore_usage(titan_tstore *ts, uint64_t *bytes, uint64_t *count, uint64_t *clients,
+                        uint64_t *expired);
 const titan_tstore_quota *titan_tstore_get_quota(const titan_tstore *ts);
 
 #endif

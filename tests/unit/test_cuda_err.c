@@ -14,12 +14,12 @@ static void test_runtime_classes(void **state)
 {
     (void)state;
     assert_int_equal(titan_cuda_classify(0), TITAN_CUDA_OK);
-    assert_int_equal(titan_cuda_classify(2), TITAN_CUDA_OOM);        /* cudaErrorMemoryAllocation */
-    assert_int_equal(titan_cuda_classify(35), TITAN_CUDA_NODEV);     /* cudaErrorInsufficientDriver */
-    assert_int_equal(titan_cuda_classify(100), TITAN_CUDA_NODEV);    /* cudaErrorNoDevice */
-    assert_int_equal(titan_cuda_classify(101), TITAN_CUDA_NODEV);    /* cudaErrorInvalidDevice */
-    assert_int_equal(titan_cuda_classify(209), TITAN_CUDA_NOCODE);   /* cudaErrorNoKernelImageForDevice */
-    assert_int_equal(titan_cuda_classify(222), TITAN_CUDA_NOCODE);   /* cudaErrorUnsupportedPtxVersion */
+    assert_int_equal(titan_cuda_classify(2), TITAN_CUDA_OOM);      /* cudaErrorMemoryAllocation */
+    assert_int_equal(titan_cuda_classify(35), TITAN_CUDA_NODEV);   /* cudaErrorInsufficientDriver */
+    assert_int_equal(titan_cuda_classify(100), TITAN_CUDA_NODEV);  /* cudaErrorNoDevice */
+    assert_int_equal(titan_cuda_classify(101), TITAN_CUDA_NODEV);  /* cudaErrorInvalidDevice */
+    assert_int_equal(titan_cuda_classify(209), TITAN_CUDA_NOCODE); /* cudaErrorNoKernelImageForDevice */
+    assert_int_equal(titan_cuda_classify(222), TITAN_CUDA_NOCODE); /* cudaErrorUnsupportedPtxVersion */
     const int sticky[] = {214, 220, 700, 702, 709, 710, 714, 715, 716, 717, 718, 719, 999};
     for (size_t i = 0; i < sizeof(sticky) / sizeof(sticky[0]); i++)
         assert_int_equal(titan_cuda_classify(sticky[i]), TITAN_CUDA_STICKY);
@@ -49,8 +49,10 @@ static void test_oom_replies(void **state)
     (void)state;
     titan_error err;
     /* Could never fit: too_large, with both sizes. */
-    titan_cuda_failure f = {.what = "cudaMalloc", .name = "cudaErrorMemoryAllocation",
-                            .need_bytes = 20ULL << 30, .total_bytes = 12ULL << 30};
+    titan_cuda_failure f = {.what = "cudaMalloc",
+                            .name = "cudaErrorMemoryAllocation",
+                            .need_bytes = 20ULL << 30,
+                            .total_bytes = 12ULL << 30};
     titan_cuda_error_reply(&err, TITAN_CUDA_OOM, &f);
     assert_string_equal(err.code, "too_large");
     assert_non_null(strstr(err.msg, "20.00 GiB"));
@@ -79,8 +81,10 @@ static void test_other_replies(void **state)
 {
     (void)state;
     titan_error err;
-    titan_cuda_failure f = {.what = "cublasSgemm", .name = "cudaErrorIllegalAddress",
-                            .text = "an illegal memory access was encountered", .total_bytes = 12ULL << 30};
+    titan_cuda_failure f = {.what = "cublasSgemm",
+                            .name = "cudaErrorIllegalAddress",
+                            .text = "an illegal memory access was encountered",
+                            .total_bytes = 12ULL << 30};
     titan_cuda_error_reply(&err, TITAN_CUDA_STICKY, &f);
     assert_string_equal(err.code, "device_error");
     assert_non_null(strstr(err.msg, "lost"));

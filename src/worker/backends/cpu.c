@@ -10,6 +10,7 @@
 #include <cblas.h>
 
 #include "backend.h"
+#include "request.h"
 #include "sysinfo.h"
 
 /* OpenBLAS's own knob; declared here because not every cblas.h declares it. */
@@ -20,39 +21,31 @@ static int s_gemm(titan_dtype dt, size_t m, size_t k, size_t n, const void *a, c
     /* cblas takes int dimensions */
     if (m > (size_t)INT32_MAX || k > (size_t)INT32_MAX || n > (size_t)INT32_MAX) return -EOVERFLOW;
     if (dt == TITAN_DTYPE_FLOAT32)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f, a, (int)k, b, (int)n,
-                    0.0f, c, (int)n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f, a, (int)k, b,
+                    (int)n, 0.0f, c, (int)n);
     else if (dt == TITAN_DTYPE_FLOAT64)
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0, a, (int)k, b, (int)n,
-                    0.0, c, (int)n);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0, a, (int)k, b,
+                    (int)n, 0.0, c, (int)n);
     else
         return -EINVAL;
     return 0;
 }
 
-static void s_fail(titan_error *err, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void s_fail(titan_error *err, const char *code, const char *fmt, ...)
-{
-    err->code = code;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-    va_end(ap);
-}
-
-/* On the CPU, "device" memory is host memory: resident tensors and host operands are the same kind of pointer. */
+/* On the CPU, "device" memory is host memory: resident tensors and host operands are the same kind of
+ * pointer. */
 static int s_matmul(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_t n, titan_operand a,
                     titan_operand b, titan_result c, titan_error *err)
 {
     (void)be;
     int rc = s_gemm(dt, m, k, n, a.host ? a.host : a.dev, b.host ? b.host : b.dev, c.host ? c.host : c.dev);
     if (rc == -EOVERFLOW) {
-        s_fail(err, "too_large", "a dimension of %zux%zu times %zux%zu is over 2^31-1, the CPU backend's limit", m, k,
-               k, n);
+        titan_fail(err, "too_large",
+                   "a dimension of %zux%zu times %zux%zu is over 2^31-1, the CPU backend's limit", m, k, k,
+                   n);
         return -1;
     }
     if (rc) {
-        s_fail(err, "bad_request", "the CPU backend multiplies float32 and float64 only");
+        titan_fail(err, "bad_request", "the CPU backend multiplies float32 and float64 only");
         return -1;
     }
     return 0;
@@ -63,7 +56,8 @@ static int s_mem_alloc(titan_backend *be, size_t bytes, void **dev, titan_error 
     (void)be;
     void *p = aligned_alloc(64, ((bytes ? bytes : 1) + 63) & ~(size_t)63);
     if (!p) {
-        s_fail(err, "too_large", "out of host memory: could not allocate %zu bytes for a resident tensor", bytes);
+        titan_fail(err, "too_large", "out of host memory: could not allocate %zu bytes for a resident tensor",
+                   bytes);
         return -1;
     }
     *dev = p;
@@ -92,7 +86,7 @@ static int s_copy(titan_backend *be, void *dst, const void *src, size_t bytes, t
 typedef struct {
     titan_backend be; /* first: the backend's pointer is this object's */
     pthread_mutex_t lock;
-    double t_sample; /* CLOCK_MONOTONIC seconds of the last sample */
+    double t_sample;      /* CLOCK_MONOTONIC seconds of the last sample */
     uint64_t busy, total; /* /proc/stat ticks at the last sample */
     bool have_ticks;
     titan_device_stats last;
@@ -210,12 +204,14 @@ int titan_backend_open(const char *device, int blas_threads, titan_backend **out
 {
     int kind, index;
     if (titan_device_parse(device, &kind, &index)) {
-        snprintf(err, errcap, "unknown device '%s': expected auto, cpu, cuda or cuda:N (N: 0 to 255)", device);
+        snprintf(err, errcap, "unknown device '%s': expected auto, cpu, cuda or cuda:N (N: 0 to 255)",
+                 device);
         return -EINVAL;
     }
     if (kind != 2) return titan_backend_cpu_open(blas_threads, out);
     snprintf(err, errcap,
-             "device '%s' is unsupported here: only titan-worker has the CUDA backend; use cpu (or auto)", device);
+             "device '%s' is unsupported here: only titan-worker has the CUDA backend; use cpu (or auto)",
+             device);
     return -ENOTSUP;
 }
 

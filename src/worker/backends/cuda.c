@@ -78,8 +78,11 @@ static double s_now(void)
 static int s_fail_rt(s_cuda *c, titan_error *err, cudaError_t e, const char *what, uint64_t need)
 {
     titan_cuda_class cls = titan_cuda_classify((int)e);
-    titan_cuda_failure f = {.what = what, .name = cudaGetErrorName(e), .text = cudaGetErrorString(e),
-                            .need_bytes = need, .total_bytes = c->total_bytes};
+    titan_cuda_failure f = {.what = what,
+                            .name = cudaGetErrorName(e),
+                            .text = cudaGetErrorString(e),
+                            .need_bytes = need,
+                            .total_bytes = c->total_bytes};
     if (cls == TITAN_CUDA_OOM) {
         size_t fr = 0, tot = 0;
         if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) {
@@ -90,8 +93,8 @@ static int s_fail_rt(s_cuda *c, titan_error *err, cudaError_t e, const char *wha
     }
     if (cls == TITAN_CUDA_STICKY && !atomic_exchange(&c->poisoned, true)) {
         pthread_mutex_lock(&c->lock);
-        snprintf(c->poison, sizeof(c->poison), "the CUDA context is lost (%s: %s); restart titan-worker", what,
-                 cudaGetErrorName(e));
+        snprintf(c->poison, sizeof(c->poison), "the CUDA context is lost (%s: %s); restart titan-worker",
+                 what, cudaGetErrorName(e));
         pthread_mutex_unlock(&c->lock);
     }
     titan_cuda_error_reply(err, cls, &f);
@@ -102,10 +105,13 @@ static int s_fail_rt(s_cuda *c, titan_error *err, cudaError_t e, const char *wha
 static int s_fail_blas(s_cuda *c, titan_error *err, cublasStatus_t st, const char *what, uint64_t need)
 {
     cudaError_t e = cudaPeekAtLastError();
-    if (e != cudaSuccess && titan_cuda_classify((int)e) == TITAN_CUDA_STICKY) return s_fail_rt(c, err, e, what, need);
+    if (e != cudaSuccess && titan_cuda_classify((int)e) == TITAN_CUDA_STICKY)
+        return s_fail_rt(c, err, e, what, need);
     char buf[40];
-    titan_cuda_failure f = {.what = what, .name = titan_cublas_status_name((int)st, buf, sizeof(buf)),
-                            .need_bytes = need, .total_bytes = c->total_bytes};
+    titan_cuda_failure f = {.what = what,
+                            .name = titan_cublas_status_name((int)st, buf, sizeof(buf)),
+                            .need_bytes = need,
+                            .total_bytes = c->total_bytes};
     titan_cuda_error_reply(err, titan_cublas_classify((int)st), &f);
     return -1;
 }
@@ -150,7 +156,8 @@ static s_exec *s_exec_get(s_cuda *c, titan_error *err)
         return NULL;
     }
     const char *what = "cudaStreamCreate";
-    for (int i = 0; i < 2 && e == cudaSuccess; i++) e = cudaStreamCreateWithFlags(&x->stream[i], cudaStreamNonBlocking);
+    for (int i = 0; i < 2 && e == cudaSuccess; i++)
+        e = cudaStreamCreateWithFlags(&x->stream[i], cudaStreamNonBlocking);
     for (int i = 0; i < 2 && e == cudaSuccess; i++) {
         what = "cudaHostAlloc";
         e = cudaHostAlloc(&x->stage_in[i], c->stage_bytes, cudaHostAllocDefault);
@@ -223,7 +230,8 @@ static void s_pool_free(void *ctx, void *p)
 /* Copies `bytes` between host memory (pageable: a request's frame) and the device through the
  * executor's pinned buffers, alternating two streams so that one buffer fills while the other
  * copies. Synchronous: done when it returns. */
-static int s_copy(s_cuda *c, s_exec *x, void *dst, const void *src, size_t bytes, bool to_device, titan_error *err)
+static int s_copy(s_cuda *c, s_exec *x, void *dst, const void *src, size_t bytes, bool to_device,
+                  titan_error *err)
 {
     cudaError_t e = cudaSuccess;
     size_t chunk = x->stage_bytes, nchunks = (bytes + chunk - 1) / chunk;
@@ -237,13 +245,16 @@ static int s_copy(s_cuda *c, s_exec *x, void *dst, const void *src, size_t bytes
             memcpy(x->stage_in[s], (const char *)src + off, len);
             e = cudaMemcpyAsync((char *)dst + off, x->stage_in[s], len, cudaMemcpyHostToDevice, x->stream[s]);
         } else {
-            e = cudaMemcpyAsync(x->stage_out[s], (const char *)src + off, len, cudaMemcpyDeviceToHost, x->stream[s]);
+            e = cudaMemcpyAsync(x->stage_out[s], (const char *)src + off, len, cudaMemcpyDeviceToHost,
+                                x->stream[s]);
             if (e == cudaSuccess) e = cudaStreamSynchronize(x->stream[s]);
             if (e == cudaSuccess) memcpy((char *)dst + off, x->stage_out[s], len);
         }
     }
-    for (int s = 0; s < 2 && e == cudaSuccess; s++) e = cudaStreamSynchronize(x->stream[s]);
-    if (e != cudaSuccess) return s_fail_rt(c, err, e, to_device ? "cudaMemcpy (to the GPU)" : "cudaMemcpy (from the GPU)", 0);
+    for (int s = 0; s < 2 && e == cudaSuccess; s++)
+        e = cudaStreamSynchronize(x->stream[s]);
+    if (e != cudaSuccess)
+        return s_fail_rt(c, err, e, to_device ? "cudaMemcpy (to the GPU)" : "cudaMemcpy (from the GPU)", 0);
     return 0;
 }
 
@@ -278,21 +289,21 @@ static void s_mem_free(titan_backend *be, void *dev, size_t bytes)
 
 /* One row block of C = A * B on stream s: row-major C[r0:r0+rows] = A[r0:r0+rows] * B is, in cuBLAS's
  * column-major terms, C^T = B^T * A^T with the operands swapped. */
-static cublasStatus_t s_gemm_rows(s_exec *x, int s, titan_dtype dt, size_t rows, size_t k, size_t n, const void *dA,
-                                  const void *dB, void *dC)
+static cublasStatus_t s_gemm_rows(s_exec *x, int s, titan_dtype dt, size_t rows, size_t k, size_t n,
+                                  const void *dA, const void *dB, void *dC)
 {
     if (dt == TITAN_DTYPE_FLOAT32) {
         const float one = 1.0f, zero = 0.0f;
-        return cublasSgemm(x->blas[s], CUBLAS_OP_N, CUBLAS_OP_N, (int)n, (int)rows, (int)k, &one, dB, (int)n, dA, (int)k,
-                           &zero, dC, (int)n);
+        return cublasSgemm(x->blas[s], CUBLAS_OP_N, CUBLAS_OP_N, (int)n, (int)rows, (int)k, &one, dB, (int)n,
+                           dA, (int)k, &zero, dC, (int)n);
     }
     const double one = 1.0, zero = 0.0;
-    return cublasDgemm(x->blas[s], CUBLAS_OP_N, CUBLAS_OP_N, (int)n, (int)rows, (int)k, &one, dB, (int)n, dA, (int)k,
-                       &zero, dC, (int)n);
+    return cublasDgemm(x->blas[s], CUBLAS_OP_N, CUBLAS_OP_N, (int)n, (int)rows, (int)k, &one, dB, (int)n, dA,
+                       (int)k, &zero, dC, (int)n);
 }
 
-static int s_matmul(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_t n, titan_operand a, titan_operand b,
-                    titan_result c_out, titan_error *err)
+static int s_matmul(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_t n, titan_operand a,
+                    titan_operand b, titan_result c_out, titan_error *err)
 {
     s_cuda *c = (s_cuda *)be;
     if (s_poisoned(c, err)) return -1;
@@ -303,8 +314,8 @@ static int s_matmul(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_
     }
     if (m > (size_t)INT32_MAX || k > (size_t)INT32_MAX || n > (size_t)INT32_MAX) {
         err->code = "too_large";
-        snprintf(err->msg, sizeof(err->msg), "a dimension of %zux%zu times %zux%zu is over 2^31-1, cuBLAS's limit", m,
-                 k, k, n);
+        snprintf(err->msg, sizeof(err->msg),
+                 "a dimension of %zux%zu times %zux%zu is over 2^31-1, cuBLAS's limit", m, k, k, n);
         return -1;
     }
     s_exec *x = s_exec_get(c, err);
@@ -365,12 +376,13 @@ static int s_matmul(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_
                 if (a.host) {
                     memcpy(x->stage_in[s], (const char *)a.host + r0 * k * es, nr * k * es);
                     what = "cudaMemcpyAsync (to the GPU)";
-                    e = cudaMemcpyAsync((char *)dA + r0 * k * es, x->stage_in[s], nr * k * es, cudaMemcpyHostToDevice,
-                                        x->stream[s]);
+                    e = cudaMemcpyAsync((char *)dA + r0 * k * es, x->stage_in[s], nr * k * es,
+                                        cudaMemcpyHostToDevice, x->stream[s]);
                     if (e != cudaSuccess) break;
                 }
                 what = dt == TITAN_DTYPE_FLOAT32 ? "cublasSgemm" : "cublasDgemm";
-                st = s_gemm_rows(x, s, dt, nr, k, n, (const char *)dA + r0 * k * es, dB, (char *)dC + r0 * n * es);
+                st = s_gemm_rows(x, s, dt, nr, k, n, (const char *)dA + r0 * k * es, dB,
+                                 (char *)dC + r0 * n * es);
                 if (st != CUBLAS_STATUS_SUCCESS) break;
                 if (c_out.host) {
                     what = "cudaMemcpyAsync (from the GPU)";
@@ -502,10 +514,11 @@ static int s_self_test(s_cuda *c, char *errbuf, size_t errcap)
             if (*q != '.') sm[o++] = *q; /* "5.2" -> "52" */
         sm[o] = '\0';
         if (cls == TITAN_CUDA_NOCODE)
-            snprintf(errbuf, errcap,
-                     "this build has no GPU code for %s (compute capability %s; built for sm %s): rebuild with "
-                     "-Dcuda-arch=%s using a toolkit that supports it (CUDA 11.x or 12.x for Maxwell)",
-                     c->be.info.name, cap, titan_cuda_archs, sm);
+            snprintf(
+                errbuf, errcap,
+                "this build has no GPU code for %s (compute capability %s; built for sm %s): rebuild with "
+                "-Dcuda-arch=%s using a toolkit that supports it (CUDA 11.x or 12.x for Maxwell)",
+                c->be.info.name, cap, titan_cuda_archs, sm);
         else
             snprintf(errbuf, errcap, "the GPU self-test kernel failed: %s (%s)", cudaGetErrorName(e),
                      cudaGetErrorString(e));
@@ -513,7 +526,8 @@ static int s_self_test(s_cuda *c, char *errbuf, size_t errcap)
     }
     for (unsigned i = 0; i < 64; i++) {
         if (host[i] != i * 3 + 1) {
-            snprintf(errbuf, errcap, "the GPU self-test kernel wrote %u at %u, not %u", host[i], i, i * 3 + 1);
+            snprintf(errbuf, errcap, "the GPU self-test kernel wrote %u at %u, not %u", host[i], i,
+                     i * 3 + 1);
             return -EIO;
         }
     }
@@ -526,8 +540,8 @@ static int s_self_test(s_cuda *c, char *errbuf, size_t errcap)
         return -EIO;
     }
     if (r[0] != 19 || r[1] != 22 || r[2] != 43 || r[3] != 50) {
-        snprintf(errbuf, errcap, "the cuBLAS self-test computed [%g %g; %g %g], not [19 22; 43 50]", r[0], r[1], r[2],
-                 r[3]);
+        snprintf(errbuf, errcap, "the cuBLAS self-test computed [%g %g; %g %g], not [19 22; 43 50]", r[0],
+                 r[1], r[2], r[3]);
         return -EIO;
     }
     return 0;
@@ -539,9 +553,11 @@ static void s_version(char *buf, size_t cap, int v)
 }
 
 __attribute__((visibility("default"))) int titan_backend_cuda_open(int index, const titan_cuda_opts *opts,
-                                                                   titan_backend **out, char *err, size_t errcap);
+                                                                   titan_backend **out, char *err,
+                                                                   size_t errcap);
 
-int titan_backend_cuda_open(int index, const titan_cuda_opts *opts, titan_backend **out, char *err, size_t errcap)
+int titan_backend_cuda_open(int index, const titan_cuda_opts *opts, titan_backend **out, char *err,
+                            size_t errcap)
 {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
@@ -550,7 +566,8 @@ int titan_backend_cuda_open(int index, const titan_cuda_opts *opts, titan_backen
         return titan_cuda_classify((int)e) == TITAN_CUDA_NODEV ? -ENODEV : -EIO;
     }
     if (index < 0 || index >= count) {
-        snprintf(err, errcap, "no CUDA device %d: this machine has %d (cuda:0 to cuda:%d)", index, count, count - 1);
+        snprintf(err, errcap, "no CUDA device %d: this machine has %d (cuda:0 to cuda:%d)", index, count,
+                 count - 1);
         return -ENODEV;
     }
     struct cudaDeviceProp p;
@@ -579,7 +596,8 @@ int titan_backend_cuda_open(int index, const titan_cuda_opts *opts, titan_backen
     snprintf(be->info.cuda_capability, sizeof(be->info.cuda_capability), "%d.%d", p.major, p.minor);
     be->info.device_index = index;
     int v = 0;
-    if (cudaRuntimeGetVersion(&v) == cudaSuccess) s_version(be->info.runtime_version, sizeof(be->info.runtime_version), v);
+    if (cudaRuntimeGetVersion(&v) == cudaSuccess)
+        s_version(be->info.runtime_version, sizeof(be->info.runtime_version), v);
     if (cudaDeviceGetPCIBusId(be->info.pci_bus_id, (int)sizeof(be->info.pci_bus_id), index) != cudaSuccess)
         be->info.pci_bus_id[0] = '\0';
     char why[256];

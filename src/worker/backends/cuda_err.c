@@ -68,11 +68,11 @@ const char *titan_cublas_status_name(int s, char *buf, size_t cap)
         int v;
         const char *name;
     } names[] = {
-        {0, "CUBLAS_STATUS_SUCCESS"},          {1, "CUBLAS_STATUS_NOT_INITIALIZED"},
-        {3, "CUBLAS_STATUS_ALLOC_FAILED"},     {7, "CUBLAS_STATUS_INVALID_VALUE"},
-        {8, "CUBLAS_STATUS_ARCH_MISMATCH"},    {11, "CUBLAS_STATUS_MAPPING_ERROR"},
+        {0, "CUBLAS_STATUS_SUCCESS"},           {1, "CUBLAS_STATUS_NOT_INITIALIZED"},
+        {3, "CUBLAS_STATUS_ALLOC_FAILED"},      {7, "CUBLAS_STATUS_INVALID_VALUE"},
+        {8, "CUBLAS_STATUS_ARCH_MISMATCH"},     {11, "CUBLAS_STATUS_MAPPING_ERROR"},
         {13, "CUBLAS_STATUS_EXECUTION_FAILED"}, {14, "CUBLAS_STATUS_INTERNAL_ERROR"},
-        {15, "CUBLAS_STATUS_NOT_SUPPORTED"},   {16, "CUBLAS_STATUS_LICENSE_ERROR"},
+        {15, "CUBLAS_STATUS_NOT_SUPPORTED"},    {16, "CUBLAS_STATUS_LICENSE_ERROR"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (names[i].v == s) return names[i].name;
@@ -82,9 +82,12 @@ const char *titan_cublas_status_name(int s, char *buf, size_t cap)
 
 static void s_bytes(char *buf, size_t cap, uint64_t b)
 {
-    if (b >= (1ULL << 30)) snprintf(buf, cap, "%.2f GiB", (double)b / (double)(1ULL << 30));
-    else if (b >= (1ULL << 20)) snprintf(buf, cap, "%.1f MiB", (double)b / (double)(1ULL << 20));
-    else snprintf(buf, cap, "%" PRIu64 " bytes", b);
+    if (b >= (1ULL << 30))
+        snprintf(buf, cap, "%.2f GiB", (double)b / (double)(1ULL << 30));
+    else if (b >= (1ULL << 20))
+        snprintf(buf, cap, "%.1f MiB", (double)b / (double)(1ULL << 20));
+    else
+        snprintf(buf, cap, "%" PRIu64 " bytes", b);
 }
 
 void titan_cuda_error_reply(titan_error *err, titan_cuda_class cls, const titan_cuda_failure *f)
@@ -99,36 +102,40 @@ void titan_cuda_error_reply(titan_error *err, titan_cuda_class cls, const titan_
     case TITAN_CUDA_OOM:
         if (f->total_bytes && f->need_bytes > f->total_bytes) {
             err->code = "too_large";
-            snprintf(err->msg, sizeof(err->msg),
-                     "the request needs %s of GPU memory but the GPU has %s in all (%s: %s); split the product "
-                     "(titan matmul --split) or use the CPU backend",
-                     need, total, what, name);
+            snprintf(
+                err->msg, sizeof(err->msg),
+                "the request needs %s of GPU memory but the GPU has %s in all (%s: %s); split the product "
+                "(titan matmul --split) or use the CPU backend",
+                need, total, what, name);
         } else {
             err->code = "device_error";
-            snprintf(err->msg, sizeof(err->msg),
-                     "GPU out of memory: the request needs %s, %s of %s is free (%s: %s); free resident tensors "
-                     "(tensor_free), retry later or send it to another backend",
-                     need, f->free_known ? freeb : "an unknown amount", total, what, name);
+            snprintf(
+                err->msg, sizeof(err->msg),
+                "GPU out of memory: the request needs %s, %s of %s is free (%s: %s); free resident tensors "
+                "(tensor_free), retry later or send it to another backend",
+                need, f->free_known ? freeb : "an unknown amount", total, what, name);
         }
         return;
     case TITAN_CUDA_STICKY:
         err->code = "device_error";
-        snprintf(err->msg, sizeof(err->msg),
-                 "the GPU's CUDA context is lost (%s: %s%s%s): this worker reports itself not ready and must be "
-                 "restarted",
-                 what, name, f->text ? ", " : "", f->text ? f->text : "");
+        snprintf(
+            err->msg, sizeof(err->msg),
+            "the GPU's CUDA context is lost (%s: %s%s%s): this worker reports itself not ready and must be "
+            "restarted",
+            what, name, f->text ? ", " : "", f->text ? f->text : "");
         return;
     case TITAN_CUDA_NODEV:
         err->code = "device_error";
-        snprintf(err->msg, sizeof(err->msg), "the GPU is not usable (%s: %s%s%s)", what, name, f->text ? ", " : "",
-                 f->text ? f->text : "");
+        snprintf(err->msg, sizeof(err->msg), "the GPU is not usable (%s: %s%s%s)", what, name,
+                 f->text ? ", " : "", f->text ? f->text : "");
         return;
     case TITAN_CUDA_NOCODE:
         err->code = "device_error";
-        snprintf(err->msg, sizeof(err->msg),
-                 "this build has no GPU code for the device (%s: %s); rebuild with -Dcuda-arch set to its compute "
-                 "capability",
-                 what, name);
+        snprintf(
+            err->msg, sizeof(err->msg),
+            "this build has no GPU code for the device (%s: %s); rebuild with -Dcuda-arch set to its compute "
+            "capability",
+            what, name);
         return;
     default:
         err->code = "device_error";

@@ -79,10 +79,13 @@ titan_nvml *titan_nvml_open(const char *library, const char *pci_bus_id, int ind
         goto fail;
     }
     rc = -1;
-    if (pci_bus_id && pci_bus_id[0] && by_pci) rc = by_pci(pci_bus_id, &n->dev);
-    else if (index >= 0 && by_index) rc = by_index((unsigned)index, &n->dev);
+    if (pci_bus_id && pci_bus_id[0] && by_pci)
+        rc = by_pci(pci_bus_id, &n->dev);
+    else if (index >= 0 && by_index)
+        rc = by_index((unsigned)index, &n->dev);
     if (rc != S_NVML_SUCCESS) {
-        snprintf(why, whycap, "NVML does not know the device %s: %s", pci_bus_id && pci_bus_id[0] ? pci_bus_id : "",
+        snprintf(why, whycap, "NVML does not know the device %s: %s",
+                 pci_bus_id && pci_bus_id[0] ? pci_bus_id : "",
                  rc >= 0 && n->error_string ? n->error_string(rc) : "no lookup");
         goto fail;
     }

@@ -25,7 +25,8 @@ static titan_cuda_open_fn s_cuda_entry(char *err, size_t errcap)
         char msg[700];
         h = titan_module_open(TITAN_CUDA_MODULE, msg, sizeof(msg));
         if (!h) {
-            snprintf(err, errcap, "no CUDA backend: %s (build with -Dcuda=enabled and the CUDA toolkit)", msg);
+            snprintf(err, errcap, "no CUDA backend: %s (build with -Dcuda=enabled and the CUDA toolkit)",
+                     msg);
             return NULL;
         }
     }
@@ -42,20 +43,23 @@ static int s_nvidia_present(void)
     return access("/proc/driver/nvidia/version", F_OK) == 0 || access("/dev/nvidia0", F_OK) == 0;
 }
 
-int titan_backend_select(const char *device, int blas_threads, const titan_cuda_opts *opts, titan_backend **out,
-                         char *why, size_t whycap, bool *why_warns, char *err, size_t errcap)
+int titan_backend_select(const char *device, int blas_threads, const titan_cuda_opts *opts,
+                         titan_backend **out, char *why, size_t whycap, bool *why_warns, char *err,
+                         size_t errcap)
 {
     int kind, index;
     if (whycap) why[0] = '\0';
     *why_warns = false;
     if (titan_device_parse(device, &kind, &index)) {
-        snprintf(err, errcap, "unknown device '%s': expected auto, cpu, cuda or cuda:N (N: 0 to 255)", device);
+        snprintf(err, errcap, "unknown device '%s': expected auto, cpu, cuda or cuda:N (N: 0 to 255)",
+                 device);
         return -EINVAL;
     }
     if (kind == 1) return titan_backend_cpu_open(blas_threads, out);
     const char *over = getenv("TITAN_CUDA_MODULE");
     if (kind == 0 && !(over && *over) && !s_nvidia_present()) {
-        snprintf(why, whycap, "no NVIDIA GPU here (neither /proc/driver/nvidia nor /dev/nvidia0): computing on the CPU");
+        snprintf(why, whycap,
+                 "no NVIDIA GPU here (neither /proc/driver/nvidia nor /dev/nvidia0): computing on the CPU");
         return titan_backend_cpu_open(blas_threads, out);
     }
     char msg[768] = "";

@@ -27,7 +27,8 @@ typedef int (*titan_cuda_open_fn)(int index, const titan_cuda_opts *opts, titan_
  * was nothing to say); *why_warns is true when that is worth a warning (a GPU driver is there but
  * CUDA failed), false when it is routine (no GPU at all). Returns 0 and *out, or -errno with err
  * set: -EINVAL (a bad name), -ENOTSUP (no CUDA module) or -ENODEV (no such device). */
-int titan_backend_select(const char *device, int blas_threads, const titan_cuda_opts *opts, titan_backend **out,
-                         char *why, size_t whycap, bool *why_warns, char *err, size_t errcap);
+int titan_backend_select(const char *device, int blas_threads, const titan_cuda_opts *opts,
+                         titan_backend **out, char *why, size_t whycap, bool *why_warns, char *err,
+                         size_t errcap);
 
 #endif

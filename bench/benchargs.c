@@ -1,0 +1,34 @@
+/* benchargs.c - command-line number parsing shared by the bench programs (see benchargs.h). */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "benchargs.h"
+
+bool bench_parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+bool bench_parse_sizes(const char *s, long lo, long hi, int *sizes, int max, int *n)
+{
+    int count = 0;
+    while (*s) {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (errno || end == s || v < lo || v > hi || count == max) return false;
+        sizes[count++] = (int)v;
+        if (*end == ',')
+            end++;
+        else if (*end)
+            return false;
+        s = end;
+    }
+    *n = count;
+    return count > 0;
+}

@@ -1,0 +1,13 @@
+/* benchargs.h - command-line number parsing shared by the bench programs. */
+#ifndef TITAN_BENCH_BENCHARGS_H
+#define TITAN_BENCH_BENCHARGS_H
+
+#include <stdbool.h>
+
+/* Parses a whole decimal integer in lo..hi into *out. Returns false (and leaves *out) otherwise. */
+bool bench_parse_long(const char *s, long lo, long hi, long *out);
+/* Parses "N[,N]..." (each in lo..hi, at most max of them) into sizes[0..*n). Returns false on any
+ * other text, an empty list or too many sizes. */
+bool bench_parse_sizes(const char *s, long lo, long hi, int *sizes, int max, int *n);
+
+#endif
