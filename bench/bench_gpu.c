@@ -20,25 +20,12 @@
 
 #include "titan/titan.h"
 
-#include "benchargs.h"
+#include "benchutil.h"
 
 #define MAX_SIZES 16
 #define MAX_REPS 1000
 #define TARGET_N 4096
 #define TARGET_RATIO 1.1
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int s_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* A timed measure: its samples in ms, and their median, min and max once s_stat_done ran. */
 typedef struct {
@@ -60,7 +47,7 @@ static void s_stat_done(s_stat *s)
     }
     double sorted[MAX_REPS];
     memcpy(sorted, s->t, sizeof(double) * (size_t)s->n);
-    qsort(sorted, (size_t)s->n, sizeof(double), s_cmp_double);
+    qsort(sorted, (size_t)s->n, sizeof(double), bench_cmp_double);
     int n = s->n;
     s->median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
     s->min = sorted[0];
@@ -191,10 +178,10 @@ static int s_bench_inprocess(const s_config *cfg, s_row *r, const void *a, const
     CK(cudaMemcpy(dA, a, bytes, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dB, b, bytes, cudaMemcpyHostToDevice));
     for (int i = -1; i < cfg->reps; i++) { /* rep -1 warms up */
-        double t0 = s_now();
+        double t0 = bench_now();
         CKB(s_gemm(cfg->dtype, n, dA, dB, dC));
         CK(cudaDeviceSynchronize());
-        if (i >= 0) s_stat_add(&r->gemm, (s_now() - t0) * 1e3);
+        if (i >= 0) s_stat_add(&r->gemm, (bench_now() - t0) * 1e3);
     }
     CK(cudaMemcpy(ref, dC, bytes, cudaMemcpyDeviceToHost));
 
@@ -202,17 +189,17 @@ static int s_bench_inprocess(const s_config *cfg, s_row *r, const void *a, const
     for (int i = -1; i < cfg->reps; i++) {
         CK(cudaMemset(dC, 0, bytes));
         CK(cudaDeviceSynchronize());
-        double t0 = s_now();
+        double t0 = bench_now();
         CK(cudaMemcpy(dA, a, bytes, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dB, b, bytes, cudaMemcpyHostToDevice));
         CK(cudaDeviceSynchronize());
-        double t1 = s_now();
+        double t1 = bench_now();
         CKB(s_gemm(cfg->dtype, n, dA, dB, dC));
         CK(cudaDeviceSynchronize());
-        double t2 = s_now();
+        double t2 = bench_now();
         CK(cudaMemcpy(ref, dC, bytes, cudaMemcpyDeviceToHost));
         CK(cudaDeviceSynchronize());
-        double t3 = s_now();
+        double t3 = bench_now();
         if (i < 0) continue;
         s_stat_add(&r->copy_total, (t3 - t0) * 1e3);
         s_stat_add(&r->copy_h2d, (t1 - t0) * 1e3);
@@ -319,10 +306,10 @@ static int s_bench_resident(titan_client *c, const s_config *cfg, s_row *r, cons
              "{\"op\":\"tensor_put\",\"tensor\":{\"dtype\":\"%s\",\"shape\":[%d,%d],\"frame\":1}}", dt, n, n);
     for (int k = 0; k < 2; k++) {
         titan_frame f = {k ? b : a, bytes};
-        double t0 = s_now();
+        double t0 = bench_now();
         rep = s_call(c, n, k ? "tensor_put B" : "tensor_put A", req, &f, 1, &h);
         if (!rep) goto out;
-        r->put_ms[k] = (s_now() - t0) * 1e3;
+        r->put_ms[k] = (bench_now() - t0) * 1e3;
         if (s_ref_of(h, href[k], sizeof href[k])) {
             fprintf(stderr, "bench_gpu: n=%d: tensor_put answered no \"ref\": %s\n", n,
                     titan_reply_header(rep));
@@ -342,7 +329,7 @@ static int s_bench_resident(titan_client *c, const s_config *cfg, s_row *r, cons
 
     for (int pass = 0; pass < 2; pass++) { /* pass 0: the product alone; 1: and tensor_get */
         for (int i = -1; i < cfg->reps; i++) {
-            double t0 = s_now();
+            double t0 = bench_now();
             rep = s_call(c, n, "matrix_multiply (resident, keep)", mm, NULL, 0, &h);
             if (!rep) goto out;
             if (s_ref_of(h, cref, sizeof cref)) {
@@ -353,14 +340,14 @@ static int s_bench_resident(titan_client *c, const s_config *cfg, s_row *r, cons
             }
             json_decref(h), h = NULL;
             titan_reply_destroy(&rep);
-            double tmid = s_now();
+            double tmid = bench_now();
             if (pass == 1) {
                 free(get);
                 if (!(get = s_ref_request("tensor_get", cref))) goto out;
                 rep = s_call(c, n, "tensor_get", get, NULL, 0, &h);
                 if (!rep) goto out;
             }
-            double t1 = s_now();
+            double t1 = bench_now();
             if (i >= 0) s_stat_add(pass ? &r->res_get : &r->res, (t1 - t0) * 1e3);
             if (i >= 0 && pass) s_stat_add(&r->get, (t1 - tmid) * 1e3);
             if (pass == 1) {
@@ -404,10 +391,10 @@ static int s_bench_service(titan_client *c, const s_config *cfg, s_row *r, const
     titan_frame f[2] = {{a, bytes}, {b, bytes}};
     for (int i = -1; i < cfg->reps; i++) {
         json_t *h;
-        double t0 = s_now();
+        double t0 = bench_now();
         titan_reply *rep = s_call(c, n, "matrix_multiply (binary frames)", req, f, 2, &h);
         if (!rep) return 1;
-        double ms = (s_now() - t0) * 1e3;
+        double ms = (bench_now() - t0) * 1e3;
         size_t got_size = 0;
         const void *got = titan_reply_frame(rep, 0, &got_size);
         json_t *res = json_object_get(h, "result");
@@ -524,7 +511,7 @@ static int s_bench_echo(void *sock, const s_config *cfg, s_row *r, const void *a
     int n = r->n;
     size_t bytes = (size_t)n * (size_t)n * s_itemsize(cfg->dtype);
     for (int i = -1; i < cfg->reps; i++) {
-        double t0 = s_now();
+        double t0 = bench_now();
         if (zmq_send(sock, "{}", 2, ZMQ_SNDMORE) < 0 || s_send_lent(sock, a, bytes, ZMQ_SNDMORE) ||
             s_send_lent(sock, b, bytes, 0)) {
             fprintf(stderr, "bench_gpu: n=%d: loopback echo: send: %s\n", n, zmq_strerror(zmq_errno()));
@@ -543,7 +530,7 @@ static int s_bench_echo(void *sock, const s_config *cfg, s_row *r, const void *a
             frames++;
             last = zmq_msg_size(&m);
         } while (zmq_msg_more(&m));
-        double ms = (s_now() - t0) * 1e3;
+        double ms = (bench_now() - t0) * 1e3;
         zmq_msg_close(&m);
         if (frames != 2 || last != bytes) {
             fprintf(stderr, "bench_gpu: n=%d: loopback echo answered %d frames, the last of %zu bytes\n", n,

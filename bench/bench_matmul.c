@@ -15,26 +15,13 @@
 
 #include "titan/titan.h"
 
-#include "benchargs.h"
+#include "benchutil.h"
 
 #define MAX_SIZES 16
 
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int s_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double s_median(double *t, int n)
 {
-    qsort(t, (size_t)n, sizeof *t, s_cmp_double);
+    qsort(t, (size_t)n, sizeof *t, bench_cmp_double);
     return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
 }
 
@@ -77,7 +64,7 @@ typedef struct {
  * (3 n^2 floats: 1.5 n^2 each way instead of 2 n^2 in and n^2 out). Returns seconds, or -1. */
 static double s_echo_once(void *sock, const float *a, const float *b, size_t count)
 {
-    double t0 = s_now();
+    double t0 = bench_now();
     if (zmq_send(sock, "", 0, ZMQ_SNDMORE) < 0 || zmq_send(sock, "{}", 2, ZMQ_SNDMORE) < 0 ||
         zmq_send(sock, a, count * sizeof *a, ZMQ_SNDMORE) < 0 ||
         zmq_send(sock, b, count / 2 * sizeof *b, 0) < 0)
@@ -93,7 +80,7 @@ static double s_echo_once(void *sock, const float *a, const float *b, size_t cou
         frames++;
     } while (zmq_msg_more(&m));
     zmq_msg_close(&m);
-    return frames == 4 ? s_now() - t0 : -1;
+    return frames == 4 ? bench_now() - t0 : -1;
 }
 
 /* Median of the echo round trips for size n; -1 when the echo server failed. */
@@ -124,14 +111,14 @@ static int s_bench_size(titan_client *client, void *echo, const s_config *cfg, i
     s_fill(b, count, 2000u + (unsigned)n);
 
     /* In-process sgemm: one untimed call warms the caches and OpenBLAS's threads. */
-    double t0 = s_now();
+    double t0 = bench_now();
     s_sgemm(n, a, b, ref);
-    int reps = s_reps_for(s_now() - t0, cfg->budget_s, cfg->min_reps, cfg->max_reps);
+    int reps = s_reps_for(bench_now() - t0, cfg->budget_s, cfg->min_reps, cfg->max_reps);
     s_sgemm(n, a, b, ref);
     for (int i = 0; i < reps; i++) {
-        t0 = s_now();
+        t0 = bench_now();
         s_sgemm(n, a, b, ref);
-        t[i] = s_now() - t0;
+        t[i] = bench_now() - t0;
     }
     double sgemm_s = s_median(t, reps);
     int sgemm_reps = reps;
@@ -147,18 +134,18 @@ static int s_bench_size(titan_client *client, void *echo, const s_config *cfg, i
     }
 
     void *out = got;
-    t0 = s_now();
+    t0 = bench_now();
     int err = titan_client_matmul(client, TITAN_DTYPE_FLOAT32, (size_t)n, (size_t)n, (size_t)n, a, b, &out);
     if (err < 0) {
         fprintf(stderr, "bench_matmul: n=%d: titan_client_matmul failed: %s (%s: %s)\n", n, strerror(-err),
                 titan_client_last_code(client), titan_client_last_error(client));
         goto out;
     }
-    reps = s_reps_for(s_now() - t0, cfg->budget_s, cfg->min_reps, cfg->max_reps);
+    reps = s_reps_for(bench_now() - t0, cfg->budget_s, cfg->min_reps, cfg->max_reps);
     for (int i = 0; i < reps; i++) {
-        t0 = s_now();
+        t0 = bench_now();
         err = titan_client_matmul(client, TITAN_DTYPE_FLOAT32, (size_t)n, (size_t)n, (size_t)n, a, b, &out);
-        t[i] = s_now() - t0;
+        t[i] = bench_now() - t0;
         if (err < 0) {
             fprintf(stderr, "bench_matmul: n=%d: titan_client_matmul failed: %s (%s: %s)\n", n,
                     strerror(-err), titan_client_last_code(client), titan_client_last_error(client));

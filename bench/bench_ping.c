@@ -11,6 +11,8 @@
 
 #include <zmq.h>
 
+#include "benchutil.h"
+
 #define PING_JSON "{\"op\":\"ping\"}"
 #define MAX_CLIENTS 256
 
@@ -28,13 +30,6 @@ typedef struct {
     int timeout_ms;
     bool skip_rtt, skip_throughput;
 } s_config;
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void *s_dealer(void *ctx, const s_config *cfg, const char *endpoint)
 {
@@ -91,12 +86,6 @@ static int s_recv_reply(void *sock, int flags)
     return frames == 2 ? result : -EPROTO;
 }
 
-static int s_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double s_percentile(const double *sorted, int n, double p)
 {
     int i = (int)(p * (n - 1) + 0.5);
@@ -113,10 +102,10 @@ typedef struct {
 /* One sequential ping; stores its time in tg->t once the warmup is over. */
 static int s_rtt_one(s_rtt_target *tg, int i, int warmup)
 {
-    double t0 = s_now();
+    double t0 = bench_now();
     int err = s_send_ping(tg->sock);
     int got = err < 0 ? err : s_recv_reply(tg->sock, 0);
-    double dt = s_now() - t0;
+    double dt = bench_now() - t0;
     if (got < 0) {
         fprintf(stderr, "bench_ping: %s: ping %d failed: %s\n", tg->label, i,
                 got == -EAGAIN   ? "timed out"
@@ -155,7 +144,7 @@ static int s_bench_rtt(void *ctx, const s_config *cfg)
     for (int k = ntg - 1; k >= 0; k--) { /* the reference first */
         double *t = tg[k].t;
         int n = tg[k].done;
-        qsort(t, (size_t)n, sizeof *t, s_cmp_double);
+        qsort(t, (size_t)n, sizeof *t, bench_cmp_double);
         double sum = 0;
         for (int i = 0; i < n; i++)
             sum += t[i];
@@ -214,7 +203,7 @@ static void *s_throughput_thread(void *arg)
         int batch = 0;
         for (;;) {
             batch++;
-            double now = s_now();
+            double now = bench_now();
             if (now >= t_begin && now < t_end) {
                 if (got)
                     w->ok++;
@@ -230,7 +219,7 @@ static void *s_throughput_thread(void *arg)
             }
         }
         in_flight -= batch;
-        if (s_now() >= t_end) break;
+        if (bench_now() >= t_end) break;
         for (int i = 0; i < batch; i++, in_flight++) {
             int err = s_send_ping(sock);
             if (err < 0) {
@@ -251,7 +240,7 @@ static int s_bench_throughput(void *ctx, const s_config *cfg)
     pthread_t th[MAX_CLIENTS];
     pthread_barrier_t start;
     pthread_barrier_init(&start, NULL, (unsigned)nclients + 1);
-    double t_begin = s_now() + 0.05 + cfg->warmup_s; /* the connects happen during the warmup */
+    double t_begin = bench_now() + 0.05 + cfg->warmup_s; /* the connects happen during the warmup */
     double t_end = t_begin + cfg->duration_s;
     int started = 0;
     for (int i = 0; i < nclients; i++) {

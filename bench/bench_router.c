@@ -32,7 +32,7 @@
 
 #include "titan/titan.h"
 
-#include "benchargs.h"
+#include "benchutil.h"
 
 #define MAX_SIZES 8
 #define NWORKERS 3
@@ -40,13 +40,6 @@
 #define DEAD_ENDPOINT "tcp://127.0.0.1:1"
 
 /* ---- small helpers ---- */
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* CPU time of this process, all threads, in seconds. */
 static double s_cpu_now(void)
@@ -63,16 +56,10 @@ static void s_sleep(double s)
     }
 }
 
-static int s_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Sorts t[0..n) and returns its quantile q (0.5: the median). */
 static double s_quantile(double *t, int n, double q)
 {
-    qsort(t, (size_t)n, sizeof *t, s_cmp_double);
+    qsort(t, (size_t)n, sizeof *t, bench_cmp_double);
     if (q == 0.5) return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
     int i = (int)ceil(q * n) - 1;
     return t[i < 0 ? 0 : i >= n ? n - 1 : i];
@@ -301,7 +288,7 @@ static double s_one(s_overhead *o, s_op op, int m)
     void *out = o->out;
     int rc;
     memset(o->out, 0xff, sizeof o->out); /* NaNs: a call that writes nothing fails the check */
-    double t0 = s_now();
+    double t0 = bench_now();
     if (op == OP_PING) {
         if (m == M_DIRECT)
             rc = titan_client_call(o->client, ping, NULL, 0, &rep);
@@ -314,7 +301,7 @@ static double s_one(s_overhead *o, s_op op, int m)
             rc = titan_router_matmul(m == M_ROUTED ? o->routed : o->dead, TITAN_DTYPE_FLOAT32, 16, 16, 16,
                                      o->a, o->b, &out, &info);
     }
-    double t = s_now() - t0;
+    double t = bench_now() - t0;
 
     const char *what = op == OP_PING ? "ping" : "matmul 16x16";
     if (rc != 0) {
@@ -449,14 +436,14 @@ static double s_split_one(const s_split_cfg *cfg, int w, int n, const float *a, 
 {
     void *dst = out;
     size_t un = (size_t)n;
-    double t0 = s_now();
+    double t0 = bench_now();
     int rc;
     if (w == S_SPLIT)
         rc = titan_router_matmul_split(cfg->split, TITAN_DTYPE_FLOAT32, un, un, un, a, b, &dst, info);
     else
         rc = titan_router_matmul(w == S_ONE ? cfg->one : cfg->two, TITAN_DTYPE_FLOAT32, un, un, un, a, b,
                                  &dst, info);
-    double t = s_now() - t0;
+    double t = bench_now() - t0;
     if (rc != 0) {
         fprintf(stderr, "bench_router: n=%d %s failed: %s (%s)\n", n, s_split_name[w], strerror(-rc),
                 info->error);

@@ -9,16 +9,11 @@
 
 #include <hiredis/hiredis.h>
 
+#include "benchutil.h"
+
 static const char *s_host;
 static int s_port;
 static long s_per_consumer;
-
-static double s_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static void *s_consume(void *arg)
 {
@@ -64,7 +59,7 @@ int main(int argc, char **argv)
     freeReplyObject(redisCommand(c, "DEL bench:ceiling"));
     /* the producer pipelines its pushes, as a job submitter would */
     pthread_t th[64];
-    double t0 = s_now();
+    double t0 = bench_now();
     for (int i = 0; i < consumers; i++) pthread_create(&th[i], NULL, s_consume, NULL);
     for (long i = 0; i < n; i++) redisAppendCommand(c, "LPUSH bench:ceiling %ld", i);
     for (long i = 0; i < n; i++) {
@@ -73,7 +68,7 @@ int main(int argc, char **argv)
         freeReplyObject(r);
     }
     for (int i = 0; i < consumers; i++) pthread_join(th[i], NULL);
-    double s = s_now() - t0;
+    double s = bench_now() - t0;
     printf("ceiling items=%ld consumers=%d s=%.4f per_s=%.0f\n", n, consumers, s, (double)n / s);
     redisFree(c);
     return 0;

@@ -1,8 +1,22 @@
-/* benchargs.c - command-line number parsing shared by the bench programs (see benchargs.h). */
+/* benchutil.c - what the bench programs share (see benchutil.h). */
 #include <errno.h>
 #include <stdlib.h>
+#include <time.h>
 
-#include "benchargs.h"
+#include "benchutil.h"
+
+double bench_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int bench_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
 
 bool bench_parse_long(const char *s, long lo, long hi, long *out)
 {
