@@ -436,7 +436,8 @@ def main():
     tap.note(f"retries: {tot['timeouts']} timeouts (socket reopened), {tot['retried_shutting_down']} "
              f"shutting_down and {tot['retried_busy']} busy replies resent")
 
-    # RSS: after the last restart, skip the warm-up, then every sample within tolerance of the first.
+    # RSS: after the last restart, skip the warm-up, then no sample more than the tolerance above the
+    # first. Only growth is a leak: RSS that falls (the allocator giving pages back) is no failure.
     last_gen = len(workers) - 1
     start_done = restart_done[-1][0] if restart_done else 0
     warm_done = start_done + max(o.warmup * (o.requests - start_done), o.warmup_min)
@@ -447,14 +448,14 @@ def main():
     if len(post) >= 2:
         base = post[0][3]
         lo, hi = min(s[3] for s in post), max(s[3] for s in post)
-        within = hi <= base * (1 + o.rss_tolerance) and lo >= base * (1 - o.rss_tolerance)
+        within = hi <= base * (1 + o.rss_tolerance)
         desc = (f"RSS after warm-up: {base / 1024:.1f} MiB at {post[0][2]} requests, then {lo / 1024:.1f}.."
                 f"{hi / 1024:.1f} MiB over {len(post)} samples ({post[-1][0] - post[0][0]:.1f} s, "
-                f"{post[-1][2] - post[0][2]} requests); limit +-{o.rss_tolerance * 100:.0f}%")
+                f"{post[-1][2] - post[0][2]} requests); limit +{o.rss_tolerance * 100:.0f}%")
         if o.no_rss_check:
             tap.ok(True, desc + " # SKIP not enforced in a sanitizer build")
         else:
-            tap.ok(within, desc, f"RSS left {base / 1024:.1f} MiB +-{o.rss_tolerance * 100:.0f}%")
+            tap.ok(within, desc, f"RSS grew past {base / 1024:.1f} MiB +{o.rss_tolerance * 100:.0f}%")
     else:
         tap.ok(o.no_rss_check, f"RSS after warm-up: only {len(post)} samples after {warm_done:.0f} requests "
                f"(the RSS check needs --requests of about 50000 or more)"
