@@ -100,13 +100,55 @@ int cli_cmd_ping(cli_globals *g, int argc, char **argv)
     return rc;
 }
 
+/* Prints a string member of the gpu_info reply, if the worker sent one that is not null. */
+static void s_print_str(json_t *o, const char *key, const char *label)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    if (v) printf("%-18s %s\n", label, v);
+}
+
+/* The live and CUDA members of gpu_info (PROTOCOL.md 5.2) that the worker knows: unknown ones are null
+ * there and left out here. */
+static void s_print_live(const char *raw)
+{
+    json_t *o = json_loads(raw, 0, NULL);
+    if (!o) return;
+    s_print_str(o, "driver_version", "driver");
+    s_print_str(o, "runtime_version", "cuda runtime");
+    s_print_str(o, "pci_bus_id", "pci bus id");
+    json_t *used = json_object_get(o, "memory_used_gb"), *fr = json_object_get(o, "memory_free_gb");
+    if (json_is_number(used) && json_is_number(fr))
+        printf("%-18s %.2f GB used, %.2f GB free\n", "memory", json_number_value(used), json_number_value(fr));
+    json_t *v = json_object_get(o, "utilization");
+    if (json_is_number(v)) printf("%-18s %.0f %%\n", "utilization", 100 * json_number_value(v));
+    if (json_is_number(v = json_object_get(o, "temperature_c")))
+        printf("%-18s %.0f C\n", "temperature", json_number_value(v));
+    if (json_is_number(v = json_object_get(o, "power_w"))) printf("%-18s %.1f W\n", "power", json_number_value(v));
+    json_t *sm = json_object_get(o, "sm_clock_mhz"), *mem = json_object_get(o, "mem_clock_mhz");
+    if (json_is_number(sm) && json_is_number(mem))
+        printf("%-18s %.0f MHz sm, %.0f MHz memory\n", "clocks", json_number_value(sm), json_number_value(mem));
+    json_t *res = json_object_get(o, "resident");
+    if (json_is_object(res))
+        printf("%-18s %lld tensors, %.1f of %.1f MB\n", "resident tensors",
+               (long long)json_integer_value(json_object_get(res, "tensors")),
+               (double)json_integer_value(json_object_get(res, "bytes")) / 1048576.0,
+               (double)json_integer_value(json_object_get(res, "worker_bytes_limit")) / 1048576.0);
+    if (json_is_false(json_object_get(o, "ready")))
+        printf("%-18s NOT READY: %s\n", "state", json_string_value(json_object_get(o, "device_state"))
+                                                     ? json_string_value(json_object_get(o, "device_state"))
+                                                     : "(no reason given)");
+    json_decref(o);
+}
+
 void cli_help_info(FILE *f)
 {
     fprintf(f, "usage: titan [global options] info\n"
                "\n"
                "Shows the worker's device: name, backend (cpu or cuda), memory, multiprocessors\n"
-               "(CPU cores on the cpu backend) and CUDA capability. With --json, prints the\n"
-               "worker's gpu_info reply as is.\n"
+               "(CPU cores on the cpu backend) and CUDA capability; then what the worker knows now:\n"
+               "driver and CUDA runtime, memory in use, utilization, temperature, power, clocks,\n"
+               "resident tensors, and NOT READY when the GPU's context is lost. Figures the worker\n"
+               "cannot read are left out. With --json, prints the worker's gpu_info reply as is.\n"
                "\n"
                "examples:\n"
                "  titan info\n"
@@ -133,6 +175,7 @@ int cli_cmd_info(cli_globals *g, int argc, char **argv)
         printf("%-18s %.1f GB\n", "total memory", gi.total_memory_gb);
         printf("%-18s %d\n", cpu ? "cores" : "multiprocessors", gi.multi_processor_count);
         printf("%-18s %s\n", "cuda capability", *gi.cuda_capability ? gi.cuda_capability : "-");
+        s_print_live(raw);
         printf("%-18s %s\n", "endpoint", g->endpoint);
     }
     free(raw);

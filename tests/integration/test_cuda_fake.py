@@ -191,6 +191,16 @@ def device_and_info():
            if not isinstance(gi.get(k), (int, float)) or abs(gi[k] - v) > 1e-9}
     tap.ok(not bad, "gpu_info: memory, utilization, temperature and clocks from NVML", f"{bad}\n{gi}")
     tap.ok("power_w" in gi and gi["power_w"] is None, "gpu_info power_w: null where NVML does not support it", gi)
+    # titan info: the same figures for people; what is unknown (power) is left out, not made up.
+    cli = os.path.join(os.path.dirname(BIN), "titan")
+    p = subprocess.run([cli, "--endpoint", w.endpoint, "info"], capture_output=True, text=True, timeout=30)
+    lines = {l.split("  ", 1)[0]: l.split("  ", 1)[1].strip() for l in p.stdout.splitlines() if "  " in l}
+    want = {"device": NAME, "backend": "cuda", "multiprocessors": "24", "cuda capability": "5.2",
+            "driver": NVML_DRIVER, "cuda runtime": RUNTIME_VERSION, "pci bus id": "0000:01:00.0",
+            "temperature": "54 C", "clocks": "1076 MHz sm, 3505 MHz memory", "utilization": "37 %"}
+    bad = {k: (lines.get(k), v) for k, v in want.items() if lines.get(k) != v}
+    tap.ok(p.returncode == 0 and not bad and "power" not in lines and "state" not in lines,
+           "titan info shows the CUDA device's figures and leaves out the unknown power", f"{bad}\n{p.stdout}{p.stderr}")
     pool = gi.get("memory_pool")
     tap.ok(isinstance(pool, dict) and all(type(pool.get(k)) is int for k in ("held_bytes", "cached_bytes",
                                                                              "device_allocs")),
@@ -480,6 +490,10 @@ def poisoned():
     tap.ok(r.get("status") == "ok" and r.get("backend") == "cuda", "ping still answers", r)
     st, _ = hget(base, "/healthz")
     tap.ok(st == 200, "/healthz still 200 (the process is alive)", st)
+    cli = os.path.join(os.path.dirname(BIN), "titan")
+    p = subprocess.run([cli, "--endpoint", w.endpoint, "info"], capture_output=True, text=True, timeout=30)
+    tap.ok(p.returncode == 0 and "NOT READY" in p.stdout and "context is lost" in p.stdout,
+           "titan info says NOT READY and why", p.stdout + p.stderr)
     c.close()
     rc = w.stop()
     tap.ok(rc == 0, "a worker with a lost context still stops cleanly", f"rc={rc}\n{open(w.logpath).read()[-2000:]}")
