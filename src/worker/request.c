@@ -41,7 +41,7 @@ int titan_request_parse(titan_request *req, const char *text, size_t len, zmq_ms
     if (!req->hdr) return titan_fail(err, "bad_request", "invalid JSON header: %s", jerr.text);
     /* Array values stand as nulls in the DOM: a scalar field given as an array
      * would otherwise read as absent. */
-    static const char *scalars[] = {"op", "id", "deadline_ms", "dtype"};
+    static const char *scalars[] = {"op", "id", "deadline_ms", "dtype", "ref", "keep", "json", "all"};
     for (size_t i = 0; i < req->split.nspans; i++) {
         for (size_t k = 0; k < sizeof(scalars) / sizeof(scalars[0]); k++) {
             size_t n = strlen(scalars[k]);

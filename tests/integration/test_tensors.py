@@ -237,6 +237,9 @@ def bad_inputs():
         ("matmul ref not a string", {"op": "matrix_multiply", "a": {"ref": 5}, "b": {"ref": h}}, "bad_request"),
         ("inference with a ref", {"op": "inference", "model": "m", "inputs": [{"ref": h}]}, "unsupported"),
         ("tensor_get unknown handle", {"op": "tensor_get", "ref": "t-0123456789abcdef01234567"}, "not_found"),
+        ("matmul keep as an array", {"op": "matrix_multiply", "a": [[1]], "b": [[1]], "keep": [1]}, "bad_request"),
+        ("tensor_get json as an array", {"op": "tensor_get", "ref": h, "json": [1]}, "bad_request"),
+        ("tensor_free all as an array", {"op": "tensor_free", "all": [1]}, "bad_request"),
     ]
     for name, hdr, code in cases:
         r, fr = alice.call(hdr)
