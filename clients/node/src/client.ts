@@ -13,6 +13,14 @@ export interface TitanClientOptions {
   /** This client's CURVE key pair (Z85). Without them a fresh pair is made (admitted only without --allow-keys). */
   publicKey?: string;
   secretKey?: string;
+  /**
+   * A stable name for this client on the worker: 1 to 64 printable ASCII characters, no spaces. It is
+   * set as the ZeroMQ routing id of every socket the client opens (the first and each one a retry
+   * makes), so the worker knows this client across reconnects: without CURVE, resident tensors
+   * (tensorPut) belong to the routing id that made them (PROTOCOL.md §5.7). Two live clients must not
+   * share an identity: the newer connection takes it over. Default: none (a fresh id per socket).
+   */
+  identity?: string;
 }
 
 export interface TitanReply {
@@ -22,12 +30,44 @@ export interface TitanReply {
   frames: Buffer[];
 }
 
-export interface Tensor<T extends Float32Array | Float64Array> {
+/** The element arrays the binary form carries: float32 or float64, little-endian on the wire. */
+export type FloatArray = Float32Array | Float64Array;
+
+/**
+ * A tensor: row-major `data` and its `shape`. Matrix products are 2-D (the default `S`);
+ * `tensorGet` returns any rank from 1 to 8 (`Tensor<FloatArray, number[]>`).
+ */
+export interface Tensor<T extends FloatArray = FloatArray, S extends number[] = [number, number]> {
   data: T;
-  shape: [number, number];
+  shape: S;
+}
+
+/** Options of matmulResident. */
+export interface MatmulResidentOptions {
+  /** Keep the product in the worker's memory and resolve with its handle instead of the data. */
+  keep?: boolean;
 }
 
 const Z85 = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
+/** Printable ASCII without the space: what an identity (a routing id) may hold. */
+const IDENTITY = /^[\x21-\x7e]{1,64}$/;
+/** What a resident-tensor handle is made of (the worker's are "t-" and 24 hex digits). */
+const HANDLE = /^[A-Za-z0-9_-]{1,63}$/;
+/** The most dimensions a tensor has (PROTOCOL.md §4.1). */
+const MAX_RANK = 8;
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+function checkHandle(name: string, ref: unknown): string {
+  if (typeof ref !== "string" || !HANDLE.test(ref))
+    throw new TypeError(`${name} must be a tensor handle (1 to 63 of A-Z a-z 0-9 _ -), got ${JSON.stringify(ref)}`);
+  return ref;
+}
+
+function dtypeOf(name: string, x: unknown): "float32" | "float64" {
+  if (x instanceof Float64Array) return "float64";
+  if (x instanceof Float32Array) return "float32";
+  throw new TypeError(`${name} must be a Float32Array or a Float64Array`);
+}
 
 /**
  * Parses a reply header. JSON results may hold the bare tokens NaN, Infinity and -Infinity
@@ -82,12 +122,17 @@ function isEagain(e: unknown): boolean {
  * flight wait in a FIFO queue (each call's timeout counts from when its turn comes). A request that
  * gets no reply within timeoutMs is resent on a fresh socket (Lazy Pirate), up to `retries` times;
  * replies are matched by the "id" this client puts in each request, so a stale reply is never
- * taken for a later one. close() leaves nothing that keeps the process alive.
+ * taken for a later one. With an `identity`, each attempt also carries its own tag frame before the
+ * delimiter, and a reply with another tag (a late answer to an abandoned attempt, which the worker
+ * now routes to the reconnected socket) is dropped too. close() leaves nothing that keeps the
+ * process alive.
  */
 export class TitanClient {
   readonly endpoint: string;
   readonly timeoutMs: number;
   readonly retries: number;
+  /** The routing id this client's sockets carry (TitanClientOptions.identity), or undefined. */
+  readonly identity?: string;
   private readonly serverKey?: string;
   private readonly publicKey?: string;
   private readonly secretKey?: string;
@@ -96,6 +141,10 @@ export class TitanClient {
   private tail: Promise<unknown> = Promise.resolve();
   private readonly tag = randomBytes(4).toString("hex");
   private seq = 0;
+  /** With an identity: the tag of the current attempt (random start, so another client object with
+   * the same identity, e.g. a restarted process, never reuses this one's tags). */
+  private attemptTag = randomBytes(4).readUInt32BE(0);
+  private dropped = 0;
 
   constructor(endpoint: string, opts: TitanClientOptions = {}) {
     this.endpoint = endpoint;
@@ -120,6 +169,17 @@ export class TitanClient {
       }
       this.serverKey = opts.serverKey;
     }
+    if (opts.identity !== undefined) {
+      if (typeof opts.identity !== "string" || !IDENTITY.test(opts.identity))
+        throw new TypeError("identity must be 1 to 64 printable ASCII characters without spaces");
+      this.identity = opts.identity;
+    }
+  }
+
+  /** How many replies this client has dropped as not its current request's: stale ones (another id or
+   * tag, e.g. late answers to attempts that timed out) and messages that are not replies. */
+  get droppedReplies(): number {
+    return this.dropped;
   }
 
   /** This client's CURVE public key (Z85), or undefined without CURVE. */
@@ -171,37 +231,159 @@ export class TitanClient {
     return (await this.request(header)).header.result;
   }
 
-  /** Binary form: row-major a (m×k) times b (k×n), both Float32Array or both Float64Array. */
-  async matmul<T extends Float32Array | Float64Array>(a: T, aShape: [number, number], b: T, bShape: [number, number]): Promise<Tensor<T>> {
-    const dtype = a instanceof Float64Array ? "float64" : "float32";
-    if ((b instanceof Float64Array ? "float64" : "float32") !== dtype) throw new TypeError("a and b must have the same dtype");
-    for (const [name, arr, shape] of [["a", a, aShape], ["b", b, bShape]] as const) {
-      if (shape.length !== 2 || !shape.every((d) => Number.isInteger(d) && d >= 1))
+  /**
+   * Binary form: row-major a (m×k) times b (k×n), both Float32Array or both Float64Array. Either
+   * operand may instead be a resident tensor's handle (from tensorPut or matmulResident with keep),
+   * given without a shape: `matmul(ref, b, bShape)` or `matmul(a, aShape, ref)`. The resident
+   * tensor must have the other operand's dtype (else the worker answers `bad_request`). For two
+   * handles, use matmulResident.
+   */
+  matmul<T extends FloatArray>(a: T, aShape: [number, number], b: T, bShape: [number, number]): Promise<Tensor<T>>;
+  matmul<T extends FloatArray>(a: string, b: T, bShape: [number, number]): Promise<Tensor<T>>;
+  matmul<T extends FloatArray>(a: T, aShape: [number, number], b: string): Promise<Tensor<T>>;
+  async matmul(...args: unknown[]): Promise<Tensor<FloatArray>> {
+    type Operand = { ref: string } | { data: FloatArray; shape: [number, number]; dtype: "float32" | "float64" };
+    let i = 0;
+    const take = (name: string): Operand => {
+      const x = args[i++];
+      if (typeof x === "string") return { ref: checkHandle(name, x) };
+      const dtype = dtypeOf(name, x);
+      const data = x as FloatArray;
+      const shape = args[i++] as [number, number];
+      if (!Array.isArray(shape) || shape.length !== 2 || !shape.every((d) => Number.isInteger(d) && d >= 1))
         throw new TypeError(`${name}Shape must be two positive integers`);
-      if (arr.length !== shape[0] * shape[1]) throw new TypeError(`${name} has ${arr.length} elements but its shape needs ${shape[0] * shape[1]}`);
-    }
-    if (aShape[1] !== bShape[0]) throw new TypeError(`inner dimensions do not match: ${aShape} x ${bShape}`);
-    const header = {
-      op: "matrix_multiply",
-      a: { dtype, shape: aShape, frame: 1 },
-      b: { dtype, shape: bShape, frame: 2 },
+      if (data.length !== shape[0] * shape[1])
+        throw new TypeError(`${name} has ${data.length} elements but its shape needs ${shape[0] * shape[1]}`);
+      return { data, shape, dtype };
     };
-    const reply = await this.request(header, [toLE(a), toLE(b)]);
+    const a = take("a");
+    const b = take("b");
+    if (args.slice(i).some((x) => x !== undefined)) throw new TypeError("matmul: too many arguments for these operands");
+    if ("ref" in a && "ref" in b) throw new TypeError("matmul takes at most one handle: use matmulResident for two");
+    if ("data" in a && "data" in b) {
+      if (a.dtype !== b.dtype) throw new TypeError("a and b must have the same dtype");
+      if (a.shape[1] !== b.shape[0]) throw new TypeError(`inner dimensions do not match: ${a.shape} x ${b.shape}`);
+    }
+    const frames: Buffer[] = [];
+    const desc = (o: Operand) => {
+      if ("ref" in o) return { ref: o.ref };
+      frames.push(toLE(o.data));
+      return { dtype: o.dtype, shape: o.shape, frame: frames.length };
+    };
+    const header = { op: "matrix_multiply", a: desc(a), b: desc(b) };
+    const reply = await this.request(header, frames);
+    // The worker checks that a resident operand has the other's dtype: the product has it too.
+    const dtype = "data" in a ? a.dtype : "data" in b ? b.dtype : undefined;
+    return this.tensorFromReply(reply, dtype, 2) as Tensor<FloatArray>;
+  }
+
+  /**
+   * `tensor_put`: stores a tensor in the worker's memory (its GPU's on CUDA) and resolves with its
+   * handle. `data` is row-major; `shape` has 1 to 8 positive dimensions whose product is
+   * `data.length`. The tensor belongs to this client (its CURVE key, else its routing id: set
+   * `identity` to keep it across reconnects) until tensorFree or the worker stops. Rejects with
+   * TitanError `quota_exceeded` when it would take this client or the worker over its quota.
+   */
+  async tensorPut(data: Float32Array | Float64Array, shape: number[]): Promise<string> {
+    const dtype = dtypeOf("data", data);
+    checkShape("shape", shape);
+    const elems = shape.reduce((p, d) => p * d, 1);
+    if (data.length !== elems) throw new TypeError(`data has ${data.length} elements but its shape needs ${elems}`);
+    const reply = await this.request({ op: "tensor_put", tensor: { dtype, shape: [...shape], frame: 1 } }, [toLE(data)]);
+    return this.handleFromReply(reply, reply.header);
+  }
+
+  /** `tensor_get`: a copy of a resident tensor (its dtype and shape as stored). `not_found` when it was
+   * freed, expired or never made here; `unauthorized` when it is another client's. */
+  async tensorGet(ref: string): Promise<Tensor<Float32Array | Float64Array, number[]>> {
+    const reply = await this.request({ op: "tensor_get", ref: checkHandle("ref", ref) });
+    return this.tensorFromReply(reply, undefined, undefined);
+  }
+
+  /** `tensor_free`: frees a resident tensor and resolves with the bytes it held. */
+  async tensorFree(ref: string): Promise<number> {
+    const h = (await this.request({ op: "tensor_free", ref: checkHandle("ref", ref) })).header;
+    if (typeof h.bytes !== "number") throw new TitanError("protocol", `tensor_free's reply lacks "bytes": ${JSON.stringify(h)}`, h);
+    return h.bytes;
+  }
+
+  /** `tensor_free` with `"all": true`: frees every resident tensor of this client and resolves with
+   * how many tensors it freed (the worker reports a count, not bytes). */
+  async tensorFreeAll(): Promise<number> {
+    const h = (await this.request({ op: "tensor_free", all: true })).header;
+    if (typeof h.freed !== "number") throw new TitanError("protocol", `tensor_free's reply lacks "freed": ${JSON.stringify(h)}`, h);
+    return h.freed;
+  }
+
+  /**
+   * `tensor_list`: this client's resident tensors and quotas, the reply as the worker sends it
+   * (without the client's id): `{tensors: [{ref, dtype, shape, bytes, age_s, idle_s}…], bytes, count,
+   * quota: {client_bytes, client_tensors, worker_bytes, idle_ttl_s}, worker_bytes}`.
+   */
+  async tensorList(): Promise<any> {
+    const h = { ...(await this.request({ op: "tensor_list" })).header };
+    delete h.id;
+    return h;
+  }
+
+  /**
+   * Multiplies two resident matrices (handles of 2-D tensors of one dtype). With `keep: true` the
+   * product stays in the worker's memory as a new resident tensor of this client and the promise
+   * resolves with its handle (over a quota: `quota_exceeded`); otherwise with the product itself.
+   */
+  matmulResident(a: string, b: string, opts: { keep: true }): Promise<string>;
+  matmulResident(a: string, b: string, opts?: { keep?: false }): Promise<Tensor<Float32Array | Float64Array>>;
+  matmulResident(a: string, b: string, opts?: MatmulResidentOptions): Promise<string | Tensor<Float32Array | Float64Array>>;
+  async matmulResident(a: string, b: string, opts: MatmulResidentOptions = {}): Promise<string | Tensor<FloatArray>> {
+    const header: Record<string, unknown> = { op: "matrix_multiply", a: { ref: checkHandle("a", a) }, b: { ref: checkHandle("b", b) } };
+    if (opts.keep !== undefined && typeof opts.keep !== "boolean") throw new TypeError("keep must be a boolean");
+    if (opts.keep) header.keep = true;
+    const reply = await this.request(header);
+    if (opts.keep) return this.handleFromReply(reply, reply.header.result);
+    return this.tensorFromReply(reply, undefined, 2) as Tensor<FloatArray>;
+  }
+
+  /** The handle in `obj.ref` of a reply, checked. */
+  private handleFromReply(reply: TitanReply, obj: any): string {
+    const ref = obj && typeof obj === "object" ? obj.ref : undefined;
+    if (typeof ref !== "string" || !HANDLE.test(ref))
+      throw new TitanError("protocol", `the reply lacks a valid tensor handle "ref": ${JSON.stringify(reply.header)}`, reply.header);
+    return ref;
+  }
+
+  /** Decodes a binary result (`{"result": {dtype, shape, frame}}` and its frame) into a fresh array. */
+  private tensorFromReply(reply: TitanReply, dtype: string | undefined, rank: number | undefined): Tensor<FloatArray, number[]> {
     const r = reply.header.result;
-    if (!r || typeof r !== "object" || r.dtype !== dtype || !Array.isArray(r.shape) || r.shape.length !== 2)
-      throw new TitanError("protocol", `unexpected result descriptor: ${JSON.stringify(r)}`, reply.header);
+    const bad = (why: string) => new TitanError("protocol", `${why}: ${JSON.stringify(reply.header)}`, reply.header);
+    if (!r || typeof r !== "object" || Array.isArray(r)) throw bad("unexpected result");
+    if ((r.dtype !== "float32" && r.dtype !== "float64") || (dtype !== undefined && r.dtype !== dtype))
+      throw bad("unexpected result descriptor");
+    const shape = r.shape;
+    if (!Array.isArray(shape) || shape.length < 1 || shape.length > MAX_RANK || (rank !== undefined && shape.length !== rank) ||
+        !shape.every((d: unknown) => Number.isInteger(d) && (d as number) >= 1))
+      throw bad("unexpected result descriptor");
+    const itemsize = r.dtype === "float64" ? 8 : 4;
     const frame = reply.frames[(r.frame ?? 1) - 1];
-    const itemsize = dtype === "float64" ? 8 : 4;
-    if (!frame || frame.length !== r.shape[0] * r.shape[1] * itemsize)
+    const elems = shape.reduce((p: number, d: number) => p * d, 1);
+    if (!frame || frame.length !== elems * itemsize)
       throw new TitanError("protocol", "the result frame is missing or has the wrong size", reply.header);
     const copy = new ArrayBuffer(frame.length);
-    new Uint8Array(copy).set(frame);
-    const data = (dtype === "float64" ? new Float64Array(copy) : new Float32Array(copy)) as T;
-    return { data, shape: [r.shape[0], r.shape[1]] };
+    const bytes = new Uint8Array(copy);
+    bytes.set(frame);
+    if (!LITTLE_ENDIAN) {
+      const b = Buffer.from(copy);
+      if (itemsize === 8) b.swap64();
+      else b.swap32();
+    }
+    const data = r.dtype === "float64" ? new Float64Array(copy) : new Float32Array(copy);
+    return { data, shape: [...shape] };
   }
 
   private makeSocket(): zmq.Dealer {
     const s = new zmq.Dealer({ linger: 0, sendTimeout: this.timeoutMs, receiveTimeout: this.timeoutMs });
+    // A stable routing id: the worker knows this client across reconnects (and hands the id over
+    // to the newest connection: ZMQ_ROUTER_HANDOVER).
+    if (this.identity !== undefined) s.routingId = this.identity;
     if (this.serverKey) {
       s.curveServerKey = this.serverKey;
       s.curvePublicKey = this.publicKey!;
@@ -242,28 +424,53 @@ export class TitanClient {
       if (!this.socket) this.socket = this.makeSocket();
       const sock = this.socket;
       const deadline = Date.now() + this.timeoutMs;
+      // With an identity, late replies to abandoned attempts come to this socket too: a tag frame
+      // the worker echoes (PROTOCOL.md §1.1), new for each attempt, tells them apart, whatever the id.
+      let tag: Buffer | undefined;
+      if (this.identity !== undefined) {
+        this.attemptTag = (this.attemptTag + 1) >>> 0;
+        tag = Buffer.from("@" + this.attemptTag.toString(16).padStart(8, "0"), "ascii");
+      }
       try {
         sock.sendTimeout = this.timeoutMs;
-        await sock.send([Buffer.alloc(0), Buffer.from(text, "utf8"), ...frames]);
+        await sock.send([...(tag ? [tag] : []), Buffer.alloc(0), Buffer.from(text, "utf8"), ...frames]);
         for (;;) {
           const left = deadline - Date.now();
           if (left <= 0) throw Object.assign(new Error("timed out"), { code: "EAGAIN" });
           sock.receiveTimeout = left;
-          const msg = await sock.receive();
-          if (msg.length < 2 || msg[0].length !== 0) continue; // not a reply to a delimited request
+          let msg = await sock.receive();
+          if (tag) {
+            if (msg.length < 1 || !msg[0].equals(tag)) {
+              this.dropped++; // an earlier attempt's reply
+              continue;
+            }
+            msg = msg.slice(1);
+          }
+          if (msg.length < 2 || msg[0].length !== 0) {
+            this.dropped++; // not a reply to a delimited request
+            continue;
+          }
           let reply: any;
           try {
             reply = parseReplyHeader(msg[1].toString("utf8"));
           } catch {
-            continue; // not ours: the worker always answers JSON
+            this.dropped++; // not ours: the worker always answers JSON
+            continue;
           }
-          if (reply === null || typeof reply !== "object" || Array.isArray(reply)) continue;
+          if (reply === null || typeof reply !== "object" || Array.isArray(reply)) {
+            this.dropped++;
+            continue;
+          }
           // Match by id. A reply without one is taken only when the worker could not have read ours
           // (an error reply, e.g. a header it could not parse) or when we sent a verbatim string.
           if (expectId !== undefined) {
             if ("id" in reply) {
-              if (reply.id !== expectId) continue; // stale
+              if (reply.id !== expectId) {
+                this.dropped++; // stale
+                continue;
+              }
             } else if (!("error" in reply)) {
+              this.dropped++;
               continue;
             }
           }
@@ -286,10 +493,17 @@ export class TitanClient {
   }
 }
 
+/** Checks a tensor shape: 1 to 8 positive integers. */
+function checkShape(name: string, shape: unknown): void {
+  if (!Array.isArray(shape) || shape.length < 1 || shape.length > MAX_RANK ||
+      !shape.every((d) => Number.isInteger(d) && d >= 1))
+    throw new TypeError(`${name} must be 1 to ${MAX_RANK} positive integers`);
+}
+
 /** The array's bytes, little-endian (the wire order), without copying on little-endian hosts. */
 function toLE(a: Float32Array | Float64Array): Buffer {
   const buf = Buffer.from(a.buffer, a.byteOffset, a.byteLength);
-  if (new Uint8Array(new Uint16Array([1]).buffer)[0] === 1) return buf;
+  if (LITTLE_ENDIAN) return buf;
   const out = Buffer.from(buf);
   if (a instanceof Float64Array) out.swap64();
   else out.swap32();
