@@ -1,16 +1,20 @@
 """client.py - a Python client for titan-worker (docs/PROTOCOL.md), with Lazy Pirate retries.
 
 One TitanClient owns one ZeroMQ DEALER socket and is not thread-safe: use one client per thread.
+Resident tensors (PROTOCOL.md §4.2, §5.7): tensor_put/tensor_get/tensor_free/tensor_list and matmul with
+handle operands; give the client an `identity` so that its tensors stay its own across reconnects.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
 from typing import Any, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import zmq
 import zmq.utils.z85
 
-try:  # numpy is needed only by TitanClient.matmul
+try:  # numpy is needed only by TitanClient.matmul and the tensor_* calls
     import numpy as np
 except ImportError:  # pragma: no cover
     np = None  # type: ignore[assignment]
@@ -18,12 +22,19 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "Reply", "TitanClient", "TitanError", "TitanBusy", "TitanTimeout", "TitanDeadline", "TitanBadRequest",
     "TitanUnknownOp", "TitanUnsupported", "TitanTooLarge", "TitanShuttingDown", "TitanUnauthorized",
-    "TitanProtocolError",
+    "TitanQuotaExceeded", "TitanNotFound", "TitanProtocolError",
 ]
 
 Frame = Union[bytes, bytearray, memoryview, Any]  # anything with the buffer protocol (numpy arrays too)
 
 _COPY_THRESHOLD = 64 * 1024  # larger frames are sent without a copy
+
+IDENTITY_MAX = 64  # the longest `identity` (libtitan's TITAN_CLIENT_IDENTITY_MAX)
+MAX_RANK = 8       # the highest tensor rank the worker takes (PROTOCOL.md §4.1)
+
+# A handle goes into a JSON header as it is: only the characters handles are made of. The worker's
+# are "t-" and 24 lowercase hex digits; this accepts what libtitan accepts (under TITAN_TENSOR_REF_MAX).
+_REF_RE = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
 class TitanError(Exception):
@@ -63,7 +74,8 @@ class TitanUnknownOp(TitanError):
 
 
 class TitanUnsupported(TitanError):
-    """code "unsupported": the worker knows the request but this build cannot serve it (inference)."""
+    """code "unsupported": the worker knows the request but cannot serve it (inference without models,
+    resident tensors on an engine that keeps none)."""
 
 
 class TitanTooLarge(TitanError):
@@ -75,7 +87,18 @@ class TitanShuttingDown(TitanError):
 
 
 class TitanUnauthorized(TitanError):
-    """code "unauthorized": this client's CURVE key is no longer admitted."""
+    """code "unauthorized": this client's CURVE key is no longer admitted, or a resident-tensor handle
+    belongs to another client (another CURVE key, or another routing id: see TitanClient's identity)."""
+
+
+class TitanQuotaExceeded(TitanError):
+    """code "quota_exceeded": a resident tensor (tensor_put, matmul with keep=True) would take this client
+    over --tensor-quota-mb or --max-tensors, or the worker over --tensor-memory-mb. Nothing was stored
+    and nothing was evicted: free some with tensor_free."""
+
+
+class TitanNotFound(TitanError):
+    """code "not_found": no such resident tensor here (freed, expired, never made, or the worker restarted)."""
 
 
 class TitanProtocolError(TitanError):
@@ -85,7 +108,7 @@ class TitanProtocolError(TitanError):
 _BY_CODE = {
     "busy": TitanBusy, "timeout": TitanDeadline, "bad_request": TitanBadRequest, "unknown_op": TitanUnknownOp,
     "unsupported": TitanUnsupported, "too_large": TitanTooLarge, "shutting_down": TitanShuttingDown,
-    "unauthorized": TitanUnauthorized,
+    "unauthorized": TitanUnauthorized, "quota_exceeded": TitanQuotaExceeded, "not_found": TitanNotFound,
 }
 
 
@@ -123,24 +146,100 @@ def _key(value: Union[str, bytes, None], what: str) -> Optional[bytes]:
     return raw
 
 
+def _identity(value: Any) -> Optional[bytes]:
+    if value is None:
+        return None
+    if (not isinstance(value, str) or not 1 <= len(value) <= IDENTITY_MAX
+            or any(not "\x21" <= ch <= "\x7e" for ch in value)):
+        raise ValueError(f"identity must be a string of 1 to {IDENTITY_MAX} printable ASCII characters without "
+                         f"spaces, got {value!r}")
+    return value.encode("ascii")
+
+
+def _ref(value: Any, what: str = "ref") -> str:
+    """Checks a resident-tensor handle locally (before it goes into a JSON header)."""
+    if not isinstance(value, str) or not _REF_RE.fullmatch(value):
+        raise ValueError(f"{what} must be a resident-tensor handle (1 to 63 of A-Z a-z 0-9 _ -, such as "
+                         f"'t-' and 24 hex digits), got {value!r}")
+    return value
+
+
+_DTYPES = {4: "float32", 8: "float64"}
+
+
+def _float_array(x: Any, what: str, ranks: Sequence[int]) -> "np.ndarray":
+    """x as a C-contiguous little-endian float32/float64 array of a rank in `ranks`, without empty
+    dimensions (a copy only when needed); ValueError otherwise."""
+    if np is None:  # pragma: no cover
+        raise TitanError("local", "tensors need numpy")
+    x = np.asarray(x)
+    if x.dtype.kind != "f" or x.dtype.itemsize not in _DTYPES:
+        raise ValueError(f"{what} must be a float32 or float64 array, got {x.dtype}")
+    if x.ndim not in ranks:
+        want = f"{ranks[0]}-D" if len(ranks) == 1 else f"of rank {ranks[0]} to {ranks[-1]}"
+        raise ValueError(f"{what} must be {want}, got {x.ndim}-D")
+    if 0 in x.shape:
+        raise ValueError(f"{what} must not be empty, got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
+
+
+def _tensor_from(r: "Reply", what: str, shape: Optional[Sequence[Optional[int]]] = None,
+                 dtype: Optional[str] = None) -> "np.ndarray":
+    """The binary result of `r` ({"result": {"dtype", "shape", "frame": 1}} and one frame) as a new array
+    in native byte order; `shape` (None for "any") and `dtype`, when given, are what it must be."""
+    res = r.header.get("result")
+    ok = isinstance(res, dict) and res.get("dtype") in ("float32", "float64") and res.get("frame") == 1
+    dims = res.get("shape") if ok else None
+    ok = ok and isinstance(dims, list) and 1 <= len(dims) <= MAX_RANK and \
+        all(type(d) is int and d >= 1 for d in dims) and len(r.frames) == 1
+    if ok and dtype is not None:
+        ok = res["dtype"] == dtype
+    if ok and shape is not None:
+        ok = len(dims) == len(shape) and all(w is None or w == d for w, d in zip(shape, dims))
+    if ok:
+        le = np.dtype("<f4" if res["dtype"] == "float32" else "<f8")
+        ok = len(r.frames[0]) == int(np.prod(dims, dtype=object)) * le.itemsize
+    if not ok:
+        raise TitanProtocolError("protocol", f"malformed {what} reply: {r.header!r} with {len(r.frames)} "
+                                 "frame(s)", r.header)
+    return np.frombuffer(r.frames[0], dtype=le).reshape(dims).astype(le.newbyteorder("="))
+
+
+def _handle_from(h: dict, what: str) -> str:
+    ref = h.get("ref")
+    if not isinstance(ref, str) or not _REF_RE.fullmatch(ref):
+        raise TitanProtocolError("protocol", f"{what} reply lacks a valid tensor handle \"ref\"", h)
+    return ref
+
+
 class TitanClient:
     """A client for one titan-worker endpoint.
 
     Each request is tried up to 1 + `retries` times, each attempt waiting `timeout_ms` for the reply
     (Lazy Pirate: after a timeout the socket is closed with linger 0 and a fresh one is opened, so a
-    late reply to an earlier attempt can never be taken for the answer to a later request). A call
-    therefore never blocks longer than about timeout_ms × (retries + 1).
+    late reply to an earlier attempt can never be taken for the answer to a later request; with an
+    `identity`, the per-attempt tag below ensures this). A call therefore never blocks longer than about
+    timeout_ms × (retries + 1).
 
     CURVE: give the worker's public key as `server_key` (Z85). `public_key` and `secret_key` are this
     client's pair (both or neither); without them a fresh pair is made, which only a worker without
     --allow-keys admits.
+
+    identity: a name for this client on the worker (1 to 64 printable ASCII characters, no spaces),
+    set as the ZeroMQ routing id of every socket the client opens. The worker's resident tensors belong
+    to the client that made them: its CURVE key with CURVE, else its routing id. Without an identity that
+    id is per connection, so after a retry (which reconnects) or in another TitanClient the tensors made
+    before answer "unauthorized"; with one, they stay this client's. Two live clients must not share an
+    identity: the newer connection takes the name over. With an identity, each attempt also carries a tag
+    frame in its envelope (PROTOCOL.md §1.1) that changes on every attempt, and a reply with another tag
+    (a late answer to an abandoned attempt, which the worker now routes to the new socket) is dropped.
 
     The client is not thread-safe. Use it as a context manager, or call close()."""
 
     def __init__(self, endpoint: str, timeout_ms: int = 5000, retries: int = 2,
                  server_key: Union[str, bytes, None] = None, public_key: Union[str, bytes, None] = None,
                  secret_key: Union[str, bytes, None] = None, context: Optional[zmq.Context] = None,
-                 heartbeat_ms: int = 5000):
+                 heartbeat_ms: int = 5000, identity: Optional[str] = None):
         if not isinstance(endpoint, str) or not endpoint:
             raise ValueError("endpoint must be a non-empty string such as tcp://127.0.0.1:5555")
         if not isinstance(timeout_ms, int) or timeout_ms <= 0:
@@ -153,6 +252,13 @@ class TitanClient:
         self.timeout_ms = timeout_ms
         self.retries = retries
         self.heartbeat_ms = heartbeat_ms
+        self._identity = _identity(identity)
+        #: the routing id given as `identity`, or None
+        self.identity = identity
+        # The tag of the current attempt (with an identity). Another client object may have used this
+        # identity before (a restarted process): start somewhere else than it, so that its late replies
+        # cannot match.
+        self._tag = int.from_bytes(os.urandom(4), "little")
         self._server_key = _key(server_key, "server_key")
         pub, sec = _key(public_key, "public_key"), _key(secret_key, "secret_key")
         if (pub is None) != (sec is None):
@@ -173,6 +279,9 @@ class TitanClient:
         self._closed = False
         #: how many retries the last call needed (0: the first attempt answered)
         self.last_retries = 0
+        #: how many replies this client has dropped as stale, in all: replies to an earlier attempt (another
+        #: tag, with an identity) and replies carrying another request's "id"
+        self.dropped_replies = 0
 
     # --- lifetime ---
 
@@ -218,6 +327,8 @@ class TitanClient:
                 s.setsockopt(zmq.HEARTBEAT_IVL, self.heartbeat_ms)
                 s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self.heartbeat_ms)
                 s.setsockopt(zmq.HEARTBEAT_TTL, 3 * self.heartbeat_ms)
+            if self._identity is not None:
+                s.setsockopt(zmq.ROUTING_ID, self._identity)
             if self._server_key is not None:
                 s.curve_serverkey = self._server_key
                 s.curve_publickey = self._public_key
@@ -241,7 +352,8 @@ class TitanClient:
         header is sent verbatim. Each frame is anything with the buffer protocol.
 
         Raises TitanTimeout when no attempt is answered, TitanProtocolError for a malformed reply.
-        When the request has an "id", a reply carrying another id is not taken for its answer."""
+        When the request has an "id", a reply carrying another id is not taken for its answer; with an
+        identity, neither is a reply whose tag is not this attempt's (dropped_replies counts both)."""
         self._check_open()
         text, want_id = self._encode_header(header)
         body = [text] + [memoryview(f).cast("B") if not isinstance(f, bytes) else f for f in frames]
@@ -290,6 +402,12 @@ class TitanClient:
         assert sock is not None
         deadline = time.monotonic() + self.timeout_ms / 1000
         parts = [b""] + list(body)
+        tag = None
+        if self._identity is not None:
+            # An envelope frame the worker echoes back (PROTOCOL.md §1.1), new for each attempt.
+            self._tag = (self._tag + 1) & 0xFFFFFFFF
+            tag = b"@%08x" % self._tag
+            parts.insert(0, tag)
         try:
             if not sock.poll(self.timeout_ms, zmq.POLLOUT):
                 return None
@@ -303,6 +421,11 @@ class TitanClient:
             if left <= 0 or not sock.poll(max(left, 1), zmq.POLLIN):
                 return None
             msg = sock.recv_multipart()
+            if tag is not None:
+                if not msg or msg[0] != tag:
+                    self.dropped_replies += 1
+                    continue  # a reply to an earlier attempt, routed to this socket by the identity: drop it
+                msg = msg[1:]
             if len(msg) < 2 or msg[0] != b"":
                 raise TitanProtocolError("protocol", f"reply from {self.endpoint} lacks the empty delimiter "
                                          "frame or a header")
@@ -313,6 +436,7 @@ class TitanClient:
             if not isinstance(header, dict):
                 raise TitanProtocolError("protocol", f"reply from {self.endpoint} is not a JSON object")
             if want_id is not None and "id" in header and header["id"] != want_id:
+                self.dropped_replies += 1
                 continue  # a stale reply to some other request: keep waiting for ours
             return Reply(header, msg[2:])
 
@@ -353,33 +477,96 @@ class TitanClient:
             raise TitanProtocolError("protocol", "matrix_multiply reply lacks a \"result\" array", h)
         return result
 
-    def matmul(self, a: "np.ndarray", b: "np.ndarray") -> "np.ndarray":
+    def matmul(self, a: Union["np.ndarray", str], b: Union["np.ndarray", str],
+               keep: bool = False) -> Union["np.ndarray", str]:
         """C = A × B over binary frames. a and b are 2-D float32 or float64 arrays of one dtype, with
-        a.shape[1] == b.shape[0]; they are sent little-endian and C-contiguous. Returns a new array."""
+        a.shape[1] == b.shape[0]; they are sent little-endian and C-contiguous. Returns a new array.
+
+        Either operand may instead be a resident tensor's handle (a str from tensor_put or from an earlier
+        matmul with keep=True), sent as {"ref": handle}: the tensor must be a matrix of the other
+        operand's dtype (the worker checks, answering bad_request, not_found or unauthorized). The result
+        then has the resident tensor's dtype.
+
+        keep=True leaves C in the worker's memory as this client's resident tensor and returns its handle
+        (a str) instead of the data; it counts against the quotas (TitanQuotaExceeded)."""
         if np is None:  # pragma: no cover
             raise TitanError("local", "matmul needs numpy")
-        a, b = np.asarray(a), np.asarray(b)
-        if a.ndim != 2 or b.ndim != 2:
-            raise ValueError(f"matmul needs 2-D arrays, got {a.ndim}-D and {b.ndim}-D")
-        if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8) or a.dtype != b.dtype:
-            raise ValueError(f"matmul needs two float32 or two float64 arrays, got {a.dtype} and {b.dtype}")
-        if a.shape[1] != b.shape[0]:
-            raise ValueError(f"inner dimensions do not match: {a.shape} x {b.shape}")
-        if 0 in a.shape or 0 in b.shape:
-            raise ValueError("matmul needs non-empty arrays")
-        le = a.dtype.newbyteorder("<")
-        a, b = np.ascontiguousarray(a, dtype=le), np.ascontiguousarray(b, dtype=le)
-        name = "float32" if a.dtype.itemsize == 4 else "float64"
-        header = {"op": "matrix_multiply", "a": {"dtype": name, "shape": list(a.shape), "frame": 1},
-                  "b": {"dtype": name, "shape": list(b.shape), "frame": 2}}
-        r = self.call(header, [a, b])
-        res = r.header.get("result")
-        m, n = a.shape[0], b.shape[1]
-        if (not isinstance(res, dict) or res.get("dtype") != name or res.get("shape") != [m, n]
-                or res.get("frame") != 1 or len(r.frames) != 1 or len(r.frames[0]) != m * n * a.dtype.itemsize):
-            raise TitanProtocolError("protocol", f"malformed matrix_multiply reply: {r.header!r} with "
-                                     f"{len(r.frames)} frame(s)", r.header)
-        return np.frombuffer(r.frames[0], dtype=le).reshape(m, n).astype(a.dtype.newbyteorder("="))
+        if not isinstance(keep, bool):
+            raise ValueError("keep must be True or False")
+        ops: List[Any] = []
+        for name, x in (("a", a), ("b", b)):
+            ops.append(_ref(x, name) if isinstance(x, str) else _float_array(x, name, (2,)))
+        a, b = ops
+        arrays = [x for x in (a, b) if not isinstance(x, str)]
+        if len(arrays) == 2:
+            if a.dtype != b.dtype:
+                raise ValueError(f"matmul needs two float32 or two float64 arrays, got {a.dtype} and {b.dtype}")
+            if a.shape[1] != b.shape[0]:
+                raise ValueError(f"inner dimensions do not match: {a.shape} x {b.shape}")
+        header: dict = {"op": "matrix_multiply"}
+        frames = []
+        for name, x in (("a", a), ("b", b)):
+            if isinstance(x, str):
+                header[name] = {"ref": x}
+            else:
+                frames.append(x)
+                header[name] = {"dtype": _DTYPES[x.dtype.itemsize], "shape": list(x.shape), "frame": len(frames)}
+        if keep:
+            header["keep"] = True
+        r = self.call(header, frames)
+        m = None if isinstance(a, str) else a.shape[0]
+        n = None if isinstance(b, str) else b.shape[1]
+        dtype = _DTYPES[arrays[0].dtype.itemsize] if arrays else None
+        if keep:
+            res = r.header.get("result")
+            if not isinstance(res, dict) or r.frames:
+                raise TitanProtocolError("protocol", f"malformed matrix_multiply (keep) reply: {r.header!r}",
+                                         r.header)
+            return _handle_from(res, "matrix_multiply (keep)")
+        return _tensor_from(r, "matrix_multiply", shape=(m, n), dtype=dtype)
+
+    # --- resident tensors (PROTOCOL.md §5.7) ---
+
+    def tensor_put(self, array: "np.ndarray") -> str:
+        """Stores a float32 or float64 array of rank 1 to 8 in the worker's (device) memory as this
+        client's resident tensor, and returns its handle ("t-" and 24 hex digits). The array goes in a
+        binary frame, little-endian and C-contiguous (a copy only when needed). Raises ValueError for
+        another dtype, rank or an empty array, TitanQuotaExceeded when over a quota."""
+        x = _float_array(array, "tensor_put's array", tuple(range(1, MAX_RANK + 1)))
+        header = {"op": "tensor_put", "tensor": {"dtype": _DTYPES[x.dtype.itemsize], "shape": list(x.shape),
+                                                 "frame": 1}}
+        return _handle_from(self.call(header, [x]).header, "tensor_put")
+
+    def tensor_get(self, ref: str) -> "np.ndarray":
+        """Reads a resident tensor back (binary form) as a new array of its dtype and shape. Raises
+        TitanNotFound for a handle the worker does not have, TitanUnauthorized for another client's."""
+        return _tensor_from(self.call({"op": "tensor_get", "ref": _ref(ref)}), "tensor_get")
+
+    def tensor_free(self, ref: str) -> int:
+        """Frees a resident tensor; returns the bytes freed. Raises TitanNotFound or TitanUnauthorized
+        as tensor_get does."""
+        h = self.call({"op": "tensor_free", "ref": _ref(ref)}).header
+        freed = h.get("bytes")
+        if type(freed) is not int or freed < 0:
+            raise TitanProtocolError("protocol", "tensor_free reply lacks \"bytes\"", h)
+        return freed
+
+    def tensor_free_all(self) -> int:
+        """Frees every resident tensor of this client ({"op":"tensor_free","all":true}); returns how many."""
+        h = self.call({"op": "tensor_free", "all": True}).header
+        freed = h.get("freed")
+        if type(freed) is not int or freed < 0:
+            raise TitanProtocolError("protocol", "tensor_free (all) reply lacks \"freed\"", h)
+        return freed
+
+    def tensor_list(self) -> dict:
+        """This client's resident tensors: the reply, {"tensors": [{"ref", "dtype", "shape", "bytes",
+        "age_s", "idle_s"}...], "bytes", "count", "quota": {"client_bytes", "client_tensors",
+        "worker_bytes", "idle_ttl_s"}, "worker_bytes"}."""
+        h = self.call({"op": "tensor_list"}).header
+        if not isinstance(h.get("tensors"), list) or type(h.get("count")) is not int:
+            raise TitanProtocolError("protocol", "tensor_list reply lacks \"tensors\" and \"count\"", h)
+        return h
 
 
 def _plain(x: Any) -> Any:
