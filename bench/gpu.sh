@@ -42,8 +42,12 @@ case $mode in
 esac
 
 # 2. The build.
-[ -f "$BUILD/build.ninja" ] || die "$BUILD has no build.ninja: configure it first (meson setup $1)"
-ninja -C "$BUILD" >/dev/null || { echo "bench-gpu: the build failed: run ninja -C $1 to see why" >&2; exit 1; }
+# A device kit (scripts/device-kit.sh) is prebuilt: titan-worker and bench/bench_gpu without build.ninja.
+if [ -f "$BUILD/build.ninja" ]; then
+  ninja -C "$BUILD" >/dev/null || { echo "bench-gpu: the build failed: run ninja -C $1 to see why" >&2; exit 1; }
+elif [ ! -x "$BUILD/titan-worker" ]; then
+  die "$BUILD has no build.ninja: configure it first (meson setup $1)"
+fi
 WORKER=$BUILD/titan-worker
 BENCH=$BUILD/bench/bench_gpu
 [ -x "$WORKER" ] || die "$WORKER is missing after the build"
