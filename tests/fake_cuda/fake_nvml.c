@@ -3,6 +3,7 @@
  * CUDA runtime's), with fixed figures; power is "not supported" (NVML_ERROR_NOT_SUPPORTED), as on many
  * GeForce boards, so that the worker must report power_w as null. The declarations are NVML's public C API. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -75,9 +76,21 @@ EXPORT int nvmlDeviceGetHandleByPciBusId_v2(const char *pci, void **dev)
 {
     if (!s_inited) return NVML_ERROR_UNINITIALIZED;
     if (!pci || !dev) return NVML_ERROR_INVALID_ARGUMENT;
+    /* FAKE_NVML_PCI_UNKNOWN=1: a virtual machine whose PCI address NVML does not match. */
+    if (getenv("FAKE_NVML_PCI_UNKNOWN")) return NVML_ERROR_NOT_FOUND;
     /* NVML also accepts the 8-digit domain form ("00000000:01:00.0"). */
     if (strcasecmp(pci, FAKE_NVML_PCI) != 0 && strcasecmp(pci, "0000" FAKE_NVML_PCI) != 0) return NVML_ERROR_NOT_FOUND;
     *dev = &s_dev;
+    return NVML_SUCCESS;
+}
+
+/* One GPU, or FAKE_NVML_COUNT of them (only the first answers). */
+EXPORT int nvmlDeviceGetCount_v2(unsigned int *count)
+{
+    if (!s_inited) return NVML_ERROR_UNINITIALIZED;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    const char *n = getenv("FAKE_NVML_COUNT");
+    *count = n ? (unsigned)atoi(n) : 1;
     return NVML_SUCCESS;
 }
 

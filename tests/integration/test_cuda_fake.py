@@ -57,7 +57,7 @@ reports = []  # (what, report path, expect a clean stop)
 def fenv(report=None, **kw):
     """The worker's environment: the fake module and NVML, and FAKE_CUDA_* settings."""
     e = {k: v for k, v in os.environ.items()
-         if not k.startswith("FAKE_CUDA_") and k not in ("TITAN_CUDA_STAGE_KB", "TITAN_CUDA_MODULE", "TITAN_NVML_LIBRARY")}
+         if not k.startswith(("FAKE_CUDA_", "FAKE_NVML_")) and k not in ("TITAN_CUDA_STAGE_KB", "TITAN_CUDA_MODULE", "TITAN_NVML_LIBRARY")}
     e["TITAN_CUDA_MODULE"] = MODULE
     e["TITAN_NVML_LIBRARY"] = NVML
     if report:
@@ -372,6 +372,24 @@ def auto_without_nvml():
     w.stop()
 
 
+def nvml_by_index():
+    """NVML that does not match the GPU's PCI address (some virtual machines): with one GPU, the worker finds it
+    by index; with several it does not guess, and the NVML figures are null."""
+    for count, found in (("1", True), ("2", False)):
+        env = fenv(None, FAKE_NVML_PCI_UNKNOWN="1", FAKE_NVML_COUNT=count)
+        w = Worker(BIN, "--device", "cuda", "--threads", "1", "--blas-threads", "1", env=env)
+        c = Client(w.endpoint)
+        gi = gpu_info(c, wait=False)
+        if found:
+            tap.ok(gi.get("driver_version") == NVML_DRIVER and gi.get("temperature_c") == 54.0,
+                   "NVML without a PCI match, one GPU: found by index (driver, temperature)", gi)
+        else:
+            tap.ok(gi.get("driver_version") == DRIVER_CUDA and gi.get("temperature_c") is None,
+                   "NVML without a PCI match, two GPUs: no guess (driver from the runtime, temperature null)", gi)
+        c.close()
+        w.stop()
+
+
 def out_of_memory():
     """An 8 MiB device: a request that could never fit is too_large, one that fits alone but not beside resident
     tensors is device_error (out of memory), and the worker serves on after both."""
@@ -522,7 +540,7 @@ def exit_reports():
            "\n".join(leaks))
 
 
-for name, fn in [("--device cuda", device_and_info), ("--device auto", auto_without_nvml),
+for name, fn in [("--device cuda", device_and_info), ("--device auto", auto_without_nvml), ("nvml by index", nvml_by_index),
                  ("out of memory", out_of_memory), ("no device", no_device), ("no kernel image", no_kernel),
                  ("poisoned context", poisoned)]:
     tap.run(name, fn)

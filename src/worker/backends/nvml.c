@@ -79,10 +79,17 @@ titan_nvml *titan_nvml_open(const char *library, const char *pci_bus_id, int ind
         goto fail;
     }
     rc = -1;
-    if (pci_bus_id && pci_bus_id[0] && by_pci)
-        rc = by_pci(pci_bus_id, &n->dev);
-    else if (index >= 0 && by_index)
+    if (pci_bus_id && pci_bus_id[0] && by_pci) rc = by_pci(pci_bus_id, &n->dev);
+    if (rc != S_NVML_SUCCESS && index >= 0 && by_index) {
         rc = by_index((unsigned)index, &n->dev);
+    } else if (rc != S_NVML_SUCCESS && by_index) {
+        /* Some virtual machines report PCI addresses NVML does not match: with one GPU there is no
+         * doubt which it is. With several, NVML's order may not be CUDA's, so no guess. */
+        int (*count)(unsigned *);
+        *(void **)&count = s_sym(lib, "nvmlDeviceGetCount_v2");
+        unsigned ndev = 0;
+        if (count && count(&ndev) == S_NVML_SUCCESS && ndev == 1) rc = by_index(0, &n->dev);
+    }
     if (rc != S_NVML_SUCCESS) {
         snprintf(why, whycap, "NVML does not know the device %s: %s",
                  pci_bus_id && pci_bus_id[0] ? pci_bus_id : "",
