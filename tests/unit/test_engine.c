@@ -416,6 +416,29 @@ static void test_unknown_op(void **state)
     titan_reply_destroy(&r);
 }
 
+/* The in-process engine keeps no resident tensors: their ops, a {"ref"} operand and "keep" answer unsupported,
+ * with a way out in the message. */
+static void test_resident_unsupported(void **state)
+{
+    titan_engine *e = *state;
+    const char *reqs[] = {
+        "{\"op\":\"tensor_put\",\"tensor\":[[1,2]]}",
+        "{\"op\":\"tensor_get\",\"ref\":\"t-0123456789abcdef01234567\"}",
+        "{\"op\":\"tensor_free\",\"all\":true}",
+        "{\"op\":\"tensor_list\"}",
+        "{\"op\":\"matrix_multiply\",\"a\":{\"ref\":\"t-0123456789abcdef01234567\"},\"b\":[[1]]}",
+        "{\"op\":\"matrix_multiply\",\"a\":[[1]],\"b\":[[1]],\"keep\":true}",
+    };
+    for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++) {
+        titan_reply *r = call(e, reqs[i], NULL, 0);
+        json_t *o = reply_json(r);
+        assert_string_equal(json_string_value(json_object_get(o, "code")), "unsupported");
+        assert_non_null(strstr(json_string_value(json_object_get(o, "error")), "titan-worker"));
+        json_decref(o);
+        titan_reply_destroy(&r);
+    }
+}
+
 static void test_inner_dims_mismatch(void **state)
 {
     titan_engine *e = *state;
@@ -677,6 +700,7 @@ int main(void)
         cmocka_unit_test(test_matmul_json),
         cmocka_unit_test(test_id_echoed),
         cmocka_unit_test(test_unknown_op),
+        cmocka_unit_test(test_resident_unsupported),
         cmocka_unit_test(test_inner_dims_mismatch),
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_deadline),
