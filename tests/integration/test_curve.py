@@ -157,6 +157,36 @@ def curve_worker():
     tap.ok(w.stop() == 0, "the CURVE worker stops cleanly")
 
 
+def curve_ownership():
+    """With CURVE, resident tensors belong to the client's key: the same key on another connection (another
+    routing id) owns them, another key is refused."""
+    w = Worker(BIN, "--curve-secret", path("worker_secret"))
+    server_pub, _ = zmq.auth.load_certificate(path("worker"))
+    k1, k2 = zmq.curve_keypair(), zmq.curve_keypair()
+
+    def call(keys, hdr, *frames):
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.curve_serverkey, d.curve_publickey, d.curve_secretkey = server_pub, keys[0], keys[1]
+        d.connect(w.endpoint)
+        d.send_multipart([b"", json.dumps(hdr).encode(), *frames])
+        try:
+            return json.loads(d.recv_multipart()[1]) if d.poll(5000) else {}
+        finally:
+            d.close()
+
+    r = call(k1, {"op": "tensor_put", "tensor": [[1.0, 2.0], [3.0, 4.0]]})
+    ref = r.get("ref", "")
+    tap.ok(ref.startswith("t-"), "CURVE: a client puts a resident tensor", r)
+    r = call(k1, {"op": "tensor_get", "ref": ref, "json": True})
+    tap.ok(r.get("result") == [[1.0, 2.0], [3.0, 4.0]], "CURVE: the same key on a new connection owns it", r)
+    r = call(k2, {"op": "tensor_get", "ref": ref})
+    tap.ok(r.get("code") == "unauthorized", "CURVE: another key is refused (unauthorized)", r)
+    r = call(k2, {"op": "tensor_list"})
+    tap.ok(r.get("count") == 0, "CURVE: another key lists none of them", r)
+    w.stop()
+
+
 def bad_settings():
     p = cli("--server-key", "not-a-key", "ping")
     tap.ok(p.returncode == 2 and "40 Z85" in p.stderr, "the CLI rejects a --server-key that is no key nor file",
@@ -196,7 +226,8 @@ def loopback_rule():
            log)
 
 
-for name, fn in [("keygen", keygen_files), ("curve worker", curve_worker), ("bad settings", bad_settings),
+for name, fn in [("keygen", keygen_files), ("curve worker", curve_worker), ("curve ownership", curve_ownership),
+                 ("bad settings", bad_settings),
                  ("loopback", loopback_rule)]:
     tap.run(name, fn)
 res = Worker.stop_all()
