@@ -12,11 +12,14 @@
 #include "titan/titan.h"
 
 /* Fixed label values, so that no client can grow the series: anything else is "other". */
-static const char *const s_ops[] = {"ping", "gpu_info", "ops", "matrix_multiply", "inference", "other"};
+static const char *const s_ops[] = {
+    "ping",         "gpu_info",   "ops",        "matrix_multiply", "inference",   "list_models", "load_model",
+    "unload_model", "tensor_put", "tensor_get", "tensor_free",     "tensor_list", "other"};
 #define NOPS (sizeof(s_ops) / sizeof(s_ops[0]))
-static const char *const s_codes[] = {"ok",       "bad_request", "too_large",     "busy",
-                                      "timeout",  "unsupported", "unauthorized",  "device_error",
-                                      "internal", "unknown_op",  "shutting_down", "other"};
+static const char *const s_codes[] = {"ok",        "bad_request", "too_large",     "busy",
+                                      "timeout",   "unsupported", "unauthorized",  "device_error",
+                                      "internal",  "unknown_op",  "shutting_down", "quota_exceeded",
+                                      "not_found", "other"};
 #define NCODES (sizeof(s_codes) / sizeof(s_codes[0]))
 static const char *const s_busy_reasons[TITAN_BUSY_COUNT] = {"queue_full", "client_share", "inflight_bytes"};
 static const char *const s_job_outcomes[TITAN_JOBS_OUTCOME_COUNT] = {"done", "failed", "retried",

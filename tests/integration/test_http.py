@@ -29,7 +29,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 tap = Tap()
 ctx = zmq.Context()
 
-OPS = {"ping", "gpu_info", "ops", "matrix_multiply", "inference", "other"}
+OPS = {"ping", "gpu_info", "ops", "matrix_multiply", "inference", "list_models", "load_model", "unload_model",
+       "tensor_put", "tensor_get", "tensor_free", "tensor_list", "other"}
 PROM_CTYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

@@ -353,6 +353,31 @@ def ttl():
     wt.stop()
 
 
+def metrics():
+    """/metrics counts the tensor ops and their refusals under their own labels, and the resident gauges."""
+    import urllib.request
+    wm = worker("--http", "0", "--tensor-quota-mb", "1")
+    url = [l for l in open(wm.epfile).read().splitlines() if l.startswith("http://")][0]
+    c = Client(wm.endpoint, b"metrics")
+    ref = c.put(np.ones((64, 64), np.float32)).get("ref")
+    c.get(ref)
+    c.call({"op": "tensor_list"})
+    c.put(np.ones((1024, 1024), np.float32))  # 4 MiB: over the 1 MiB quota
+    c.call({"op": "tensor_get", "ref": "t-0123456789abcdef01234567"})
+    body = urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10).read().decode()
+    want = ['titan_requests_total{op="tensor_put",code="ok"} 1',
+            'titan_requests_total{op="tensor_put",code="quota_exceeded"} 1',
+            'titan_requests_total{op="tensor_get",code="ok"} 1',
+            'titan_requests_total{op="tensor_get",code="not_found"} 1',
+            'titan_requests_total{op="tensor_list",code="ok"} 1',
+            "titan_resident_bytes 16384", "titan_resident_tensors 1", "titan_resident_clients 1",
+            "titan_resident_limit_bytes "]
+    missing = [x for x in want if x not in body]
+    tap.ok(not missing, "/metrics: the tensor ops by op and code, and the resident gauges", missing)
+    c.close()
+    wm.stop()
+
+
 def result_limit():
     """tensor_get is a reply like any other: bounded by --max-result-bytes, while the tensor stays usable."""
     wl = worker("--max-result-bytes", "1K")
@@ -376,7 +401,7 @@ def result_limit():
 
 for name, fn in [("put and get", put_and_get), ("matmul refs", matmul_refs), ("listing", listing),
                  ("ownership", ownership), ("bad inputs", bad_inputs), ("freeing", freeing), ("quotas", quotas),
-                 ("ttl", ttl), ("result limit", result_limit)]:
+                 ("ttl", ttl), ("result limit", result_limit), ("metrics", metrics)]:
     tap.run(name, fn)
 alice.close()
 res = Worker.stop_all()
