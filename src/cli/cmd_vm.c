@@ -235,79 +235,112 @@ static int s_load(s_out *o, const s_args *a, titan_vmconf *c)
     return status;
 }
 
+/* What a command does once its arguments are parsed, its config loaded (when it wants one: c) and libvirt
+ * connected (when it wants it: conn). Returns the exit status. */
+typedef int (*s_body)(s_out *o, const s_args *a, virConnectPtr conn, titan_vmconf *c);
+
+/* Every vm command: parse, then `check` (usage errors beyond the parser's; may be NULL), load a.config,
+ * connect to a.uri, run `body`, close. Returns the exit status. */
+static int s_run(cli_globals *g, s_args *a, int argc, char **argv, int (*check)(const s_args *a), s_body body)
+{
+    int rc = s_parse(g, a, argc, argv);
+    if (rc == CLI_EXIT_OK && check) rc = check(a);
+    if (rc != CLI_EXIT_OK) return rc;
+    s_out o;
+    s_out_init(&o, g, a->cmd);
+    titan_vmconf c;
+    virConnectPtr conn = NULL;
+    if ((!a->want_config || (rc = s_load(&o, a, &c)) == CLI_EXIT_OK) &&
+        (!a->want_connect || (rc = s_connect(&o, a, &conn)) == CLI_EXIT_OK))
+        rc = body(&o, a, conn, a->want_config ? &c : NULL);
+    if (conn) virConnectClose(conn);
+    s_out_free(&o);
+    return rc;
+}
+
+static int s_xml(s_out *o, const s_args *a, virConnectPtr conn, titan_vmconf *c)
+{
+    (void)a;
+    (void)conn;
+    int rc = CLI_EXIT_OK;
+    char *xml = titan_vmconf_xml(c);
+    if (!xml) {
+        rc = s_report(o, c->name, -ENOMEM, "cannot make the domain XML (out of memory)");
+    } else if (o->g->json) {
+        rc = s_print(o, json_pack("{s:s, s:s}", "name", c->name, "xml", xml));
+    } else {
+        fputs(xml, stdout);
+        if (xml[0] && xml[strlen(xml) - 1] != '\n') fputc('\n', stdout);
+    }
+    free(xml);
+    return rc;
+}
+
 static int s_cmd_xml(cli_globals *g, int argc, char **argv)
 {
     s_args a = {.cmd = "vm xml", .want_config = true};
-    int rc = s_parse(g, &a, argc, argv);
-    if (rc != CLI_EXIT_OK) return rc;
-    s_out o;
-    s_out_init(&o, g, a.cmd);
-    titan_vmconf c;
-    rc = s_load(&o, &a, &c);
-    if (rc == CLI_EXIT_OK) {
-        char *xml = titan_vmconf_xml(&c);
-        if (!xml) {
-            rc = s_report(&o, c.name, -ENOMEM, "cannot make the domain XML (out of memory)");
-        } else if (g->json) {
-            rc = s_print(&o, json_pack("{s:s, s:s}", "name", c.name, "xml", xml));
-        } else {
-            fputs(xml, stdout);
-            if (xml[0] && xml[strlen(xml) - 1] != '\n') fputc('\n', stdout);
-        }
-        free(xml);
-    }
-    s_out_free(&o);
-    return rc;
+    return s_run(g, &a, argc, argv, NULL, s_xml);
+}
+
+static int s_define(s_out *o, const s_args *a, virConnectPtr conn, titan_vmconf *c)
+{
+    char err[2048];
+    int r = titan_vm_define(conn, c, s_say, o, err, sizeof err);
+    if (r < 0) return s_report(o, c->name, r, err);
+    if (o->g->json)
+        return s_print(o, json_pack("{s:s, s:s, s:s, s:s}", "name", c->name, "defined", r == 1 ? "new" : "updated",
+                                     "uri", a->uri, "disk", c->disk_path));
+    return CLI_EXIT_OK;
 }
 
 static int s_cmd_define(cli_globals *g, int argc, char **argv)
 {
     s_args a = {.cmd = "vm define", .want_config = true, .want_connect = true};
-    int rc = s_parse(g, &a, argc, argv);
-    if (rc != CLI_EXIT_OK) return rc;
-    s_out o;
-    s_out_init(&o, g, a.cmd);
-    titan_vmconf c;
-    virConnectPtr conn = NULL;
-    if ((rc = s_load(&o, &a, &c)) != CLI_EXIT_OK || (rc = s_connect(&o, &a, &conn)) != CLI_EXIT_OK) goto out;
+    return s_run(g, &a, argc, argv, NULL, s_define);
+}
+
+static int s_start(s_out *o, const s_args *a, virConnectPtr conn, titan_vmconf *c)
+{
+    (void)c;
     char err[2048];
-    int r = titan_vm_define(conn, &c, s_say, &o, err, sizeof err);
-    if (r < 0) {
-        rc = s_report(&o, c.name, r, err);
-        goto out;
-    }
-    if (g->json)
-        rc = s_print(&o, json_pack("{s:s, s:s, s:s, s:s}", "name", c.name, "defined",
-                                   r == 1 ? "new" : "updated", "uri", a.uri, "disk", c.disk_path));
-out:
-    if (conn) virConnectClose(conn);
-    s_out_free(&o);
-    return rc;
+    int r = titan_vm_start(conn, a->pos[0], err, sizeof err);
+    if (r < 0) return s_report(o, a->pos[0], r, err);
+    if (o->g->json)
+        return s_print(o, json_pack("{s:s, s:b, s:b}", "name", a->pos[0], "started", r == 0, "already_running",
+                                    r == 1));
+    printf(r == 1 ? "%s is already running\n" : "started %s\n", a->pos[0]);
+    return CLI_EXIT_OK;
 }
 
 static int s_cmd_start(cli_globals *g, int argc, char **argv)
 {
     s_args a = {.cmd = "vm start", .want_connect = true, .npos = 1, .pos_names = "the domain's NAME"};
-    int rc = s_parse(g, &a, argc, argv);
-    if (rc != CLI_EXIT_OK) return rc;
-    s_out o;
-    s_out_init(&o, g, a.cmd);
-    virConnectPtr conn = NULL;
-    if ((rc = s_connect(&o, &a, &conn)) != CLI_EXIT_OK) goto out;
+    return s_run(g, &a, argc, argv, NULL, s_start);
+}
+
+static int s_stop(s_out *o, const s_args *a, virConnectPtr conn, titan_vmconf *c)
+{
+    (void)c;
     char err[2048];
-    int r = titan_vm_start(conn, a.pos[0], err, sizeof err);
-    if (r < 0) {
-        rc = s_report(&o, a.pos[0], r, err);
-        goto out;
+    titan_vm_stop_result res = TITAN_VM_WAS_OFF;
+    double t0 = cli_now();
+    int r = titan_vm_stop(conn, a->pos[0], a->timeout_s * 1000, s_say, o, &res, err, sizeof err);
+    double secs = cli_now() - t0;
+    if (r < 0) return s_report(o, a->pos[0], r, err);
+    int rc = res == TITAN_VM_DESTROYED ? S_EXIT_DESTROYED : CLI_EXIT_OK;
+    const char *what = res == TITAN_VM_STOPPED_CLEANLY ? "stopped"
+                       : res == TITAN_VM_WAS_OFF       ? "already_off"
+                                                       : "destroyed";
+    if (o->g->json) {
+        int prc = s_print(o, json_pack("{s:s, s:s, s:f, s:i, s:i}", "name", a->pos[0], "result", what, "seconds",
+                                       secs, "timeout_s", a->timeout_s, "exit", rc));
+        if (prc != CLI_EXIT_OK) rc = prc;
+    } else if (res == TITAN_VM_STOPPED_CLEANLY) {
+        printf("%s shut down cleanly in %.1f s\n", a->pos[0], secs);
+    } else if (res == TITAN_VM_WAS_OFF) {
+        printf("%s is already shut off\n", a->pos[0]);
     }
-    if (g->json)
-        rc = s_print(
-            &o, json_pack("{s:s, s:b, s:b}", "name", a.pos[0], "started", r == 0, "already_running", r == 1));
-    else
-        printf(r == 1 ? "%s is already running\n" : "started %s\n", a.pos[0]);
-out:
-    if (conn) virConnectClose(conn);
-    s_out_free(&o);
+    /* destroyed: the warning "still running after N s: destroyed" already said it */
     return rc;
 }
 
@@ -318,39 +351,7 @@ static int s_cmd_stop(cli_globals *g, int argc, char **argv)
                 .want_timeout = true,
                 .npos = 1,
                 .pos_names = "the domain's NAME"};
-    int rc = s_parse(g, &a, argc, argv);
-    if (rc != CLI_EXIT_OK) return rc;
-    s_out o;
-    s_out_init(&o, g, a.cmd);
-    virConnectPtr conn = NULL;
-    if ((rc = s_connect(&o, &a, &conn)) != CLI_EXIT_OK) goto out;
-    char err[2048];
-    titan_vm_stop_result res = TITAN_VM_WAS_OFF;
-    double t0 = cli_now();
-    int r = titan_vm_stop(conn, a.pos[0], a.timeout_s * 1000, s_say, &o, &res, err, sizeof err);
-    double secs = cli_now() - t0;
-    if (r < 0) {
-        rc = s_report(&o, a.pos[0], r, err);
-        goto out;
-    }
-    rc = res == TITAN_VM_DESTROYED ? S_EXIT_DESTROYED : CLI_EXIT_OK;
-    const char *what = res == TITAN_VM_STOPPED_CLEANLY ? "stopped"
-                       : res == TITAN_VM_WAS_OFF       ? "already_off"
-                                                       : "destroyed";
-    if (g->json) {
-        int prc = s_print(&o, json_pack("{s:s, s:s, s:f, s:i, s:i}", "name", a.pos[0], "result", what,
-                                        "seconds", secs, "timeout_s", a.timeout_s, "exit", rc));
-        if (prc != CLI_EXIT_OK) rc = prc;
-    } else if (res == TITAN_VM_STOPPED_CLEANLY) {
-        printf("%s shut down cleanly in %.1f s\n", a.pos[0], secs);
-    } else if (res == TITAN_VM_WAS_OFF) {
-        printf("%s is already shut off\n", a.pos[0]);
-    }
-    /* destroyed: the warning "still running after N s: destroyed" already said it */
-out:
-    if (conn) virConnectClose(conn);
-    s_out_free(&o);
-    return rc;
+    return s_run(g, &a, argc, argv, NULL, s_stop);
 }
 
 static void s_fmt_uptime(double s, char *out, size_t cap)
@@ -366,41 +367,32 @@ static void s_fmt_uptime(double s, char *out, size_t cap)
         snprintf(out, cap, "%lluh %02llum %02llus (%llu s)", t / 3600, t % 3600 / 60, t % 60, t);
 }
 
-static int s_cmd_status(cli_globals *g, int argc, char **argv)
+static int s_status(s_out *o, const s_args *a, virConnectPtr conn, titan_vmconf *c)
 {
-    s_args a = {.cmd = "vm status", .want_connect = true, .npos = 1, .pos_names = "the domain's NAME"};
-    int rc = s_parse(g, &a, argc, argv);
-    if (rc != CLI_EXIT_OK) return rc;
-    s_out o;
-    s_out_init(&o, g, a.cmd);
-    virConnectPtr conn = NULL;
-    if ((rc = s_connect(&o, &a, &conn)) != CLI_EXIT_OK) goto out;
+    (void)c;
     char err[2048];
     titan_vm_status s;
-    int r = titan_vm_status_get(conn, a.pos[0], &s, err, sizeof err);
+    int r = titan_vm_status_get(conn, a->pos[0], &s, err, sizeof err);
     if (r < 0) {
-        if (r == -ENOENT && g->json) {
+        if (r == -ENOENT && o->g->json) {
             /* a script asking about a domain wants "exists": false, not only an error */
-            fprintf(stderr, "titan %s: %s\n", a.cmd, err);
-            s_print(&o, json_pack("{s:s, s:b, s:s, s:s, s:i}", "name", a.pos[0], "exists", false, "error",
-                                  err, "code", "no_domain", "exit", CLI_EXIT_REMOTE));
-            rc = CLI_EXIT_REMOTE;
-        } else {
-            rc = s_report(&o, a.pos[0], r, err);
+            fprintf(stderr, "titan %s: %s\n", a->cmd, err);
+            s_print(o, json_pack("{s:s, s:b, s:s, s:s, s:i}", "name", a->pos[0], "exists", false, "error", err,
+                                 "code", "no_domain", "exit", CLI_EXIT_REMOTE));
+            return CLI_EXIT_REMOTE;
         }
-        goto out;
+        return s_report(o, a->pos[0], r, err);
     }
-    if (g->json) {
+    if (o->g->json) {
         json_t *devs = json_array();
         for (int i = 0; i < s.nhostdevs; i++)
             json_array_append_new(devs, json_string(s.hostdevs[i]));
         json_t *obj = json_pack("{s:s, s:b, s:s, s:s, s:b, s:b, s:i, s:I, s:o, s:s}", "name", s.name,
                                 "exists", true, "state", s.state, "reason", s.reason, "persistent",
                                 s.persistent, "autostart", s.autostart, "vcpus", s.vcpus, "memory_kib",
-                                (json_int_t)s.memory_kib, "hostdevs", devs, "uri", a.uri);
+                                (json_int_t)s.memory_kib, "hostdevs", devs, "uri", a->uri);
         if (obj) json_object_set_new(obj, "uptime_s", s.uptime_s >= 0 ? json_real(s.uptime_s) : json_null());
-        rc = s_print(&o, obj);
-        goto out;
+        return s_print(o, obj);
     }
     char up[64];
     s_fmt_uptime(s.uptime_s, up, sizeof up);
@@ -417,10 +409,31 @@ static int s_cmd_status(cli_globals *g, int argc, char **argv)
     for (int i = 0; i < s.nhostdevs; i++)
         printf(" %s", s.hostdevs[i]);
     printf("%s\n", s.nhostdevs ? "" : " none");
-out:
-    if (conn) virConnectClose(conn);
-    s_out_free(&o);
-    return rc;
+    return CLI_EXIT_OK;
+}
+
+static int s_cmd_status(cli_globals *g, int argc, char **argv)
+{
+    s_args a = {.cmd = "vm status", .want_connect = true, .npos = 1, .pos_names = "the domain's NAME"};
+    return s_run(g, &a, argc, argv, NULL, s_status);
+}
+
+static int s_autostart_check(const s_args *a)
+{
+    if (strcmp(a->pos[0], "on") == 0 || strcmp(a->pos[0], "off") == 0) return CLI_EXIT_OK;
+    return cli_usage_error(a->cmd, "expected on or off, not \"%s\": titan vm autostart on|off NAME", a->pos[0]);
+}
+
+static int s_autostart(s_out *o, const s_args *a, virConnectPtr conn, titan_vmconf *c)
+{
+    (void)c;
+    bool on = strcmp(a->pos[0], "on") == 0;
+    char err[2048];
+    int r = titan_vm_autostart(conn, a->pos[1], on, err, sizeof err);
+    if (r < 0) return s_report(o, a->pos[1], r, err);
+    if (o->g->json) return s_print(o, json_pack("{s:s, s:b}", "name", a->pos[1], "autostart", on));
+    printf("autostart %s for %s\n", on ? "on" : "off", a->pos[1]);
+    return CLI_EXIT_OK;
 }
 
 static int s_cmd_autostart(cli_globals *g, int argc, char **argv)
@@ -429,34 +442,17 @@ static int s_cmd_autostart(cli_globals *g, int argc, char **argv)
                 .want_connect = true,
                 .npos = 2,
                 .pos_names = "on or off, and the domain's NAME"};
-    int rc = s_parse(g, &a, argc, argv);
-    if (rc != CLI_EXIT_OK) return rc;
-    bool on;
-    if (strcmp(a.pos[0], "on") == 0)
-        on = true;
-    else if (strcmp(a.pos[0], "off") == 0)
-        on = false;
-    else
-        return cli_usage_error(a.cmd, "expected on or off, not \"%s\": titan vm autostart on|off NAME",
-                               a.pos[0]);
-    s_out o;
-    s_out_init(&o, g, a.cmd);
-    virConnectPtr conn = NULL;
-    if ((rc = s_connect(&o, &a, &conn)) != CLI_EXIT_OK) goto out;
+    return s_run(g, &a, argc, argv, s_autostart_check, s_autostart);
+}
+
+static int s_undefine(s_out *o, const s_args *a, virConnectPtr conn, titan_vmconf *c)
+{
+    (void)c;
     char err[2048];
-    int r = titan_vm_autostart(conn, a.pos[1], on, err, sizeof err);
-    if (r < 0) {
-        rc = s_report(&o, a.pos[1], r, err);
-        goto out;
-    }
-    if (g->json)
-        rc = s_print(&o, json_pack("{s:s, s:b}", "name", a.pos[1], "autostart", on));
-    else
-        printf("autostart %s for %s\n", on ? "on" : "off", a.pos[1]);
-out:
-    if (conn) virConnectClose(conn);
-    s_out_free(&o);
-    return rc;
+    int r = titan_vm_undefine(conn, a->pos[0], a->force, s_say, o, err, sizeof err);
+    if (r < 0) return s_report(o, a->pos[0], r, err);
+    if (o->g->json) return s_print(o, json_pack("{s:s, s:b}", "name", a->pos[0], "undefined", true));
+    return CLI_EXIT_OK;
 }
 
 static int s_cmd_undefine(cli_globals *g, int argc, char **argv)
@@ -466,23 +462,7 @@ static int s_cmd_undefine(cli_globals *g, int argc, char **argv)
                 .want_force = true,
                 .npos = 1,
                 .pos_names = "the domain's NAME"};
-    int rc = s_parse(g, &a, argc, argv);
-    if (rc != CLI_EXIT_OK) return rc;
-    s_out o;
-    s_out_init(&o, g, a.cmd);
-    virConnectPtr conn = NULL;
-    if ((rc = s_connect(&o, &a, &conn)) != CLI_EXIT_OK) goto out;
-    char err[2048];
-    int r = titan_vm_undefine(conn, a.pos[0], a.force, s_say, &o, err, sizeof err);
-    if (r < 0) {
-        rc = s_report(&o, a.pos[0], r, err);
-        goto out;
-    }
-    if (g->json) rc = s_print(&o, json_pack("{s:s, s:b}", "name", a.pos[0], "undefined", true));
-out:
-    if (conn) virConnectClose(conn);
-    s_out_free(&o);
-    return rc;
+    return s_run(g, &a, argc, argv, NULL, s_undefine);
 }
 
 int cli_cmd_vm(cli_globals *g, int argc, char **argv)
