@@ -25,146 +25,27 @@
 #include <zmq.h>
 
 #include "titan/titan.h"
+#include "workerctl.h"
 
-#define WORKER_READY_MS 15000
 #define NTHREADS 32
 #define NITER 12
 #define MAX_DIM 48
 
-typedef struct {
-    pid_t pid;
-    char epfile[PATH_MAX];
-    char endpoint[256];
-} worker;
-
-static const char *g_worker_path;
 static char g_tmpdir[256];
-/* Workers still running, so that a failed test (cmocka longjmps out) leaves none behind. */
-static pid_t g_live[8];
-
-/* Returns the monotonic clock in milliseconds. */
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* Removes the reaped `pid` from the workers still running. */
-static void forget_pid(pid_t pid)
-{
-    for (size_t i = 0; i < sizeof g_live / sizeof g_live[0]; i++)
-        if (g_live[i] == pid) g_live[i] = 0;
-}
-
-/* Reads the first complete line of `path` into `buf`. Returns 0, or -1 while the file
- * is missing or has no complete line yet. */
-static int read_first_line(const char *path, char *buf, size_t cap)
-{
-    char tmp[1024];
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, tmp, sizeof tmp - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    tmp[n] = '\0';
-    char *nl = strchr(tmp, '\n');
-    if (!nl || nl == tmp || (size_t)(nl - tmp) >= cap) return -1;
-    *nl = '\0';
-    memcpy(buf, tmp, (size_t)(nl - tmp) + 1);
-    return 0;
-}
-
-/* Sends `sig` to `pid` and reaps it; SIGTERM gets 5 s before SIGKILL. Returns the wait status. */
-static int pid_stop(pid_t pid, int sig)
-{
-    int status = -1;
-    kill(pid, sig);
-    int64_t deadline = now_ms() + 5000;
-    while (waitpid(pid, &status, WNOHANG) == 0) {
-        if (now_ms() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            break;
-        }
-        sleep_ms(5);
-    }
-    forget_pid(pid);
-    return status;
-}
-
-/* Stops the worker with `sig` (see pid_stop) and removes its endpoint file. Returns the wait status. */
-static int worker_stop(worker *w, int sig)
-{
-    if (w->pid <= 0) return -1;
-    int status = pid_stop(w->pid, sig);
-    unlink(w->epfile);
-    w->pid = 0;
-    return status;
-}
 
 /* Per-test teardown: kills the workers a failed test left running. */
 static int kill_live_workers(void **state)
 {
-    for (size_t i = 0; i < sizeof g_live / sizeof g_live[0]; i++)
-        if (g_live[i] > 0) pid_stop(g_live[i], SIGKILL);
+    workers_kill_all();
     return 0;
 }
 
-/* Starts titan-worker bound to `bind` and waits until it writes its endpoint file
- * (its readiness signal). Returns 0 with w filled, or -1 (message printed). */
+/* Starts titan-worker `name` on `bind` with --device cpu, --queue `queue` and --log-level error
+ * (workerctl.h). Returns 0 with w filled, or -1 (message printed). */
 static int worker_start(worker *w, const char *bind, const char *name, const char *queue)
 {
-    memset(w, 0, sizeof *w);
-    snprintf(w->epfile, sizeof w->epfile, "%s/%s.endpoint", g_tmpdir, name);
-    unlink(w->epfile);
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        char *args[] = {(char *)g_worker_path,
-                        "--bind",
-                        (char *)bind,
-                        "--endpoint-file",
-                        w->epfile,
-                        "--device",
-                        "cpu",
-                        "--queue",
-                        (char *)queue,
-                        "--log-level",
-                        "error",
-                        NULL};
-        execv(g_worker_path, args);
-        _exit(127);
-    }
-    w->pid = pid;
-    for (size_t i = 0; i < sizeof g_live / sizeof g_live[0]; i++) {
-        if (g_live[i] == 0) {
-            g_live[i] = pid;
-            break;
-        }
-    }
-    int64_t deadline = now_ms() + WORKER_READY_MS;
-    while (now_ms() < deadline) {
-        int status;
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            print_error("titan-worker (%s) exited before it was ready (status %d)\n", g_worker_path, status);
-            forget_pid(pid);
-            w->pid = 0;
-            return -1;
-        }
-        if (read_first_line(w->epfile, w->endpoint, sizeof w->endpoint) == 0) return 0;
-        sleep_ms(5);
-    }
-    print_error("titan-worker did not write %s within %d ms\n", w->epfile, WORKER_READY_MS);
-    worker_stop(w, SIGKILL);
-    return -1;
+    const char *args[] = {"--device", "cpu", "--queue", queue, "--log-level", "error", NULL};
+    return worker_spawn(w, name, bind, args);
 }
 
 /* Returns the next value of the splitmix64 stream at *state. */
@@ -601,7 +482,7 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    return rmdir(g_tmpdir);
+    return workerctl_remove_tmpdir();
 }
 
 int main(int argc, char **argv)
@@ -610,11 +491,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s PATH-TO-TITAN-WORKER\n", argv[0]);
         return 2;
     }
-    g_worker_path = argv[1];
-    if (access(g_worker_path, X_OK) != 0) {
-        fprintf(stderr, "%s: cannot run %s: %s\n", argv[0], g_worker_path, strerror(errno));
+    if (access(argv[1], X_OK) != 0) {
+        fprintf(stderr, "%s: cannot run %s: %s\n", argv[0], argv[1], strerror(errno));
         return 2;
     }
+    workerctl_init(argv[1], g_tmpdir); /* g_tmpdir is filled by group_setup */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_retry_across_restart, kill_live_workers),
         cmocka_unit_test_teardown(test_concurrent_clients, kill_live_workers),

@@ -1,7 +1,6 @@
 /* test_router.c - libtitan's router (include/titan/router.h) against real titan-worker processes:
  * overflow and failover, capabilities, split products, breaker recovery, local backends, probes, threads.
  * Usage: test_router PATH-TO-TITAN-WORKER */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -18,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -27,175 +25,26 @@
 #include <jansson.h>
 
 #include "titan/titan.h"
+#include "workerctl.h"
 
-#define WORKER_READY_MS 20000
-#define MAX_LIVE 16
 #define MAX_ROUTERS 8
 /* Generous: a loaded 2-core CI box with sanitizers must never time out a live worker. */
 #define LIVE_TIMEOUT_MS 30000
 
-typedef struct {
-    pid_t pid;
-    char name[32];
-    char epfile[PATH_MAX];
-    char logfile[PATH_MAX];
-    char endpoint[256];
-} worker;
-
-static const char *g_worker_path;
 static char g_tmpdir[256];
 /* What a failed test (cmocka longjmps out of it) leaves behind, for its teardown. */
-static pid_t g_live[MAX_LIVE];
 static titan_router *g_routers[MAX_ROUTERS];
 
-/* ---- time ---- */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* ---- workers ---- */
-
-static void live_add(pid_t pid)
-{
-    for (int i = 0; i < MAX_LIVE; i++) {
-        if (g_live[i] == 0) {
-            g_live[i] = pid;
-            return;
-        }
-    }
-}
-
-static void live_forget(pid_t pid)
-{
-    for (int i = 0; i < MAX_LIVE; i++)
-        if (g_live[i] == pid) g_live[i] = 0;
-}
-
-/* Sends `sig` to `pid` and reaps it; a process still there after 5 s gets SIGKILL. */
-static void pid_stop(pid_t pid, int sig)
-{
-    int status;
-    kill(pid, sig);
-    int64_t deadline = now_ms() + 5000;
-    while (waitpid(pid, &status, WNOHANG) == 0) {
-        if (now_ms() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            break;
-        }
-        sleep_ms(5);
-    }
-    live_forget(pid);
-}
-
-/* Stops the worker with `sig` and reaps it; takes a worker that is not running. */
-static void worker_stop(worker *w, int sig)
-{
-    if (w->pid <= 0) return;
-    pid_stop(w->pid, sig);
-    unlink(w->epfile);
-    w->pid = 0;
-}
-
-/* Reads the first complete line of `path` into buf. Returns 0, or -1 while there is none yet. */
-static int read_first_line(const char *path, char *buf, size_t cap)
-{
-    char tmp[1024];
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, tmp, sizeof(tmp) - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    tmp[n] = '\0';
-    char *nl = strchr(tmp, '\n');
-    if (!nl || nl == tmp || (size_t)(nl - tmp) >= cap) return -1;
-    *nl = '\0';
-    memcpy(buf, tmp, (size_t)(nl - tmp) + 1);
-    return 0;
-}
-
-/* Prints the end of a worker's log (for a worker that would not start). */
-static void print_log_tail(const char *path)
-{
-    char buf[2048];
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return;
-    off_t end = lseek(fd, 0, SEEK_END);
-    lseek(fd, end > (off_t)sizeof(buf) - 1 ? end - (off_t)sizeof(buf) + 1 : 0, SEEK_SET);
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n > 0) {
-        buf[n] = '\0';
-        print_error("--- %s ---\n%s\n", path, buf);
-    }
-}
-
 /* Starts titan-worker `name` on `bind` ("tcp://127.0.0.1:*" or a fixed endpoint) with --threads 1,
- * --device cpu, --log-level warn and the NULL-terminated `extra` options, and waits until it writes its
- * endpoint file (its readiness signal). Its output goes to NAME.log in the temporary directory.
- * Returns 0 with w filled, or -1 (message printed). */
+ * --device cpu, --log-level warn and the NULL-terminated `extra` options (workerctl.h). */
 static int worker_start(worker *w, const char *name, const char *bind, const char *const *extra)
 {
-    memset(w, 0, sizeof(*w));
-    snprintf(w->name, sizeof(w->name), "%s", name);
-    snprintf(w->epfile, sizeof(w->epfile), "%s/%s.endpoint", g_tmpdir, name);
-    snprintf(w->logfile, sizeof(w->logfile), "%s/%s.log", g_tmpdir, name);
-    unlink(w->epfile);
-    const char *args[32] = {g_worker_path, "--bind",    bind, "--endpoint-file", w->epfile, "--device",
-                            "cpu",         "--threads", "1",  "--log-level",     "warn"};
-    size_t na = 11;
+    const char *args[32] = {"--device", "cpu", "--threads", "1", "--log-level", "warn"};
+    size_t na = 6;
     for (size_t i = 0; extra && extra[i] && na < sizeof(args) / sizeof(args[0]) - 1; i++)
         args[na++] = extra[i];
     args[na] = NULL;
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        print_error("fork: %s\n", strerror(errno));
-        return -1;
-    }
-    if (pid == 0) {
-        /* Dies with the test, even when the test itself is killed (a meson timeout, a sanitizer abort). */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(126);
-        int fd = open(w->logfile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        if (fd >= 0) {
-            dup2(fd, STDOUT_FILENO);
-            dup2(fd, STDERR_FILENO);
-        }
-        execv(g_worker_path, (char *const *)args);
-        _exit(127);
-    }
-    w->pid = pid;
-    live_add(pid);
-    int64_t deadline = now_ms() + WORKER_READY_MS;
-    while (now_ms() < deadline) {
-        int status;
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            print_error("titan-worker %s (%s) exited before it was ready (wait status 0x%x)\n", name,
-                        g_worker_path, (unsigned)status);
-            print_log_tail(w->logfile);
-            live_forget(pid);
-            w->pid = 0;
-            return -1;
-        }
-        if (read_first_line(w->epfile, w->endpoint, sizeof(w->endpoint)) == 0) return 0;
-        sleep_ms(5);
-    }
-    print_error("titan-worker %s did not write %s within %d ms\n", name, w->epfile, WORKER_READY_MS);
-    print_log_tail(w->logfile);
-    worker_stop(w, SIGKILL);
-    return -1;
+    return worker_spawn(w, name, bind, args);
 }
 
 /* ---- routers ---- */
@@ -245,8 +94,7 @@ static int teardown(void **state)
 {
     for (int i = 0; i < MAX_ROUTERS; i++)
         if (g_routers[i]) titan_router_destroy(&g_routers[i]);
-    for (int i = 0; i < MAX_LIVE; i++)
-        if (g_live[i] > 0) pid_stop(g_live[i], SIGKILL);
+    workers_kill_all();
     return 0;
 }
 
@@ -1140,18 +988,7 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    DIR *d = opendir(g_tmpdir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-            char path[PATH_MAX];
-            snprintf(path, sizeof(path), "%s/%s", g_tmpdir, e->d_name);
-            unlink(path);
-        }
-        closedir(d);
-    }
-    return rmdir(g_tmpdir);
+    return workerctl_remove_tmpdir();
 }
 
 int main(int argc, char **argv)
@@ -1160,11 +997,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s PATH-TO-TITAN-WORKER\n", argv[0]);
         return 2;
     }
-    g_worker_path = argv[1];
-    if (access(g_worker_path, X_OK) != 0) {
-        fprintf(stderr, "%s: cannot run %s: %s\n", argv[0], g_worker_path, strerror(errno));
+    if (access(argv[1], X_OK) != 0) {
+        fprintf(stderr, "%s: cannot run %s: %s\n", argv[0], argv[1], strerror(errno));
         return 2;
     }
+    workerctl_init(argv[1], g_tmpdir); /* g_tmpdir is filled by group_setup */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_overflow_and_failover, teardown),
         cmocka_unit_test_teardown(test_capabilities, teardown),
