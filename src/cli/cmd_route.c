@@ -16,7 +16,8 @@ void cli_help_backends(FILE *f)
                "(OpenBLAS, or CUDA when built with it), so its ping says whether its device works here.\n"
                "\n"
                "options:\n"
-               "  --no-probe   only check the file and list the backends; nothing is contacted\n"
+               "  --no-probe   only check the file and list the backends; nothing is contacted, so\n"
+               "               the state reads \"unprobed\" (--json: \"probed\": false, \"answered\": null)\n"
                "\n"
                "The file (docs/OPERATIONS.md, \"Routing across backends\"):\n"
                "  backends:\n"
@@ -100,7 +101,8 @@ static const char *s_type_name(titan_route_type t)
     return t == TITAN_ROUTE_LOCAL ? "local" : "remote";
 }
 
-static json_t *s_status_json(const titan_backend_status *s)
+/* One backend for --json. Unprobed, it has no breaker state to speak of: "state" is null, "probed" false. */
+static json_t *s_status_json(const titan_backend_status *s, bool probed)
 {
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:i, s:i, s:s, s:i, s:I, s:I, s:I, s:I, s:I}",
                           "name", s->name, "type", s_type_name(s->type), "endpoint", s->endpoint, "device",
@@ -110,6 +112,8 @@ static json_t *s_status_json(const titan_backend_status *s)
                           (json_int_t)s->requests, "ok", (json_int_t)s->ok, "busy", (json_int_t)s->busy,
                           "failures", (json_int_t)s->failures, "probes", (json_int_t)s->probes);
     if (!o) return NULL;
+    json_object_set_new(o, "probed", json_boolean(probed));
+    if (!probed) json_object_set_new(o, "state", json_null());
     json_object_set_new(o, "p50_ms", s->p50_ms >= 0 ? json_real(s->p50_ms) : json_null());
     json_object_set_new(o, "p99_ms", s->p99_ms >= 0 ? json_real(s->p99_ms) : json_null());
     json_object_set_new(o, "last_error", s->last_error[0] ? json_string(s->last_error) : json_null());
@@ -137,7 +141,7 @@ int cli_cmd_backends(cli_globals *g, int argc, char **argv)
     int rc = cli_router_new(g, &r);
     if (rc != CLI_EXIT_OK) return rc;
     size_t n = titan_router_backend_count(r);
-    int up = probe ? titan_router_probe(r) : (int)n;
+    int up = probe ? titan_router_probe(r) : 0; /* unprobed, nothing answered: nothing was asked */
     json_t *arr = g->json ? json_array() : NULL;
     if (!g->json)
         printf("%-16s %-6s %-32s %-9s %9s %8s  %s\n", "NAME", "TYPE", "ENDPOINT", "STATE", "P50", "INFLIGHT",
@@ -146,7 +150,7 @@ int cli_cmd_backends(cli_globals *g, int argc, char **argv)
         titan_backend_status s;
         if (titan_router_backend_status(r, i, &s) != 0) continue;
         if (g->json) {
-            json_array_append_new(arr, s_status_json(&s));
+            json_array_append_new(arr, s_status_json(&s, probe));
             continue;
         }
         char where[300], p50[32];
@@ -164,13 +168,15 @@ int cli_cmd_backends(cli_globals *g, int argc, char **argv)
     }
     rc = !probe || up == (int)n ? CLI_EXIT_OK : up > 0 ? CLI_EXIT_REMOTE : CLI_EXIT_UNREACHABLE;
     if (g->json) {
-        json_t *o = json_pack("{s:s, s:o, s:i, s:i}", "file", g->backends, "backends", arr, "answered", up,
-                              "total", (int)n);
-        if (o && !probe) json_object_set_new(o, "probed", json_false());
+        json_t *o = json_pack("{s:s, s:o, s:b, s:o, s:i}", "file", g->backends, "backends", arr, "probed",
+                              probe, "answered", probe ? json_integer(up) : json_null(), "total", (int)n);
         int prc = cli_print_json(o);
         if (rc == CLI_EXIT_OK) rc = prc;
     } else if (probe && up < (int)n) {
         fprintf(stderr, "titan backends: %d of %zu backends answered; see LAST ERROR above\n", up, n);
+    } else if (!probe) {
+        fprintf(stderr, "titan backends: %s is valid; %zu backend%s, not probed (--no-probe)\n", g->backends,
+                n, n == 1 ? "" : "s");
     }
     titan_router_destroy(&r);
     return rc;

@@ -40,6 +40,40 @@ def titan(*args, env=None, timeout=60):
     return p.returncode, p.stdout, p.stderr
 
 
+def check_no_probe_json():
+    """--no-probe --json asks nobody, so it must not claim answers (issue 16: it said "answered": 2)."""
+    listener = socket.socket()  # a backend that would see any connection titan makes
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    ep = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    path = write("noprobe.yaml", f"backends:\n  cpu: {{type: local, device: cpu}}\n"
+                                 f"  watched: {{type: remote, endpoint: \"{ep}\", timeout_ms: 300}}\n")
+    try:
+        rc, out, err = titan("--backends", path, "--json", "backends", "--no-probe")
+        try:
+            listener.accept()
+            contacted = True
+        except BlockingIOError:
+            contacted = False
+    finally:
+        listener.close()
+    o = json.loads(out) if out.strip() else {}
+    bs = o.get("backends", [])
+    tap.ok(rc == 0 and o.get("probed") is False and "answered" in o and o["answered"] is None
+           and o.get("total") == 2,
+           '--no-probe --json: {"probed": false, "answered": null, "total": 2}, exit 0', out + err)
+    tap.ok(len(bs) == 2 and all(b.get("probed") is False and b.get("state") is None and b.get("p50_ms") is None
+                                and b.get("requests") == 0 and b.get("last_error") is None for b in bs),
+           "--no-probe --json: each backend probed false, no breaker state, no latency, no requests", bs)
+    tap.ok(not contacted, "--no-probe --json contacts nothing (a listening backend saw no connection)", "")
+    rc, out, err = titan("--backends", path, "--json", "backends")
+    o = json.loads(out) if out.strip() else {}
+    tap.ok(rc == 1 and o.get("probed") is True and o.get("answered") == 1 and o.get("total") == 2
+           and all(b.get("probed") is True for b in o.get("backends", [])),
+           'probed --json: {"probed": true, "answered": 1, "total": 2}', out + err)
+
+
 def main():
     w1 = Worker(WORKER, "--threads", "1", "--log-level", "warn")
     w2 = Worker(WORKER, "--threads", "1", "--log-level", "warn")
@@ -81,6 +115,9 @@ backends:
            "--json backends: states, capabilities, latencies, errors, counts", out)
     rc, out, err = titan("--backends", good, "backends", "--no-probe")
     tap.ok(rc == 0 and out.count("unprobed") == 4, "--no-probe checks the file and contacts nothing", (rc, out))
+    tap.ok("not probed" in err and "4 backends" in err and " ms " not in out,
+           "--no-probe says on stderr that the backends were not probed; no latency shown", (out, err))
+    check_no_probe_json()
     rc, out, err = titan("backends", env={"TITAN_BACKENDS": good})
     tap.ok(rc == 1 and "secondary" in out, "TITAN_BACKENDS stands in for --backends", (rc, out, err))
     alldead = write("dead.yaml", f"backends:\n  a: {{type: remote, endpoint: \"{dead}\", timeout_ms: 200}}\n")
