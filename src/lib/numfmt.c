@@ -300,6 +300,25 @@ static int s_layout(char *buf, bool neg, const char *digits, int nd, int e10)
     return (int)(o - buf);
 }
 
+static const uint64_t s_pow10_u64[] = {1ULL,      10ULL,      100ULL,      1000ULL,      10000ULL,
+                                         100000ULL, 1000000ULL, 10000000ULL, 100000000ULL, 1000000000ULL};
+
+/* The float32 nearest to mant * 10^e10 (mant > 0, under 10^9), correctly rounded. */
+static float s_dec_to_f32(uint64_t mant, int e10)
+{
+    s_decimal d = {.mant = mant, .e10 = e10};
+    double a;
+    if (s_approx(&d, &a) && a >= (double)FLT_MIN && a <= (double)FLT_MAX) {
+        uint64_t bits;
+        memcpy(&bits, &a, sizeof(bits));
+        uint64_t low = bits & ((1ULL << 29) - 1), mid = 1ULL << 28;
+        if ((low > mid ? low - mid : mid - low) > 16) return (float)a;
+    }
+    char text[48];
+    snprintf(text, sizeof(text), "%llue%d", (unsigned long long)mant, e10);
+    return strtof(text, NULL);
+}
+
 /* v * 10^k for |k| <= 63, the range float32 formatting needs. */
 static inline double s_scale(double v, int k)
 {
@@ -342,7 +361,23 @@ TITAN_API int titan_format_float32(float f, char *buf, size_t cap)
         q /= 10;
         e10++;
     }
+    /* Nine digits always round-trip; fewer often do. Take the shortest rounding that reads back as
+     * f, trying 8 digits, then 7, ..., and stopping at the first that does not (a shorter one then
+     * only exists right at a power of two, where it may be missed: the text is still exact). */
     int nd = 9;
+    for (int d = 8; d >= 1; d--) {
+        int de10 = e10;
+        double sd = s_scale(a, d - 1 - de10);
+        uint64_t r = (uint64_t)(sd + 0.5);
+        if (r >= s_pow10_u64[d]) { /* carried into another digit */
+            r /= 10;
+            de10++;
+        }
+        if (r == 0 || s_dec_to_f32(r, de10 - d + 1) != (float)a) break;
+        q = r;
+        nd = d;
+        e10 = de10;
+    }
     while (nd > 1 && q % 10 == 0) {
         q /= 10;
         nd--;
@@ -359,12 +394,63 @@ TITAN_API int titan_format_float64(double v, char *buf, size_t cap)
 {
     if (!buf || cap < 32) return -ENOSPC;
     if (!isfinite(v)) return s_special(v, buf);
-    int n = snprintf(buf, cap, "%.17g", v);
-    if (n < 0 || (size_t)n >= cap) return -ENOSPC;
+    /* The shortest of 15, 16 and 17 significant digits that reads back as v (17 always does). */
+    int n = 0;
+    for (int prec = 15; prec <= 17; prec++) {
+        n = snprintf(buf, cap, "%.*g", prec, v);
+        if (n < 0 || (size_t)n >= cap) return -ENOSPC;
+        if (prec == 17 || strtod(buf, NULL) == v) break;
+    }
     /* Keep the value a float on the wire: "3" would read back as an integer. */
     if (!strpbrk(buf, ".en") && (size_t)n + 2 < cap) {
         memcpy(buf + n, ".0", 3);
         n += 2;
     }
     return n;
+}
+
+size_t titan_tensor_text_bound(titan_dtype dt, const int64_t *shape, int rank)
+{
+    size_t per = (dt == TITAN_DTYPE_FLOAT32 ? TITAN_FLOAT32_TEXT_MAX : TITAN_FLOAT64_TEXT_MAX) + 1;
+    if (dt != TITAN_DTYPE_FLOAT32 && dt != TITAN_DTYPE_FLOAT64) return 0;
+    if (rank < 0 || rank > TITAN_MAX_RANK) return 0;
+    size_t elems = 1, arrays = rank > 0 ? 1 : 0, level = 1, text, brackets;
+    for (int i = 0; i < rank; i++) {
+        if (shape[i] < 1) return 0;
+        if (__builtin_mul_overflow(elems, (size_t)shape[i], &elems)) return 0;
+        if (i + 1 < rank) { /* the arrays one level down: one per element of this level */
+            if (__builtin_mul_overflow(level, (size_t)shape[i], &level) ||
+                __builtin_add_overflow(arrays, level, &arrays))
+                return 0;
+        }
+    }
+    if (__builtin_mul_overflow(elems, per, &text) || __builtin_mul_overflow(arrays, (size_t)3, &brackets) ||
+        __builtin_add_overflow(text, brackets, &text))
+        return 0;
+    return text;
+}
+
+static char *s_tensor_text(char *o, titan_dtype dt, const void *data, const int64_t *shape, int rank,
+                           size_t *pos)
+{
+    *o++ = '[';
+    for (int64_t i = 0; i < shape[0]; i++) {
+        if (i) *o++ = ',';
+        if (rank > 1)
+            o = s_tensor_text(o, dt, data, shape + 1, rank - 1, pos);
+        else if (dt == TITAN_DTYPE_FLOAT32)
+            o += titan_format_float32(((const float *)data)[(*pos)++], o, 32);
+        else
+            o += titan_format_float64(((const double *)data)[(*pos)++], o, 32);
+    }
+    *o++ = ']';
+    return o;
+}
+
+char *titan_tensor_text(char *o, titan_dtype dt, const void *data, const int64_t *shape, int rank)
+{
+    size_t pos = 0;
+    if (rank > 0) return s_tensor_text(o, dt, data, shape, rank, &pos);
+    return o + (dt == TITAN_DTYPE_FLOAT32 ? titan_format_float32(*(const float *)data, o, 32)
+                                          : titan_format_float64(*(const double *)data, o, 32));
 }

@@ -2,6 +2,7 @@
  * threads (relaxed C11 atomics: each value is exact, a scrape is not one instant) and rendered
  * in the Prometheus text format for the HTTP thread. */
 #include <errno.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -236,6 +237,20 @@ static void s_label(FILE *f, const char *s)
     }
 }
 
+/* One sample line: the value round-trips (the shortest text that reads back as it), and NaN and the
+ * infinities are written as Prometheus's NaN, +Inf and -Inf. */
+static void s_sample(FILE *f, const char *series, double v)
+{
+    char num[40];
+    if (isnan(v))
+        strcpy(num, "NaN");
+    else if (isinf(v))
+        strcpy(num, v > 0 ? "+Inf" : "-Inf");
+    else
+        titan_format_float64(v, num, sizeof(num));
+    fprintf(f, "%s %s\n", series, num);
+}
+
 static void s_family(FILE *f, const char *name, const char *type, const char *help)
 {
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -360,23 +375,24 @@ int titan_metrics_render(titan_metrics *m, char **text, size_t *len)
                      "Device memory in use (MemTotal - MemAvailable on the CPU backend).");
             fprintf(f, "titan_device_memory_used_bytes %llu\n", (unsigned long long)st.memory_used_bytes);
         }
+        /* Prometheus's text format has its own tokens for the values JSON lacks: NaN, +Inf, -Inf. */
         if (st.has_utilization) {
             s_family(f, "titan_device_utilization_ratio", "gauge",
                      "Busy share of the device's time, 0 to 1, over the last sampling window.");
-            fprintf(f, "titan_device_utilization_ratio %.4f\n", st.utilization);
+            s_sample(f, "titan_device_utilization_ratio", st.utilization);
         }
         if (st.has_temperature) {
             s_family(f, "titan_device_temperature_celsius", "gauge", "Device temperature.");
-            fprintf(f, "titan_device_temperature_celsius %.1f\n", st.temperature_c);
+            s_sample(f, "titan_device_temperature_celsius", st.temperature_c);
         }
         if (st.has_power) {
             s_family(f, "titan_device_power_watts", "gauge", "The GPU's power draw (NVML).");
-            fprintf(f, "titan_device_power_watts %.3f\n", st.power_w);
+            s_sample(f, "titan_device_power_watts", st.power_w);
         }
         if (st.has_clocks) {
             s_family(f, "titan_device_clock_mhz", "gauge", "The GPU's current clocks (NVML), by domain.");
-            fprintf(f, "titan_device_clock_mhz{domain=\"sm\"} %.0f\n", st.sm_clock_mhz);
-            fprintf(f, "titan_device_clock_mhz{domain=\"memory\"} %.0f\n", st.mem_clock_mhz);
+            s_sample(f, "titan_device_clock_mhz{domain=\"sm\"}", st.sm_clock_mhz);
+            s_sample(f, "titan_device_clock_mhz{domain=\"memory\"}", st.mem_clock_mhz);
         }
         if (st.has_pool) {
             s_family(f, "titan_device_pool_bytes", "gauge",

@@ -35,8 +35,8 @@ static json_t *s_str_or_null(const char *v)
 static int s_gpu_info(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_error *err)
 {
     const titan_device_info *di = &w->backend->info;
-    json_t *o = json_pack("{s:s, s:f, s:i, s:o, s:s, s:i, s:i}", "name", di->name, "total_memory_gb",
-                          di->total_memory_gb, "multi_processor_count", di->multi_processor_count,
+    json_t *o = json_pack("{s:s, s:o, s:i, s:o, s:s, s:i, s:i}", "name", di->name, "total_memory_gb",
+                          titan_json_figure(true, di->total_memory_gb), "multi_processor_count", di->multi_processor_count,
                           "cuda_capability", s_str_or_null(di->cuda_capability), "backend", di->backend, "executors",
                           w->threads, "blas_threads", w->blas_threads);
     if (!o) return titan_fail(err, "internal", "out of memory");
@@ -51,16 +51,15 @@ static int s_gpu_info(titan_worker_ctx *w, titan_request *req, titan_out *out, t
         memset(&st, 0, sizeof(st));
         w->backend->stats(w->backend, &st);
         json_object_set_new(o, "memory_used_gb",
-                            st.has_memory ? json_real((double)st.memory_used_bytes / 1e9) : json_null());
+                            titan_json_figure(st.has_memory, (double)st.memory_used_bytes / 1e9));
         json_object_set_new(o, "memory_free_gb",
-                            st.has_memory && st.memory_total_bytes >= st.memory_used_bytes
-                                ? json_real((double)(st.memory_total_bytes - st.memory_used_bytes) / 1e9)
-                                : json_null());
-        json_object_set_new(o, "utilization", st.has_utilization ? json_real(st.utilization) : json_null());
-        json_object_set_new(o, "temperature_c", st.has_temperature ? json_real(st.temperature_c) : json_null());
-        json_object_set_new(o, "power_w", st.has_power ? json_real(st.power_w) : json_null());
-        json_object_set_new(o, "sm_clock_mhz", st.has_clocks ? json_real(st.sm_clock_mhz) : json_null());
-        json_object_set_new(o, "mem_clock_mhz", st.has_clocks ? json_real(st.mem_clock_mhz) : json_null());
+                            titan_json_figure(st.has_memory && st.memory_total_bytes >= st.memory_used_bytes,
+                                              (double)(st.memory_total_bytes - st.memory_used_bytes) / 1e9));
+        json_object_set_new(o, "utilization", titan_json_figure(st.has_utilization, st.utilization));
+        json_object_set_new(o, "temperature_c", titan_json_figure(st.has_temperature, st.temperature_c));
+        json_object_set_new(o, "power_w", titan_json_figure(st.has_power, st.power_w));
+        json_object_set_new(o, "sm_clock_mhz", titan_json_figure(st.has_clocks, st.sm_clock_mhz));
+        json_object_set_new(o, "mem_clock_mhz", titan_json_figure(st.has_clocks, st.mem_clock_mhz));
         if (st.has_pool)
             json_object_set_new(o, "memory_pool",
                                 json_pack("{s:I, s:I, s:I}", "held_bytes", (json_int_t)st.pool_held_bytes,
@@ -86,7 +85,7 @@ static int s_gpu_info(titan_worker_ctx *w, titan_request *req, titan_out *out, t
         w->load(w->load_arg, &ld);
         json_object_set_new(o, "queue_depth", json_integer(ld.queue_depth));
         json_object_set_new(o, "inflight", json_integer(ld.inflight));
-        json_object_set_new(o, "uptime_s", json_real(ld.uptime_s));
+        json_object_set_new(o, "uptime_s", titan_json_figure(true, ld.uptime_s));
     }
     if (titan_out_json(out, o, req->id)) return titan_fail(err, "internal", "out of memory");
     return 0;
@@ -148,66 +147,12 @@ static int s_unload_model(titan_worker_ctx *w, titan_request *req, titan_out *ou
     return 0;
 }
 
-/* Writes the first elements of c, one row (the last dimension) at a time, as nested JSON arrays
- * into o; returns the end. */
-static char *s_json_nested(char *o, titan_dtype dt, const void *c, const int64_t *shape, int rank, size_t *pos)
-{
-    *o++ = '[';
-    for (int64_t i = 0; i < shape[0]; i++) {
-        if (i) *o++ = ',';
-        if (rank > 1) {
-            o = s_json_nested(o, dt, c, shape + 1, rank - 1, pos);
-        } else if (dt == TITAN_DTYPE_FLOAT32) {
-            o += titan_format_float32(((const float *)c)[(*pos)++], o, 32);
-        } else {
-            o += titan_format_float64(((const double *)c)[(*pos)++], o, 32);
-        }
-    }
-    *o++ = ']';
-    return o;
-}
-
 /* Writes a tensor as nested JSON arrays into a reply {"result":[[...]]}. */
 static int s_json_tensor_reply(titan_out *out, titan_dtype dt, const void *c, const int64_t *shape, int rank,
                                json_t *id)
 {
-    char *idtxt = NULL;
-    size_t idlen = 0;
-    if (id) {
-        idtxt = json_dumps(id, JSON_ENCODE_ANY | JSON_COMPACT);
-        if (!idtxt) return -ENOMEM;
-        idlen = strlen(idtxt);
-    }
-    size_t elems = 1, brackets = 2;
-    for (int i = 0; i < rank; i++) {
-        elems *= (size_t)shape[i];
-        brackets = brackets * (size_t)shape[i] + 2; /* every subarray: "[", "]" and a comma */
-    }
-    /* The longest number text plus a separator, for every element. */
-    size_t per = (dt == TITAN_DTYPE_FLOAT32 ? TITAN_FLOAT32_TEXT_MAX : TITAN_FLOAT64_TEXT_MAX) + 1;
-    size_t cap = elems * per + brackets + idlen + 64;
-    char *buf = malloc(cap);
-    if (!buf) {
-        free(idtxt);
-        return -ENOMEM;
-    }
-    char *o = buf;
-    memcpy(o, "{\"result\":", 10);
-    o += 10;
-    size_t pos = 0;
-    o = s_json_nested(o, dt, c, shape, rank, &pos);
-    if (idtxt) {
-        memcpy(o, ",\"id\":", 6);
-        o += 6;
-        memcpy(o, idtxt, idlen);
-        o += idlen;
-        free(idtxt);
-    }
-    *o++ = '}';
-    *o = '\0';
-    out->hdr = buf;
-    out->hdr_len = (size_t)(o - buf);
-    return 0;
+    titan_json_part part = {"result", dt, c, shape, rank};
+    return titan_out_json_tensors(out, NULL, &part, 1, NULL, id);
 }
 
 static int s_no_tensors(titan_error *err)

@@ -1,11 +1,13 @@
 /* request.c - decodes a request's header and tensors, and encodes replies. */
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "numfmt.h"
 #include "request.h"
 
 int titan_fail(titan_error *err, const char *code, const char *fmt, ...)
@@ -305,6 +307,58 @@ int titan_out_json(titan_out *out, json_t *obj, json_t *id)
     out->hdr = s;
     out->hdr_len = strlen(s);
     return 0;
+}
+
+json_t *titan_json_figure(bool known, double v)
+{
+    return known && isfinite(v) ? json_real(v) : json_null();
+}
+
+int titan_out_json_tensors(titan_out *out, const char *list_key, const titan_json_part *parts, int n, json_t *obj,
+                           json_t *id)
+{
+    char *idtxt = NULL, *objtxt = NULL;
+    int rc = -ENOMEM;
+    if (id && !(idtxt = json_dumps(id, JSON_ENCODE_ANY | JSON_COMPACT))) goto out;
+    if (obj && !(objtxt = json_dumps(obj, JSON_COMPACT))) goto out;
+    /* Keys are the handlers' own literals; their quotes, colons, commas and brackets fit in 64 per part. */
+    size_t cap = 64 + (list_key ? strlen(list_key) : 0) + (idtxt ? strlen(idtxt) : 0) +
+                 (objtxt ? strlen(objtxt) : 0);
+    for (int i = 0; i < n; i++) {
+        size_t b = titan_tensor_text_bound(parts[i].dtype, parts[i].shape, parts[i].rank);
+        if (b == 0 || __builtin_add_overflow(cap, b + 64 + (list_key ? 0 : strlen(parts[i].key)), &cap)) {
+            rc = -EOVERFLOW;
+            goto out;
+        }
+    }
+    char *buf = malloc(cap), *o = buf;
+    if (!buf) goto out;
+    o += sprintf(o, "{");
+    if (list_key) o += sprintf(o, "\"%s\":[", list_key);
+    for (int i = 0; i < n; i++) {
+        if (i) *o++ = ',';
+        if (!list_key) o += sprintf(o, "\"%s\":", parts[i].key);
+        o = titan_tensor_text(o, parts[i].dtype, parts[i].data, parts[i].shape, parts[i].rank);
+    }
+    if (list_key) *o++ = ']';
+    if (objtxt && strcmp(objtxt, "{}") != 0) { /* its members, without the braces */
+        size_t len = strlen(objtxt);
+        *o++ = ',';
+        memcpy(o, objtxt + 1, len - 2);
+        o += len - 2;
+    }
+    if (idtxt) o += sprintf(o, ",\"id\":%s", idtxt);
+    *o++ = '}';
+    *o = '\0';
+    free(out->hdr);
+    out->hdr = buf;
+    out->hdr_len = (size_t)(o - buf);
+    rc = 0;
+out:
+    if (obj) json_decref(obj);
+    free(idtxt);
+    free(objtxt);
+    return rc;
 }
 
 int titan_out_error(titan_out *out, const titan_error *err, json_t *id)

@@ -81,10 +81,29 @@ int titan_request_check_frames(titan_request *req, titan_error *err);
 void titan_request_release(titan_request *req);
 void titan_tensor_view_release(titan_tensor_view *v);
 
+/* A measured figure as JSON: a real when known and finite, else null. Scalars are read by jansson-based
+ * clients (libtitan, titan serve), which cannot read NaN or Infinity tokens: PROTOCOL.md 5.2 says a
+ * figure that is not finite is null, like an unknown one. Tensor elements keep their tokens. */
+json_t *titan_json_figure(bool known, double v);
+
 /* Builds an error reply {"error","code"[,"id"]} into out. Returns 0 or -ENOMEM. */
 int titan_out_error(titan_out *out, const titan_error *err, json_t *id);
 /* Serializes `obj` (adding "id" when given) into out->hdr; steals obj. Returns 0 or -ENOMEM. */
 int titan_out_json(titan_out *out, json_t *obj, json_t *id);
+/* A tensor that a JSON reply carries as nested arrays. */
+typedef struct {
+    const char *key; /* the member it is written as ("result", "output", "outputs") */
+    titan_dtype dtype;
+    const void *data;
+    const int64_t *shape;
+    int rank; /* 0: a single number */
+} titan_json_part;
+/* Builds a reply with tensors as nested JSON arrays (NaN and infinities as the PROTOCOL's tokens)
+ * into out->hdr: {"list_key": [T0, T1, ...], ...} when list_key is given, else {"key0": T0, ...};
+ * then the members of obj (may be NULL; stolen), then "id" when given. The buffer is sized from
+ * titan_tensor_text_bound. Returns 0, -ENOMEM, or -EOVERFLOW when the text cannot be sized. */
+int titan_out_json_tensors(titan_out *out, const char *list_key, const titan_json_part *parts, int n, json_t *obj,
+                           json_t *id);
 void titan_out_release(titan_out *out);
 
 #endif

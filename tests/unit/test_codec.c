@@ -42,6 +42,146 @@ static void test_float32_round_trip(void **state)
     }
 }
 
+/* The number of significant digits in a formatted number (before any exponent). */
+static int s_sig_digits(const char *t)
+{
+    int n = 0, started = 0, trailing = 0;
+    for (; *t && *t != 'e'; t++) {
+        if (*t < '0' || *t > '9') continue;
+        if (*t != '0') started = 1;
+        if (!started) continue;
+        n++;
+        trailing = *t == '0' ? trailing + 1 : 0;
+    }
+    return n - trailing;
+}
+
+/* float32 text is the shortest that reads back (9 digits at most): no printf precision below the
+ * one titan picked gives the same float, except at a power of two (documented in numfmt.c). */
+static void test_float32_shortest(void **state)
+{
+    (void)state;
+    char buf[64], alt[64];
+    const struct {
+        float v;
+        const char *text;
+    } known[] = {
+        {0.1f, "0.1"},          {-1.5f, "-1.5"},           {1e-7f, "1e-7"},          {FLT_MAX, "3.4028235e38"},
+        {FLT_MIN, "1.1754944e-38"}, {0x1p-149f, "1e-45"}, {-0x1p-149f, "-1e-45"}, {0x1.fffffcp-127f, "1.1754942e-38"},
+        {16777216.0f, "16777216.0"}, {0.3f, "0.3"},        {123456.79f, "123456.79"}, {1e16f, "1e16"},
+    };
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        titan_format_float32(known[i].v, buf, sizeof(buf));
+        if (strcmp(buf, known[i].text) != 0) fail_msg("%a formatted as %s, expected %s", known[i].v, buf, known[i].text);
+    }
+    int longer = 0;
+    for (int i = 0; i < 300000; i++) {
+        uint32_t u = (uint32_t)s_next();
+        float f;
+        memcpy(&f, &u, 4);
+        if (!isfinite(f) || f == 0) continue;
+        int n = titan_format_float32(f, buf, sizeof(buf));
+        assert_true(n > 0 && n <= TITAN_FLOAT32_TEXT_MAX);
+        int nd = s_sig_digits(buf);
+        assert_true(nd >= 1 && nd <= 9);
+        for (int p = 1; p < nd; p++) {
+            snprintf(alt, sizeof(alt), "%.*e", p - 1, (double)f);
+            if (strtof(alt, NULL) == f) {
+                /* only where f is a power of two may a shorter text be missed */
+                uint32_t mant = u & 0x7fffff;
+                if (mant != 0) fail_msg("%a formatted as %s, but %s (%d digits) reads back too", f, buf, alt, p);
+                longer++;
+                break;
+            }
+        }
+    }
+    print_message("# %d powers of two of the sample have a shorter text than titan's\n", longer);
+}
+
+/* Sets element i of a tensor of dt to the i-th value of a class of awkward values. */
+static void s_fill(titan_dtype dt, void *data, size_t elems, int cls)
+{
+    for (size_t i = 0; i < elems; i++) {
+        double v;
+        switch (cls) {
+        case 0: v = -1.23456789e15 * (double)(i % 7 + 1); break;   /* negatives with exponents */
+        case 1: v = (i % 3 == 0) ? NAN : (i % 3 == 1 ? -INFINITY : INFINITY); break;
+        case 2: v = dt == TITAN_DTYPE_FLOAT32 ? -0x1.fffffcp-127 * (double)(i % 5 + 1) : -0x1p-1074 * (double)(i % 5 + 1); break;
+        case 3: v = dt == TITAN_DTYPE_FLOAT32 ? -FLT_MAX : -DBL_MAX; break; /* the longest finite texts */
+        default: v = -(double)(i % 9999991) * 1.0e-5 - 1e-9; break;
+        }
+        if (dt == TITAN_DTYPE_FLOAT32)
+            ((float *)data)[i] = (float)v;
+        else
+            ((double *)data)[i] = v;
+    }
+}
+
+/* titan_tensor_text_bound is an upper bound of what titan_tensor_text writes, for every rank 1..8,
+ * dimension sizes 1 or large, and every value class; the buffer is exactly the bound, so ASan
+ * catches any overflow; the text parses back to the same shape and bits. */
+static void test_tensor_text_bound(void **state)
+{
+    (void)state;
+    const titan_dtype dts[2] = {TITAN_DTYPE_FLOAT32, TITAN_DTYPE_FLOAT64};
+    for (int d = 0; d < 2; d++) {
+        titan_dtype dt = dts[d];
+        size_t es = titan_dtype_size(dt);
+        for (int rank = 1; rank <= TITAN_MAX_RANK; rank++) {
+            /* every pattern of "1" and "large" dims; large shrinks with the count of large dims */
+            for (unsigned mask = 0; mask < (1u << rank); mask++) {
+                int nlarge = __builtin_popcount(mask);
+                int64_t big = nlarge <= 1 ? 2000 : nlarge == 2 ? 45 : nlarge == 3 ? 12 : 3;
+                int64_t shape[TITAN_MAX_RANK];
+                size_t elems = 1;
+                for (int i = 0; i < rank; i++) {
+                    shape[i] = (mask >> i) & 1 ? big : 1;
+                    elems *= (size_t)shape[i];
+                }
+                void *data = malloc(elems * es);
+                assert_non_null(data);
+                for (int cls = 0; cls < 5; cls++) {
+                    s_fill(dt, data, elems, cls);
+                    size_t bound = titan_tensor_text_bound(dt, shape, rank);
+                    assert_true(bound > 0);
+                    char *buf = malloc(bound);
+                    assert_non_null(buf);
+                    char *end = titan_tensor_text(buf, dt, data, shape, rank);
+                    size_t len = (size_t)(end - buf);
+                    if (len > bound) fail_msg("rank %d mask %x class %d: wrote %zu > bound %zu", rank, mask, cls, len, bound);
+                    void *back = NULL;
+                    int64_t bshape[TITAN_MAX_RANK];
+                    int brank = 0;
+                    char err[256];
+                    int rc = titan_json_parse_tensor(buf, len, dt, elems, "t", &back, bshape, &brank, err, sizeof(err));
+                    if (rc) fail_msg("rank %d mask %x class %d: %s", rank, mask, cls, err);
+                    assert_int_equal(brank, rank);
+                    assert_memory_equal(bshape, shape, sizeof(int64_t) * (size_t)rank);
+                    for (size_t i = 0; i < elems; i++) {
+                        double x = dt == TITAN_DTYPE_FLOAT32 ? ((float *)data)[i] : ((double *)data)[i];
+                        double y = dt == TITAN_DTYPE_FLOAT32 ? ((float *)back)[i] : ((double *)back)[i];
+                        if (!(x == y || (isnan(x) && isnan(y))) || signbit(x) != signbit(y))
+                            fail_msg("rank %d element %zu: %a came back %a", rank, i, x, y);
+                    }
+                    free(back);
+                    free(buf);
+                }
+                free(data);
+            }
+        }
+    }
+    /* a scalar, and shapes whose text cannot be sized */
+    float one = -FLT_MAX;
+    char small[TITAN_FLOAT32_TEXT_MAX + 1];
+    assert_int_equal(titan_tensor_text_bound(TITAN_DTYPE_FLOAT32, NULL, 0), TITAN_FLOAT32_TEXT_MAX + 1);
+    char *e = titan_tensor_text(small, TITAN_DTYPE_FLOAT32, &one, NULL, 0);
+    assert_true(e - small <= TITAN_FLOAT32_TEXT_MAX);
+    const int64_t huge[3] = {INT64_MAX / 4, 1 << 20, 1 << 20};
+    assert_int_equal(titan_tensor_text_bound(TITAN_DTYPE_FLOAT64, huge, 3), 0);
+    const int64_t zero[2] = {3, 0};
+    assert_int_equal(titan_tensor_text_bound(TITAN_DTYPE_FLOAT32, zero, 2), 0);
+}
+
 static void test_float_specials(void **state)
 {
     (void)state;
@@ -225,7 +365,8 @@ static void test_shapes_and_dtypes(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_float32_round_trip), cmocka_unit_test(test_float_specials),
+        cmocka_unit_test(test_float32_round_trip), cmocka_unit_test(test_float32_shortest),
+        cmocka_unit_test(test_tensor_text_bound),  cmocka_unit_test(test_float_specials),
         cmocka_unit_test(test_parse_matches_libc), cmocka_unit_test(test_split_object),
         cmocka_unit_test(test_tensor_parse),       cmocka_unit_test(test_shapes_and_dtypes),
     };
