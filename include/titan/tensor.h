@@ -31,6 +31,18 @@ TITAN_API size_t titan_dtype_size(titan_dtype dt);
  * count or its byte size for `dt` does not fit in size_t. *elems is written only on success. */
 TITAN_API int titan_shape_elems(titan_dtype dt, const int64_t *shape, int rank, size_t *elems);
 
+/* The tolerance titan holds two results of one float matrix product C = A (m x k) * B (k x n) to when
+ * they come from different code paths (another BLAS, kernel, blocking, thread count, or a split of the
+ * rows over several backends): 8 * sqrt(k) * eps(dt), relative to the largest |C| element; a few times
+ * the typical rounding error of a length-k dot product. `titan matmul --check` uses it. */
+TITAN_API double titan_matmul_tolerance(titan_dtype dt, size_t k);
+/* Compares `count` elements of got with want (both dt): returns max |got - want| / max |want| (the
+ * relative error that titan_matmul_tolerance bounds) and the largest absolute difference in *max_abs
+ * (may be NULL). Elements equal as values (both the same infinity, or both NaN) agree; a NaN or
+ * infinity against a different value makes the result NaN, which fails any `<=` check. */
+TITAN_API double titan_matmul_rel_error(titan_dtype dt, size_t count, const void *got, const void *want,
+                                        double *max_abs);
+
 /* The longest text titan_format_float32/64 write, without the NUL: fixed notation
  * runs up to 1e16, so a float32 can take 19 characters ("-9876543590000000.0");
  * a float64 takes at most 24 ("-2.2250738585072014e-308"). */

@@ -217,14 +217,6 @@ void cli_help_matmul(FILE *f)
             CLI_MAX_DIM);
 }
 
-/* Returns the relative-error tolerance of --check for `dt` and inner dimension k:
- * a few times the typical rounding error of a length-k dot product. */
-static double s_check_tolerance(titan_dtype dt, size_t k)
-{
-    double eps = dt == TITAN_DTYPE_FLOAT32 ? (double)FLT_EPSILON : DBL_EPSILON;
-    return 8.0 * sqrt((double)k) * eps;
-}
-
 /* Compares the worker's product `got` with OpenBLAS's for a (m x k) * b (k x n).
  * Returns 0 with the largest absolute and relative errors, or -ENOMEM. */
 static int s_check_product(titan_dtype dt, size_t m, size_t k, size_t n, const void *a, const void *b,
@@ -239,22 +231,8 @@ static int s_check_product(titan_dtype dt, size_t m, size_t k, size_t n, const v
     else
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)m, (blasint)n, (blasint)k, 1.0, a,
                     (blasint)k, b, (blasint)n, 0.0, ref, (blasint)n);
-    double worst = 0, scale = 0;
-    bool nan = false;
-    for (size_t i = 0; i < m * n; i++) {
-        double r = dt == TITAN_DTYPE_FLOAT32 ? ((const float *)ref)[i] : ((const double *)ref)[i];
-        double x = dt == TITAN_DTYPE_FLOAT32 ? ((const float *)got)[i] : ((const double *)got)[i];
-        double d = fabs(x - r);
-        if (isnan(d))
-            nan = true;
-        else if (d > worst)
-            worst = d;
-        if (fabs(r) > scale) scale = fabs(r);
-    }
+    *max_rel = titan_matmul_rel_error(dt, m * n, got, ref, max_abs);
     free(ref);
-    if (nan) worst = NAN; /* a NaN where OpenBLAS has a number must fail the check */
-    *max_abs = worst;
-    *max_rel = worst / (scale > 0 ? scale : DBL_MIN);
     return 0;
 }
 
@@ -359,7 +337,7 @@ int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
         }
     }
     double gflops = 2.0 * (double)m * (double)n * (double)k / secs * 1e-9;
-    double max_abs = 0, max_rel = 0, tol = s_check_tolerance(dt, k);
+    double max_abs = 0, max_rel = 0, tol = titan_matmul_tolerance(dt, k);
     bool ok = true;
     if (check) {
         if (s_check_product(dt, m, k, n, a, b, out, &max_abs, &max_rel) < 0) {
