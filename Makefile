@@ -6,12 +6,11 @@ DEVICE ?= auto
 
 .PHONY: all deps run test test-asan bench bench-gpu fuzz soak clean format check-legacy-cuda
 
-all: $(BUILD)/build.ninja
-	ninja -C $(BUILD)
-
-$(BUILD)/build.ninja:
+# configure.sh sets the build directory up, or configures it afresh when packages changed since.
+all:
 	@scripts/deps.sh build
-	meson setup $(BUILD) $(MESON_OPTS)
+	@scripts/configure.sh $(BUILD) $(MESON_OPTS)
+	ninja -C $(BUILD)
 
 deps:
 	@scripts/deps.sh build
@@ -27,26 +26,24 @@ run:
 # and a short soak (suite 'soak').
 test:
 	@scripts/deps.sh test
-	@# --reconfigure: a build set up before cmocka was installed must pick the tests up now
-	@if [ -f $(BUILD)/build.ninja ]; then meson setup --reconfigure $(BUILD) -Dwerror=true >/dev/null; \
-	 else meson setup $(BUILD) -Dwerror=true $(MESON_OPTS) >/dev/null; fi
+	@# configure.sh configures afresh when packages changed (a build set up by `make run` before
+	@# deps.sh installed libtorch-dev and cmocka must find them now, not Meson's cached "NO")
+	@scripts/configure.sh $(BUILD) -Dwerror=true $(MESON_OPTS) >/dev/null
 	ninja -C $(BUILD)
-	@if [ -f $(BUILD)-asan/build.ninja ]; then meson setup --reconfigure $(BUILD)-asan >/dev/null; \
-	 else meson setup $(BUILD)-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true >/dev/null; fi
+	@scripts/configure.sh $(BUILD)-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true >/dev/null
 	ninja -C $(BUILD)-asan
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run.sh $(BUILD) $(BUILD)-asan
 
 # The suite under AddressSanitizer and UBSan only (the second half of `make test`).
 test-asan:
 	@scripts/deps.sh test
-	@if [ -f $(BUILD)-asan/build.ninja ]; then meson setup --reconfigure $(BUILD)-asan >/dev/null; \
-	 else meson setup $(BUILD)-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true >/dev/null; fi
+	@scripts/configure.sh $(BUILD)-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true >/dev/null
 	ninja -C $(BUILD)-asan
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run.sh $(BUILD)-asan
 
 bench:
 	@scripts/deps.sh bench
-	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD) $(MESON_OPTS)
+	@scripts/configure.sh $(BUILD) $(MESON_OPTS)
 	ninja -C $(BUILD)
 	bench/run.sh $(BUILD)
 
@@ -54,7 +51,7 @@ bench:
 # in-process cuBLAS, resident and with transfer; results in $(BUILD)/bench-gpu (OUT=DIR to change).
 bench-gpu:
 	@scripts/deps.sh build
-	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD) $(MESON_OPTS)
+	@scripts/configure.sh $(BUILD) $(MESON_OPTS)
 	ninja -C $(BUILD)
 	bench/gpu.sh $(BUILD)
 
