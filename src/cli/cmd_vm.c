@@ -4,6 +4,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "firmware.h"
+#include "sysroot.h"
 #include "vm.h"
 #include "vmconf.h"
 
@@ -15,8 +17,8 @@
 void cli_help_vm(FILE *f)
 {
     fprintf(f,
-            "usage: titan vm define --config vm.yaml [--connect URI] [--json]\n"
-            "       titan vm xml --config vm.yaml [--json]\n"
+            "usage: titan vm define --config vm.yaml [--connect URI] [--sysroot DIR] [--json]\n"
+            "       titan vm xml --config vm.yaml [--sysroot DIR] [--json]\n"
             "       titan vm start NAME [--connect URI] [--json]\n"
             "       titan vm stop NAME [--timeout SECONDS] [--connect URI] [--json]\n"
             "       titan vm status NAME [--connect URI] [--json]\n"
@@ -44,21 +46,28 @@ void cli_help_vm(FILE *f)
             "  --connect URI     the libvirt connection (default: $TITAN_LIBVIRT_URI, else %s);\n"
             "                    e.g. qemu:///session, qemu+ssh://root@host/system, test:///default\n"
             "  --config FILE     vm.yaml (define, xml); its fields are listed in docs/OPERATIONS.md\n"
+            "  --sysroot DIR     read QEMU's firmware descriptors under DIR instead of / (define, xml)\n"
             "  --timeout SECONDS how long stop waits for the guest (1..%d, default 60)\n"
             "  --force           undefine a running domain (destroys it first)\n"
             "  --json            one JSON object on stdout (warnings still go to stderr)\n"
             "\n"
+            "firmware: efi (vm.yaml's default) is OVMF found through QEMU's firmware descriptors\n"
+            "(/etc/qemu/firmware, /usr/share/qemu/firmware; with qemu:///session also\n"
+            "~/.config/qemu/firmware), as Arch (edk2-ovmf), Debian (ovmf) and Fedora (edk2-ovmf) ship\n"
+            "them; a build without Secure Boot first. On a remote --connect, libvirt picks it there.\n"
+            "\n"
             "examples:\n"
             "  titan vm define --config /etc/titan/vm.yaml\n"
-            "  titan vm start titan-vm && titan vm autostart on titan-vm\n"
-            "  titan vm stop titan-vm --timeout 120 || echo \"exit $?\"\n"
-            "  titan vm status titan-vm --json | jq .state\n"
-            "  titan vm xml --config vm.yaml > titan-vm.xml && virt-xml-validate titan-vm.xml domain\n"
+            "  titan vm start titan-worker && titan vm autostart on titan-worker\n"
+            "  titan vm stop titan-worker --timeout 120 || echo \"exit $?\"\n"
+            "  titan vm status titan-worker --json | jq .state\n"
+            "  titan vm xml --config vm.yaml > vm.xml && virt-xml-validate vm.xml domain\n"
             "\n"
             "exit status: 0 done (stop: powered off cleanly, or was already off; start: also when it was\n"
             "already running; status: the domain exists, whatever its state); 1 libvirt refused or failed\n"
-            "(status: no such domain); 2 usage error or a bad vm.yaml; 3 cannot connect to libvirt;\n"
-            "4 (stop) the guest did not power off within the timeout and was destroyed.\n",
+            "(status: no such domain; define, xml: no OVMF found); 2 usage error or a bad vm.yaml;\n"
+            "3 cannot connect to libvirt; 4 (stop) the guest did not power off within the timeout and was\n"
+            "destroyed.\n",
             TITAN_VM_DEFAULT_URI, S_MAX_STOP_TIMEOUT_S);
 }
 
@@ -70,6 +79,8 @@ typedef struct {
     const char *pos_names;
     const char *uri;
     const char *config;
+    const char *sysroot; /* --sysroot (with want_config): where the firmware descriptors are read */
+    titan_sysroot sr;
     int timeout_s;
     bool force;
     const char *pos[2];
@@ -108,6 +119,12 @@ static int s_parse(cli_globals *g, s_args *a, int argc, char **argv)
             a->config = v;
             continue;
         }
+        if ((r = cli_match_option(a->cmd, argc, argv, &i, "--sysroot", &v)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            if (!a->want_config) return cli_unknown_option(a->cmd, "--sysroot");
+            a->sysroot = v;
+            continue;
+        }
         if (strcmp(argv[i], "--force") == 0) {
             if (!a->want_force) return cli_unknown_option(a->cmd, argv[i]);
             a->force = true;
@@ -124,6 +141,8 @@ static int s_parse(cli_globals *g, s_args *a, int argc, char **argv)
         return cli_usage_error(a->cmd, "give %s; run `titan %s --help`", a->pos_names, a->cmd);
     if (a->want_config && !a->config)
         return cli_usage_error(a->cmd, "give the VM's config: titan %s --config vm.yaml", a->cmd);
+    if (titan_sysroot_init(&a->sr, a->sysroot) != 0)
+        return cli_usage_error(a->cmd, "--sysroot \"%s\" is not a directory", a->sysroot);
     if (!a->uri) {
         const char *env = getenv("TITAN_LIBVIRT_URI");
         a->uri = env && *env ? env : TITAN_VM_DEFAULT_URI;
@@ -137,6 +156,7 @@ typedef struct {
     const char *cmd;
     json_t *messages; /* under --json */
     json_t *warnings;
+    json_t *firmware; /* under --json: the firmware chosen for define and xml */
 } s_out;
 
 static void s_say(void *arg, bool warning, const char *line)
@@ -157,13 +177,15 @@ static void s_out_init(s_out *o, const cli_globals *g, const char *cmd)
     o->cmd = cmd;
     o->messages = g->json ? json_array() : NULL;
     o->warnings = g->json ? json_array() : NULL;
+    o->firmware = NULL;
 }
 
 static void s_out_free(s_out *o)
 {
     json_decref(o->messages);
     json_decref(o->warnings);
-    o->messages = o->warnings = NULL;
+    json_decref(o->firmware);
+    o->messages = o->warnings = o->firmware = NULL;
 }
 
 /* Adds the collected messages and warnings to `obj` (when there is one) and prints it. */
@@ -172,6 +194,7 @@ static int s_print(s_out *o, json_t *obj)
     if (obj) {
         json_object_set(obj, "messages", o->messages);
         json_object_set(obj, "warnings", o->warnings);
+        if (o->firmware) json_object_set(obj, "firmware", o->firmware);
     }
     return cli_print_json(obj);
 }
@@ -235,12 +258,96 @@ static int s_load(s_out *o, const s_args *a, titan_vmconf *c)
     return status;
 }
 
+/* The host of a libvirt URI such as qemu+ssh://root@host:22/system into host[cap]; "" for a local one
+ * (qemu:///system, qemu+unix:///system?socket=..., test:///..., or localhost). */
+static void s_uri_host(const char *uri, char *host, size_t cap)
+{
+    host[0] = '\0';
+    const char *p = uri ? strstr(uri, "://") : NULL;
+    if (!p) return;
+    p += 3;
+    size_t n = strcspn(p, "/?#");
+    const char *at = memchr(p, '@', n);
+    if (at) {
+        n -= (size_t)(at + 1 - p);
+        p = at + 1;
+    }
+    if (n > 0 && p[0] != '[') {
+        const char *colon = memchr(p, ':', n);
+        if (colon) n = (size_t)(colon - p);
+    }
+    if (n == 0 || n >= cap || (n == 9 && strncmp(p, "localhost", 9) == 0)) return;
+    memcpy(host, p, n);
+    host[n] = '\0';
+}
+
+static void s_firmware_warn(void *arg, const char *line)
+{
+    s_say(arg, true, line);
+}
+
+/* firmware: efi without a loader: the OVMF build of QEMU's firmware descriptors goes into c (loader, VARS
+ * template, Secure Boot and SMM as the build needs), so the domain names a file that exists on this host.
+ * On a remote host libvirt chooses there instead. Returns CLI_EXIT_OK, or reports why and returns an exit
+ * status. */
+static int s_firmware(s_out *o, const s_args *a, titan_vmconf *c)
+{
+    if (strcmp(c->firmware, "efi") != 0 || c->loader[0]) return CLI_EXIT_OK;
+    char host[256];
+    s_uri_host(a->uri, host, sizeof host);
+    if (host[0]) {
+        char line[512];
+        snprintf(line, sizeof line, "firmware: efi on %s: libvirt picks OVMF there (without Secure Boot)",
+                 host);
+        if (strcmp(a->cmd, "vm xml") != 0 || o->g->json) s_say(o, false, line);
+        if (o->g->json) o->firmware = json_pack("{s:s, s:s}", "chosen_by", "libvirt", "host", host);
+        return CLI_EXIT_OK;
+    }
+    /* a session daemon also reads the user's descriptors, as libvirt's does */
+    char user_dir[1024] = "";
+    if (a->uri &&
+        (strncmp(a->uri, "qemu:///session", 15) == 0 || strncmp(a->uri, "qemu+unix:///session", 20) == 0)) {
+        const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+        if (xdg && xdg[0] == '/')
+            snprintf(user_dir, sizeof user_dir, "%s/qemu/firmware", xdg);
+        else if (home && home[0] == '/')
+            snprintf(user_dir, sizeof user_dir, "%s/.config/qemu/firmware", home);
+    }
+    titan_firmware fw;
+    char err[2048];
+    int rc = titan_firmware_find(&a->sr, user_dir, c->machine, s_firmware_warn, o, &fw, err, sizeof err);
+    if (rc < 0) {
+        int status = CLI_EXIT_REMOTE;
+        fprintf(stderr, "titan %s: %s\n", o->cmd, err);
+        if (o->g->json)
+            s_print(o,
+                    json_pack("{s:s, s:s, s:s, s:i}", "error", err, "code",
+                              rc == -ENOENT ? "no_firmware" : "internal", "name", c->name, "exit", status));
+        return status;
+    }
+    memcpy(c->loader, fw.loader, sizeof c->loader);
+    memcpy(c->nvram_template, fw.nvram_template, sizeof c->nvram_template);
+    c->secure_boot = fw.secure_boot;
+    c->smm = fw.requires_smm;
+    if (o->g->json)
+        o->firmware =
+            json_pack("{s:s, s:s, s:s, s:s?, s:b, s:b}", "chosen_by", "titan", "descriptor", fw.descriptor,
+                      "loader", fw.loader, "nvram_template", fw.nvram_template[0] ? fw.nvram_template : NULL,
+                      "secure_boot", fw.secure_boot, "enrolled_keys", fw.enrolled_keys);
+    if (strcmp(a->cmd, "vm xml") != 0) { /* xml's stdout is the document alone */
+        char line[2 * TITAN_FIRMWARE_PATH_MAX + 64];
+        snprintf(line, sizeof line, "firmware: %s (%s)", fw.loader, fw.descriptor);
+        s_say(o, false, line);
+    }
+    return CLI_EXIT_OK;
+}
+
 /* What a command does once its arguments are parsed, its config loaded (when it wants one: c) and libvirt
  * connected (when it wants it: conn). Returns the exit status. */
 typedef int (*s_body)(s_out *o, const s_args *a, virConnectPtr conn, titan_vmconf *c);
 
-/* Every vm command: parse, then `check` (usage errors beyond the parser's; may be NULL), load a.config,
- * connect to a.uri, run `body`, close. Returns the exit status. */
+/* Every vm command: parse, then `check` (usage errors beyond the parser's; may be NULL), load a.config and
+ * find its firmware, connect to a.uri, run `body`, close. Returns the exit status. */
 static int s_run(cli_globals *g, s_args *a, int argc, char **argv, int (*check)(const s_args *a), s_body body)
 {
     int rc = s_parse(g, a, argc, argv);
@@ -250,7 +357,8 @@ static int s_run(cli_globals *g, s_args *a, int argc, char **argv, int (*check)(
     s_out_init(&o, g, a->cmd);
     titan_vmconf c;
     virConnectPtr conn = NULL;
-    if ((!a->want_config || (rc = s_load(&o, a, &c)) == CLI_EXIT_OK) &&
+    if ((!a->want_config ||
+         ((rc = s_load(&o, a, &c)) == CLI_EXIT_OK && (rc = s_firmware(&o, a, &c)) == CLI_EXIT_OK)) &&
         (!a->want_connect || (rc = s_connect(&o, a, &conn)) == CLI_EXIT_OK))
         rc = body(&o, a, conn, a->want_config ? &c : NULL);
     if (conn) virConnectClose(conn);

@@ -379,8 +379,8 @@ static int s_disk(yamlconf *c, int keyline, const yaml_node_t *v, titan_vmconf *
     if (!vals[D_PATH])
         return yamlconf_fail(c, keyline,
                              "disk.path: missing; add e.g. path: /var/lib/libvirt/images/%s.qcow2", o->name);
-    rc = s_parse_path(c, vals[D_PATH], "disk.path", "/var/lib/libvirt/images/titan-vm.qcow2", o->disk_path,
-                      sizeof o->disk_path);
+    rc = s_parse_path(c, vals[D_PATH], "disk.path", "/var/lib/libvirt/images/titan-worker.qcow2",
+                      o->disk_path, sizeof o->disk_path);
     if (rc < 0) return rc;
     if (vals[D_SIZE]) {
         const yaml_node_t *s = vals[D_SIZE];
@@ -463,22 +463,23 @@ static int s_firmware(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
     }
     if (v->type != YAML_MAPPING_NODE)
         return yamlconf_fail(c, yamlconf_line(v),
-                             "firmware: %s is not a firmware; write efi, bios, or {loader: /usr/share/OVMF/"
-                             "OVMF_CODE.fd, nvram: PATH}",
+                             "firmware: %s is not a firmware; write efi, bios, or {loader: "
+                             "/usr/share/edk2/x64/OVMF_CODE.4m.fd, nvram: PATH}",
                              s_show(v, buf, sizeof buf));
     yaml_node_t *vals[W_COUNT];
     int lines[W_COUNT];
     int rc = s_collect(c, v, "firmware.", s_fw_keys, W_COUNT, vals, lines);
     if (rc < 0) return rc;
     if (!vals[W_LOADER])
-        return yamlconf_fail(c, yamlconf_line(v),
-                             "firmware.loader: missing; add e.g. loader: /usr/share/OVMF/OVMF_CODE.fd");
-    rc = s_parse_path(c, vals[W_LOADER], "firmware.loader", "/usr/share/OVMF/OVMF_CODE.fd", o->loader,
+        return yamlconf_fail(
+            c, yamlconf_line(v),
+            "firmware.loader: missing; add e.g. loader: /usr/share/edk2/x64/OVMF_CODE.4m.fd");
+    rc = s_parse_path(c, vals[W_LOADER], "firmware.loader", "/usr/share/edk2/x64/OVMF_CODE.4m.fd", o->loader,
                       sizeof o->loader);
     if (rc < 0) return rc;
     if (vals[W_NVRAM]) {
-        rc = s_parse_path(c, vals[W_NVRAM], "firmware.nvram", "/var/lib/libvirt/qemu/nvram/titan-vm_VARS.fd",
-                          o->nvram, sizeof o->nvram);
+        rc = s_parse_path(c, vals[W_NVRAM], "firmware.nvram",
+                          "/var/lib/libvirt/qemu/nvram/titan-worker_VARS.fd", o->nvram, sizeof o->nvram);
         if (rc < 0) return rc;
     }
     snprintf(o->firmware, sizeof o->firmware, "efi");
@@ -498,23 +499,23 @@ static int s_top(yamlconf *c, const yaml_node_t *root, titan_vmconf *o)
     if ((rc = s_collect(c, root, "", s_top_keys, K_COUNT, v, kl)) < 0) return rc;
 
     static const char *const missing[K_COUNT] = {
-        [K_NAME] = "add e.g. name: titan-vm",
+        [K_NAME] = "add e.g. name: titan-worker",
         [K_MEMORY] = "add e.g. memory: 8GiB",
         [K_VCPUS] = "add e.g. vcpus: 4",
-        [K_DISK] = "add a disk: mapping with path: /var/lib/libvirt/images/titan-vm.qcow2",
+        [K_DISK] = "add a disk: mapping with path: /var/lib/libvirt/images/titan-worker.qcow2",
     };
     for (int i = 0; i < K_COUNT; i++)
         if (missing[i] && !v[i])
             return yamlconf_fail(c, yamlconf_line(root), "%s: missing; %s", s_top_keys[i], missing[i]);
 
     /* name */
-    if ((rc = s_need_scalar(c, v[K_NAME], "name", "write e.g. name: titan-vm")) < 0) return rc;
+    if ((rc = s_need_scalar(c, v[K_NAME], "name", "write e.g. name: titan-worker")) < 0) return rc;
     yamlconf_text name = yamlconf_text_of(v[K_NAME]);
     if (!yamlconf_name_ok(name, sizeof o->name - 1) || !s_alnum(name.s[0]))
         return yamlconf_fail(
             c, yamlconf_line(v[K_NAME]),
             "name: %s is not a VM name; use 1 to %zu of A-Z a-z 0-9 _ . - starting with a letter or "
-            "digit, e.g. titan-vm",
+            "digit, e.g. titan-worker",
             s_show(v[K_NAME], buf, sizeof buf), sizeof o->name - 1);
     memcpy(o->name, name.s, name.len);
     o->name[name.len] = '\0';
@@ -782,19 +783,38 @@ char *titan_vmconf_xml(const titan_vmconf *c)
     else
         S_LIT(&b, "q35");
     S_LIT(&b, "'>hvm</type>\n");
+    if (efi && !explicit_loader) /* libvirt picks; steer it off Secure Boot, as titan's own choice does */
+        S_LIT(&b, "    <firmware>\n"
+                  "      <feature enabled='no' name='enrolled-keys'/>\n"
+                  "      <feature enabled='no' name='secure-boot'/>\n"
+                  "    </firmware>\n");
     if (explicit_loader) {
-        S_LIT(&b, "    <loader readonly='yes' type='pflash'>");
+        if (c->secure_boot)
+            S_LIT(&b, "    <loader readonly='yes' secure='yes' type='pflash'>");
+        else
+            S_LIT(&b, "    <loader readonly='yes' type='pflash'>");
         S_ESC(&b, c->loader);
         S_LIT(&b, "</loader>\n");
-        if (c->nvram[0]) {
-            S_LIT(&b, "    <nvram>");
-            S_ESC(&b, c->nvram);
-            S_LIT(&b, "</nvram>\n");
+        if (c->nvram[0] || c->nvram_template[0]) {
+            S_LIT(&b, "    <nvram");
+            if (c->nvram_template[0]) {
+                S_LIT(&b, " template='");
+                S_ESC(&b, c->nvram_template);
+                S_LIT(&b, "'");
+            }
+            if (c->nvram[0]) {
+                S_LIT(&b, ">");
+                S_ESC(&b, c->nvram);
+                S_LIT(&b, "</nvram>\n");
+            } else {
+                S_LIT(&b, "/>\n"); /* libvirt makes /var/lib/libvirt/qemu/nvram/NAME_VARS.fd from it */
+            }
         }
     }
     S_LIT(&b, "    <boot dev='hd'/>\n  </os>\n");
 
     S_LIT(&b, "  <features>\n    <acpi/>\n    <apic/>\n");
+    if (explicit_loader && c->smm) S_LIT(&b, "    <smm state='on'/>\n");
     if (c->hide_kvm)
         S_LIT(&b, "    <hyperv>\n      <vendor_id state='on' value='titanvm'/>\n    </hyperv>\n"
                   "    <kvm>\n      <hidden state='on'/>\n    </kvm>\n");

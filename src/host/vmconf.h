@@ -1,16 +1,18 @@
 /* vmconf.h - the VM's small YAML config (vm.yaml) and the libvirt domain XML made from it.
  *
- *   name: titan-vm                 # required: 1..63 of [A-Za-z0-9_.-]
+ *   name: titan-worker             # required: 1..63 of [A-Za-z0-9_.-]
  *   memory: 8GiB                   # required: N, N MiB, N GiB (KiB/MiB/GiB/TiB, or M/G suffixes); >= 256 MiB
  *   vcpus: 4                       # required: 1..256
  *   topology: {sockets: 1, cores: 4, threads: 1}   # optional; the product must equal vcpus
  *   disk:                          # required
- *     path: /var/lib/libvirt/images/titan-vm.qcow2 # absolute
+ *     path: /var/lib/libvirt/images/titan-worker.qcow2 # absolute
  *     size: 40GiB                  # optional: create the image when missing (qcow2 or raw)
  *     format: qcow2                # qcow2 (default) or raw
  *   gpu: [0000:03:00.0, 0000:03:00.1]   # PCI functions passed through (managed); DDDD:BB:SS.F or BB:SS.F
- *   firmware: efi                  # efi (default: <os firmware='efi'> autoselection) or bios, or
- *                                  #   {loader: /usr/share/OVMF/OVMF_CODE.fd, nvram: /var/lib/...VARS.fd}
+ *   firmware: efi                  # efi (default: OVMF from QEMU's firmware descriptors, see firmware.h,
+ *                                  #   filled in by `titan vm`; else <os firmware='efi'> autoselection),
+ *                                  #   bios, or {loader: /usr/share/edk2/x64/OVMF_CODE.4m.fd,
+ *                                  #   nvram: /var/lib/libvirt/qemu/nvram/titan-worker_VARS.fd}
  *   network: default               # a libvirt network name (default "default", NAT); or none
  *   mac: 52:54:00:12:34:56         # optional
  *   guest_agent: true              # optional (default false): a virtio-serial org.qemu.guest_agent.0 channel
@@ -41,6 +43,11 @@ typedef struct {
     char firmware[8];   /* "efi" or "bios" */
     char loader[1024];  /* explicit loader path ("" for autoselection) */
     char nvram[1024];   /* explicit nvram path ("" for libvirt's default) */
+    /* Set from a firmware descriptor (never from vm.yaml): the VARS template libvirt copies into a new
+     * nvram file, and what the chosen build needs (loader secure='yes', <smm state='on'/>). */
+    char nvram_template[1024];
+    bool secure_boot;
+    bool smm;
     char network[64];   /* "" for none */
     char mac[18];       /* "" for libvirt's choice */
     bool guest_agent;

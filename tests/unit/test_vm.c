@@ -2,7 +2,8 @@
  * test:///ABSOLUTE/tests/fixtures/vm/libvirt-test-node.xml (argv[1]): define, start, status, stop (clean, the
  * ACPI refusal falling back with a warning, a guest that ignores the request destroyed at the timeout),
  * autostart, undefine (refused while running, --force), missing domains, disks (storage pool volumes and
- * qemu-img), connection errors. Each test opens its own connection, so each starts from the node's state. */
+ * qemu-img), OVMF from a firmware descriptor, connection errors. Each test opens its own connection, so each
+ * starts from the node's state. */
 #include <errno.h>
 #include <limits.h>
 #include <setjmp.h>
@@ -422,6 +423,32 @@ static void test_define_from_conf(void **state)
     assert_int_equal(st.memory_kib, 1 << 20);
 }
 
+/* The design's VM with the OVMF that titan vm takes from a firmware descriptor (Arch's): libvirt keeps the
+ * loader and the VARS template it makes the domain's nvram from. */
+static void test_define_descriptor_firmware(void **state)
+{
+    ctx *c = *state;
+    char err[2048] = "";
+    const char *yaml = "name: titan-worker\nmemory: 1GiB\nvcpus: 1\n"
+                       "disk: {path: /var/lib/libvirt/images/titan-worker.qcow2}\n";
+    titan_vmconf v;
+    int rc = titan_vmconf_load_string(yaml, strlen(yaml), "vm.yaml", &v, err, sizeof err);
+    if (rc) fail_msg("vm.yaml: %s", err);
+    snprintf(v.loader, sizeof v.loader, "/usr/share/edk2/x64/OVMF_CODE.4m.fd");
+    snprintf(v.nvram_template, sizeof v.nvram_template, "/usr/share/edk2/x64/OVMF_VARS.4m.fd");
+    said s = {0};
+    rc = titan_vm_define(c->conn, &v, say, &s, err, sizeof err);
+    if (rc != 1) fail_msg("define: %d %s", rc, err);
+    virDomainPtr dom = virDomainLookupByName(c->conn, "titan-worker");
+    assert_non_null(dom);
+    char *xml = virDomainGetXMLDesc(dom, 0);
+    assert_non_null(xml);
+    assert_contains(xml, "type='pflash'>/usr/share/edk2/x64/OVMF_CODE.4m.fd</loader>");
+    assert_contains(xml, "<nvram template='/usr/share/edk2/x64/OVMF_VARS.4m.fd'");
+    free(xml);
+    virDomainFree(dom);
+}
+
 static void test_connect_errors(void **state)
 {
     char err[2048];
@@ -478,6 +505,7 @@ int main(int argc, char **argv)
         BOTH(test_disk_in_pool),
         BOTH(test_disk_qemu_img),
         BOTH(test_define_from_conf),
+        BOTH(test_define_descriptor_firmware),
         cmocka_unit_test(test_connect_errors),
         cmocka_unit_test(test_process_uptime),
     };

@@ -184,21 +184,21 @@ static void test_full(void **state)
 {
     (void)state;
     titan_vmconf c = load_fixture("vm/full.yaml");
-    assert_string_equal(c.name, "titan-vm");
+    assert_string_equal(c.name, "titan-worker"); /* the design's names */
     assert_int_equal(c.memory_kib, 8ULL * 1024 * 1024);
     assert_int_equal(c.vcpus, 4);
     assert_int_equal(c.sockets, 1);
     assert_int_equal(c.cores, 2);
     assert_int_equal(c.threads, 2);
-    assert_string_equal(c.disk_path, "/var/lib/libvirt/images/titan-vm.qcow2");
+    assert_string_equal(c.disk_path, "/var/lib/libvirt/images/titan-worker.qcow2");
     assert_int_equal(c.disk_size_bytes, 40ULL << 30);
     assert_string_equal(c.disk_format, "qcow2");
     assert_int_equal(c.ngpus, 2);
     assert_string_equal(c.gpus[0], "0000:03:00.0");
     assert_string_equal(c.gpus[1], "0000:03:00.1");
-    assert_string_equal(c.firmware, "efi");
-    assert_string_equal(c.loader, "/usr/share/OVMF/OVMF_CODE_4M.fd");
-    assert_string_equal(c.nvram, "/var/lib/libvirt/qemu/nvram/titan-vm_VARS.fd");
+    assert_string_equal(c.firmware, "efi"); /* found through QEMU's descriptors by titan vm */
+    assert_string_equal(c.loader, "");
+    assert_string_equal(c.nvram, "");
     assert_string_equal(c.network, "default");
     assert_string_equal(c.mac, "52:54:00:7a:11:00");
     assert_true(c.guest_agent);
@@ -214,17 +214,40 @@ static void test_full(void **state)
     free(b);
 }
 
+/* The example's commented firmware mapping is the design's (Arch's OVMF) and, uncommented, a valid one. */
+static void test_example_firmware(void **state)
+{
+    (void)state;
+    char *text = read_all("../../deploy/vm/vm.yaml");
+    char *start = strstr(text, "#   firmware:\n");
+    assert_non_null(start);
+    char yaml[1024];
+    size_t o = (size_t)snprintf(yaml, sizeof yaml, "%s", MINIMAL_HEAD);
+    for (const char *l = start; l[0] == '#' && l[1] == ' ' && o < sizeof yaml - 1;) {
+        const char *nl = strchr(l, '\n');
+        assert_non_null(nl);
+        int w = snprintf(yaml + o, sizeof yaml - o, "%.*s\n", (int)(nl - l - 4), l + 4); /* drop "#   " */
+        assert_true(w > 0 && (size_t)w < sizeof yaml - o);
+        o += (size_t)w;
+        l = nl + 1;
+    }
+    titan_vmconf c = load_ok(yaml);
+    assert_string_equal(c.loader, "/usr/share/edk2/x64/OVMF_CODE.4m.fd");
+    assert_string_equal(c.nvram, "/var/lib/libvirt/qemu/nvram/titan-worker_VARS.fd");
+    free(text);
+}
+
 static void test_minimal(void **state)
 {
     (void)state;
     titan_vmconf c = load_fixture("vm/minimal.yaml");
-    assert_string_equal(c.name, "titan-vm");
+    assert_string_equal(c.name, "titan-worker");
     assert_int_equal(c.memory_kib, 4096ULL * 1024); /* a bare number is MiB */
     assert_int_equal(c.vcpus, 2);
     assert_int_equal(c.sockets, 0);
     assert_int_equal(c.cores, 0);
     assert_int_equal(c.threads, 0);
-    assert_string_equal(c.disk_path, "/var/lib/libvirt/images/titan-vm.qcow2");
+    assert_string_equal(c.disk_path, "/var/lib/libvirt/images/titan-worker.qcow2");
     assert_int_equal(c.disk_size_bytes, 0);
     assert_string_equal(c.disk_format, "qcow2");
     assert_int_equal(c.ngpus, 0);
@@ -307,7 +330,7 @@ static void test_errors(void **state)
 {
     (void)state;
     /* missing required fields: reported on the mapping's first line */
-    expect_err("memory: 1GiB\nvcpus: 1\ndisk: {path: /x}\n", "t.yaml:1: name: missing", "name: titan-vm");
+    expect_err("memory: 1GiB\nvcpus: 1\ndisk: {path: /x}\n", "t.yaml:1: name: missing", "name: titan-worker");
     expect_err("name: t\nvcpus: 1\ndisk: {path: /x}\n", "t.yaml:1: memory: missing", "8GiB");
     expect_err("name: t\nmemory: 1G\ndisk: {path: /x}\n", "t.yaml:1: vcpus: missing", NULL);
     expect_err("name: t\nmemory: 1G\nvcpus: 1\n", "t.yaml:1: disk: missing", "path:");
@@ -501,8 +524,45 @@ static void test_xml_variants(void **state)
         strstr(x, "  <os>\n    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>\n"
                   "    <loader readonly='yes' type='pflash'>/ovmf.fd</loader>\n    <boot dev='hd'/>\n"));
     assert_null(strstr(x, "<nvram"));
+    assert_null(strstr(x, "<firmware>"));
     assert_non_null(strstr(x, "<driver name='qemu' type='raw'/>"));
     check_well_formed("loader", x);
+    free(x);
+
+    /* efi without a loader: libvirt picks, steered off Secure Boot */
+    c = load_ok(MINIMAL_HEAD);
+    x = titan_vmconf_xml(&c);
+    assert_non_null(x);
+    assert_non_null(strstr(x, "  <os firmware='efi'>\n    <type arch='x86_64' machine='q35'>hvm</type>\n"
+                              "    <firmware>\n      <feature enabled='no' name='enrolled-keys'/>\n"
+                              "      <feature enabled='no' name='secure-boot'/>\n    </firmware>\n"));
+    assert_null(strstr(x, "<loader"));
+    free(x);
+
+    /* what a firmware descriptor fills in: the loader and its VARS template */
+    c = load_ok(MINIMAL_HEAD);
+    snprintf(c.loader, sizeof c.loader, "/usr/share/edk2/x64/OVMF_CODE.4m.fd");
+    snprintf(c.nvram_template, sizeof c.nvram_template, "/usr/share/edk2/x64/OVMF_VARS.4m.fd");
+    x = titan_vmconf_xml(&c);
+    assert_non_null(x);
+    assert_non_null(
+        strstr(x, "  <os>\n    <type arch='x86_64' machine='q35'>hvm</type>\n"
+                  "    <loader readonly='yes' type='pflash'>/usr/share/edk2/x64/OVMF_CODE.4m.fd</loader>\n"
+                  "    <nvram template='/usr/share/edk2/x64/OVMF_VARS.4m.fd'/>\n    <boot dev='hd'/>\n"));
+    assert_null(strstr(x, "<firmware>"));
+    assert_null(strstr(x, "<smm"));
+    check_well_formed("descriptor", x);
+    free(x);
+
+    /* a Secure Boot build that requires SMM (the only kind some hosts have), with an explicit nvram */
+    snprintf(c.nvram, sizeof c.nvram, "/v/t_VARS.fd");
+    c.secure_boot = c.smm = true;
+    x = titan_vmconf_xml(&c);
+    assert_non_null(x);
+    assert_non_null(strstr(x, "<loader readonly='yes' secure='yes' type='pflash'>"));
+    assert_non_null(strstr(x, "<nvram template='/usr/share/edk2/x64/OVMF_VARS.4m.fd'>/v/t_VARS.fd</nvram>"));
+    assert_non_null(strstr(x, "    <apic/>\n    <smm state='on'/>\n"));
+    check_well_formed("secure", x);
     free(x);
 }
 
@@ -551,11 +611,17 @@ static void test_xml_escaping(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full),         cmocka_unit_test(test_minimal),
-        cmocka_unit_test(test_sizes),        cmocka_unit_test(test_pci_and_values),
-        cmocka_unit_test(test_errors),       cmocka_unit_test(test_load_file_errors),
-        cmocka_unit_test(test_xml_full),     cmocka_unit_test(test_xml_minimal),
-        cmocka_unit_test(test_xml_variants), cmocka_unit_test(test_xml_escaping),
+        cmocka_unit_test(test_full),
+        cmocka_unit_test(test_example_firmware),
+        cmocka_unit_test(test_minimal),
+        cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_pci_and_values),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_load_file_errors),
+        cmocka_unit_test(test_xml_full),
+        cmocka_unit_test(test_xml_minimal),
+        cmocka_unit_test(test_xml_variants),
+        cmocka_unit_test(test_xml_escaping),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
