@@ -16,7 +16,8 @@
 #include "cli.h"
 #include "vm.h"
 
-#define S_DEFAULT_VM "titan-vm" /* the name in deploy/vm/vm.yaml */
+#define S_DEFAULT_VM "titan-worker" /* the design's name, as in deploy/vm/vm.yaml */
+#define S_OLD_DEFAULT_VM "titan-vm" /* the default before; still found when no titan-worker exists */
 #define S_DEFAULT_GROUP "titan-workers"
 #define S_MAX_GPU_INFO_BYTES 65536 /* a larger gpu_info reply is refused, not parsed */
 #define S_MAX_COMPONENTS 40        /* a VM, up to 32 backends (TITAN_CONF_MAX_BACKENDS), a queue */
@@ -40,6 +41,7 @@ typedef struct {
     const char *vm;     /* domain name */
     const char *uri;    /* libvirt URI */
     bool vm_explicit;   /* --vm, --connect, $TITAN_VM or $TITAN_LIBVIRT_URI: always report the VM */
+    bool vm_defaulted;  /* no --vm nor $TITAN_VM: S_DEFAULT_VM, else S_OLD_DEFAULT_VM */
     bool no_vm;         /* --no-vm */
     const char *redis;  /* NULL: no queue line */
     const char *prefix; /* key prefix without braces */
@@ -69,7 +71,8 @@ void cli_help_status(FILE *f)
         "          down; jobs waiting while no worker has ever joined the group is degraded\n"
         "\n"
         "options:\n"
-        "  --vm NAME         the domain (default $TITAN_VM, else %s)\n"
+        "  --vm NAME         the domain (default $TITAN_VM, else %s; else %s, the old default\n"
+        "                    name, when only that domain exists)\n"
         "  --connect URI     the libvirt URI (default $TITAN_LIBVIRT_URI, else %s)\n"
         "                    (not a worker endpoint: that is the global --endpoint)\n"
         "  --no-vm           leave the VM out (a worker on bare metal, or no libvirt here)\n"
@@ -79,8 +82,8 @@ void cli_help_status(FILE *f)
         "  --jobs-group G    the workers' consumer group (default %s)\n"
         "\n"
         "Without --vm, --connect, $TITAN_VM or $TITAN_LIBVIRT_URI, the VM line appears only\n"
-        "when libvirt answers at the default URI and has a domain called %s; name it to make\n"
-        "a missing domain or an unreachable libvirt count.\n"
+        "when libvirt answers at the default URI and has a domain called %s (or %s); name it to\n"
+        "make a missing domain or an unreachable libvirt count.\n"
         "\n"
         "--json prints {\"status\":\"healthy|degraded|down\",\"components\":[{\"component\":\n"
         "\"vm|worker|queue\",\"name\":...,\"status\":\"healthy|degraded|down|unknown\",\"detail\":...,\n"
@@ -97,7 +100,8 @@ void cli_help_status(FILE *f)
         "\n"
         "exit status: 0 every component healthy; 1 something degraded or unknown; 2 something down,\n"
         "or a usage error (bad option, bad backends file or Redis URL; then --json prints nothing).\n",
-        S_DEFAULT_VM, TITAN_VM_DEFAULT_URI, S_DEFAULT_GROUP, S_DEFAULT_VM);
+        S_DEFAULT_VM, S_OLD_DEFAULT_VM, TITAN_VM_DEFAULT_URI, S_DEFAULT_GROUP, S_DEFAULT_VM,
+        S_OLD_DEFAULT_VM);
 }
 
 static const char *s_health_name(s_health h)
@@ -185,6 +189,15 @@ static void s_check_vm(s_status *st)
         return;
     }
     virDomainPtr dom = virDomainLookupByName(conn, st->vm);
+    bool old_name = false;
+    if (!dom && st->vm_defaulted) {
+        /* a VM defined under the old default name keeps working, with a word on renaming it */
+        const virError *e = virGetLastError();
+        if (e && e->code == VIR_ERR_NO_DOMAIN && (dom = virDomainLookupByName(conn, S_OLD_DEFAULT_VM))) {
+            st->vm = S_OLD_DEFAULT_VM;
+            old_name = true;
+        }
+    }
     if (!dom) {
         const virError *e = virGetLastError();
         bool missing = e && e->code == VIR_ERR_NO_DOMAIN;
@@ -193,7 +206,8 @@ static void s_check_vm(s_status *st)
             c->health = missing ? S_DOWN : S_UNKNOWN;
             if (missing)
                 snprintf(c->detail, sizeof c->detail,
-                         "no domain %s on %s; define it with `titan vm define --config vm.yaml`", st->vm,
+                         "no domain %s%s on %s; define it with `titan vm define --config vm.yaml`", st->vm,
+                         st->vm_defaulted ? " (nor " S_OLD_DEFAULT_VM ", the old default name)" : "",
                          st->uri);
             else
                 snprintf(c->detail, sizeof c->detail, "cannot look up %s on %s: %s", st->vm, st->uri,
@@ -231,10 +245,16 @@ static void s_check_vm(s_status *st)
         for (int i = 0; i < vs.nhostdevs && off < sizeof c->detail; i++)
             off += (size_t)snprintf(c->detail + off, sizeof c->detail - off, "%s%s", i ? " " : ", GPU ",
                                     vs.hostdevs[i]);
+        if (old_name && off < sizeof c->detail)
+            snprintf(c->detail + off, sizeof c->detail - off,
+                     "; found under the old default name " S_OLD_DEFAULT_VM " (no " S_DEFAULT_VM
+                     "): pass --vm " S_OLD_DEFAULT_VM
+                     ", or rename it while shut off: virsh domrename " S_OLD_DEFAULT_VM " " S_DEFAULT_VM);
         s_extra(c, "state", json_string(vs.state));
         s_extra(c, "reason", vs.reason[0] ? json_string(vs.reason) : json_null());
         s_extra(c, "uptime_s", vs.uptime_s >= 0 ? json_real(vs.uptime_s) : json_null());
     }
+    if (old_name) s_extra(c, "old_default_name", json_true());
     virDomainFree(dom);
     virConnectClose(conn);
 }
@@ -701,6 +721,7 @@ static int s_run(cli_globals *g, s_status *st, int argc, char **argv)
     const char *env_vm = getenv("TITAN_VM"), *env_uri = getenv("TITAN_LIBVIRT_URI");
     const char *env_redis = getenv("TITAN_REDIS"), *env_prefix = getenv("TITAN_REDIS_PREFIX");
     st->vm = env_vm && *env_vm ? env_vm : S_DEFAULT_VM;
+    st->vm_defaulted = !(env_vm && *env_vm);
     st->uri = env_uri && *env_uri ? env_uri : TITAN_VM_DEFAULT_URI;
     st->vm_explicit = (env_vm && *env_vm) || (env_uri && *env_uri);
     st->redis = env_redis && *env_redis ? env_redis : NULL;
@@ -723,6 +744,7 @@ static int s_run(cli_globals *g, s_status *st, int argc, char **argv)
                                        sizeof((titan_vm_status *)0)->name - 1);
             st->vm = v;
             vm_given = st->vm_explicit = true;
+            st->vm_defaulted = false;
             continue;
         }
         if ((r = cli_match_option(cmd, argc, argv, &i, "--connect", &v)) != 0) {

@@ -23,15 +23,18 @@ tap = Tap()
 tmp = tempfile.mkdtemp(prefix="titan-status-")
 
 # Domains of libvirt's test driver in each state (test:runstate is virDomainState: 3 paused, 5 shutoff, 6 crashed).
-NODE_XML = """<node>
-""" + "".join(f"""  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+def node_xml(domains):
+    return "<node>\n" + "".join(f"""  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
     <name>{name}</name>
     <memory>1048576</memory>
     <vcpu>1</vcpu>
     <os><type>hvm</type></os>
     <test:runstate>{state}</test:runstate>
   </domain>
-""" for name, state in (("up", 1), ("paused", 3), ("off", 5), ("crashed", 6))) + "</node>\n"
+""" for name, state in domains) + "</node>\n"
+
+
+NODE_XML = node_xml((("up", 1), ("paused", 3), ("off", 5), ("crashed", 6)))
 
 
 def free_port():
@@ -204,8 +207,9 @@ def check_vm(w1):
     tap.ok(rc == 2 and vm[0] == "down" and "no domain nosuch" in vm[1] and "titan vm define" in vm[1],
            "--vm nosuch: a missing domain is down, with what to do; exit 2", (rc, out, err))
     rc, out, err = titan(*ep, "status", "--connect", "test:///default")
-    tap.ok(rc == 2 and rows(out).get(("vm", "titan-vm"), ("",))[0] == "down",
-           "--connect alone checks the default domain titan-vm (missing there: down)", (rc, out, err))
+    vm = rows(out).get(("vm", "titan-worker"), ("", ""))
+    tap.ok(rc == 2 and vm[0] == "down" and "no domain titan-worker (nor titan-vm, the old default name)" in vm[1],
+           "--connect alone checks the default domain titan-worker (missing there: down)", (rc, out, err))
     rc, out, err = titan(*ep, "status", env={"TITAN_LIBVIRT_URI": "test:///default", "TITAN_VM": "test"})
     tap.ok(rc == 0 and rows(out).get(("vm", "test"), ("",))[0] == "healthy",
            "$TITAN_LIBVIRT_URI and $TITAN_VM stand in for --connect and --vm", (rc, out, err))
@@ -232,6 +236,39 @@ def check_vm(w1):
         rc, out, err = titan(*ep, "status")
         tap.ok(rc == 0 and not any(k[0] == "vm" for k in rows(out)),
                "no --vm/--connect and no libvirt at the default URI: no VM line, still healthy", (rc, out, err))
+
+
+def check_default_vm(w1):
+    """The default domain is the design's titan-worker; a VM still named titan-vm (the old default) is found."""
+    ep = ("--endpoint", w1.endpoint)
+    both = "test://" + write("both.xml", node_xml((("titan-worker", 1), ("titan-vm", 5))))
+    rc, out, err = titan(*ep, "status", env={"TITAN_LIBVIRT_URI": both})
+    vm = rows(out).get(("vm", "titan-worker"), ("", ""))
+    tap.ok(rc == 0 and vm[0] == "healthy" and vm[1].startswith("running") and "old default" not in vm[1],
+           "no options (only $TITAN_LIBVIRT_URI): the domain titan-worker, as the design names it", (rc, out, err))
+    rc, out, err = titan(*ep, "--json", "status", "--connect", both)
+    c = (as_json(out).get("components") or [{}])[0]
+    tap.ok(rc == 0 and c.get("name") == "titan-worker" and c.get("state") == "running"
+           and "old_default_name" not in c, "--connect alone: titan-worker, not the old name beside it", out)
+
+    old = "test://" + write("old.xml", node_xml((("titan-vm", 1),)))
+    rc, out, err = titan(*ep, "status", "--connect", old)
+    vm = rows(out).get(("vm", "titan-vm"), ("", ""))
+    tap.ok(rc == 0 and vm[0] == "healthy" and "found under the old default name titan-vm" in vm[1]
+           and "--vm titan-vm" in vm[1] and "virsh domrename titan-vm titan-worker" in vm[1],
+           "only titan-vm (the old default): found, with how to rename it", (rc, out, err))
+    rc, out, err = titan(*ep, "--json", "status", "--connect", old)
+    c = (as_json(out).get("components") or [{}])[0]
+    tap.ok(rc == 0 and c.get("name") == "titan-vm" and c.get("old_default_name") is True, "--json: old_default_name",
+           out)
+    rc, out, err = titan(*ep, "status", "--connect", old, "--vm", "titan-worker")
+    tap.ok(rc == 2 and rows(out).get(("vm", "titan-worker"), ("",))[0] == "down",
+           "--vm titan-worker names it: no fallback to titan-vm", (rc, out, err))
+    rc, out, err = titan(*ep, "status", "--connect", old, env={"TITAN_VM": "titan-worker"})
+    tap.ok(rc == 2 and rows(out).get(("vm", "titan-worker"), ("",))[0] == "down",
+           "$TITAN_VM=titan-worker names it too", (rc, out, err))
+    rc, out, err = titan("help", "status")
+    tap.ok("else titan-worker; else titan-vm" in out, "titan help status gives the default and the fallback", out)
 
 
 def start_redis():
@@ -359,6 +396,7 @@ def main():
     try:
         tap.run("workers", lambda: check_workers(w1, w2, dead, busy))
         tap.run("vm", lambda: check_vm(w1))
+        tap.run("default vm", lambda: check_default_vm(w1))
         proc, port, why = start_redis()
         if proc:
             tap.run("queue", lambda: check_queue(w1, proc, port))
