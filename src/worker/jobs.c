@@ -28,7 +28,12 @@
 #include "server.h"
 
 #define BLOCK_MS 500            /* longest XREADGROUP BLOCK: bounds how long stop waits */
-#define COMMAND_TIMEOUT_MS 3000 /* any Redis command, BLOCK included */
+/* A Redis that sends nothing for this long on an open connection is taken as gone (stopped, or cut
+ * off); any command, BLOCK included. Not less: a Redis with appendfsync always on a busy disk, or one
+ * sending a large job's record on a loaded machine, can be silent for seconds, and a start script
+ * whose reply is given up on leaves its job "running" until the visibility timeout. Stop does not wait
+ * for it (STOP_GRACE_MS). */
+#define COMMAND_TIMEOUT_MS 30000
 #define CONNECT_TIMEOUT_MS 1000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000

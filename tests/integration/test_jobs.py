@@ -728,6 +728,31 @@ def in_hand(srv):
            (ok, most, right))
 
 
+def stalled_redis(srv):
+    """(i) A Redis that is silent for seconds (fsync on a busy disk, a large record on a loaded machine) is
+    slow, not gone: the worker waits for it instead of giving up on its commands, which would leave a job
+    it started "running" until the visibility timeout."""
+    r = srv.client()
+    prefix = "t-i"
+    w = start_worker(srv, prefix, "--visibility-timeout", "300000")
+    a = np.arange(16, dtype=np.float32).reshape(4, 4)
+    first = submit(r, prefix, *matmul_job(a, a))
+    tap.ok(wait_until(lambda: states(r, prefix, [first]) == ["done"], 20), "a job before the stall is done")
+    srv.proc.send_signal(signal.SIGSTOP)  # the worker is in a blocking read, or starts one meanwhile
+    try:
+        time.sleep(4.5)  # longer than the 3 s the worker used to allow a command
+    finally:
+        srv.proc.send_signal(signal.SIGCONT)
+    jid = submit(r, prefix, *matmul_job(a, a))
+    ok = wait_until(lambda: states(r, prefix, [jid]) == ["done"], 20)
+    rec = record(r, prefix, jid)
+    tap.ok(ok and rec.get("attempts") == b"1" and np.allclose(result_of(rec), a @ a),
+           "a job submitted after the stall runs once, right", rec.get("state"))
+    log = w.read_log()
+    w.stop()
+    tap.ok("is unavailable" not in log, "the worker did not take the stalled Redis for gone", log[-1500:])
+
+
 def main():
     srv = RedisServer()
     try:
@@ -741,6 +766,7 @@ def main():
         tap.run("(f) shared admission", lambda: shared_admission(srv))
         tap.run("(g) long jobs and shutdown", lambda: long_jobs_and_shutdown(srv))
         tap.run("(h) jobs in hand", lambda: in_hand(srv))
+        tap.run("(i) a stalled redis", lambda: stalled_redis(srv))
     finally:
         results = Worker.stop_all()
         srv.stop()
