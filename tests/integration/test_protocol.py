@@ -76,6 +76,19 @@ def json_numerics():
     tap.ok(np.allclose(np.asarray(r["result"]), a64 @ b64, rtol=1e-13, atol=1e-13), "JSON float64 product", r)
     r, _ = call(s, '{"op":"matrix_multiply","a":[[NaN, 1]],"b":[[1],[Infinity]]}')
     tap.ok(r.get("result") and np.isnan(r["result"][0][0]), "NaN and Infinity in JSON compute as IEEE 754", r)
+    # x * 1 is x: the reply's text is the formatter's, exactly. float32: the shortest text that reads back
+    # (9 digits at most); the PROTOCOL's tokens for NaN and the infinities; the largest finite value and
+    # denormals. A column of them times [[1]].
+    for dtype, vals, want in [
+            ("float32", "NaN, Infinity, -Infinity, 3.4028234663852886e38, 1e-45, -1.1754942e-38, 0.1, 16777216",
+             '{"result":[[NaN],[Infinity],[-Infinity],[3.4028235e38],[1e-45],[-1.1754942e-38],[0.1],[16777216.0]]}'),
+            ("float64", "NaN, Infinity, -Infinity, 1.7976931348623157e308, 5e-324, -2.225073858507201e-308, 0.1",
+             '{"result":[[NaN],[Infinity],[-Infinity],[1.7976931348623157e+308],[4.94065645841247e-324],'
+             '[-2.225073858507201e-308],[0.1]]}')]:
+        col = ",".join(f"[{v.strip()}]" for v in vals.split(","))
+        s.send_multipart([f'{{"op":"matrix_multiply","dtype":"{dtype}","a":[{col}],"b":[[1]]}}'.encode()])
+        text = s.recv_multipart()[0].decode()
+        tap.ok(text == want, f"JSON {dtype} product: NaN/Infinity tokens, shortest round-trip text", text)
 
 
 def binary_forms():

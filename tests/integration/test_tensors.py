@@ -399,7 +399,34 @@ def result_limit():
     wl.stop()
 
 
-for name, fn in [("put and get", put_and_get), ("matmul refs", matmul_refs), ("listing", listing),
+def json_shapes():
+    """tensor_get with "json": true for ranks 1-8 with dimensions of size 1 (each level's brackets must be
+    counted: [100,1,1,1,1,1,1,1] of 0.1 once overran its buffer), long values, NaN and infinities, float32
+    and float64; the text reads back exactly, and the worker stays up (ASan runs this too)."""
+    c = Client(w.endpoint, b"json-shapes")
+    cases = [((100, 1, 1, 1, 1, 1, 1, 1), 0.1), ((20000, 1, 1, 1, 1, 1, 1, 1), 0.1), ((20000, 1, 1), -1.23456789e15),
+             ((1, 1, 1, 1, 1, 1, 1, 300), -3.4028235e38), ((7, 1, 5, 1, 3, 1, 2, 1), -1.1754942e-38)]
+    for shape, v in cases:
+        for dt in (np.float32, np.float64):
+            arr = np.full(shape, v, dtype=dt)
+            flat = arr.reshape(-1)
+            flat[::7] = np.nan
+            flat[1::11] = -np.inf
+            r = c.put(arr)
+            ref = r.get("ref")
+            r2, fr = c.call({"op": "tensor_get", "ref": ref, "json": True})
+            got = np.asarray(r2.get("result"), dtype=dt) if "result" in r2 else None
+            tap.ok(got is not None and got.shape == shape and not fr
+                   and np.array_equal(got, arr, equal_nan=True),
+                   f"tensor_get json of {np.dtype(dt).name} {list(shape)} filled with {v!r} reads back exactly",
+                   {k: r2[k] for k in r2 if k != "result"})
+            c.call({"op": "tensor_free", "ref": ref})
+    r, _ = c.call({"op": "ping"})
+    tap.ok(r.get("status") == "ok", "the worker is still up", r)
+    c.close()
+
+
+for name, fn in [("put and get", put_and_get), ("json shapes", json_shapes), ("matmul refs", matmul_refs), ("listing", listing),
                  ("ownership", ownership), ("bad inputs", bad_inputs), ("freeing", freeing), ("quotas", quotas),
                  ("ttl", ttl), ("result limit", result_limit), ("metrics", metrics)]:
     tap.run(name, fn)
