@@ -17,6 +17,7 @@
 
 #include "backend.h"
 #include "metrics.h"
+#include "request.h"
 #include "sysinfo.h"
 #include "titan/titan.h"
 
@@ -221,6 +222,55 @@ static void test_format(void **state)
     titan_metrics_destroy(&m);
 }
 
+/* Device figures as a backend reported them, NaN, infinities and extremes included. */
+static void s_odd_stats(titan_backend *be, titan_device_stats *out)
+{
+    (void)be;
+    memset(out, 0, sizeof(*out));
+    out->has_utilization = out->has_temperature = out->has_power = out->has_clocks = true;
+    out->utilization = NAN;
+    out->temperature_c = INFINITY;
+    out->power_w = -INFINITY;
+    out->sm_clock_mhz = 3.4028234663852886e38; /* the largest finite float32 */
+    out->mem_clock_mhz = 4.9406564584124654e-324; /* the smallest denormal double */
+}
+
+/* Prometheus's own tokens for NaN and the infinities, and values that read back exactly (a denormal
+ * is not 0.0000); gpu_info writes such figures as null, never dropping the member. */
+static void test_odd_values(void **state)
+{
+    (void)state;
+    titan_metrics *m = titan_metrics_new();
+    titan_backend *be = NULL;
+    assert_int_equal(titan_backend_cpu_open(1, &be), 0);
+    be->stats = s_odd_stats;
+    titan_metrics_set_backend(m, be);
+    char *t = s_render(m);
+    assert_non_null(strstr(t, "\ntitan_device_utilization_ratio NaN\n"));
+    assert_non_null(strstr(t, "\ntitan_device_temperature_celsius +Inf\n"));
+    assert_non_null(strstr(t, "\ntitan_device_power_watts -Inf\n"));
+    assert_true(s_value(t, "titan_device_clock_mhz{domain=\"sm\"}") == 3.4028234663852886e38);
+    assert_true(s_value(t, "titan_device_clock_mhz{domain=\"memory\"}") == 4.9406564584124654e-324);
+    free(t);
+    titan_metrics_set_backend(m, NULL);
+    titan_backend_destroy(&be);
+    titan_metrics_destroy(&m);
+
+    const double vals[] = {NAN, INFINITY, -INFINITY, 3.4028234663852886e38, 4.9406564584124654e-324, 0.1};
+    const char *want[] = {"null", "null", "null", "3.4028234663852886e38", "4.9406564584124654e-324", "0.10000000000000001"};
+    for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "power_w", titan_json_figure(true, vals[i]));
+        json_object_set_new(o, "temperature_c", titan_json_figure(false, vals[i]));
+        char *txt = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+        char expect[128];
+        snprintf(expect, sizeof(expect), "{\"power_w\":%s,\"temperature_c\":null}", want[i]);
+        if (strcmp(txt, expect) != 0) fail_msg("figure %a: %s, expected %s", vals[i], txt, expect);
+        free(txt);
+        json_decref(o);
+    }
+}
+
 typedef struct {
     titan_metrics *m;
     int n;
@@ -376,6 +426,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_requests_by_op_and_code),
+        cmocka_unit_test(test_odd_values),
         cmocka_unit_test(test_bytes_busy_queue_and_load),
         cmocka_unit_test(test_ready_and_jobs),
         cmocka_unit_test(test_format),
