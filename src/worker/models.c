@@ -349,22 +349,35 @@ static json_t *s_nested(const titan_runner_tensor *t, int dim, size_t *pos)
     return a;
 }
 
+/* Writes "[d0,d1,...]" into buf (S_SHAPE_TEXT bytes: room for TITAN_MAX_RANK 64-bit sizes). */
+#define S_SHAPE_TEXT (TITAN_MAX_RANK * 21 + 3)
+static void s_shape_text(char *buf, const int64_t *shape, int rank)
+{
+    size_t n = 0;
+    buf[n++] = '[';
+    for (int d = 0; d < rank && d < TITAN_MAX_RANK; d++) {
+        int w = snprintf(buf + n, S_SHAPE_TEXT - n - 1, "%s%lld", d ? "," : "", (long long)shape[d]);
+        if (w < 0 || (size_t)w >= S_SHAPE_TEXT - n - 1) break;
+        n += (size_t)w;
+    }
+    buf[n++] = ']';
+    buf[n] = '\0';
+}
+
+/* The errors read "expected <the manifest's>, got <the request's>". */
 static int s_check_input(const s_model *md, int i, const titan_tensor_view *v, titan_error *err)
 {
     const s_spec *s = &md->in[i];
     if (v->dtype != s->dtype)
-        return titan_fail(err, "bad_request", "model '%s' input %d ('%s') is %s, not %s", md->name, i, s->name,
-                          titan_dtype_name(s->dtype), titan_dtype_name(v->dtype));
+        return titan_fail(err, "bad_request", "model '%s' input %d ('%s'): expected dtype %s, got %s", md->name, i,
+                          s->name, titan_dtype_name(s->dtype), titan_dtype_name(v->dtype));
     bool ok = v->rank == s->rank;
     for (int d = 0; ok && d < s->rank; d++) ok = s->shape[d] == -1 || s->shape[d] == v->shape[d];
     if (!ok) {
-        char want[128] = "", got[128] = "";
-        size_t a = 0, b = 0;
-        for (int d = 0; d < s->rank; d++)
-            a += (size_t)snprintf(want + a, sizeof(want) - a, "%s%lld", d ? "," : "", (long long)s->shape[d]);
-        for (int d = 0; d < v->rank; d++)
-            b += (size_t)snprintf(got + b, sizeof(got) - b, "%s%lld", d ? "," : "", (long long)v->shape[d]);
-        return titan_fail(err, "bad_request", "model '%s' input %d ('%s') has shape [%s] (-1: any size), not [%s]",
+        char want[S_SHAPE_TEXT], got[S_SHAPE_TEXT];
+        s_shape_text(want, s->shape, s->rank);
+        s_shape_text(got, v->shape, v->rank);
+        return titan_fail(err, "bad_request", "model '%s' input %d ('%s'): expected shape %s (-1: any size), got %s",
                           md->name, i, s->name, want, got);
     }
     return 0;
@@ -424,9 +437,12 @@ int titan_models_infer(titan_models *m, titan_request *req, titan_out *out, tita
     }
     pthread_mutex_unlock(&m->mu);
     if (!in) goto out;
-    char msg[384];
+    /* The runner puts the cause first and its context after, as far as room allows: it gets the room
+     * the reply has left after "model 'NAME' failed: " (the reply's message is bounded). */
+    char msg[sizeof(err->msg)];
+    size_t room = sizeof(msg) - strlen(md->name) - sizeof("model '' failed: ") + 1;
     pthread_mutex_lock(&in->mu);
-    int irc = md->runner->infer(in->handle, ins, nviews, outs, TITAN_RUNNER_MAX_TENSORS, &nouts, msg, sizeof(msg));
+    int irc = md->runner->infer(in->handle, ins, nviews, outs, TITAN_RUNNER_MAX_TENSORS, &nouts, msg, room);
     pthread_mutex_unlock(&in->mu);
     pthread_mutex_lock(&m->mu);
     if (--in->refs == 0 && in->detached) {

@@ -29,7 +29,9 @@ typedef struct titan_runner {
      * or NULL with a message in err. */
     void *(*load)(const char *path, const char *device, char *err, size_t errcap);
     /* Runs the model. Not called concurrently on one handle (the registry holds a mutex per
-     * model). Returns 0 and *noutputs outputs (at most max_outputs), or -1 with err set. */
+     * model). Returns 0 and *noutputs outputs (at most max_outputs), or -1 with err set: one line, the
+     * cause first ("RuntimeError: index out of range in self"), then any context that fits errcap
+     * (the registry passes the room left in the reply's message). */
     int (*infer)(void *model, const titan_runner_tensor *inputs, int ninputs, titan_runner_tensor *outputs,
                  int max_outputs, int *noutputs, char *err, size_t errcap);
     /* Frees a handle; takes NULL. */

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """test_inference.py - real TorchScript inference through titan-worker --models: tiny models made
 with torch.jit at test time, outputs compared with PyTorch's own, JSON and binary forms, the model
-ops, LRU eviction, concurrency and every bad input.
+ops, LRU eviction, concurrency, every bad input and run-time model errors (their cause reaches the reply
+and the log).
 Usage: test_inference.py PATH/TO/titan-worker   (prints TAP)"""
 import json
 import os
@@ -177,6 +178,25 @@ def t_bad():
     tap.ok(r.get("status") == "ok", "the worker still answers after the bad inputs", r)
 
 
+def t_bad_reads_right():
+    """A mismatch says what the manifest expects first, then what came."""
+    cases = [
+        ({"op": "inference", "model": "mlp", "inputs": [np.zeros((2, 5)).tolist()]}, (),
+         "expected shape [-1,4] (-1: any size)", "got [2,5]", "a wrong dimension"),
+        ({"op": "inference", "model": "cnn", "inputs": [np.zeros((5, 64)).tolist()]}, (),
+         "expected shape [-1,1,8,8] (-1: any size)", "got [5,64]", "a wrong rank"),
+        ({"op": "inference", "model": "mlp", "inputs": [desc(x.astype(np.float64), 1)]},
+         (x.astype(np.float64).tobytes(),), "expected dtype float32", "got float64", "a wrong dtype"),
+    ]
+    for hdr, frames, want, got, what in cases:
+        r, _ = call(s, hdr, *frames)
+        e = r.get("error", "")
+        tap.ok(r.get("code") == "bad_request" and want in e and got in e and e.index(want) < e.index(got),
+               f"{what}: '{want}', then '{got}'", r)
+
+
+
+
 def t_load_unload():
     r, _ = call(s, {"op": "unload_model", "model": "mlp"})
     tap.ok(r.get("status") == "ok" and r.get("loaded") is False, "unload_model", r)
@@ -219,6 +239,7 @@ tap.run("list", t_list)
 tap.run("json", t_json)
 tap.run("binary", t_binary)
 tap.run("bad", t_bad)
+tap.run("bad reads right", t_bad_reads_right)
 tap.run("load/unload", t_load_unload)
 tap.run("concurrent", t_concurrent)
 
@@ -259,6 +280,58 @@ def t_bad_dir():
            p.stderr)
 
 
+class Embed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.e = torch.nn.Embedding(10, 8)
+
+    def forward(self, ids):
+        return self.e(ids.long())
+
+
+class Raises(torch.nn.Module):
+    def forward(self, x):
+        if bool(x.sum() > 0):
+            msg = "the sum is positive;"
+            for _ in range(60):
+                msg = msg + " this message is very long"
+            raise ValueError(msg)
+        return x
+
+
+def t_runtime_errors():
+    """A model that fails while running: the reply and the log keep the cause (the end of the TorchScript
+    traceback), not the interpreter's first line alone; the reply stays bounded."""
+    d = tempfile.mkdtemp(prefix="titan-models-fail-")
+    embed = Embed().eval()
+    torch.jit.script(embed).save(os.path.join(d, "embed.pt"))
+    torch.jit.script(Raises()).save(os.path.join(d, "raises.pt"))
+    manifest(d, "embed", [spec("ids", [-1])], [spec("vectors", [-1, 8])])
+    manifest(d, "raises", [spec("x", [-1])], [spec("y", [-1])])
+    w4 = Worker(BIN, "--models", d)
+    c = sock(w4.endpoint)
+    ids = np.array([1, 3, 9], dtype=np.float32)
+    r, _ = call(c, {"op": "inference", "model": "embed", "input": ids.tolist()})
+    with torch.no_grad():
+        tap.ok("output" in r and close(r["output"], embed(torch.from_numpy(ids))), "embedding, ids in range", r)
+    r, _ = call(c, {"op": "inference", "model": "embed", "input": [1, 12]})
+    e = r.get("error", "")
+    tap.ok(r.get("code") == "device_error" and e.startswith("model 'embed' failed: ") and "index out of range" in e,
+           "an out-of-range token id: device_error with the cause (index out of range)", r)
+    r, _ = call(c, {"op": "inference", "model": "raises", "input": [1, 2]})
+    e = r.get("error", "")
+    tap.ok(r.get("code") == "device_error" and "ValueError: the sum is positive" in e and len(e) < 512,
+           "a long exception: its start kept, the reply bounded", (len(e), r))
+    r, _ = call(c, {"op": "ping"})
+    tap.ok(r.get("status") == "ok", "the worker still answers after the failures", r)
+    c.close()
+    w4.stop()
+    log = open(w4.logpath).read()
+    tap.ok("model 'embed' failed: " in log and "index out of range" in log,
+           "the worker's log has the cause too", log[-3000:])
+
+
+tap.run("run-time errors", t_runtime_errors)
 tap.run("lru", t_lru)
 tap.run("no models", t_no_models)
 tap.run("bad dir", t_bad_dir)

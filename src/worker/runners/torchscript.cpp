@@ -30,6 +30,100 @@ bool s_cuda_ok()
     }
 }
 
+// Appends `src` to `dst` within a buffer of `cap` bytes (NUL included); a cut end becomes "...".
+void s_cat(char *dst, size_t cap, const std::string &src)
+{
+    size_t len = strlen(dst);
+    if (len + 1 >= cap) return;
+    size_t room = cap - len - 1;
+    if (src.size() <= room) {
+        memcpy(dst + len, src.data(), src.size());
+        dst[len + src.size()] = '\0';
+    } else if (room > 3) {
+        memcpy(dst + len, src.data(), room - 3);
+        memcpy(dst + len + room - 3, "...", 4);
+    }
+}
+
+std::vector<std::string> s_lines(const std::string &text)
+{
+    std::vector<std::string> v;
+    size_t at = 0;
+    while (at <= text.size()) {
+        size_t nl = text.find('\n', at);
+        if (nl == std::string::npos) nl = text.size();
+        std::string l = text.substr(at, nl - at);
+        while (!l.empty() && (l.back() == '\r' || l.back() == ' ')) l.pop_back();
+        v.push_back(l);
+        at = nl + 1;
+    }
+    return v;
+}
+
+// "RuntimeError: ..." or "builtins.ValueError: ...": the exception line that ends a TorchScript traceback.
+bool s_is_exception_line(const std::string &l)
+{
+    size_t colon = l.find(": ");
+    if (colon == std::string::npos || colon == 0) return false;
+    for (size_t i = 0; i < colon; i++) {
+        char c = l[i];
+        bool digit_or_dot = (c >= '0' && c <= '9') || c == '.';
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || (i && digit_or_dot))) return false;
+    }
+    return true;
+}
+
+// Writes the meaningful part of an exception's text into err: its cause first, then as much of its context
+// as fits. A failure inside the TorchScript interpreter reads "The following operation failed in the
+// TorchScript interpreter.", a traceback (each frame: a File line, code, "~~~ <--- HERE"), and at the end
+// "RuntimeError: index out of range in self": that last part is the cause, the innermost frame the context.
+// Any other message (c10's without its C++ backtrace) is kept whole, its lines joined.
+void s_describe_error(const std::string &text, char *err, size_t errcap)
+{
+    if (!errcap) return;
+    err[0] = '\0';
+    std::vector<std::string> lines = s_lines(text);
+    const std::string interp = "The following operation failed in the TorchScript interpreter.";
+    size_t from = 0;
+    std::string frame;
+    if (!lines.empty() && lines[0] == interp) {
+        size_t here = 0, cause = 0;
+        for (size_t i = 0; i < lines.size(); i++) {
+            if (lines[i].find("<--- HERE") != std::string::npos) here = i;
+            if (lines[i].compare(0, 7, "  File ") == 0) frame = lines[i].substr(2);
+        }
+        for (size_t i = here + 1; i < lines.size() && !cause; i++)
+            if (s_is_exception_line(lines[i])) cause = i;
+        if (!cause) // no exception line where expected: the last non-empty line is the best guess
+            for (size_t i = lines.size(); i-- > 1 && !cause;)
+                if (!lines[i].empty()) cause = i;
+        from = cause ? cause : 0;
+    }
+    std::string msg;
+    for (size_t i = from; i < lines.size(); i++) {
+        size_t b = lines[i].find_first_not_of(' ');
+        if (b == std::string::npos) continue;
+        if (!msg.empty()) msg += ' ';
+        msg += lines[i].substr(b);
+    }
+    if (msg.empty()) msg = "unknown error";
+    s_cat(err, errcap, msg);
+    if (from == 0) return;
+    // The context, whole or not at all: the interpreter, and the innermost frame when it fits too.
+    std::string plain = " (in the TorchScript interpreter)";
+    std::string with_frame = " (in the TorchScript interpreter, at " + frame + ")";
+    size_t room = errcap - strlen(err) - 1;
+    if (!frame.empty() && with_frame.size() <= room) s_cat(err, errcap, with_frame);
+    else if (plain.size() <= room) s_cat(err, errcap, plain);
+}
+
+void s_describe_exception(const std::exception &e, char *err, size_t errcap)
+{
+    // c10's what() carries a C++ backtrace: the message alone is what_without_backtrace().
+    auto *ce = dynamic_cast<const c10::Error *>(&e);
+    s_describe_error(ce ? ce->what_without_backtrace() : e.what(), err, errcap);
+}
+
 void *s_load(const char *path, const char *device, char *err, size_t errcap)
 {
     try {
@@ -44,9 +138,7 @@ void *s_load(const char *path, const char *device, char *err, size_t errcap)
         m->module.eval();
         return m.release();
     } catch (const std::exception &e) {
-        std::string msg = e.what();
-        msg = msg.substr(0, msg.find('\n'));
-        snprintf(err, errcap, "%s", msg.c_str());
+        s_describe_exception(e, err, errcap);
     } catch (...) {
         snprintf(err, errcap, "unknown error");
     }
@@ -115,9 +207,7 @@ int s_infer(void *model, const titan_runner_tensor *inputs, int ninputs, titan_r
         *noutputs = n;
         return 0;
     } catch (const std::exception &e) {
-        std::string msg = e.what();
-        msg = msg.substr(0, msg.find('\n'));
-        snprintf(err, errcap, "%s", msg.c_str());
+        s_describe_exception(e, err, errcap);
     } catch (...) {
         snprintf(err, errcap, "unknown error");
     }
