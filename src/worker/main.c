@@ -49,18 +49,33 @@ static void s_on_signal(int sig)
 #define S_NRUNNERS 0
 #endif
 
-/* Opens the TorchScript runner module (module.c says where it is looked for). Returns the
- * runner, or NULL with a message in err. libtorch does not unload cleanly: it stays loaded. */
+/* How to get a worker that serves models, for the start-up errors. */
+#define S_RUNNER_HOWTO                                                                                             \
+    "titan-worker serves TorchScript models only when built with the TorchScript runner: install libtorch-dev, "  \
+    "then meson setup -Dtorch=enabled (docs/OPERATIONS.md, \"Models\")"
+
+/* Opens the TorchScript runner module: $TITAN_TORCH_RUNNER when set (a path; for tests and odd
+ * layouts), else titan-runner-torchscript.so where module.c looks for it. Returns the runner, or NULL
+ * with a message in err. libtorch does not unload cleanly: it stays loaded. */
 static const titan_runner *s_open_runner(char *err, size_t errcap)
 {
+    const char *over = getenv("TITAN_TORCH_RUNNER");
     char msg[700];
-    void *h = titan_module_open("titan-runner-torchscript.so", msg, sizeof(msg));
+    void *h;
+    if (over && *over) {
+        h = dlopen(over, RTLD_NOW | RTLD_LOCAL);
+        if (!h) snprintf(msg, sizeof(msg), "cannot load TITAN_TORCH_RUNNER=%.300s: %.300s", over, dlerror());
+    } else {
+        h = titan_module_open("titan-runner-torchscript.so", msg, sizeof(msg));
+    }
     if (!h) {
-        snprintf(err, errcap, "the TorchScript runner: %.400s", msg);
+        snprintf(err, errcap, "--models: no TorchScript runner: %.450s", msg);
         return NULL;
     }
     const titan_runner *r = dlsym(h, "titan_runner_torchscript");
-    if (!r) snprintf(err, errcap, "titan-runner-torchscript.so has no titan_runner_torchscript");
+    if (!r)
+        snprintf(err, errcap, "--models: %.300s is not the TorchScript runner (no titan_runner_torchscript)",
+                 over && *over ? over : "titan-runner-torchscript.so");
     return r;
 }
 
@@ -354,16 +369,22 @@ int main(int argc, char **argv)
     char runner_info[128] = "torchscript (loaded with --models)";
     const titan_runner *runners[1] = {NULL};
     if (S_NRUNNERS) w.runner_info = runner_info;
-    if (cfg->models && S_NRUNNERS) {
+    /* --models without a runner would serve nothing: the worker refuses to start (exit status 1),
+     * as it does for a --device it cannot use. */
+    if (cfg->models && !S_NRUNNERS) {
+        titan_log(TITAN_LOG_ERROR, "--models %s: this titan-worker was built without a model runner; %s", cfg->models,
+                  S_RUNNER_HOWTO);
+        rc = -ENOTSUP;
+        goto out;
+    }
+    if (cfg->models) {
         runners[0] = s_open_runner(err, sizeof(err));
         if (!runners[0]) {
-            titan_log(TITAN_LOG_ERROR, "%s", err);
+            titan_log(TITAN_LOG_ERROR, "%s; %s", err, S_RUNNER_HOWTO);
             rc = -EINVAL;
             goto out;
         }
         runners[0]->describe(runner_info, sizeof(runner_info));
-    }
-    if (cfg->models) {
         w.models = titan_models_new(cfg->models, runners, S_NRUNNERS, cfg->max_models, cfg->model_memory_mb << 20,
                                     s_note_model, err, sizeof(err));
         if (!w.models) {
@@ -373,8 +394,7 @@ int main(int argc, char **argv)
         }
         json_t *l = titan_models_list(w.models);
         titan_log(TITAN_LOG_INFO, "serving %zu model(s) from %s (%s; at most %d loaded, %llu MB)", json_array_size(l),
-                  cfg->models, S_NRUNNERS ? runner_info : "no runner", cfg->max_models,
-                  (unsigned long long)cfg->model_memory_mb);
+                  cfg->models, runner_info, cfg->max_models, (unsigned long long)cfg->model_memory_mb);
         json_decref(l);
     }
 

@@ -119,8 +119,12 @@ static int s_read_manifest(titan_models *m, const char *dir, const char *file, c
     for (size_t i = 0; i < nrunners && !md->runner; i++)
         if (strcmp(runners[i]->name, rname) == 0) md->runner = runners[i];
     if (!md->runner) {
-        snprintf(err, errcap, "%s: runner '%s' is not built into this worker%s", path, rname,
-                 nrunners ? "" : " (it has no model runner: build it with -Dtorch=enabled)");
+        /* A model no runner serves stops the start: the worker never serves a directory in part. */
+        char have[128] = "";
+        for (size_t i = 0, n = 0; i < nrunners && n < sizeof(have); i++)
+            n += (size_t)snprintf(have + n, sizeof(have) - n, "%s%s", i ? ", " : "", runners[i]->name);
+        snprintf(err, errcap, "%s: no runner '%s' in this worker (it has: %s)", path, rname,
+                 nrunners ? have : "none; build it with -Dtorch=enabled, which needs libtorch-dev");
         goto out;
     }
     for (size_t i = 0; i < m->n; i++)

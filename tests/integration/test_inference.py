@@ -2,7 +2,7 @@
 """test_inference.py - real TorchScript inference through titan-worker --models: tiny models made
 with torch.jit at test time, outputs compared with PyTorch's own, JSON and binary forms, the model
 ops, LRU eviction, concurrency, every bad input and run-time model errors (their cause reaches the reply
-and the log).
+and the log). Also, in every build: --models without a runner refuses to start.
 Usage: test_inference.py PATH/TO/titan-worker   (prints TAP)"""
 import json
 import os
@@ -11,22 +11,59 @@ import sys
 import tempfile
 import threading
 
+from workerproc import Tap, Worker
+
 BIN = sys.argv[1]
 ver = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout
+tap = Tap()
+
+
+def refused(args, env):
+    """Runs a worker that must not start: (exit status, its log)."""
+    p = subprocess.run([BIN, "--bind", "tcp://127.0.0.1:*", *args], capture_output=True, text=True, timeout=30,
+                       env=env)
+    return p.returncode, p.stdout + p.stderr
+
+
+def t_no_runner():
+    """--models without a runner refuses to start (exit status 1), saying which runner is missing and how to
+    build it, never a quiet info line and a worker that serves nothing. A build with the runner is made to miss
+    it through $TITAN_TORCH_RUNNER."""
+    empty = tempfile.mkdtemp(prefix="titan-models-empty-")
+    env = dict(os.environ)
+    if "torchscript" in ver:
+        env["TITAN_TORCH_RUNNER"] = "/nonexistent-titan/titan-runner-torchscript.so"
+    rc, log = refused(["--models", empty], env)
+    tap.ok(rc == 1 and " error: --models" in log and "TorchScript runner" in log and "-Dtorch=enabled" in log
+           and "libtorch-dev" in log and " info: serving" not in log,
+           "--models without the TorchScript runner: exit 1, an error naming the runner and how to build it",
+           (rc, log))
+    if "torchscript" in ver:
+        tap.ok("TITAN_TORCH_RUNNER=/nonexistent-titan/titan-runner-torchscript.so" in log,
+               "the error names the runner module that could not be loaded", log)
+    with open(os.path.join(empty, "m.model.json"), "w") as f:
+        json.dump({"name": "m", "runner": "onnx", "file": "m.onnx",
+                   "inputs": [{"name": "x", "dtype": "float32", "shape": [-1]}],
+                   "outputs": [{"name": "y", "dtype": "float32", "shape": [-1]}]}, f)
+    with open(os.path.join(empty, "m.onnx"), "wb") as f:
+        f.write(b"\0")
+    rc, log = refused(["--models", empty], dict(os.environ))
+    tap.ok(rc == 1 and " error: " in log and ("runner 'onnx'" in log or "without a model runner" in log),
+           "a manifest naming a runner the worker lacks: exit 1, an error naming it", (rc, log))
+
+
+tap.run("no runner", t_no_runner)
 if "torchscript" not in ver:
-    print("1..0 # SKIP titan-worker was built without the TorchScript runner (-Dtorch)")
-    sys.exit(0)
+    print("# SKIP the inference checks: titan-worker was built without the TorchScript runner (-Dtorch)")
+    sys.exit(tap.done())
 try:
     import numpy as np
     import torch
     import zmq
 except ImportError as e:
-    print(f"1..0 # SKIP {e} (make test installs python3-torch)")
-    sys.exit(0)
+    print(f"# SKIP the inference checks: {e} (make test installs python3-torch)")
+    sys.exit(tap.done())
 
-from workerproc import Tap, Worker
-
-tap = Tap()
 ctx = zmq.Context()
 torch.manual_seed(0)
 
@@ -193,8 +230,6 @@ def t_bad_reads_right():
         e = r.get("error", "")
         tap.ok(r.get("code") == "bad_request" and want in e and got in e and e.index(want) < e.index(got),
                f"{what}: '{want}', then '{got}'", r)
-
-
 
 
 def t_load_unload():
