@@ -22,7 +22,7 @@
 #define S_DEFAULT_HISTORY_S 300
 #define S_MAX_SAMPLES 3600         /* per backend: what one /api/titan/backends answer may carry */
 #define S_MAX_GPU_INFO_BYTES 65536 /* a gpu_info reply larger than this is refused, not kept */
-#define S_HTTP_THREADS 4           /* a slow first poll in one handler does not stall the others */
+#define S_HTTP_THREADS 4           /* HTTP handlers never wait on a poll; these serve concurrent clients */
 #define S_HTTP_CONNECTIONS 64      /* at once, all clients together */
 #define S_HTTP_IDLE_TIMEOUT_S 30   /* an idle keep-alive connection is closed after this */
 #define S_PROBE_ALLOWANCE_MS 1000  /* a half-open probe (ping) may precede a poll: the router's cap */
@@ -55,8 +55,8 @@ typedef struct {
     int priority;
     pthread_t thread;
     bool thread_started;
-    pthread_mutex_t poll_lock; /* one gpu_info call at a time: a local backend has max_inflight 1 */
-    /* The rest under srv->lock. */
+    /* The rest under srv->lock: the last known state, which the HTTP handlers read. Only this backend's
+     * poller writes it, and never holds the lock across the gpu_info call, so no answer waits on a poll. */
     json_t *gpu_info; /* the last device description answered; NULL until one is */
     int64_t gpu_info_ms;
     uint64_t polls;
@@ -73,7 +73,7 @@ typedef struct s_serve {
     titan_router *router;
     size_t n;
     s_backend *b;
-    size_t ninit;  /* backends whose poll_lock is initialized */
+    size_t ninit;  /* backends initialized (to free) */
     size_t *order; /* backend indices in priority order (ties keep the file's order) */
     int interval_ms;
     int history_s;
@@ -109,13 +109,15 @@ void cli_help_serve(FILE *f)
             "  /                     the status page: one card a backend, live charts\n"
             "  /api/titan/health     200 {\"status\":\"healthy\", ...gpu_info..., \"backend\":NAME}\n"
             "                        for the first healthy backend in priority order, else 503\n"
-            "                        {\"status\":\"unhealthy\",\"error\":...}\n"
+            "                        {\"status\":\"unhealthy\",\"error\":...}, or \"unknown\" while a\n"
+            "                        backend's first poll is under way\n"
             "  /api/titan/backends   every backend: breaker state, latency, counters, last gpu_info and\n"
             "                        history\n"
             "\n"
-            "A backend is healthy while its latest gpu_info poll was answered. There is no\n"
-            "authentication: keep --listen on loopback (anything else prints a warning) and publish\n"
-            "it through a reverse proxy that controls access.\n"
+            "A backend is healthy while its latest gpu_info poll was answered. Every answer comes at once\n"
+            "from the last known state, never waiting for a poll. There is no authentication: keep\n"
+            "--listen on loopback (anything else prints a warning) and publish it through a reverse\n"
+            "proxy that controls access.\n"
             "\n"
             "examples:\n"
             "  titan serve\n"
@@ -214,21 +216,12 @@ static int s_parse_gpu_info(titan_reply *rep, json_t **gi, char *why, size_t why
     return 0;
 }
 
-/* Polls backend i once: gpu_info through the router, the answer and a sample recorded. With
- * `only_if_never`, does nothing once any poll has ended (the first /api/titan/health waits here). */
-static void s_poll(s_serve *s, size_t i, bool only_if_never)
+/* Polls backend i once: gpu_info through the router, the answer and a sample recorded. Called by
+ * backend i's poller thread only, so one poll of a backend at a time (a local backend has max_inflight
+ * 1). s->lock is taken only to record the outcome, never across the call. */
+static void s_poll(s_serve *s, size_t i)
 {
     s_backend *b = &s->b[i];
-    pthread_mutex_lock(&b->poll_lock);
-    if (only_if_never) {
-        pthread_mutex_lock(&s->lock);
-        bool done = b->polls > 0;
-        pthread_mutex_unlock(&s->lock);
-        if (done) {
-            pthread_mutex_unlock(&b->poll_lock);
-            return;
-        }
-    }
     titan_reply *rep = NULL;
     titan_route_info info;
     char why[300] = "";
@@ -296,7 +289,6 @@ static void s_poll(s_serve *s, size_t i, bool only_if_never)
         fprintf(stderr, "titan serve: backend %s is healthy\n", b->name);
     else if (changed)
         fprintf(stderr, "titan serve: backend %s is %s: %s\n", b->name, s_health_name(h), why);
-    pthread_mutex_unlock(&b->poll_lock);
 }
 
 static void *s_poller(void *arg)
@@ -308,7 +300,7 @@ static void *s_poller(void *arg)
         pthread_mutex_unlock(&s->lock);
         struct timespec due;
         clock_gettime(CLOCK_MONOTONIC, &due);
-        s_poll(s, b->index, false);
+        s_poll(s, b->index);
         due.tv_sec += s->interval_ms / 1000;
         due.tv_nsec += (long)(s->interval_ms % 1000) * 1000000L;
         if (due.tv_nsec >= 1000000000L) {
@@ -423,15 +415,18 @@ static json_t *s_backends_json(s_serve *s)
                      s->history_s, "generated_at", (json_int_t)now, "version", TITAN_VERSION);
 }
 
-/* The dashboard's health answer; *status gets the HTTP status. */
+/* The dashboard's health answer, from the last known state of each backend (it never waits for a poll:
+ * a dead backend's poll may take its whole timeout); *status gets the HTTP status. Before a backend's
+ * first poll has ended it is unknown; when no backend is healthy and one is still unknown, the answer is
+ * 503 {"status":"unknown"}. */
 static json_t *s_health_json(s_serve *s, unsigned *status)
 {
     char error[2048] = "";
     size_t used = 0;
+    bool unknown = false;
     for (size_t k = 0; k < s->n; k++) {
         size_t i = s->order[k];
         s_backend *b = &s->b[i];
-        s_poll(s, i, true); /* before the first poll has ended: poll now rather than guess */
         titan_backend_status st;
         titan_breaker_state state = TITAN_BREAKER_CLOSED;
         if (titan_router_backend_status(s->router, i, &st) == 0) state = st.state;
@@ -451,7 +446,10 @@ static json_t *s_health_json(s_serve *s, unsigned *status)
             *status = MHD_HTTP_OK;
             return o;
         }
-        const char *why = b->poll_error[0] ? b->poll_error : "its last answer is out of date";
+        if (h == H_UNKNOWN) unknown = true;
+        const char *why = h == H_UNKNOWN     ? "not known yet: its first poll is under way"
+                          : b->poll_error[0] ? b->poll_error
+                                             : "its last answer is out of date";
         if (used < sizeof(error)) {
             int w = snprintf(error + used, sizeof(error) - used, "%s%s: %s", used ? "; " : "", b->name, why);
             used += w > 0 ? (size_t)w : 0;
@@ -461,7 +459,7 @@ static json_t *s_health_json(s_serve *s, unsigned *status)
     *status = MHD_HTTP_SERVICE_UNAVAILABLE;
     char msg[2200];
     snprintf(msg, sizeof(msg), "no backend answered gpu_info: %s", error);
-    return json_pack("{s:s, s:s}", "status", "unhealthy", "error", msg);
+    return json_pack("{s:s, s:s}", "status", unknown ? "unknown" : "unhealthy", "error", msg);
 }
 
 /* ---- HTTP ---- */
@@ -683,7 +681,6 @@ static void s_serve_destroy(s_serve *s)
     for (size_t i = 0; s->b && i < s->ninit; i++) {
         json_decref(s->b[i].gpu_info);
         free(s->b[i].ring);
-        pthread_mutex_destroy(&s->b[i].poll_lock);
     }
     free(s->b);
     free(s->order);
@@ -704,7 +701,6 @@ static int s_serve_init(s_serve *s)
         titan_backend_status st;
         b->srv = s;
         b->index = i;
-        pthread_mutex_init(&b->poll_lock, NULL);
         s->ninit++;
         b->ring = calloc(cap, sizeof(*b->ring));
         b->cap = cap;

@@ -77,6 +77,26 @@ class Serve:
         status, headers, body = self.request(path)
         return status, headers, json.loads(body)
 
+    def timed(self, path, timeout=60):
+        """Returns (seconds the whole request took, from connect to the last byte, status, parsed body)."""
+        t0 = time.monotonic()
+        status, headers, body = self.request(path, timeout=timeout)
+        return time.monotonic() - t0, status, json.loads(body)
+
+    def wait_polled(self, timeout=30):
+        """Waits until every backend's first poll has ended (serve answers "unknown" before); returns
+        whether they did."""
+        return wait_for(lambda: all(b["polls"] >= 1 for b in self.json("/api/titan/backends")[2]["backends"]),
+                        timeout)
+
+    def stop_at_once(self, timeout=30):
+        """Stops a serve whose polls are still waiting for a long timeout: SIGTERM, then, once it says it is
+        stopping, a second SIGTERM, which exits at once with status 1. Returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: "stopping" in self.stderr() or self.proc.poll() is not None, timeout)
+        return self.stop(signal.SIGTERM, timeout)
+
     def stop(self, sig=signal.SIGTERM, timeout=30):
         """Signals the process and waits; returns its exit status."""
         if self.proc.poll() is None:

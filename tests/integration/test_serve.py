@@ -102,6 +102,7 @@ def check_connect_live():
     s = Serve("--timeout", "1000", "--connect", fixed, "--interval", str(INTERVAL))
     try:
         # --- /api/titan/health, healthy ---
+        tap.ok(s.wait_polled(), "the first poll of a live worker ends", s.stderr())
         status, headers, h = s.json("/api/titan/health")
         tap.ok(status == 200 and h.get("status") == "healthy" and h.get("backend") == "worker"
                and isinstance(h.get("name"), str) and h["name"] and isinstance(h.get("total_memory_gb"), (int, float))
@@ -196,20 +197,88 @@ def check_connect_live():
 
 def check_dead_endpoint():
     dead = dead_endpoint()
-    s = Serve("--timeout", "300", "--connect", dead, "--interval", str(INTERVAL))
+    s = Serve("--timeout", "2000", "--connect", dead, "--interval", str(INTERVAL))
     try:
-        # The very first request polls at once rather than answer from no data.
+        # The first poll waits its whole --timeout for the dead endpoint. The first request does not wait
+        # for it: it answers at once from what is known, which is nothing yet.
+        took, status, h = s.timed("/api/titan/health")
+        polls = s.json("/api/titan/backends")[2]["backends"][0]["polls"]
+        tap.ok(status == 503 and took < 0.1 and set(h) == {"status", "error"}
+               and (polls >= 1 or (h.get("status") == "unknown" and "first poll" in h.get("error", ""))),
+               f"during the first poll, health answers at once ({took * 1000:.1f} ms): 503 "
+               "{status: unknown, error: ...first poll under way}", (status, h, polls))
+        unhealthy = wait_for(lambda: s.json("/api/titan/health")[2].get("status") == "unhealthy", 15)
         status, headers, h = s.json("/api/titan/health")
-        tap.ok(status == 503 and h.get("status") == "unhealthy" and dead in h.get("error", "")
+        tap.ok(unhealthy and status == 503 and h.get("status") == "unhealthy" and dead in h.get("error", "")
                and set(h) == {"status", "error"},
-               "serve pointed at a dead endpoint: 503 unhealthy with the error, from the first request", (status, h))
-        opened = wait_for(lambda: s.json("/api/titan/backends")[2]["backends"][0]["state"] == "open", 10)
+               "serve pointed at a dead endpoint: 503 unhealthy with the error once its first poll ends",
+               (status, h))
+        opened = wait_for(lambda: s.json("/api/titan/backends")[2]["backends"][0]["state"] == "open", 15)
         b = s.json("/api/titan/backends")[2]["backends"][0]
         tap.ok(opened and b["health"] == "down" and b["gpu_info"] is None and b["p50_ms"] is None
                and b["last_error"], "its breaker opens; no gpu_info, no latency", b)
     finally:
         rc = s.stop(signal.SIGINT)
     tap.ok(rc == 0 and "stopping (SIGINT)" in s.stderr(), "SIGINT: exit 0", (rc, s.stderr()))
+
+
+def check_kill_answers_at_once():
+    """Issue 16: after a SIGKILL, health answered 200 three times, then 503 after 9.9 s, each answer held
+    behind the poll in flight. Every answer must come from the last known state within 100 ms, during the
+    poll that times out and the half-open probes alike, and the worker must be unhealthy within its
+    timeout plus one interval (OPERATIONS.md)."""
+    timeout_ms, interval_ms = 1000, 500
+    margin = 1.0  # seconds: scheduling on a loaded machine, and the HTTP request that sees the 503
+    limit = 0.1  # seconds per HTTP answer
+    w = Worker(WORKER, "--threads", "1", "--log-level", "warn")
+    s = Serve("--timeout", str(timeout_ms), "--connect", w.endpoint, "--interval", str(interval_ms))
+    times = []  # (path, seconds, status, phase)
+
+    def hit(path, phase):
+        time.sleep(0.01)  # pacing, not synchronisation: a steady client, not a flood that loads the machine
+        took, status, body = s.timed(path, timeout=30)
+        times.append((path, took, status, phase))
+        return status, body
+
+    try:
+        tap.ok(wait_for(lambda: s.json("/api/titan/health")[0] == 200, 20), "the worker is healthy first", "")
+        for _ in range(5):
+            hit("/api/titan/health", "healthy")
+            hit("/api/titan/backends", "healthy")
+        probes0 = s.json("/api/titan/backends")[2]["backends"][0]["probes"]
+        killed = time.monotonic()
+        w.stop(signal.SIGKILL)
+        first_503, body_503 = None, None
+        while time.monotonic() - killed < 30:
+            status, body = hit("/api/titan/health", "after the kill")
+            if status == 503:
+                first_503, body_503 = time.monotonic() - killed, body
+                break
+            hit("/api/titan/backends", "after the kill")
+        # Go on through the breaker's half-open probes (each may wait up to 1 s for its ping).
+        probed = False
+        while first_503 is not None and time.monotonic() - killed < 60:
+            status, body = hit("/api/titan/backends", "down, probing")
+            if body["backends"][0]["probes"] >= probes0 + 2:
+                probed = True
+                break
+            hit("/api/titan/health", "down, probing")
+        bound = (timeout_ms + interval_ms) / 1000 + margin
+        tap.ok(first_503 is not None and first_503 <= bound and body_503.get("status") == "unhealthy"
+               and w.endpoint in body_503.get("error", ""),
+               f"a SIGKILLed worker: the first 503 came {first_503 if first_503 is None else round(first_503, 2)} s "
+               f"after the kill (timeout {timeout_ms} ms + interval {interval_ms} ms + {margin} s at most)",
+               (first_503, body_503))
+        tap.ok(probed, "the requests went on through two half-open probes", "")
+        slow = sorted(times, key=lambda t: -t[1])
+        n_after = sum(1 for t in times if t[3] != "healthy")
+        tap.ok(times and slow[0][1] < limit and n_after >= 10,
+               f"every HTTP answer, before, during and after the kill, came within {limit * 1000:.0f} ms "
+               f"({len(times)} answers, {n_after} after the kill; slowest {slow[0][1] * 1000:.1f} ms)",
+               "\n".join(f"{p} {t * 1000:.1f} ms -> {st} ({ph})" for p, t, st, ph in slow[:8]))
+    finally:
+        rc = s.stop()
+    tap.ok(rc == 0 and sanitizer_clean(s.stderr()), "SIGTERM: exit 0", (rc, s.stderr()))
 
 
 def check_backends_file():
@@ -223,6 +292,7 @@ router: {{breaker_cooldown_ms: 200, breaker_max_cooldown_ms: 1000}}
 """)
     s = Serve("--backends", path, "--interval", str(INTERVAL))
     try:
+        s.wait_polled()
         status, headers, h = s.json("/api/titan/health")
         tap.ok(status == 200 and h.get("backend") == "live" and h.get("name"),
                "--backends: health names the first healthy backend in priority order (skips the dead one)", h)
@@ -269,6 +339,7 @@ def check_env_and_warning():
     # --endpoint (or $TITAN_ENDPOINT) is the default worker
     s = Serve("--interval", str(INTERVAL), env=clean_env(TITAN_ENDPOINT=w.endpoint))
     try:
+        s.wait_polled()
         status, headers, h = s.json("/api/titan/health")
         b = s.json("/api/titan/backends")[2]["backends"][0]
         tap.ok(status == 200 and b["endpoint"] == w.endpoint, "without --connect or --backends: --endpoint", b)
@@ -302,6 +373,7 @@ def check_curve():
     s = Serve("--connect", w.endpoint, "--interval", str(INTERVAL), "--server-key", os.path.join(keys, "worker"),
               "--curve-secret", os.path.join(keys, "alice_secret"))
     try:
+        s.wait_polled()
         status, headers, h = s.json("/api/titan/health")
         tap.ok(status == 200 and h.get("status") == "healthy",
                "--connect with --server-key and --curve-secret: a CURVE worker is healthy", (status, h))
@@ -317,6 +389,7 @@ def main():
     tap.run("a busy port", check_busy_port)
     tap.run("--connect a live worker", check_connect_live)
     tap.run("--connect a dead endpoint", check_dead_endpoint)
+    tap.run("a SIGKILLed worker: answers within 100 ms, 503 within timeout + interval", check_kill_answers_at_once)
     tap.run("--backends with live, dead and local backends", check_backends_file)
     tap.run("defaults and the loopback warning", check_env_and_warning)
     tap.run("CURVE", check_curve)
