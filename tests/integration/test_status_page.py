@@ -2,13 +2,15 @@
 """test_status_page.py - titan serve's status page rendered by headless Chromium against real workers.
 
 Usage: test_status_page.py TITAN-WORKER TITAN BUILD-DIR
-Writes BUILD-DIR/test-artifacts/status_page.png (a screenshot of the page at 1280x900).
+Writes screenshots of the page at 1280x900 to BUILD-DIR/test-artifacts/: status_page.png (a live, a dead and a
+local backend), status_page_healthy.png (a live worker) and status_page_killed.png (its worker SIGKILLed).
 Chromium is /usr/bin/chromium (Debian's, from `scripts/deps.sh test`) or the first chromium on PATH;
 $TITAN_TEST_CHROMIUM names another binary. Without one the test fails and says how to install it.
 """
 import html.parser
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -25,6 +27,7 @@ tmp = tempfile.mkdtemp(prefix="titan-page-")
 ARTIFACTS = os.path.join(BUILD, "test-artifacts")
 SHOT = os.path.join(ARTIFACTS, "status_page.png")
 INTERVAL = 200
+MEMORY_LABEL = {"cpu": "Host RAM", "cuda": "GPU memory"}  # by gpu_info's "backend": what the memory is
 
 
 def find_chromium():
@@ -127,12 +130,39 @@ def png_info(path):
     return w, h, len(set(pixels)), len(data)
 
 
+def screenshot(url, path):
+    """Renders url at 1280x900 into path; tap-checks that it is a real picture. Returns whether it is."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)
+    rc, out, err = chromium(url, f"--screenshot={path}", "--window-size=1280,900")
+    ok = rc == 0 and os.path.exists(path)
+    info = png_info(path) if ok else None
+    return tap.ok(ok and info[0] == 1280 and info[1] == 900 and info[2] > 64 and info[3] > 30000,
+                  f"a screenshot of the page: {path}, 1280x900, not blank", (rc, info, err[-2000:]))
+
+
+def fact(dom, card, key):
+    """The text of a card's figure (dd.KEY) and of its label (the dt beside it)."""
+    dd = dom.find("dd", cls=key, within=card)
+    dt = dom.find("dt", within=dd[0]["parents"][-1]) if dd else []
+    return (dd[0]["text"] if dd else None), (dt[0]["text"] if dt else None)
+
+
+def memory_titles(dom, card):
+    """The memory figure's label and the memory chart's title of a card."""
+    chart = dom.find("figure", cls="chart", within=card, data_metric="memory")
+    title = dom.find(cls="chart-title", within=chart[0]) if chart else []
+    return fact(dom, card, "memory")[1], (title[0]["text"] if title else None)
+
+
 def check_live_worker():
     w = Worker(WORKER, "--threads", "1", "--log-level", "warn")
     s = Serve(TITAN, "--connect", w.endpoint, "--interval", str(INTERVAL))
     try:
         wait_for(lambda: len(s.json("/api/titan/backends")[2]["backends"][0]["history"]) >= 5, 15)
-        device = s.json("/api/titan/backends")[2]["backends"][0]["gpu_info"]["name"]
+        gi = s.json("/api/titan/backends")[2]["backends"][0]["gpu_info"]
+        device, kind = gi["name"], gi.get("backend")
         rc, out, err = chromium(s.url + "/", "--dump-dom")
         dom = Dom(out)
         body = (dom.find("body") or [{"attrs": {}}])[0]["attrs"]
@@ -157,6 +187,13 @@ def check_live_worker():
                    "it shows memory, utilization, p50, queue depth and in flight", "")
             p50 = dom.find("dd", cls="p50", within=card)
             tap.ok(p50 and p50[0]["text"].endswith(" ms"), "p50 latency in ms", p50)
+            label = MEMORY_LABEL.get(kind, "Memory")
+            tap.ok(memory_titles(dom, card) == (label, label),
+                   f"memory is labelled by what it is: {label!r} on a {kind} worker (gpu_info's backend)",
+                   memory_titles(dom, card))
+            uptime = fact(dom, card, "uptime")[0]
+            tap.ok(uptime and uptime != "n/a" and uptime.endswith((" s", " min", " h")),
+                   "a healthy worker shows its uptime", uptime)
             charts = {f["attrs"].get("data-metric"): f for f in dom.find("figure", cls="chart", within=card)}
             lat = charts.get("latency")
             tap.ok(set(charts) == {"latency", "queue", "memory"} and lat and int(lat["attrs"].get("data-points", 0)) >= 5
@@ -169,6 +206,7 @@ def check_live_worker():
         tap.ok(overall and overall[0]["attrs"].get("data-status") == "healthy"
                and "worker" in dom.find(id="overall-text")[0]["text"],
                "the status line at the top comes from /api/titan/health: healthy, from worker", overall)
+        screenshot(s.url + "/", os.path.join(ARTIFACTS, "status_page_healthy.png"))
     finally:
         rc = s.stop()
     tap.ok(rc == 0, "titan serve exits 0 on SIGTERM", rc)
@@ -208,18 +246,79 @@ def check_mixed_and_screenshot():
         tap.ok(Dom(out).find("body")[0]["attrs"].get("data-errors") == "0" and not console_problems(err),
                "no script or console errors with a backend down", console_problems(err))
 
-        os.makedirs(ARTIFACTS, exist_ok=True)
-        if os.path.exists(SHOT):
-            os.unlink(SHOT)
-        rc, out, err = chromium(s.url + "/", f"--screenshot={SHOT}", "--window-size=1280,900")
-        ok = rc == 0 and os.path.exists(SHOT)
-        info = png_info(SHOT) if ok else None
-        tap.ok(ok and info[0] == 1280 and info[1] == 900 and info[2] > 64 and info[3] > 30000,
-               f"a screenshot of the page: {SHOT}, 1280x900, not blank", (rc, info, err[-2000:]))
+        screenshot(s.url + "/", SHOT)
     finally:
         rc = s.stop()
     tap.ok(rc == 0, "titan serve exits 0 on SIGTERM", rc)
     w.stop()
+
+
+def check_killed_worker():
+    """Issue 16: with its worker down, the page showed only "Checking…" and "Loading…" (its fetches waited
+    behind a poll), a stale uptime, and host RAM labelled GPU memory. One worker, watched as two backends:
+    "slow" waits a minute for an answer, "fast" half a second. Once the worker is SIGKILLed, fast is down
+    within a second while slow's poll hangs: the page must paint at once, while that poll is still in
+    flight, and show fast as down without the uptime of its last answer."""
+    w = Worker(WORKER, "--threads", "1", "--log-level", "warn")
+    path = os.path.join(tmp, "killed.yaml")
+    with open(path, "w") as f:
+        f.write(f"""backends:
+  slow: {{type: remote, endpoint: "{w.endpoint}", timeout_ms: 60000}}
+  fast: {{type: remote, endpoint: "{w.endpoint}", timeout_ms: 500}}
+router: {{breaker_cooldown_ms: 200, breaker_max_cooldown_ms: 1000}}
+""")
+    s = Serve(TITAN, "--backends", path, "--interval", str(INTERVAL))
+
+    def by_name():
+        return {b["name"]: b for b in s.json("/api/titan/backends")[2]["backends"]}
+
+    try:
+        up = wait_for(lambda: all(b["health"] == "healthy" and len(b["history"]) >= 3
+                                  for b in by_name().values()), 20)
+        tap.ok(up, "both backends of the worker are healthy first", s.stderr())
+        gi = by_name()["fast"]["gpu_info"] or {}
+        device, kind = gi.get("name"), gi.get("backend")
+        w.stop(signal.SIGKILL)
+        # fast is down; slow's poll of the dead worker waits for its minute (the router counts it in flight)
+        ready = wait_for(lambda: (lambda b: b["fast"]["health"] == "down" and b["slow"]["inflight"] == 1)(by_name()),
+                         20)
+        polls_before = by_name()["slow"]["polls"]
+        tap.ok(ready, "killed: fast is down, slow's poll is in flight", by_name())
+        rc, out, err = chromium(s.url + "/", "--dump-dom", budget_ms=2000)
+        slow_after = by_name()["slow"]
+        tap.ok(slow_after["polls"] == polls_before and slow_after["inflight"] == 1,
+               "the page was rendered while slow's poll was still in flight (it did not wait for the poll)",
+               (polls_before, slow_after["polls"], slow_after["inflight"]))
+        dom = Dom(out)
+        cards = {c["attrs"].get("data-name"): c for c in dom.find("div", cls="backend")}
+        meta = dom.find(id="meta")
+        overall = dom.find(id="overall")
+        texts = [t["text"] for t in dom.find(cls="state-text")]
+        tap.ok(rc == 0 and list(cards) == ["slow", "fast"] and meta and meta[0]["text"] != "Loading…"
+               and "Checking…" not in texts and overall and overall[0]["attrs"].get("data-status") != "unknown",
+               "the page paints the last known state at once: both cards, the overall status, no Loading…/Checking…",
+               (rc, list(cards), meta and meta[0]["text"], texts, overall and overall[0]["attrs"], err[-1500:]))
+        fast, slow = cards.get("fast"), cards.get("slow")
+        if fast and slow:
+            tap.ok(fast["attrs"].get("data-health") == "down"
+                   and dom.find(cls="state-text", within=fast)[0]["text"] == "Down",
+                   "the killed worker's fast card: Down", fast["attrs"])
+            tap.ok(fact(dom, fast, "uptime")[0] == "n/a",
+                   "a down backend shows no uptime (its last answer's is stale)", fact(dom, fast, "uptime"))
+            tap.ok(fact(dom, fast, "device")[0] == device, "it still names the device of its last answer",
+                   fact(dom, fast, "device"))
+            label = MEMORY_LABEL.get(kind, "Memory")
+            tap.ok(memory_titles(dom, fast) == (label, label) and memory_titles(dom, slow) == (label, label),
+                   f"memory labelled {label!r} on a {kind} worker, down or not", memory_titles(dom, fast))
+            tap.ok(slow["attrs"].get("data-health") == "healthy" and fact(dom, slow, "uptime")[0] != "n/a",
+                   "slow, whose last answer is still current, keeps its figures", fact(dom, slow, "uptime"))
+        tap.ok(dom.find("body")[0]["attrs"].get("data-errors") == "0" and not console_problems(err),
+               "no script or console errors with the worker killed", console_problems(err))
+        screenshot(s.url + "/", os.path.join(ARTIFACTS, "status_page_killed.png"))
+    finally:
+        rc = s.stop_at_once()  # slow's poll would hold a plain SIGTERM for its minute
+    tap.ok(rc == 1 and "stopping (SIGTERM)" in s.stderr(), "a second SIGTERM stops serve at once (exit 1)",
+           (rc, s.stderr()))
 
 
 def main():
@@ -229,8 +328,9 @@ def main():
         sys.exit(tap.done())
     tap.run("the page against a live worker", check_live_worker)
     tap.run("a live, a dead and a local backend; the screenshot", check_mixed_and_screenshot)
+    tap.run("a SIGKILLed worker: painted at once, no stale uptime", check_killed_worker)
     results = Worker.stop_all()
-    tap.ok(all(rc == 0 and not san for _, rc, san in results), "the workers exited cleanly", results)
+    tap.ok(all(rc in (0, -9) and not san for _, rc, san in results), "the workers exited cleanly", results)
     sys.exit(tap.done())
 
 
