@@ -22,6 +22,7 @@
 #include <zmq.h>
 
 #include "jobs.h"
+#include "jsonscan.h"
 #include "log.h"
 #include "metrics.h"
 #include "request.h"
@@ -919,28 +920,34 @@ static int s_classify(s_outcome *o)
         snprintf(o->error, sizeof(o->error), "the worker sent an empty reply");
         return 0;
     }
-    json_t *h = json_loadb(zmq_msg_data(&o->frames[0]), zmq_msg_size(&o->frames[0]), JSON_ALLOW_NUL, NULL);
-    json_t *err = h ? json_object_get(h, "error") : NULL;
-    if (!h || !json_is_object(h)) {
+    /* Only "error" and "code" matter here, and a result may be large and hold NaN or Infinity tokens,
+     * which jansson refuses: find those two members without parsing the rest. */
+    const char *txt = zmq_msg_data(&o->frames[0]), *ev = NULL, *cv = NULL;
+    size_t len = zmq_msg_size(&o->frames[0]), elen = 0, clen = 0;
+    int found = titan_json_find_member(txt, len, "error", len, &ev, &elen);
+    if (found == -EINVAL) {
         o->kind = O_RETRY;
         snprintf(o->code, sizeof(o->code), "internal");
         snprintf(o->error, sizeof(o->error), "the worker's reply header is not a JSON object");
-    } else if (!err) {
-        o->kind = O_DONE;
-    } else {
-        const char *code = json_string_value(json_object_get(h, "code"));
-        snprintf(o->code, sizeof(o->code), "%s", code ? code : "internal");
-        snprintf(o->error, sizeof(o->error), "%s", json_is_string(err) ? json_string_value(err) : "error");
-        if (strcmp(o->code, "busy") == 0) {
-            json_decref(h);
-            return 1;
-        }
-        if (strcmp(o->code, "shutting_down") == 0)
-            o->kind = O_REVERT;
-        else
-            o->kind = s_final_code(o->code) ? O_FAILED : O_RETRY;
+        return 0;
     }
-    if (h) json_decref(h);
+    if (found == -ENOENT) {
+        o->kind = O_DONE;
+        return 0;
+    }
+    json_t *err = json_loadb(ev, elen, JSON_DECODE_ANY, NULL);
+    json_t *code = titan_json_find_member(txt, len, "code", len, &cv, &clen) == 0
+                       ? json_loadb(cv, clen, JSON_DECODE_ANY, NULL)
+                       : NULL;
+    snprintf(o->code, sizeof(o->code), "%s", json_is_string(code) ? json_string_value(code) : "internal");
+    snprintf(o->error, sizeof(o->error), "%s", json_is_string(err) ? json_string_value(err) : "error");
+    if (err) json_decref(err);
+    if (code) json_decref(code);
+    if (strcmp(o->code, "busy") == 0) return 1;
+    if (strcmp(o->code, "shutting_down") == 0)
+        o->kind = O_REVERT;
+    else
+        o->kind = s_final_code(o->code) ? O_FAILED : O_RETRY;
     return 0;
 }
 

@@ -753,6 +753,23 @@ def stalled_redis(srv):
     tap.ok("is unavailable" not in log, "the worker did not take the stalled Redis for gone", log[-1500:])
 
 
+def json_values(srv):
+    """(j) A job's JSON result keeps every value: NaN and the infinities as the PROTOCOL's tokens, the
+    largest float32 and a denormal exactly, float32 in its shortest text."""
+    r = srv.client()
+    prefix = "t-j"
+    w = start_worker(srv, prefix)
+    hdr = {"op": "matrix_multiply", "a": [[float("nan")], [float("inf")], [float("-inf")], [3.4028234663852886e38],
+                                           [1e-45], [0.1]], "b": [[1.0]]}
+    jid = submit(r, prefix, hdr)
+    ok = wait_until(lambda: states(r, prefix, [jid]) == ["done"], 20)
+    rec = record(r, prefix, jid)
+    text = rec.get("result_header", b"").decode()
+    tap.ok(ok and text == '{"result":[[NaN],[Infinity],[-Infinity],[3.4028235e38],[1e-45],[0.1]]}',
+           "the stored result has all six values, as tokens and shortest text", text)
+    w.stop()
+
+
 def main():
     srv = RedisServer()
     try:
@@ -767,6 +784,7 @@ def main():
         tap.run("(g) long jobs and shutdown", lambda: long_jobs_and_shutdown(srv))
         tap.run("(h) jobs in hand", lambda: in_hand(srv))
         tap.run("(i) a stalled redis", lambda: stalled_redis(srv))
+        tap.run("(j) JSON values", lambda: json_values(srv))
     finally:
         results = Worker.stop_all()
         srv.stop()
