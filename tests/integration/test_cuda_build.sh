@@ -40,6 +40,18 @@ if [ -n "$cuobjdump" ] && "$cuobjdump" --list-elf "$so" >/tmp/titan-cuobjdump.$$
     ok $? "cuobjdump --list-elf shows sm_$first code" "$(cat /tmp/titan-cuobjdump.$$)"
 fi
 rm -f /tmp/titan-cuobjdump.$$
+# A module without sm_52 code cannot run on the Titan X: the configure step must say so, and how to
+# build one that does (the summary and a warning, both in meson-log.txt).
+log=$build/meson-logs/meson-log.txt
+if [[ " $archs " == *" 52 "* ]]; then
+    ! grep -q "cannot run on a Maxwell GPU" "$log"
+    ok $? "the module carries sm_52: the build summary raises no Maxwell warning"
+else
+    grep -q "CUDA backend.*cannot run on a Maxwell GPU such as the GTX Titan X (sm_52)" "$log" &&
+        grep -q "make check-legacy-cuda" "$log" && grep -q -- "-Dcuda-arch=52" "$log"
+    ok $? "without sm_52 (sm ${archs}), the build summary says the module cannot run on a Titan X, and how to build one" \
+        "$(grep -i 'cuda backend' "$log" | tail -2)"
+fi
 if [ ! -e /proc/driver/nvidia/version ] && [ ! -e /dev/nvidia0 ]; then
     out=$("$build/titan-worker" --device cuda --bind 'tcp://127.0.0.1:*' 2>&1)
     rc=$?
