@@ -336,23 +336,6 @@ int titan_models_unload(titan_models *m, const char *name, titan_error *err)
     return 0;
 }
 
-/* Appends tensor t as nested JSON arrays. */
-static json_t *s_nested(const titan_runner_tensor *t, int dim, size_t *pos)
-{
-    json_t *a = json_array();
-    for (int64_t i = 0; i < t->shape[dim]; i++) {
-        if (dim + 1 < t->rank) {
-            json_array_append_new(a, s_nested(t, dim + 1, pos));
-        } else {
-            double v = t->dtype == TITAN_DTYPE_FLOAT64 ? ((const double *)t->data)[*pos]
-                                                       : (double)((const float *)t->data)[*pos];
-            (*pos)++;
-            json_array_append_new(a, json_real(v));
-        }
-    }
-    return a;
-}
-
 /* Writes "[d0,d1,...]" into buf (S_SHAPE_TEXT bytes: room for TITAN_MAX_RANK 64-bit sizes). */
 #define S_SHAPE_TEXT (TITAN_MAX_RANK * 21 + 3)
 static void s_shape_text(char *buf, const int64_t *shape, int rank)
@@ -467,26 +450,31 @@ int titan_models_infer(titan_models *m, titan_request *req, titan_out *out, tita
                    (unsigned long long)total, (unsigned long long)req->limits->max_result_bytes);
         goto out;
     }
-    json_t *list = json_array();
-    for (int i = 0; i < nouts; i++) {
-        json_t *t;
-        if (binary) {
+    int wrc;
+    if (binary) {
+        json_t *list = json_array();
+        for (int i = 0; i < nouts; i++) {
             json_t *sh = json_array();
             for (int d = 0; d < outs[i].rank; d++) json_array_append_new(sh, json_integer(outs[i].shape[d]));
-            t = json_pack("{s:s, s:o, s:i}", "dtype", titan_dtype_name(outs[i].dtype), "shape", sh, "frame", i + 1);
-            if (i < md->nout) json_object_set_new(t, "name", json_string(md->out[i].name));
-        } else {
-            size_t pos = 0;
-            t = outs[i].rank == 0 ? json_real(outs[i].dtype == TITAN_DTYPE_FLOAT64 ? *(double *)outs[i].data
-                                                                                    : *(float *)outs[i].data)
-                                  : s_nested(&outs[i], 0, &pos);
+            json_t *t =
+                json_pack("{s:s, s:o, s:i}", "dtype", titan_dtype_name(outs[i].dtype), "shape", sh, "frame", i + 1);
+            if (t && i < md->nout) json_object_set_new(t, "name", json_string(md->out[i].name));
+            json_array_append_new(list, t);
         }
-        json_array_append_new(list, t);
+        json_t *o = single && nouts == 1 ? json_pack("{s:O}", "output", json_array_get(list, 0))
+                                         : json_pack("{s:O}", "outputs", list);
+        json_decref(list);
+        wrc = titan_out_json(out, o, req->id);
+    } else {
+        /* The values as text of our own: jansson cannot write NaN or infinities, and would write a
+         * float32 with 17 digits. */
+        titan_json_part parts[TITAN_RUNNER_MAX_TENSORS];
+        for (int i = 0; i < nouts; i++)
+            parts[i] = (titan_json_part){"output", outs[i].dtype, outs[i].data, outs[i].shape, outs[i].rank};
+        wrc = single && nouts == 1 ? titan_out_json_tensors(out, NULL, parts, 1, NULL, req->id)
+                                   : titan_out_json_tensors(out, "outputs", parts, nouts, NULL, req->id);
     }
-    json_t *o = single && nouts == 1 ? json_pack("{s:O}", "output", json_array_get(list, 0))
-                                     : json_pack("{s:O}", "outputs", list);
-    json_decref(list);
-    if (titan_out_json(out, o, req->id)) {
+    if (wrc) {
         titan_fail(err, "internal", "out of memory");
         goto out;
     }
