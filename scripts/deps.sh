@@ -9,7 +9,9 @@ build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsys
 # chromium renders titan serve's status page in a test. promtool (which checks /metrics) comes
 # from Debian's prometheus package, unpacked into .deps/ rather than installed: installing it
 # would start a Prometheus server on port 9090 as a side effect (see fetch_promtool below).
-test_pkgs="libcmocka-dev libtorch-dev python3-torch python3-zmq python3-numpy python3-pytest clang libclang-rt-14-dev redis-server python3-redis chromium shellcheck"
+# patch and systemd (systemd-analyze): test_host_setup applies diffs with patch(1); the unit tests verify
+# the systemd units.
+test_pkgs="libcmocka-dev libtorch-dev python3-torch python3-zmq python3-numpy python3-pytest clang libclang-rt-14-dev redis-server python3-redis chromium shellcheck patch systemd"
 bench_pkgs="python3-zmq python3-numpy python3-torch redis-server python3-redis"
 
 case "${1:-build}" in

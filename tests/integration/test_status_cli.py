@@ -401,7 +401,7 @@ def main():
         if proc:
             tap.run("queue", lambda: check_queue(w1, proc, port))
         else:
-            tap.ok(True, f"# SKIP queue checks: {why}")
+            tap.ok(False, f"queue checks: a redis-server of our own starts (make test installs it): {why}")
         tap.run("usage", check_usage)
     finally:
         busy.stop()

@@ -452,14 +452,14 @@ def main():
         desc = (f"RSS after warm-up: {base / 1024:.1f} MiB at {post[0][2]} requests, then {lo / 1024:.1f}.."
                 f"{hi / 1024:.1f} MiB over {len(post)} samples ({post[-1][0] - post[0][0]:.1f} s, "
                 f"{post[-1][2] - post[0][2]} requests); limit +{o.rss_tolerance * 100:.0f}%")
-        if o.no_rss_check:
-            tap.ok(True, desc + " # SKIP not enforced in a sanitizer build")
+        if o.no_rss_check:  # not a test point here: the plain build's soak checks RSS in the same run
+            tap.note(desc + " (sanitizer build: ASan's quarantine holds freed memory, so the plain build's "
+                     "soak is the one that checks RSS)")
         else:
             tap.ok(within, desc, f"RSS grew past {base / 1024:.1f} MiB +{o.rss_tolerance * 100:.0f}%")
-    else:
-        tap.ok(o.no_rss_check, f"RSS after warm-up: only {len(post)} samples after {warm_done:.0f} requests "
-               f"(the RSS check needs --requests of about 50000 or more)"
-               + (" # SKIP" if o.no_rss_check else ""))
+    elif not o.no_rss_check:
+        tap.ok(False, f"RSS after warm-up: only {len(post)} samples after {warm_done:.0f} requests "
+               f"(the RSS check needs --requests of about 50000 or more)")
 
     san = [i for i, wk in enumerate(workers) if wk.sanitizer_report()]
     tap.ok(all(c == 0 for c in codes) and not san,
