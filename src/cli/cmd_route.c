@@ -53,8 +53,11 @@ int cli_router_new(const cli_globals *g, titan_router **r)
                 json_pack("{s:s, s:s, s:i}", "error", err, "code", "config", "exit", CLI_EXIT_USAGE));
         return e == ENOMEM ? CLI_EXIT_REMOTE : CLI_EXIT_USAGE;
     }
-    const char *w = titan_router_warnings(*r);
-    if (*w) fprintf(stderr, "%s", w); /* each line "FILE:LINE: unknown field X ignored" */
+    /* each line "FILE:LINE: unknown field X ignored", said by titan like every other message */
+    for (const char *w = titan_router_warnings(*r), *nl; *w; w = nl + 1) {
+        if (!(nl = strchr(w, '\n'))) nl = w + strlen(w) - 1;
+        fprintf(stderr, "titan: %.*s\n", (int)(nl - w), w);
+    }
     return CLI_EXIT_OK;
 }
 

@@ -468,16 +468,16 @@ int main(int argc, char **argv)
         /* A product is still computing: waiting for its threads (BLAS joins them at exit)
          * would outlast the drain timeout, so leave now. */
         titan_log(TITAN_LOG_INFO,
-                  "titan-worker stopped after %llu requests (%llu answered with errors, %llu replies undeliverable%s, "
-                  "%d abandoned at the drain timeout)",
-                  served, errors, dropped, refused_txt, titan_server_abandoned(srv));
+                  "titan-worker stopped after %llu request%s (%llu answered with errors, %llu replies "
+                  "undeliverable%s, %d abandoned at the drain timeout)",
+                  served, served == 1 ? "" : "s", errors, dropped, refused_txt, titan_server_abandoned(srv));
         fflush(stderr);
         _exit(rc ? 1 : 0);
     }
     titan_server_destroy(&srv);
     titan_log(TITAN_LOG_INFO,
-              "titan-worker stopped after %llu requests (%llu answered with errors, %llu replies undeliverable%s)",
-              served, errors, dropped, refused_txt);
+              "titan-worker stopped after %llu request%s (%llu answered with errors, %llu replies undeliverable%s)",
+              served, served == 1 ? "" : "s", errors, dropped, refused_txt);
 out:
     /* The HTTP thread reads the metrics and the backend: it stops first. */
     titan_jobs_consumer_stop(&jobs);

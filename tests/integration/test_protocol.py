@@ -323,6 +323,8 @@ def logs_and_shutdown():
     sd.close()
     wd.stop()
     tap.ok(any("request op=ping" in l for l in open(wd.logpath)), "debug level logs each request")
+    tap.ok(any("stopped after 1 request (" in l for l in open(wd.logpath)), "one request is 1 request, not 1 requests",
+           open(wd.logpath).read()[-500:])
 
 
 def second_signal():
