@@ -532,6 +532,8 @@ static int s_job_status(const cli_globals *g, titan_jobs *j, int n, char **ids)
                                                  titan_jobs_last_error(j), "code", "not_found"));
             continue;
         }
+        /* Like result and wait: a job that failed or was cancelled is exit 1 (OPERATIONS.md). */
+        if (in.state == TITAN_JOB_FAILED || in.state == TITAN_JOB_CANCELLED) status = CLI_EXIT_REMOTE;
         if (arr) {
             json_t *o = json_object();
             s_info_json(o, ids[i], &in);

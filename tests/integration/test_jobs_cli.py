@@ -312,6 +312,8 @@ def tests(r, w, url, env, port, tmp):
     o = json.loads(out)["jobs"][0] if out else {}
     check(rc == 1 and o.get("state") == "failed" and o.get("header", {}).get("code") == "unknown_op",
           "result of a failed job: exit 1 with the error reply", f"{rc} {out} {err}")
+    rc, out, err = run(["job", "status", sid], env)
+    check(rc == 1 and out.startswith(f"{sid} failed"), "status of a failed job: exit 1, as the docs say", f"{rc} {out}")
     rc, out, err = run(["submit", "-"], env, stdin=b'{"op":"ping"}')
     did = out.strip()
     w.start(did)
