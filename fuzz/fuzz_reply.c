@@ -86,67 +86,46 @@ static void s_numbers(const uint8_t *data, size_t size)
     }
 }
 
-/* Writes an m x n result the way the worker's JSON reply does ({"result":[[...]]}, then "id"),
- * reserving the documented longest text for each number. */
-static char *s_encode_result(titan_dtype dt, const void *c, size_t m, size_t n, const char *idtxt, size_t *lenp)
-{
-    size_t idlen = idtxt ? strlen(idtxt) : 0;
-    size_t cap = m * n * (dt == TITAN_DTYPE_FLOAT32 ? TITAN_FLOAT32_TEXT_MAX + 1 : TITAN_FLOAT64_TEXT_MAX + 1) +
-                 m * 3 + idlen + 16;
-    char *buf = malloc(cap);
-    CHECK(buf);
-    char *o = buf;
-    o += sprintf(o, "{\"result\":[");
-    for (size_t i = 0; i < m; i++) {
-        if (i) *o++ = ',';
-        *o++ = '[';
-        for (size_t j = 0; j < n; j++) {
-            if (j) *o++ = ',';
-            int len = dt == TITAN_DTYPE_FLOAT32 ? titan_format_float32(((const float *)c)[i * n + j], o, 32)
-                                                : titan_format_float64(((const double *)c)[i * n + j], o, 32);
-            CHECK(len > 0);
-            o += len;
-        }
-        *o++ = ']';
-    }
-    *o++ = ']';
-    if (idtxt) o += sprintf(o, ",\"id\":%s", idtxt);
-    *o++ = '}';
-    *o = '\0';
-    CHECK((size_t)(o - buf) < cap);
-    *lenp = (size_t)(o - buf);
-    return buf;
-}
-
-/* Decodes a JSON result reply as a client does: the split takes the "result" array into a
- * tensor, jansson reads the rest. It must give back the shape, every element and the id. */
+/* Encodes a tensor of fuzz-chosen rank (1..8) and shape (mostly dimensions of size 1, where the
+ * old bracket count ran short) with the worker's own JSON encoder (titan_out_json_tensors, whose
+ * buffer is exactly titan_tensor_text_bound: ASan catches any overrun), then decodes it as a client
+ * does (the split takes the array into a tensor, jansson reads the rest). It must give back the
+ * shape, every element (NaN as NaN) and the id. The list form ("outputs": [T, T]) must split too. */
 static void s_result_roundtrip(titan_dtype dt, const uint8_t *data, size_t size, json_t *id)
 {
     size_t isz = titan_dtype_size(dt);
     size_t count = size / isz;
     if (count == 0) return;
-    if (count > 64) count = 64;
-    size_t m = 1 + data[0] % 8;
-    if (m > count) m = count;
-    size_t n = count / m;
-    void *c = malloc(m * n * isz);
+    if (count > 256) count = 256;
+    int rank = 1 + data[0] % TITAN_MAX_RANK;
+    int64_t shape[TITAN_MAX_RANK];
+    size_t elems = 1;
+    for (int i = 0; i < rank; i++) {
+        uint8_t b = (size_t)i + 1 < size ? data[i + 1] : 0;
+        size_t d = (b & 3) ? 1 : 1 + (size_t)(b >> 2) % 9;
+        if (elems * d > count) d = 1;
+        shape[i] = (int64_t)d;
+        elems *= d;
+    }
+    void *c = malloc(elems * isz);
     CHECK(c);
-    memcpy(c, data, m * n * isz);
-    char *idtxt = id ? json_dumps(id, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
-    CHECK(!id || idtxt);
-    size_t len;
-    char *text = s_encode_result(dt, c, m, n, idtxt, &len);
+    memcpy(c, data, elems * isz);
 
+    titan_out out;
+    memset(&out, 0, sizeof(out));
+    titan_json_part part = {"result", dt, c, shape, rank};
+    CHECK(titan_out_json_tensors(&out, NULL, &part, 1, NULL, id) == 0);
+    CHECK(out.hdr && strlen(out.hdr) == out.hdr_len);
     titan_json_split sp;
     char err[256];
-    int rc = titan_json_split_object(text, len, dt, 1 << 20, &sp, err, sizeof(err));
-    if (rc) fprintf(stderr, "fuzz_reply: split failed: %s\n%s\n", err, text);
+    int rc = titan_json_split_object(out.hdr, out.hdr_len, dt, 1 << 20, &sp, err, sizeof(err));
+    if (rc) fprintf(stderr, "fuzz_reply: split failed: %s\n%s\n", err, out.hdr);
     CHECK(rc == 0);
     CHECK(sp.nspans == 1 && sp.spans[0].key_len == 6 && memcmp(sp.spans[0].key, "result", 6) == 0);
     const titan_json_span *s = &sp.spans[0];
-    CHECK(s->status == 0 && s->data && s->dtype == dt && s->rank == 2);
-    CHECK(s->shape[0] == (int64_t)m && s->shape[1] == (int64_t)n);
-    for (size_t k = 0; k < m * n; k++) {
+    CHECK(s->status == 0 && s->data && s->dtype == dt && s->rank == rank);
+    for (int i = 0; i < rank; i++) CHECK(s->shape[i] == shape[i]);
+    for (size_t k = 0; k < elems; k++) {
         if (dt == TITAN_DTYPE_FLOAT32)
             CHECK(s_same32(((const float *)s->data)[k], ((const float *)c)[k]));
         else
@@ -159,8 +138,22 @@ static void s_result_roundtrip(titan_dtype dt, const uint8_t *data, size_t size,
     CHECK(json_object_get(rest, "error") == NULL);
     json_decref(rest);
     titan_json_split_release(&sp);
-    free(text);
-    free(idtxt);
+    titan_out_release(&out);
+
+    /* The list form of inference's outputs, with another member beside it. */
+    titan_json_part two[2] = {part, part};
+    two[1].rank = 1;
+    two[1].shape = &shape[rank - 1];
+    CHECK(titan_out_json_tensors(&out, "outputs", two, 2, json_pack("{s:s}", "model", "m"), id) == 0);
+    rc = titan_json_split_object(out.hdr, out.hdr_len, dt, 1 << 20, &sp, err, sizeof(err));
+    if (rc) fprintf(stderr, "fuzz_reply: list split failed: %s\n%s\n", err, out.hdr);
+    CHECK(rc == 0 && sp.nspans == 1);
+    rest = json_loadb(sp.rest, sp.rest_len, JSON_REJECT_DUPLICATES, &jerr);
+    CHECK(rest && json_is_string(json_object_get(rest, "model")));
+    CHECK(id ? json_equal(json_object_get(rest, "id"), id) : json_object_get(rest, "id") == NULL);
+    json_decref(rest);
+    titan_json_split_release(&sp);
+    titan_out_release(&out);
     free(c);
 }
 

@@ -152,6 +152,28 @@ static int s_parse_prefix(const char *text, size_t len, titan_dtype dt, size_t m
     return s_parse_tensor(text, len, dt, max_elems, "", data, shape, rank, used, NULL, 0);
 }
 
+/* True when text[0..len) is a JSON list of numeric tensors of any shapes ("inputs" of a request, or
+ * "outputs" of an inference reply): jansson refuses such a list when it holds NaN or Infinity. */
+static bool s_tensor_list(const char *text, size_t len, titan_dtype dt, size_t max_elems)
+{
+    const char *p = s_ws(text + 1, text + len), *end = text + len;
+    if (len < 2 || text[0] != '[' || p >= end || *p == ']') return false;
+    for (;;) {
+        void *data = NULL;
+        int64_t shape[TITAN_MAX_RANK];
+        int rank;
+        size_t used = 0;
+        if (p >= end || *p != '[' ||
+            s_parse_prefix(p, (size_t)(end - p), dt, max_elems, &data, shape, &rank, &used) != 0)
+            return false;
+        free(data);
+        p = s_ws(p + used, end);
+        if (p < end && *p == ']') return s_ws(p + 1, end) == end;
+        if (p >= end || *p != ',') return false;
+        p = s_ws(p + 1, end);
+    }
+}
+
 void titan_json_split_release(titan_json_split *s)
 {
     for (size_t i = 0; i < s->nspans; i++) free(s->spans[i].data);
@@ -222,7 +244,8 @@ int titan_json_split_object(const char *text, size_t len, titan_dtype dt, size_t
                      * refused as too large later, without building its DOM). */
                     json_error_t jerr;
                     json_t *v = NULL;
-                    if (p && sp->status != -E2BIG && !(v = json_loadb(vs, (size_t)(p - vs), 0, &jerr))) {
+                    if (p && sp->status != -E2BIG && !(v = json_loadb(vs, (size_t)(p - vs), 0, &jerr)) &&
+                        !s_tensor_list(vs, (size_t)(p - vs), dt, max_elems)) {
                         snprintf(serr, sizeof(serr), "invalid JSON in an array: %.160s", jerr.text);
                         p = NULL;
                     }
