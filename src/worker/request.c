@@ -55,6 +55,11 @@ int titan_request_parse(titan_request *req, const char *text, size_t len, zmq_ms
     if (id && !json_is_null(id)) {
         if (!json_is_string(id) && !json_is_integer(id))
             return titan_fail(err, "bad_request", "\"id\" must be a string or an integer");
+        if (json_is_string(id) && json_string_length(id) > TITAN_ID_MAX)
+            return titan_fail(err, "bad_request",
+                              "\"id\" is %zu bytes long; at most %d are echoed: use a shorter id (this reply "
+                              "carries none)",
+                              json_string_length(id), TITAN_ID_MAX);
         req->id = id;
     }
     json_t *op = json_object_get(req->hdr, "op");

@@ -14,6 +14,9 @@
 
 #define TITAN_MAX_BODY_FRAMES 16 /* header + tensor frames */
 #define TITAN_MAX_OUT_FRAMES 4
+/* The longest string "id" a reply echoes (bytes of UTF-8): a longer one is refused unechoed, so that
+ * a refusal stays small whatever the request (PROTOCOL.md §3). */
+#define TITAN_ID_MAX 256
 
 #include "error.h"
 

@@ -129,8 +129,11 @@ static void s_job_peek_id(titan_job *j)
     const char *val;
     size_t len;
     if (titan_json_find_member(zmq_msg_data(h), zmq_msg_size(h), "id", 65536, &val, &len) != 0) return;
+    /* An id longer than TITAN_ID_MAX is not echoed: a refusal stays small (its text at most 6 bytes
+     * an escaped character, plus the quotes). */
+    if (len > 6 * TITAN_ID_MAX + 2) return;
     json_t *id = json_loadb(val, len, JSON_DECODE_ANY, NULL);
-    if (id && (json_is_string(id) || json_is_integer(id)))
+    if (id && ((json_is_string(id) && json_string_length(id) <= TITAN_ID_MAX) || json_is_integer(id)))
         j->peek_id = id;
     else if (id)
         json_decref(id);

@@ -249,6 +249,18 @@ def size_cap_busy_deadline():
            "binary request over the configured cap -> too_large, with its id", r)
     r, _ = call(s2, {"op": "matrix_multiply", "a": big.tolist(), "b": [[1]]})
     tap.ok(r.get("code") == "too_large", "JSON request over the configured cap -> too_large", r)
+    # Refusals stay small: an id over 256 bytes is not echoed, whatever the request's size.
+    s2.send_multipart([json.dumps({"id": "x" * 900000, "op": "matrix_multiply", "a": desc(big, 1),
+                                   "b": desc(big, 2)}).encode(), big.tobytes(), big.tobytes()])
+    raw = s2.recv_multipart()[0]
+    r = json.loads(raw)
+    tap.ok(r.get("code") == "too_large" and "id" not in r and len(raw) < 1024,
+           "a too_large request with a 900 KB id: the refusal is small and echoes no id", (len(raw), raw[:200]))
+    raw = call(s2, {"op": "ping", "id": "y" * 257})[0]
+    tap.ok(raw.get("code") == "bad_request" and "id" not in raw and "256" in raw.get("error", ""),
+           "a 257-byte id: bad_request naming the limit, no echo", raw)
+    r, _ = call(s2, {"op": "ping", "id": "z" * 256})
+    tap.ok(r.get("status") == "ok" and r.get("id") == "z" * 256, "a 256-byte id is echoed", len(r.get("id", "")))
     r, _ = call(s2, {"op": "ping"})
     tap.ok(r.get("status") == "ok", "still serving after oversized requests", r)
     w2.stop()
