@@ -1,6 +1,7 @@
 /* server.c - ROUTER I/O loop: receives requests, answers light ops at once, queues heavy ones
  * to executor threads over inproc PAIR sockets, and sends every reply to its own client. */
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -368,10 +369,13 @@ static void s_admit(titan_server *s, titan_job *j)
     for (size_t i = j->env; i < j->nframes; i++) j->bytes += zmq_msg_size(&j->frames[i]);
     size_t hdr_len = zmq_msg_size(&j->frames[j->env]);
     if (j->dropped || j->nframes - j->env > TITAN_MAX_BODY_FRAMES) {
+        size_t j_dropped = j->dropped;
         s_job_peek_id(j);
         s_job_error(j, "bad_request", "too many frames: a request has at most %d (the header and %d tensors)",
                     TITAN_MAX_BODY_FRAMES, TITAN_MAX_BODY_FRAMES - 1);
         s_reply(s, j);
+        /* libzmq held every frame of it (about 64 bytes each, however many): give the heap back. */
+        if (j_dropped > 4096) malloc_trim(0);
         return;
     }
     if (j->bytes > s->w->limits.max_request_bytes) {
@@ -459,8 +463,11 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, tit
     if (!s->router) goto fail_zmq;
     /* A peer that sends faster than we admit is held back by TCP once its pipe holds this many. */
     int linger = 1000, rcvhwm = 1000, sndhwm = 100000, mandatory = 1;
-    /* The transport drops (and disconnects) frames far over the request cap before they fill memory. */
-    int64_t maxmsg = (int64_t)(cfg->max_request_bytes * 2 + (64ULL << 20));
+    /* The transport drops (and disconnects) a frame over twice the request cap as soon as its size is
+     * read, before it takes memory: libzmq holds a whole multipart message before we see any of it,
+     * so a looser cap let 30 frames of 8 MB take 240 MB for a worker capped at 1 MB. Frames up to
+     * twice the cap still reach us and get a too_large reply with the request's id. */
+    int64_t maxmsg = (int64_t)(cfg->max_request_bytes * 2 + (64ULL << 10));
     zmq_setsockopt(s->router, ZMQ_LINGER, &linger, sizeof(linger));
     zmq_setsockopt(s->router, ZMQ_RCVHWM, &rcvhwm, sizeof(rcvhwm));
     zmq_setsockopt(s->router, ZMQ_SNDHWM, &sndhwm, sizeof(sndhwm));

@@ -77,6 +77,10 @@ class Tap:
                     print(f"# {line}", flush=True)
         return cond
 
+    def note(self, text):
+        """A TAP comment line: something measured, not a test point."""
+        print("# " + text.replace("\n", "\n# "), flush=True)
+
     def run(self, name, fn):
         try:
             fn()
