@@ -206,8 +206,10 @@ static void s_reply(titan_server *s, titan_job *j)
     s->served++;
     if (j->failed) {
         s->errors++;
-        titan_log(TITAN_LOG_WARN, "request failed: op=%s code=%s: %s", j->req.op ? j->req.op : "?",
-                  j->err.code ? j->err.code : "internal", j->err.msg);
+        /* A client can fail every request it sends: at most 20 such lines a second (I/O thread only). */
+        static titan_log_limit fail_limit = {.per_sec = 20};
+        titan_log_limited(&fail_limit, TITAN_LOG_WARN, "request failed: op=%s code=%s: %s",
+                          j->req.op ? j->req.op : "?", j->err.code ? j->err.code : "internal", j->err.msg);
     } else if (titan_log_enabled(TITAN_LOG_DEBUG)) {
         titan_log(TITAN_LOG_DEBUG, "request op=%s bytes=%zu reply_frames=%zu %.3f ms", j->req.op, j->bytes,
                   j->out.ndata, s_ms_since(&j->t_recv));

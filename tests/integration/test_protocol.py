@@ -325,7 +325,8 @@ def logs_and_shutdown():
     lines = log.splitlines()
     tap.ok("listening on" in lines[0], "one start-up line", lines[:2])
     tap.ok(not any("request op=" in l for l in lines), "no per-request lines at info level")
-    tap.ok(sum("request failed" in l for l in lines) >= len(BAD), "one line per error", len(lines))
+    nfail = sum("request failed" in l for l in lines)
+    tap.ok(nfail >= min(len(BAD), 20), "one line per error, up to 20 a second", (nfail, len(BAD)))
     rc = w.stop(signal.SIGTERM)
     lines = w.read_log().splitlines() if False else open(w.logpath).read().splitlines()
     tap.ok(rc == 0 and "stopped" in lines[-1], "SIGTERM stops cleanly with a shutdown line", (rc, lines[-1:]))
@@ -337,6 +338,34 @@ def logs_and_shutdown():
     tap.ok(any("request op=ping" in l for l in open(wd.logpath)), "debug level logs each request")
     tap.ok(any("stopped after 1 request (" in l for l in open(wd.logpath)), "one request is 1 request, not 1 requests",
            open(wd.logpath).read()[-500:])
+
+
+def log_injection_and_flood():
+    """Client text is escaped in the log (no forged lines, no terminal escapes), and the one warning per
+    failed request is rate-limited with a count of what was left out."""
+    wl = Worker(BIN)
+    sl = req_socket(wl.endpoint)
+    forged = "fly\n2026-01-01T00:00:00.000Z titan-worker info: FORGED LINE\x1b[31m"
+    r, _ = call(sl, {"op": forged})
+    tap.ok(r.get("code") == "unknown_op", "an op with a newline and an escape sequence is refused", r)
+    log = open(wl.logpath).read()
+    tap.ok(not any(l.startswith("2026-01-01T00:00:00.000Z") for l in log.splitlines()) and "\x1b" not in log
+           and "fly\\n2026-01-01" in log and "\\x1b[31m" in log,
+           "the log shows it escaped on one line: no forged line, no raw escape", log[-600:])
+    t0 = time.monotonic()
+    for i in range(300):
+        call(sl, {"op": "fly", "id": i})
+    took = time.monotonic() - t0
+    call(sl, {"op": "ping"})
+    time.sleep(1.1)  # the next failure starts a new one-second window and reports the count
+    call(sl, {"op": "fly", "id": "last"})
+    lines = open(wl.logpath).read().splitlines()
+    failed = [l for l in lines if "request failed: op=fly" in l]
+    tap.ok(len(failed) <= 20 * (int(took) + 2) + 2 and len(failed) < 301,
+           f"301 failed requests in {took:.1f} s wrote {len(failed)} warnings (at most 20 a second)")
+    tap.ok(any("more like it not logged" in l for l in failed), "a later warning counts those left out", failed[-2:])
+    sl.close()
+    tap.ok(wl.stop() == 0, "and it stops cleanly")
 
 
 def second_signal():
@@ -411,7 +440,7 @@ def cli_errors():
 
 for name, fn in [("design forms", design_forms), ("json numerics", json_numerics), ("binary", binary_forms),
                  ("bad inputs", bad_inputs), ("bad frames", bad_frames), ("ids and dealers", ids_and_dealers),
-                 ("caps, busy, deadlines", size_cap_busy_deadline), ("logs", logs_and_shutdown),
+                 ("caps, busy, deadlines", size_cap_busy_deadline), ("logs", logs_and_shutdown), ("log injection", log_injection_and_flood),
                  ("second signal", second_signal), ("config file", config_file), ("cli", cli_errors)]:
     tap.run(name, fn)
 res = Worker.stop_all()
