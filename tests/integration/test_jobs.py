@@ -3,7 +3,7 @@
 
 Jobs are submitted with redis-py exactly as docs/JOBS.md says, so this checks the worker's side of
 the contract without libtitan. Needs redis-server, python3-redis, python3-numpy and python3-zmq;
-prints '1..0 # SKIP' without them.
+fails without them (make test installs them).
 
 Usage: test_jobs.py PATH/TO/titan-worker
 """
