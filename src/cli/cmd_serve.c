@@ -488,7 +488,8 @@ static enum MHD_Result s_send(struct MHD_Connection *conn, unsigned status, cons
 /* Sends `o` (stolen) as JSON. */
 static enum MHD_Result s_send_json(struct MHD_Connection *conn, unsigned status, json_t *o)
 {
-    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6)) : NULL;
+    /* jansson's default precision (17 digits) round-trips every double: a figure is never rounded here. */
+    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     if (!text) {
         static char oom[] = "{\"error\":\"out of memory\"}";

@@ -96,6 +96,19 @@ def check_busy_port():
     tap.ok(rc == 1 and "cannot listen" in err and "in use" in err, "a port in use: exit 1, says so", (rc, err))
 
 
+def ask_worker(endpoint, header):
+    """One request to a worker, straight over ZeroMQ; the reply's header as a dict."""
+    import zmq
+    c = zmq.Context.instance().socket(zmq.REQ)
+    c.setsockopt(zmq.LINGER, 0)
+    c.setsockopt(zmq.RCVTIMEO, 20000)
+    c.connect(endpoint)
+    c.send(json.dumps(header).encode())
+    r = json.loads(c.recv())
+    c.close()
+    return r
+
+
 def check_connect_live():
     w = Worker(WORKER, "--threads", "1", "--log-level", "warn")
     fixed = w.endpoint  # the restarted worker comes back on this port
@@ -127,6 +140,13 @@ def check_connect_live():
         gi = b.get("gpu_info") or {}
         tap.ok(gi.get("name") == h.get("name") and "total_memory_gb" in gi and "id" not in gi,
                "backends carries the last gpu_info answer", gi)
+        # No value is lost on the way: serve passes the worker's figures on exactly (it rounded them to 6
+        # digits), as the worker's own reply has them.
+        direct = ask_worker(fixed, {"op": "gpu_info"})
+        tap.ok(direct.get("total_memory_gb") == gi.get("total_memory_gb") == h.get("total_memory_gb")
+               and isinstance(direct.get("total_memory_gb"), float),
+               "health and backends carry total_memory_gb exactly as the worker wrote it",
+               (direct.get("total_memory_gb"), gi.get("total_memory_gb"), h.get("total_memory_gb")))
         hist = b.get("history", [])
         tap.ok(len(hist) >= 1 and all(SAMPLE_KEYS <= set(p) for p in hist)
                and all(p["state"] == "closed" and p["ms"] > 0 for p in hist)
