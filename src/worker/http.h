@@ -16,6 +16,7 @@ typedef struct titan_http titan_http;
 int titan_http_parse_listen(const char *spec, struct sockaddr_storage *addr, char *err, size_t errcap);
 
 /* Starts serving on spec (checked by titan_http_parse_listen) from libmicrohttpd's own thread,
+ * plus a watchdog thread that enforces the request-header deadline (see http.c for the limits),
  * reading m (borrowed: it must outlive the server). Callers block the signals that the main thread
  * alone should take. Returns NULL with a reason in err (the address is in use, say). */
 titan_http *titan_http_start(const char *spec, titan_metrics *m, char *err, size_t errcap);
@@ -23,7 +24,7 @@ titan_http *titan_http_start(const char *spec, titan_metrics *m, char *err, size
 const char *titan_http_url(const titan_http *h);
 /* True when the server listens beyond loopback. */
 bool titan_http_public(const titan_http *h);
-/* Stops the thread (a request being answered finishes first) and frees; takes NULL, sets *h to NULL. */
+/* Stops both threads (a request being answered finishes first) and frees; takes NULL, sets *h to NULL. */
 void titan_http_stop(titan_http **h);
 
 #endif

@@ -2,7 +2,9 @@
 """test_http.py - titan-worker's HTTP endpoint (--http, docs/OPERATIONS.md "HTTP health and metrics"): /healthz,
 /readyz (ready, draining, a Redis outage), /metrics after a known mix of requests (exact counters, histograms,
 bytes, gauges, job outcomes; the body checked by promtool), 404/405, the live gpu_info fields, --http usage
-errors, and a clean stop; against real workers started with --http 0, the address read from --endpoint-file.
+errors, slowloris (the header deadline, the per-address and global connection limits, /healthz answered within
+2 s throughout the attack), and a clean stop; against real workers started with --http 0, the address read from
+--endpoint-file.
 Needs promtool (scripts/deps.sh test puts it in .deps/bin); without it the format check fails and says so.
 The job checks need redis-server and python3-redis and are skipped without them.
 Usage: test_http.py PATH/TO/titan-worker   (prints TAP)"""
@@ -10,12 +12,15 @@ import http.client
 import json
 import os
 import re
+import select
+import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 
@@ -256,6 +261,7 @@ def endpoints_and_routes(w):
     st, hdr, body = hget(base, "/healthz")
     tap.ok(st == 200 and body == b"ok\n" and hdr.get("content-type", "").startswith("text/plain"),
            "GET /healthz -> 200 ok", (st, hdr, body))
+    tap.ok(hdr.get("connection") == "close", "each answer closes its connection (Connection: close)", hdr)
     st, _, body = hget(base, "/healthz?probe=1")
     tap.ok(st == 200 and body == b"ok\n", "a query string is ignored", (st, body))
     st, _, body = hget(base, "/readyz")
@@ -513,6 +519,275 @@ def other_addresses():
     w.stop()
 
 
+# ---- slowloris (issue 17, point 7): the header deadline, the per-address and global limits ----
+
+# As in src/worker/http.c and docs/OPERATIONS.md ("HTTP health and metrics"): a connection must send a whole
+# request header within 10 s; at most 16 connections per client address and 128 in all, a connection over either
+# limit closing the one of that address (or of all) that has waited longest for its header.
+HEADER_DEADLINE_S = 10.0
+PER_ADDRESS = 16
+ALL_CONNECTIONS = 128
+PARTIAL = b"GET /healthz HTTP/1.1\r\nHost: titan\r\n"  # the request line and one header, never the blank line
+
+
+def http_port(w):
+    return int(http_base(w).rsplit(":", 1)[1])
+
+
+def slow_socket(src, port):
+    """A connection from loopback address src (all of 127.0.0.0/8 is loopback on Linux) that has sent PARTIAL."""
+    s = socket.socket()
+    try:
+        s.bind((src, 0))
+        s.settimeout(5)
+        s.connect(("127.0.0.1", port))
+        s.sendall(PARTIAL)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def probe(port, src="127.0.0.1", limit=2.0):
+    """GET /healthz on a new connection from src; returns (status or the error, seconds taken)."""
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=limit, source_address=(src, 0))
+    try:
+        c.request("GET", "/healthz")
+        r = c.getresponse()
+        body = r.read()
+        st = r.status if body == b"ok\n" else f"{r.status} {body!r}"
+    except OSError as e:
+        st = repr(e)
+    finally:
+        c.close()
+    return st, time.monotonic() - t0
+
+
+def closed_now(socks, wait=0.0):
+    """The subset of socks that the server has closed (readable: the end of the stream, or a reset)."""
+    readable, _, _ = select.select(socks, [], [], wait)
+    out = set()
+    for s in readable:
+        try:
+            if s.recv(4096, socket.MSG_PEEK) == b"":
+                out.add(s)
+        except OSError:
+            out.add(s)
+    return out
+
+
+def wait_closed(socks, count, timeout):
+    """Waits until at least count of socks are closed by the server; returns the set closed (maybe fewer)."""
+    deadline = time.monotonic() + timeout
+    closed = closed_now(socks)
+    while len(closed) < count and time.monotonic() < deadline:
+        closed = closed_now(socks, 0.05)
+    return closed
+
+
+def finish_request(s):
+    """Sends the blank line that ends PARTIAL; returns the answer's status line (or the error)."""
+    try:
+        s.settimeout(5)
+        s.sendall(b"\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b"ok\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.split(b"\r\n", 1)[0].decode(errors="replace") if data else "closed"
+    except OSError as e:
+        return repr(e)
+
+
+class Slowloris:
+    """Slow connections from given loopback addresses, each sending one more header line every `every` seconds and
+    never the blank line; a connection the server closes is opened again after `again` seconds, so the attack lasts
+    until stop(). One thread and a selector drive them all. closes: (address, generation, seconds it lived)."""
+
+    def __init__(self, port, sources, every=2.0, again=1.0):
+        self.port, self.every, self.again = port, every, again
+        self.sel = selectors.DefaultSelector()
+        self.closes, self.errors = [], []
+        self.gen = {}
+        self.pending = [(0.0, src) for src in sources]  # (when, address) to (re)connect
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self._open_due()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _open(self, src):
+        self.gen[src] = self.gen.get(src, -1) + 1
+        t0 = time.monotonic()
+        s = slow_socket(src, self.port)
+        s.setblocking(False)
+        rec = {"src": src, "gen": self.gen[src], "t0": t0, "next": t0 + self.every, "n": 0}
+        self.sel.register(s, selectors.EVENT_READ, rec)
+
+    def _open_due(self):
+        now = time.monotonic()
+        due = [p for p in self.pending if p[0] <= now]
+        self.pending = [p for p in self.pending if p[0] > now]
+        for _, src in due:
+            try:
+                self._open(src)
+            except OSError as e:
+                with self.lock:
+                    self.errors.append(f"{src}: {e!r}")
+                self.pending.append((now + self.again, src))
+
+    def _closed(self, s, rec):
+        now = time.monotonic()
+        self.sel.unregister(s)
+        s.close()
+        with self.lock:
+            self.closes.append((rec["src"], rec["gen"], now - rec["t0"]))
+        if not self.stopping.is_set():
+            self.pending.append((now + self.again, rec["src"]))
+
+    def _run(self):
+        while not self.stopping.is_set():
+            for key, _ in self.sel.select(0.05):
+                s, rec = key.fileobj, key.data
+                try:
+                    data = s.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self._closed(s, rec)
+            now = time.monotonic()
+            for key in list(self.sel.get_map().values()):
+                s, rec = key.fileobj, key.data
+                if now < rec["next"]:
+                    continue
+                rec["n"] += 1
+                try:
+                    s.send(b"X-Slow-%d: x\r\n" % rec["n"])
+                except OSError:
+                    self._closed(s, rec)
+                    continue
+                rec["next"] = now + self.every
+            self._open_due()
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.closes), list(self.errors)
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(10)
+        for key in list(self.sel.get_map().values()):
+            key.fileobj.close()
+        self.sel.close()
+
+
+def slowloris():
+    """The attack of issue 17, point 7, sustained: 50 slow connections from 127.0.0.2 ... 127.0.0.51 and 20 from
+    127.0.0.1, the probe's own address; each sends a header line every 2 s (so an idle timeout never ends it) and
+    is opened again 1 s after it was closed. /healthz, probed from 127.0.0.1 for 15 s meanwhile, must answer every
+    time within 2 s. (The worker closes each connection after its answer: libmicrohttpd does so for an answer queued
+    at once, as http.c's are, so there is no kept-alive connection to trickle a second request on.)"""
+    w = Worker(BIN, "--http", "0")
+    port = http_port(w)
+    others = [f"127.0.0.{i}" for i in range(2, 52)]
+    same = ["127.0.0.1"] * 20
+    attack = Slowloris(port, others + same)
+    started = time.monotonic()
+    try:
+        # State, not time: the server has taken all 70 once it has closed the 4 oldest of the 20 from 127.0.0.1
+        # (the accept queue is in connect order, and those came last).
+        deadline = started + 5
+        while time.monotonic() < deadline:
+            closes, errors = attack.snapshot()
+            if sum(1 for c in closes if c[0] == "127.0.0.1") >= 4 or errors:
+                break
+            time.sleep(0.01)
+        closes, errors = attack.snapshot()
+        tap.ok(not errors, "the slow connections connect from 127.0.0.1 ... 127.0.0.51", errors)
+        early = [c for c in closes if c[0] == "127.0.0.1"]
+        tap.ok(len(early) >= 4 and all(c[2] < 5 for c in early),
+               f"20 slow connections from one address: those over {PER_ADDRESS} are closed at once", closes)
+        probes = []
+        while time.monotonic() - started < 16:
+            probes.append(probe(port))
+            time.sleep(0.2)
+        bad = [p for p in probes if p[0] != 200 or p[1] >= 2.0]
+        tap.ok(len(probes) >= 10 and not bad,
+               f"/healthz from 127.0.0.1 answers 200 within 2 s throughout the attack ({len(probes)} probes, "
+               f"slowest {max((p[1] for p in probes), default=0):.3f} s)", bad[:10] or probes)
+        # Every first connection from 127.0.0.2 ... 127.0.0.51 was closed at the header deadline, though it
+        # never stopped sending (each line would have reset an idle timeout).
+        deadline = started + HEADER_DEADLINE_S + 10
+        while time.monotonic() < deadline:
+            closes, _ = attack.snapshot()
+            if len({c[0] for c in closes if c[0] in others and c[1] == 0}) == len(others):
+                break
+            time.sleep(0.05)
+        closes, _ = attack.snapshot()
+        first = {c[0]: c[2] for c in closes if c[0] in others and c[1] == 0}
+        lives = sorted(first.values())
+        tap.ok(len(first) == len(others) and HEADER_DEADLINE_S - 0.5 <= lives[0]
+               and lives[-1] <= HEADER_DEADLINE_S + 4,
+               f"each slow connection is closed {HEADER_DEADLINE_S:.0f} s after it connected (the header deadline), "
+               "not earlier and at most 4 s later", (len(first), lives[:3], lives[-3:]))
+    finally:
+        attack.stop()
+    st, dt = probe(port)
+    tap.ok(st == 200, "/healthz after the attack", (st, dt))
+    w.stop()
+
+
+def connection_limits():
+    """The per-address and the global limit: the connection over a limit closes the oldest waiting one."""
+    w = Worker(BIN, "--http", "0")
+    port = http_port(w)
+    socks = []
+    try:
+        # Per address: 20 from 127.0.0.60, in order; the first 4 are closed, the other 16 kept.
+        a = [slow_socket("127.0.0.60", port) for _ in range(PER_ADDRESS + 4)]
+        socks += a
+        closed = wait_closed(a, 4, 5)
+        tap.ok(closed == set(a[:4]), f"{PER_ADDRESS + 4} connections from one address: the 4 oldest are closed",
+               sorted(a.index(s) for s in closed))
+        # A whole request from that address still gets through; it pushes out the oldest waiting one.
+        st, dt = probe(port, "127.0.0.60")
+        closed = wait_closed(a, 5, 5)
+        tap.ok(st == 200 and dt < 2 and closed == set(a[:5]),
+               f"a request from an address holding {PER_ADDRESS} waiting connections is answered, and closes the "
+               "oldest of them", (st, dt, sorted(a.index(s) for s in closed)))
+        answers = [finish_request(s) for s in a[5:]]
+        tap.ok(all(x == "HTTP/1.1 200 OK" for x in answers),
+               "the connections kept are served when they finish their request", answers)
+        for s in a:
+            s.close()
+        socks.clear()
+        # Globally: 128 from 8 addresses (16 each); the 129th, from a ninth address, closes the oldest of all.
+        b = []
+        for i in range(ALL_CONNECTIONS):
+            b.append(slow_socket(f"127.0.1.{1 + i // PER_ADDRESS}", port))
+        socks += b
+        extra = slow_socket("127.0.2.1", port)
+        socks.append(extra)
+        closed = wait_closed(b + [extra], 1, 5)
+        tap.ok(closed == {b[0]}, f"a connection over {ALL_CONNECTIONS} in all closes the oldest waiting one",
+               sorted((b + [extra]).index(s) for s in closed))
+        st, dt = probe(port)
+        closed = wait_closed(b + [extra], 2, 5)
+        tap.ok(st == 200 and dt < 2 and closed == {b[0], b[1]},
+               f"with {ALL_CONNECTIONS} waiting, /healthz is answered and closes the next oldest",
+               (st, dt, sorted((b + [extra]).index(s) for s in closed)))
+        tap.ok(finish_request(extra) == "HTTP/1.1 200 OK", "the connection over the global limit was admitted", "")
+    finally:
+        for s in socks:
+            s.close()
+    w.stop()
+
+
 # ---- batch jobs (Redis): job outcomes, Redis up/down, readiness through an outage ----
 
 def jobs_metrics():
@@ -622,7 +897,8 @@ def basics():
 
 for name, fn in [("usage errors", usage_errors), ("off by default", off_by_default), ("basics", basics),
                  ("request mix", request_mix), ("readyz while draining", readyz_draining),
-                 ("other addresses", other_addresses), ("jobs", jobs_metrics)]:
+                 ("other addresses", other_addresses), ("slowloris", slowloris),
+                 ("connection limits", connection_limits), ("jobs", jobs_metrics)]:
     tap.run(name, fn)
 res = Worker.stop_all()
 tap.ok(all(rc == 0 and not san for _, rc, san in res), "every worker exited 0 with no sanitizer report", res)
