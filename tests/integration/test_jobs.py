@@ -292,6 +292,11 @@ def many_jobs_with_a_crash(srv):
     held = []
     for _ in range(200):
         victim.proc.send_signal(signal.SIGSTOP)
+        # What the victim wrote before it stopped is in Redis's socket buffer, and Redis may not have run
+        # it yet (an outcome's store script acknowledges its entries). A few round trips of our own let
+        # Redis's event loop take it in first: then what is pending stays pending.
+        for _ in range(5):
+            r.ping()
         held = r.xpending_range(f"{P}:jobs", "titan-workers", "-", "+", 10, consumername=consumer_name(victim))
         if held:
             break
@@ -390,7 +395,18 @@ def dead_letters(srv):
     for _ in range(3):  # one running, two queued (this client's share of --queue 4): never idle
         d.send_multipart(msg)
         outstanding += 1
-    time.sleep(0.1)
+    # Submit only once the worker says one product runs and two wait (sending 3 x 32 MB can take a
+    # while on a loaded machine: an idle executor would run the job at once, within its deadline).
+    probe = zctx.socket(zmq.REQ)
+    probe.setsockopt(zmq.LINGER, 0)
+    probe.setsockopt(zmq.RCVTIMEO, 20000)
+    probe.connect(w.endpoint)
+
+    def loaded():
+        probe.send(b'{"op":"gpu_info"}')
+        return json.loads(probe.recv()).get("queue_depth", 0) >= 2
+    tap.ok(wait_until(loaded, 30, 0.01), "the executor is busy and two products wait")
+    probe.close()
     h2, f2 = matmul_job(a, a)
     h2["deadline_ms"] = 1
     late = submit(r, prefix, h2, f2)
