@@ -15,6 +15,7 @@ void titan_config_init(titan_config *cfg)
     cfg->max_request_bytes = 1ULL << 30;
     cfg->max_result_bytes = 1ULL << 30;
     cfg->max_inflight_bytes = 4ULL << 30;
+    cfg->max_unread_mb = 256;
     cfg->drain_timeout_ms = 30000;
     cfg->heartbeat_ms = 5000;
     cfg->max_client_share = 50;
@@ -24,6 +25,8 @@ void titan_config_init(titan_config *cfg)
     cfg->max_models = 8;
     cfg->model_memory_mb = 4096;
     cfg->max_tensors = 4096;
+    cfg->tensor_orphan_ttl_s = 600;
+    cfg->max_worker_tensors = 65536;
 }
 
 void titan_config_free(titan_config *cfg)
@@ -130,6 +133,14 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         }
         return 0;
     }
+    if (strcmp(key, "max-unread-mb") == 0) {
+        if (s_parse_u64(value, 1, 1ULL << 20, &u)) {
+            snprintf(err, errcap, "--max-unread-mb: '%s' is not a number in 1..1048576 (MiB)", value);
+            return -EINVAL;
+        }
+        cfg->max_unread_mb = u;
+        return 0;
+    }
     struct {
         const char *name;
         uint64_t lo, hi;
@@ -155,6 +166,8 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         {"max-tensors", 0, 1000000},
         {"tensor-ttl", 0, 315360000},
         {"pool-cache-mb", 0, 1ULL << 30},
+        {"tensor-orphan-ttl", 0, 315360000},
+        {"max-worker-tensors", 0, 16777216},
     };
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
         if (strcmp(key, nums[i].name) != 0) continue;
@@ -185,7 +198,9 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
         else if (i == 17) cfg->tensor_quota_mb = u;
         else if (i == 18) cfg->max_tensors = (int)u;
         else if (i == 19) cfg->tensor_ttl_s = (int)u;
-        else cfg->pool_cache_mb = u;
+        else if (i == 20) cfg->pool_cache_mb = u;
+        else if (i == 21) cfg->tensor_orphan_ttl_s = (int)u;
+        else cfg->max_worker_tensors = (int)u;
         return 0;
     }
     snprintf(err, errcap, "unknown setting '%s'", key);

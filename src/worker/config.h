@@ -18,6 +18,7 @@ typedef struct {
     uint64_t max_request_bytes;
     uint64_t max_result_bytes;
     uint64_t max_inflight_bytes; /* request bytes held at once (queued + running) before "busy" */
+    uint64_t max_unread_mb;  /* replies a client has not read yet, in MiB, before its heavy requests get "busy" */
     char *log_level;
     char *endpoint_file;     /* written with the bound endpoints once ready */
     char *curve_secret;      /* the worker's CURVE secret certificate file; NULL: no CURVE */
@@ -44,6 +45,8 @@ typedef struct {
     uint64_t tensor_quota_mb;  /* one client's; 0: the same as tensor_memory_mb */
     int max_tensors;           /* tensors one client may hold */
     int tensor_ttl_s;          /* free tensors unused this long; 0: never */
+    int tensor_orphan_ttl_s;   /* free the tensors of a client whose connection closed this long after; 0: never */
+    int max_worker_tensors;    /* tensors all clients together may hold */
     uint64_t pool_cache_mb;    /* CUDA: free device memory the pool keeps for reuse; 0: a quarter of the device */
 } titan_config;
 

@@ -142,6 +142,10 @@ static void s_usage(FILE *f)
             "  --max-tensors N          resident tensors one client may hold (default 4096; 0: none)\n"
             "  --tensor-ttl S           free resident tensors no request used for S seconds (default 0:\n"
             "                           keep them until tensor_free or a restart)\n"
+            "  --tensor-orphan-ttl S    without CURVE, free a client's resident tensors S seconds after its\n"
+            "                           connection closed, unless it reconnects with the same routing id\n"
+            "                           (default 600; 0: keep them)\n"
+            "  --max-worker-tensors N   resident tensors all clients together may hold (default 65536)\n"
             "  --pool-cache-mb N        CUDA: free device memory kept for reuse, so that steady state does\n"
             "                           not allocate (default 0: a quarter of the GPU's memory)\n"
             "  --config FILE            read settings from FILE: 'key = value' lines with the option\n"
@@ -207,6 +211,8 @@ int main(int argc, char **argv)
         {"max-tensors", required_argument, 0, O_SETTING + 31},
         {"tensor-ttl", required_argument, 0, O_SETTING + 32},
         {"pool-cache-mb", required_argument, 0, O_SETTING + 33},
+        {"tensor-orphan-ttl", required_argument, 0, O_SETTING + 34},
+        {"max-worker-tensors", required_argument, 0, O_SETTING + 35},
         {"config", required_argument, 0, O_CONFIG},
         {"version", no_argument, 0, O_VERSION},
         {"help", no_argument, 0, 'h'},
@@ -348,13 +354,15 @@ int main(int argc, char **argv)
                                                                                                  : dev_bytes / 2),
             .client_tensors = cfg->max_tensors,
             .idle_ttl_s = cfg->tensor_ttl_s,
+            .worker_tensors = (uint64_t)cfg->max_worker_tensors,
+            .orphan_ttl_s = cfg->tensor_orphan_ttl_s,
         };
         q.client_bytes = cfg->tensor_quota_mb ? cfg->tensor_quota_mb << 20 : q.worker_bytes;
         if (q.client_bytes > q.worker_bytes) q.client_bytes = q.worker_bytes;
         w.tensors = titan_tstore_new(w.backend, &q);
-        if (!w.tensors) {
-            titan_log(TITAN_LOG_ERROR, "out of memory");
-            rc = -ENOMEM;
+        if (!w.tensors || (rc = titan_tstore_start_sweeper(w.tensors)) != 0) {
+            titan_log(TITAN_LOG_ERROR, "cannot set up resident tensors: %s", w.tensors ? strerror(-rc) : "out of memory");
+            rc = w.tensors ? rc : -ENOMEM;
             goto out;
         }
         titan_metrics_set_tensors(metrics, w.tensors);

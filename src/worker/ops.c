@@ -434,7 +434,8 @@ static const titan_op s_table[] = {
     {"tensor_put", s_tensor_put, true, "stores a tensor in the device's memory and answers its handle {\"ref\"}"},
     {"tensor_get", s_tensor_get, true, "reads a resident tensor back (a binary frame, or JSON with \"json\": true)"},
     {"tensor_free", s_tensor_free, true, "frees a resident tensor (\"ref\"), or all of this client's (\"all\": true)"},
-    {"tensor_list", s_tensor_list, false, "this client's resident tensors, its usage and the quotas"},
+    /* On an executor: a client's list may have thousands of entries, too long a build for the I/O thread. */
+    {"tensor_list", s_tensor_list, true, "this client's resident tensors, its usage and the quotas"},
     {"inference", s_inference, true, "runs a model: {\"model\", \"inputs\":[tensors]} answers {\"outputs\"}"},
     {"list_models", s_list_models, false, "the models of --models: name, runner, loaded, inputs, outputs"},
     {"load_model", s_load_model, true, "loads a model now (evicting the least recently used over the limits)"},
@@ -480,9 +481,12 @@ static int s_ops(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_
     if (lim && w->tensors) {
         const titan_tstore_quota *q = titan_tstore_get_quota(w->tensors);
         json_object_set_new(lim, "resident",
-                            json_pack("{s:I, s:I, s:i, s:f}", "worker_bytes", (json_int_t)q->worker_bytes,
-                                      "client_bytes", (json_int_t)q->client_bytes, "client_tensors",
-                                      q->client_tensors, "idle_ttl_s", q->idle_ttl_s));
+                            json_pack("{s:I, s:I, s:i, s:f, s:I, s:f, s:i, s:i}", "worker_bytes",
+                                      (json_int_t)q->worker_bytes, "client_bytes", (json_int_t)q->client_bytes,
+                                      "client_tensors", q->client_tensors, "idle_ttl_s", q->idle_ttl_s,
+                                      "worker_tensors", (json_int_t)q->worker_tensors, "orphan_ttl_s",
+                                      q->orphan_ttl_s, "tensor_overhead_bytes", TITAN_TSTORE_TENSOR_OVERHEAD,
+                                      "tensor_align_bytes", TITAN_TSTORE_ALIGN));
     }
     if (titan_out_json(out, o, req->id)) return titan_fail(err, "internal", "out of memory");
     return 0;

@@ -277,9 +277,11 @@ def quotas():
     mb = 1 << 20
     wq = worker("--tensor-quota-mb", "1", "--tensor-memory-mb", "2")
     c1, c2, c3 = (Client(wq.endpoint, n) for n in (b"q1", b"q2", b"q3"))
-    quarter = np.arange(mb // 16, dtype=np.float32)  # 256 KiB
+    # 256 KiB charged: the data (a multiple of 64 bytes) and 512 bytes for each tensor's bookkeeping (PROTOCOL 5.7)
+    quarter = np.arange(mb // 16 - 128, dtype=np.float32)
     h1 = [c1.put(quarter + i).get("ref") for i in range(4)]
-    tap.ok(all(h and HANDLE.match(h) for h in h1), "a client fills its quota exactly (4 x 256 KiB of 1 MiB)", h1)
+    tap.ok(all(h and HANDLE.match(h) for h in h1), "a client fills its quota exactly (4 x 256 KiB charged of 1 MiB)",
+           h1)
     r = c1.put(quarter)
     tap.ok(r.get("code") == "quota_exceeded" and "--tensor-quota-mb" in r.get("error", ""),
            "one more is quota_exceeded naming --tensor-quota-mb", r)
@@ -426,9 +428,211 @@ def json_shapes():
     c.close()
 
 
+def status_kb(pid, field):
+    """A figure of /proc/PID/status in KiB (VmRSS, VmHWM, VmSize, VmPeak)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def orphans():
+    """The finding: eight throwaway connections each stored their quota and closed, and every later client got
+    quota_exceeded for a 4-byte tensor until a restart. Now a closed connection's tensors go after
+    --tensor-orphan-ttl, not before, and a client that reconnects with its routing id in time keeps them."""
+    r, _ = alice.call({"op": "ops"})
+    res = r.get("limits", {}).get("resident", {})
+    tap.ok(res.get("orphan_ttl_s") == 600 and res.get("worker_tensors") == 65536
+           and res.get("tensor_overhead_bytes") == 512 and res.get("tensor_align_bytes") == 64,
+           "ops: the orphan grace period (600 s), the worker's tensor count and the per-tensor charge by default", res)
+    ttl = 3
+    wo = worker("--tensor-orphan-ttl", str(ttl), "--tensor-memory-mb", "8", "--tensor-quota-mb", "1")
+    quarter = np.ones((1 << 18) // 4 - 128, np.float32)  # charged 256 KiB
+    keeper = Client(wo.endpoint, b"keeper")
+    kref = keeper.put(quarter * 2).get("ref")
+    throwaway = [Client(wo.endpoint, b"throwaway-%d" % i) for i in range(8)]
+    filled = [[c.put(quarter).get("ref") for _ in range(4)] for c in throwaway[:7]]
+    filled.append([throwaway[7].put(quarter).get("ref") for _ in range(3)])  # keeper's tensor takes the rest
+    tap.ok(all(all(f) for f in filled), "eight connections fill the worker's memory", filled)
+    later = Client(wo.endpoint, b"later")
+    r = later.put(np.ones(1, np.float32))
+    tap.ok(r.get("code") == "quota_exceeded" and "--tensor-memory-mb" in r.get("error", ""),
+           "a later client's 4-byte tensor is quota_exceeded while they are connected", r)
+    t_close = time.monotonic()
+    for c in throwaway:
+        c.close()
+    keeper.close()
+    keeper = Client(wo.endpoint, b"keeper")  # back at once, with its routing id
+    r, _ = keeper.call({"op": "tensor_list"})
+    tap.ok(r.get("count") == 1, "a client back with its routing id lists its tensor", r)
+    r = later.put(np.ones(1, np.float32))
+    early = time.monotonic() - t_close
+    tap.ok(r.get("code") == "quota_exceeded" or early >= ttl,
+           f"the orphans' memory is not given back before --tensor-orphan-ttl ({early:.2f} s after the close)", r)
+    ref, took = None, 0.0
+    while took < 30:
+        r = later.put(np.ones(1, np.float32))
+        took = time.monotonic() - t_close
+        if HANDLE.match(r.get("ref", "")):
+            ref = r["ref"]
+            break
+        time.sleep(0.1)
+    tap.ok(ref is not None and took >= ttl - 0.05,
+           f"after the grace period a later client stores again ({took:.2f} s after the close, ttl {ttl} s)", r)
+    r, _ = later.call({"op": "gpu_info"})
+    res = r.get("resident", {})
+    tap.ok(res.get("tensors") == 2 and res.get("clients") == 2,
+           "gpu_info: only keeper's and the later client's tensors are left", res)
+    got, r = keeper.get(kref)
+    tap.ok(got is not None and np.array_equal(got, quarter * 2),
+           "the client that came back in time still has its tensor after the grace period", r)
+    keeper.close()
+    later.close()
+    wo.stop()
+
+
+def curve_keeps_orphans():
+    """Under CURVE a client is its key, not a connection: its tensors outlive the connection and
+    --tensor-orphan-ttl, while --tensor-ttl still frees them once idle."""
+    import tempfile
+    import zmq.auth
+    d = tempfile.mkdtemp(prefix="titan-tensors-curve-")
+    pub_file, sec_file = zmq.auth.create_certificates(d, "worker")
+    server_pub, _ = zmq.auth.load_certificate(pub_file)
+    wc = worker("--curve-secret", sec_file, "--tensor-orphan-ttl", "1", "--tensor-ttl", "8")
+    keys = zmq.curve_keypair()
+
+    def call(hdr, *frames):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.curve_serverkey, s.curve_publickey, s.curve_secretkey = server_pub, keys[0], keys[1]
+        s.connect(wc.endpoint)
+        s.send_multipart([b"", json.dumps(hdr).encode(), *frames])
+        try:
+            return json.loads(s.recv_multipart()[1]) if s.poll(20000) else {}
+        finally:
+            s.close()
+
+    ref = call({"op": "tensor_put", "tensor": [[1.0, 2.0]]}).get("ref", "")
+    tap.ok(HANDLE.match(ref) is not None, "CURVE: a client puts a tensor and closes", ref)
+    time.sleep(2.5)  # past --tensor-orphan-ttl 1 and a sweep
+    r = call({"op": "tensor_get", "ref": ref, "json": True})
+    tap.ok(r.get("result") == [[1.0, 2.0]], "CURVE: the key's tensor outlives its connection and the orphan TTL", r)
+    t0, r = time.monotonic(), {}
+    while time.monotonic() - t0 < 30:
+        r = call({"op": "tensor_list"})
+        if r.get("count") == 0:
+            break
+        time.sleep(0.5)
+    tap.ok(r.get("count") == 0, "CURVE: --tensor-ttl still frees it once idle", r)
+    wc.stop()
+
+
+def worker_count():
+    """--max-worker-tensors caps the tensors of all clients together (the count was per client only)."""
+    wn = worker("--max-worker-tensors", "5")
+    a, b = Client(wn.endpoint, b"count-a"), Client(wn.endpoint, b"count-b")
+    hs = [a.put(np.ones(2, np.float32)).get("ref") for _ in range(3)] + [b.put(np.ones(2, np.float32)).get("ref")
+                                                                        for _ in range(2)]
+    r = b.put(np.ones(2, np.float32))
+    tap.ok(all(hs) and r.get("code") == "quota_exceeded" and "--max-worker-tensors" in r.get("error", ""),
+           "--max-worker-tensors 5: the sixth tensor, of any client, is quota_exceeded naming it", r)
+    r, _ = a.call({"op": "ops"})
+    tap.ok(r.get("limits", {}).get("resident", {}).get("worker_tensors") == 5, "ops reports --max-worker-tensors",
+           r.get("limits"))
+    a.close()
+    b.close()
+    wn.stop()
+
+
+def overhead():
+    """The finding: 40,022 one-element tensors reported 160 KB but cost about 19 MB of RSS. Each tensor is now
+    charged its data rounded up to 64 bytes plus 512 bytes: 1 MiB holds 1820 one-element tensors, and their RSS
+    stays within what they are charged."""
+    wm = worker("--tensor-memory-mb", "1", "--max-tensors", "100000")
+    c = Client(wm.endpoint, b"tiny")
+    one = np.ones(1, np.float32).tobytes()
+    hdr = json.dumps({"op": "tensor_put", "tensor": {"dtype": "float32", "shape": [1], "frame": 1}}).encode()
+    for _ in range(50):  # warm up the worker's own allocations
+        c.s.send_multipart([b"", hdr, one])
+        c.s.recv_multipart()
+    c.call({"op": "tensor_free", "all": True})
+    rss0 = status_kb(wm.proc.pid, "VmRSS")
+    n, r = 0, {}
+    while n < 5000:
+        c.s.send_multipart([b"", hdr, one])
+        r = json.loads(c.s.recv_multipart()[1])
+        if "ref" not in r:
+            break
+        n += 1
+    rss1 = status_kb(wm.proc.pid, "VmRSS")
+    tap.ok(n == (1 << 20) // 576 and r.get("code") == "quota_exceeded" and "576" in r.get("error", ""),
+           f"1 MiB holds {n} one-element tensors (1820: 576 bytes each), then quota_exceeded", r)
+    lst, _ = c.call({"op": "tensor_list"})
+    tap.ok(lst.get("bytes") == 4 * n and lst.get("charged_bytes") == 576 * n
+           and lst.get("worker_charged_bytes") == 576 * n, "tensor_list: the data bytes and the bytes charged",
+           {k: lst.get(k) for k in ("bytes", "charged_bytes", "worker_charged_bytes", "count")})
+    tap.ok((rss1 - rss0) * 1024 <= 576 * n + (256 << 10),
+           f"their RSS ({(rss1 - rss0) * 1024 / max(n, 1):.0f} bytes each) is within their charge", (rss0, rss1))
+    c.close()
+    wm.stop()
+
+
+def list_off_io_thread():
+    """The finding: one client looping over tensor_list with 4,096 tensors raised other clients' ping median from
+    0.32 ms to 9.5 ms. tensor_list now reads only the client's own tensors and runs on an executor."""
+    import statistics
+    import threading
+    wl = worker("--max-tensors", "5000")
+    c = Client(wl.endpoint, b"lister")
+    one = np.ones(1, np.float32).tobytes()
+    hdr = json.dumps({"op": "tensor_put", "tensor": {"dtype": "float32", "shape": [1], "frame": 1}}).encode()
+    for _ in range(4096):
+        c.s.send_multipart([b"", hdr, one])
+        c.s.recv_multipart()
+    p = Client(wl.endpoint, b"pinger")
+
+    def pings(n):
+        t = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            p.call({"op": "ping"})
+            t.append(time.perf_counter() - t0)
+        return statistics.median(t)
+
+    alone = pings(200)
+    stop = []
+
+    def loop():
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, b"lister")
+        s.connect(wl.endpoint)
+        while not stop:
+            s.send_multipart([b"", b'{"op":"tensor_list"}'])
+            s.recv_multipart()
+        s.close()
+
+    th = threading.Thread(target=loop)
+    th.start()
+    time.sleep(0.2)
+    busy = pings(200)
+    stop.append(1)
+    th.join()
+    tap.ok(busy < 10 * alone + 0.005,
+           f"another client's ping median stays low while one lists 4,096 tensors in a loop "
+           f"({busy * 1e3:.2f} ms, {alone * 1e3:.2f} ms alone)")
+    c.close()
+    p.close()
+    wl.stop()
+
+
 for name, fn in [("put and get", put_and_get), ("json shapes", json_shapes), ("matmul refs", matmul_refs), ("listing", listing),
                  ("ownership", ownership), ("bad inputs", bad_inputs), ("freeing", freeing), ("quotas", quotas),
-                 ("ttl", ttl), ("result limit", result_limit), ("metrics", metrics)]:
+                 ("ttl", ttl), ("result limit", result_limit), ("metrics", metrics), ("orphans", orphans),
+                 ("curve keeps orphans", curve_keeps_orphans), ("worker count", worker_count), ("overhead", overhead),
+                 ("list off the I/O thread", list_off_io_thread)]:
     tap.run(name, fn)
 alice.close()
 res = Worker.stop_all()
