@@ -15,6 +15,7 @@ void titan_config_init(titan_config *cfg)
     cfg->max_request_bytes = 1ULL << 30;
     cfg->max_result_bytes = 1ULL << 30;
     cfg->max_inflight_bytes = 4ULL << 30;
+    cfg->max_unread_mb = 256;
     cfg->drain_timeout_ms = 30000;
     cfg->heartbeat_ms = 5000;
     cfg->max_client_share = 50;
@@ -130,6 +131,14 @@ int titan_config_set(titan_config *cfg, const char *key, const char *value, char
             snprintf(err, errcap, "insecure must be true or false, not '%s'", value);
             return -EINVAL;
         }
+        return 0;
+    }
+    if (strcmp(key, "max-unread-mb") == 0) {
+        if (s_parse_u64(value, 1, 1ULL << 20, &u)) {
+            snprintf(err, errcap, "--max-unread-mb: '%s' is not a number in 1..1048576 (MiB)", value);
+            return -EINVAL;
+        }
+        cfg->max_unread_mb = u;
         return 0;
     }
     struct {

@@ -18,6 +18,7 @@ typedef struct {
     uint64_t max_request_bytes;
     uint64_t max_result_bytes;
     uint64_t max_inflight_bytes; /* request bytes held at once (queued + running) before "busy" */
+    uint64_t max_unread_mb;  /* replies a client has not read yet, in MiB, before its heavy requests get "busy" */
     char *log_level;
     char *endpoint_file;     /* written with the bound endpoints once ready */
     char *curve_secret;      /* the worker's CURVE secret certificate file; NULL: no CURVE */

@@ -4,7 +4,9 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,7 @@ typedef struct titan_job {
     titan_error err;
     json_t *peek_id; /* the "id" of a request refused before it was parsed; owned */
     char owner[TITAN_OWNER_MAX]; /* who sent it, for resident tensors (req.client) */
+    bool dispatched;             /* handed to an executor: its reply is never dropped for --max-unread-mb */
     struct timespec t_recv;
     struct titan_job *next;
 } titan_job;
@@ -62,6 +65,9 @@ struct titan_server {
     int client_cap; /* most requests one client may have queued */
     uint64_t max_inflight_bytes;
     uint64_t inflight_bytes; /* body bytes of queued and running jobs */
+    uint64_t max_unread;     /* reply bytes a client may leave unread before its heavy requests get busy */
+    struct s_unread **unread; /* per client, the replies not yet written to it (hash table by routing id) */
+    size_t unread_buckets, unread_n, unread_sweep_at;
     titan_fairq *queue;      /* waiting jobs, per client in turn */
     int qlen;
     int running;
@@ -235,10 +241,159 @@ static void s_job_execute(titan_server *s, titan_job *j)
     if (titan_op_run(s->w, j->op, &j->req, &j->out, &j->err)) j->failed = true;
 }
 
-static void s_free_data(void *data, void *hint)
+/* Replies handed to ZeroMQ and not yet written to their client's connection (nor dropped with it), in
+ * bytes, per client: its routing id, as the fair queue counts clients. Each reply frame carries an
+ * s_counted hint; ZeroMQ calls s_free_counted once it has written the frame or dropped it, on one of its
+ * own I/O threads (or on ours, when a send fails), hence the atomics. The table itself is the I/O
+ * thread's. */
+#define UNREAD_MSG_OVERHEAD 256 /* what ZeroMQ keeps per message besides its bytes, counted with each reply */
+#define UNREAD_SMALL_MAX (1ULL << 20) /* refusals and light replies held unread, at most */
+
+typedef struct s_unread {
+    _Atomic uint64_t bytes; /* handed to ZeroMQ and not yet written */
+    _Atomic uint64_t small; /* the part of it that is no work's result: refusals, light ops' answers */
+    atomic_uint refs;       /* the table's, and one per frame in ZeroMQ's hands */
+    struct s_unread *next;  /* hash chain */
+    size_t keylen;
+    unsigned char key[TITAN_FAIRQ_MAX_KEY];
+} s_unread;
+
+typedef struct {
+    s_unread *u;
+    uint64_t bytes;
+    bool small;
+} s_counted;
+
+static void s_unread_release(s_unread *u)
 {
-    (void)hint;
+    if (atomic_fetch_sub(&u->refs, 1) == 1) free(u);
+}
+
+/* ZeroMQ's free function of every reply frame: frees the buffer and uncounts it from its client. */
+static void s_free_counted(void *data, void *hint)
+{
     free(data);
+    s_counted *c = hint;
+    if (!c) return;
+    atomic_fetch_sub(&c->u->bytes, c->bytes);
+    if (c->small) atomic_fetch_sub(&c->u->small, c->bytes);
+    s_unread_release(c->u);
+    free(c);
+}
+
+/* The client key of j, as the fair queue uses it: its routing id, or "?" when it has no usable one. */
+static void s_client_key(const titan_job *j, const void **key, size_t *len)
+{
+    *key = zmq_msg_data((zmq_msg_t *)&j->frames[0]);
+    *len = zmq_msg_size(&j->frames[0]);
+    if (*len == 0 || *len > TITAN_FAIRQ_MAX_KEY) {
+        *key = "?";
+        *len = 1;
+    }
+}
+
+static size_t s_unread_bucket(const titan_server *s, const void *key, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < len; i++) h = (h ^ ((const unsigned char *)key)[i]) * 0x100000001b3ULL;
+    return (size_t)(h & (s->unread_buckets - 1));
+}
+
+/* Forgets the clients with nothing unread, and grows the table when it is crowded. */
+static void s_unread_sweep(titan_server *s)
+{
+    for (size_t b = 0; b < s->unread_buckets; b++) {
+        for (s_unread **p = &s->unread[b]; *p;) {
+            s_unread *u = *p;
+            if (atomic_load(&u->bytes) == 0) {
+                *p = u->next;
+                s->unread_n--;
+                s_unread_release(u);
+            } else {
+                p = &u->next;
+            }
+        }
+    }
+    if (s->unread_n * 2 > s->unread_buckets) {
+        size_t n = s->unread_buckets * 2;
+        while (s->unread_n * 2 > n) n *= 2;
+        s_unread **t = calloc(n, sizeof(*t));
+        if (t) {
+            s_unread **old = s->unread;
+            size_t oldn = s->unread_buckets;
+            s->unread = t;
+            s->unread_buckets = n;
+            for (size_t b = 0; b < oldn; b++) {
+                for (s_unread *u = old[b], *next; u; u = next) {
+                    next = u->next;
+                    size_t nb = s_unread_bucket(s, u->key, u->keylen);
+                    u->next = t[nb];
+                    t[nb] = u;
+                }
+            }
+            free(old);
+        }
+    }
+    s->unread_sweep_at = s->unread_n * 2 > 1024 ? s->unread_n * 2 : 1024;
+}
+
+/* The entry of j's client, created when `create`; NULL when there is none (or no memory). */
+static s_unread *s_unread_of(titan_server *s, const titan_job *j, bool create)
+{
+    const void *key;
+    size_t len;
+    s_client_key(j, &key, &len);
+    for (s_unread *u = s->unread[s_unread_bucket(s, key, len)]; u; u = u->next)
+        if (u->keylen == len && memcmp(u->key, key, len) == 0) return u;
+    if (!create) return NULL;
+    if (s->unread_n >= s->unread_sweep_at) s_unread_sweep(s);
+    s_unread *u = calloc(1, sizeof(*u));
+    if (!u) return NULL;
+    atomic_init(&u->bytes, 0);
+    atomic_init(&u->small, 0);
+    atomic_init(&u->refs, 1);
+    memcpy(u->key, key, len);
+    u->keylen = len;
+    size_t b = s_unread_bucket(s, key, len);
+    u->next = s->unread[b];
+    s->unread[b] = u;
+    s->unread_n++;
+    return u;
+}
+
+/* Bytes of replies that j's client has not read yet. */
+static uint64_t s_unread_bytes(titan_server *s, const titan_job *j)
+{
+    s_unread *u = s_unread_of(s, j, false);
+    return u ? atomic_load(&u->bytes) : 0;
+}
+
+/* Makes m a frame of `size` bytes at data (owned by m from now on: freed once written), counted as
+ * `count` bytes unread by u's client (and as small ones when `small`). Returns 0, or -ENOMEM with data
+ * still the caller's. */
+static int s_msg_counted(zmq_msg_t *m, void *data, size_t size, s_unread *u, uint64_t count, bool small)
+{
+    s_counted *c = NULL;
+    if (u) {
+        c = malloc(sizeof(*c));
+        if (!c) return -ENOMEM;
+        c->u = u;
+        c->bytes = count;
+        c->small = small;
+        atomic_fetch_add(&u->refs, 1);
+        atomic_fetch_add(&u->bytes, count);
+        if (small) atomic_fetch_add(&u->small, count);
+    }
+    if (zmq_msg_init_data(m, data, size, s_free_counted, c) != 0) {
+        if (c) free(c);
+        if (u) {
+            atomic_fetch_sub(&u->bytes, count);
+            if (small) atomic_fetch_sub(&u->small, count);
+            s_unread_release(u);
+        }
+        return -ENOMEM;
+    }
+    return 0;
 }
 
 /* Sends the envelope and the reply of j to its client, then frees j. */
@@ -259,33 +414,60 @@ static void s_reply(titan_server *s, titan_job *j)
     uint64_t sent = j->out.hdr_len; /* counted now: sending hands the buffers to ZeroMQ */
     for (size_t i = 0; i < j->out.ndata; i++) sent += j->out.size[i];
     int rc = 0;
+    bool unread_full = false;
+    s_unread *u = s_unread_of(s, j, true);
+    /* Work admitted under --max-unread-mb is always sent. Anything else (a refusal, a light op's answer)
+     * is small, but a client can ask for such replies without end: once UNREAD_SMALL_MAX of them wait
+     * unread for one client, more are dropped. */
+    if (!j->dispatched && u && atomic_load(&u->small) >= UNREAD_SMALL_MAX) {
+        rc = -1;
+        unread_full = true;
+    }
     /* Never block the loop: with ROUTER_MANDATORY a gone or saturated client fails the first frame. */
     for (size_t i = 0; i < j->env && rc >= 0; i++)
         rc = zmq_msg_send(&j->frames[i], s->router, ZMQ_SNDMORE | ZMQ_DONTWAIT);
     if (rc >= 0) {
         zmq_msg_t m;
-        /* The reply buffers pass to ZeroMQ without a copy; it frees them once sent. */
-        if (zmq_msg_init_data(&m, j->out.hdr, j->out.hdr_len, s_free_data, NULL) == 0) {
+        /* The reply buffers pass to ZeroMQ without a copy; it frees them once sent. The header frame
+         * carries the count of the envelope and of ZeroMQ's bookkeeping of the message. */
+        uint64_t count = j->out.hdr_len + UNREAD_MSG_OVERHEAD;
+        for (size_t i = 0; i < j->env; i++) count += zmq_msg_size(&j->frames[i]);
+        bool whole = false;
+        if (s_msg_counted(&m, j->out.hdr, j->out.hdr_len, u, count, !j->dispatched) == 0) {
             j->out.hdr = NULL;
             rc = zmq_msg_send(&m, s->router, (j->out.ndata ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
             if (rc < 0) zmq_msg_close(&m);
+            whole = rc >= 0 && !j->out.ndata;
             for (size_t i = 0; i < j->out.ndata && rc >= 0; i++) {
-                if (zmq_msg_init_data(&m, j->out.data[i], j->out.size[i], s_free_data, NULL)) break;
+                if (s_msg_counted(&m, j->out.data[i], j->out.size[i], u, j->out.size[i], !j->dispatched)) break;
                 j->out.data[i] = NULL;
                 rc = zmq_msg_send(&m, s->router, (i + 1 < j->out.ndata ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
                 if (rc < 0) zmq_msg_close(&m);
+                whole = rc >= 0 && i + 1 == j->out.ndata;
             }
-            j->out.ndata = 0;
+        }
+        /* Out of memory half way: end the message, so that the next reply does not join it. */
+        if (rc >= 0 && !whole) {
+            zmq_send(s->router, "", 0, ZMQ_DONTWAIT);
+            rc = -1;
+            errno = ENOMEM;
         }
     }
     if (rc < 0) {
-        int e = zmq_errno();
+        int e = unread_full ? 0 : zmq_errno();
         s->dropped++;
-        if (e == EHOSTUNREACH)
+        /* Clients cause these: at most 20 lines a second. */
+        static titan_log_limit drop_limit = {.per_sec = 20};
+        if (unread_full)
+            titan_log_limited(&drop_limit, TITAN_LOG_WARN, "reply dropped (op=%s): the client has not read %llu "
+                              "bytes of refusals and small answers", j->req.op ? j->req.op : "?",
+                              (unsigned long long)atomic_load(&u->small));
+        else if (e == EHOSTUNREACH)
             titan_log_debug("reply dropped: the client has gone (op=%s)", j->req.op ? j->req.op : "?");
         else
-            titan_log(TITAN_LOG_WARN, "reply dropped (op=%s): %s", j->req.op ? j->req.op : "?",
-                      e == EAGAIN ? "the client is not reading its replies (send queue full)" : zmq_strerror(e));
+            titan_log_limited(&drop_limit, TITAN_LOG_WARN, "reply dropped (op=%s): %s", j->req.op ? j->req.op : "?",
+                              e == EAGAIN ? "the client is not reading its replies (send queue full)"
+                                          : zmq_strerror(e));
     }
     titan_metrics_replied(s->metrics, j->req.op, j->failed ? j->err.code : NULL, s_ns_since(&j->t_recv), sent,
                           rc >= 0);
@@ -310,6 +492,17 @@ static void *s_executor_main(void *arg)
     return NULL;
 }
 
+/* Answers j busy: its client has `unread` bytes of replies unread, --max-unread-mb or more. */
+static void s_refuse_unread(titan_server *s, titan_job *j, uint64_t unread)
+{
+    s_job_peek_id(j);
+    titan_metrics_busy(s->metrics, TITAN_BUSY_CLIENT_SHARE);
+    s_job_error(j, "busy", "worker busy: this client has %llu bytes of replies it has not read, over its limit "
+                "of %llu (--max-unread-mb); read them before sending more", (unsigned long long)unread,
+                (unsigned long long)s->max_unread);
+    s_reply(s, j);
+}
+
 static void s_dispatch(titan_server *s)
 {
     while (s->qlen > 0) {
@@ -324,6 +517,14 @@ static void s_dispatch(titan_server *s)
         titan_job *j = titan_fairq_pop(s->queue);
         if (!j) break;
         s->qlen--;
+        /* A client that stopped reading since this was queued gets no more work done until it reads. */
+        uint64_t unread = s_unread_bytes(s, j);
+        if (unread >= s->max_unread) {
+            s->inflight_bytes -= j->bytes;
+            s_refuse_unread(s, j, unread);
+            continue;
+        }
+        j->dispatched = true;
         if (zmq_send(s->pairs[idle], &j, sizeof(j), 0) != sizeof(j)) {
             s->inflight_bytes -= j->bytes;
             s_job_error(j, "internal", "could not hand the request to an executor");
@@ -435,6 +636,13 @@ static void s_admit(titan_server *s, titan_job *j)
             return;
         }
     }
+    /* A client that does not read its replies gets no more work done: what it leaves unread stays in
+     * memory (light ops above are answered: their replies are small, and bounded in s_reply). */
+    uint64_t unread = s_unread_bytes(s, j);
+    if (unread >= s->max_unread) {
+        s_refuse_unread(s, j, unread);
+        return;
+    }
     bool idle = s->running < s->nexec;
     const void *key = zmq_msg_data(&j->frames[0]);
     size_t keylen = zmq_msg_size(&j->frames[0]);
@@ -491,6 +699,14 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, tit
     s->client_cap = cfg->queue * cfg->max_client_share / 100;
     if (s->client_cap < 1) s->client_cap = 1;
     s->max_inflight_bytes = cfg->max_inflight_bytes;
+    s->max_unread = cfg->max_unread_mb << 20;
+    s->unread_buckets = 1024;
+    s->unread_sweep_at = 1024;
+    s->unread = calloc(s->unread_buckets, sizeof(*s->unread));
+    if (!s->unread) {
+        snprintf(err, errcap, "out of memory");
+        goto fail;
+    }
     s->drain_timeout_ms = cfg->drain_timeout_ms;
     s->queue = titan_fairq_new();
     if (!s->queue) {
@@ -753,6 +969,14 @@ void titan_server_destroy(titan_server **sp)
     for (int i = 0; i < MAX_EXECUTORS; i++) detached |= s->execs[i].started && s->busy[i];
     /* zmq_ctx_term would wait forever on a detached executor's socket; the process is exiting anyway. */
     if (s->ctx && !detached) zmq_ctx_term(s->ctx);
+    /* Frames still in ZeroMQ's hands (none once the context ended) hold their own references. */
+    for (size_t b = 0; s->unread && b < s->unread_buckets; b++) {
+        for (struct s_unread *u = s->unread[b], *next; u; u = next) {
+            next = u->next;
+            s_unread_release(u);
+        }
+    }
+    free(s->unread);
     free(s);
     *sp = NULL;
 }

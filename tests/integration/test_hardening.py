@@ -188,6 +188,118 @@ def transit_memory():
 for name, fn in [("flood", flood_fairness), ("transit memory", transit_memory), ("drain", graceful_drain), ("drain timeout", drain_timeout),
                  ("frozen", frozen_worker), ("heartbeat", heartbeat_option)]:
     tap.run(name, fn)
+
+
+def vm_rss_mb(pid):
+    """The resident memory of process pid now, in MB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return -1
+
+
+def metric_sum(base, name, **labels):
+    """The sum of a /metrics counter over the samples whose labels include `labels`."""
+    import urllib.request
+    body = urllib.request.urlopen(base.rstrip("/") + "/metrics", timeout=10).read().decode()
+    total = 0.0
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in body.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(w in line for w in want):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def unread_bound():
+    """Issue 17, point 4: replies a client leaves unread are bounded in bytes per client (max-unread-mb,
+    default 256). A client that sends tensor_get of a 16 MiB tensor forty times and reads nothing (its
+    ZeroMQ takes one message at a time) gets a few executed, then busy; the worker's RSS grows by the
+    bound plus what was running, not by forty replies; another client's ping is answered meanwhile; once
+    the first client reads its replies, its work is done again. Without the bound every request ran and
+    held its reply: 640 MB for this test, 1.9 GB in the issue."""
+    import tempfile
+    import os
+    sanitized = b"__asan_init" in open(BIN, "rb").read()
+    conf = os.path.join(tempfile.mkdtemp(prefix="titan-unread-"), "worker.conf")
+    with open(conf, "w") as f:
+        f.write("max-unread-mb = 64\n")
+    w = Worker(BIN, "--config", conf, "--threads", "2", "--http", "0")
+    base = open(w.epfile).read().split()[1]
+    pid = w.proc.pid
+    hog = ctx.socket(zmq.DEALER)
+    hog.setsockopt(zmq.LINGER, 0)
+    hog.setsockopt(zmq.ROUTING_ID, b"hog")
+    hog.setsockopt(zmq.RCVHWM, 1)         # its ZeroMQ takes one reply at a time off the connection
+    hog.setsockopt(zmq.RCVBUF, 65536)
+    hog.setsockopt(zmq.RCVTIMEO, 60000)
+    hog.connect(w.endpoint)
+    n = 16 << 18  # float32 elements of 16 MiB
+    hog.send_multipart([b"", json.dumps({"op": "tensor_put", "id": "put",
+                                         "tensor": {"dtype": "float32", "shape": [n], "frame": 1}}).encode(),
+                        np.arange(n, dtype=np.float32).tobytes()])
+    r = json.loads(hog.recv_multipart()[1])
+    ref = r.get("ref", "")
+    tap.ok(ref.startswith("t-"), "unread bound: a client puts a 16 MiB tensor", r)
+    before = vm_rss_mb(pid)
+    count = 40
+    get = lambda i: [b"", json.dumps({"op": "tensor_get", "id": i, "ref": ref}).encode()]
+    for i in range(count):
+        hog.send_multipart(get(f"g{i}"))
+
+    def answered(k):  # every tensor_get has had its reply handed to ZeroMQ (run or refused)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if metric_sum(base, "titan_requests_total", op="tensor_get") >= k:
+                return True
+            time.sleep(0.05)
+        return False
+    tap.ok(answered(count), f"the worker answered all {count} tensor_get (none read yet)")
+    grown = vm_rss_mb(pid) - before
+    limit = 64 + 3 * 16 + 48  # the bound, what two executors and the transport hold, and a margin
+    if sanitized:
+        tap.note(f"RSS grew by {grown:.0f} MB with {count} x 16 MiB replies unread (ASan build: not enforced)")
+    else:
+        tap.ok(grown < limit, f"RSS grew by {grown:.0f} MB with {count} x 16 MiB replies unread: under "
+               f"{limit} MB (64 MiB bound)")
+    other = dealer(w.endpoint, timeout=10000)
+    t0 = time.monotonic()
+    other.send_multipart([b"", b'{"op":"ping","id":"other"}'])
+    r = json.loads(other.recv_multipart()[1])
+    tap.ok(r.get("id") == "other" and r.get("status") == "ok",
+           f"another client's ping is answered meanwhile ({time.monotonic() - t0:.3f} s)", r)
+    other.send_multipart([b"", json.dumps({"op": "tensor_list", "id": "other-list"}).encode()])
+    r = json.loads(other.recv_multipart()[1])
+    tap.ok(r.get("id") == "other-list" and r.get("count") == 0, "... and its heavy requests run", r)
+    hog.send_multipart(get("late"))
+    tap.ok(answered(count + 1), "a further request of the client over the bound is answered at once")
+    replies = {}
+    while len(replies) < count + 1:
+        f = hog.recv_multipart()
+        r = json.loads(f[1])
+        replies[r.get("id")] = (r, len(f[2]) if len(f) > 2 else 0)
+    done = [i for i, (r, size) in replies.items() if "result" in r and size == 4 * n]
+    busy = [i for i, (r, _) in replies.items() if r.get("code") == "busy"]
+    unread = [i for i in busy if "max-unread-mb" in replies[i][0].get("error", "")]
+    tap.ok(1 <= len(done) <= 8 and len(done) + len(busy) == count + 1 and len(unread) >= count // 2,
+           f"{len(done)} ran (whole 16 MiB tensors), the {len(busy)} others were busy ({len(unread)} naming "
+           "--max-unread-mb, the others the client's share of the queue)",
+           {i: r.get("code", "ok") for i, (r, _) in replies.items()})
+    late = replies.get("late", ({}, 0))[0]
+    tap.ok(late.get("code") == "busy" and "max-unread-mb" in late.get("error", ""),
+           "the further request was busy, naming --max-unread-mb", late)
+    hog.send_multipart(get("again"))
+    f = hog.recv_multipart()
+    r = json.loads(f[1])
+    tap.ok(r.get("id") == "again" and "result" in r and len(f) == 3 and len(f[2]) == 4 * n,
+           "once it has read its replies, its work is done again", r)
+    hog.close()
+    other.close()
+    tap.ok(w.stop() == 0, "and the worker stops cleanly")
+
+
+tap.run("unread bound", unread_bound)
 res = Worker.stop_all()
 tap.ok(all(rc == 0 and not san for _, rc, san in res), "every worker exited 0 with no sanitizer report", res)
 sys.exit(tap.done())
