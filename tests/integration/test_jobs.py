@@ -403,9 +403,13 @@ def dead_letters(srv):
     probe.connect(w.endpoint)
 
     def loaded():
+        while d.poll(0):  # an answer (or a busy refusal): send the product again, so that one always waits
+            d.recv_multipart()
+            d.send_multipart(msg)
         probe.send(b'{"op":"gpu_info"}')
-        return json.loads(probe.recv()).get("queue_depth", 0) >= 2
-    tap.ok(wait_until(loaded, 30, 0.01), "the executor is busy and two products wait")
+        g = json.loads(probe.recv())
+        return g.get("queue_depth", 0) >= 1 and g.get("inflight", 0) >= 2
+    tap.ok(wait_until(loaded, 60, 0.01), "the executor is busy and a product waits behind it")
     probe.close()
     h2, f2 = matmul_job(a, a)
     h2["deadline_ms"] = 1
