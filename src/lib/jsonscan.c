@@ -62,8 +62,18 @@ static const unsigned char s_class[256] = {
     [']'] = 4, ['}'] = 4, [','] = 5, [':'] = 5,
 };
 
-/* Skips one value; checks bracket structure and depth (the DOM parser checks the rest). */
-static const char *s_skip_value(const char *p, const char *end, int depth0, char *err, size_t errcap)
+static const char *s_too_many_values(char *err, size_t errcap)
+{
+    s_fail(err, errcap, 0,
+           "the header has more than %d JSON values and member names outside numeric arrays (the limit)",
+           TITAN_JSON_MAX_VALUES);
+    return NULL;
+}
+
+/* Skips one value; checks bracket structure and depth (the DOM parser checks the rest). With `values`,
+ * adds each value and member name to it, and fails past TITAN_JSON_MAX_VALUES. */
+static const char *s_skip_value(const char *p, const char *end, int depth0, size_t *values, char *err,
+                                size_t errcap)
 {
     int depth = depth0;
     char stack[TITAN_JSON_MAX_DEPTH + 1];
@@ -74,6 +84,8 @@ static const char *s_skip_value(const char *p, const char *end, int depth0, char
             return NULL;
         }
         char c = *p;
+        if (values && c != ']' && c != '}' && c != ',' && c != ':' && ++*values > TITAN_JSON_MAX_VALUES)
+            return s_too_many_values(err, errcap);
         if (c == '"') {
             p = s_skip_string(p, end);
             if (!p) {
@@ -111,6 +123,211 @@ static const char *s_skip_value(const char *p, const char *end, int depth0, char
     return p;
 }
 
+/* The length of the UTF-8 sequence at p that JSON text may hold (RFC 3629: no overlong forms, no
+ * surrogates, nothing past U+10FFFF), or 0. */
+static size_t s_utf8_len(const unsigned char *p, const unsigned char *end)
+{
+    unsigned char c = p[0], lo = 0x80, hi = 0xBF;
+    size_t n;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2;
+    else if (c == 0xE0)
+        n = 3, lo = 0xA0;
+    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF)
+        n = 3;
+    else if (c == 0xED)
+        n = 3, hi = 0x9F;
+    else if (c == 0xF0)
+        n = 4, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3)
+        n = 4;
+    else if (c == 0xF4)
+        n = 4, hi = 0x8F;
+    else
+        return 0;
+    if ((size_t)(end - p) < n || p[1] < lo || p[1] > hi) return 0;
+    for (size_t i = 2; i < n; i++)
+        if ((p[i] & 0xC0) != 0x80) return 0;
+    return n;
+}
+
+static int s_hex4(const char *p)
+{
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        char h = p[i];
+        int d = h >= '0' && h <= '9'   ? h - '0'
+                : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                : h >= 'A' && h <= 'F' ? h - 'A' + 10
+                                       : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* Checks a string as jansson would (escapes, UTF-8, surrogate pairs, no \u0000); returns the char after
+ * its closing quote, or NULL. */
+static const char *s_check_string(const char *p, const char *end)
+{
+    p++;
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') return p + 1;
+        if (c < 0x20) return NULL;
+        if (c == '\\') {
+            if (++p >= end) return NULL;
+            if (*p == 'u') {
+                int u = end - p >= 5 ? s_hex4(p + 1) : -1;
+                if (u <= 0 || (u >= 0xDC00 && u <= 0xDFFF))
+                    return NULL; /* not hex, NUL, a lone low surrogate */
+                p += 5;
+                if (u >= 0xD800 && u <= 0xDBFF) {
+                    int l = end - p >= 6 && p[0] == '\\' && p[1] == 'u' ? s_hex4(p + 2) : -1;
+                    if (l < 0xDC00 || l > 0xDFFF) return NULL;
+                    p += 6;
+                }
+                continue;
+            }
+            if (!*p || !strchr("\"\\/bfnrt", *p)) return NULL;
+            p++;
+            continue;
+        }
+        size_t n = s_utf8_len((const unsigned char *)p, (const unsigned char *)end);
+        if (n == 0) return NULL;
+        p += n;
+    }
+    return NULL;
+}
+
+static const char *s_digits(const char *p, const char *end)
+{
+    if (p >= end || *p < '0' || *p > '9') return NULL;
+    while (p < end && *p >= '0' && *p <= '9')
+        p++;
+    return p;
+}
+
+/* Checks a number against JSON's grammar; returns the char after it, or NULL. */
+static const char *s_check_number(const char *p, const char *end)
+{
+    if (p < end && *p == '-') p++;
+    if (p < end && *p == '0')
+        p++;
+    else if (!(p = s_digits(p, end)))
+        return NULL;
+    if (p < end && *p == '.' && !(p = s_digits(p + 1, end))) return NULL;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        if (!(p = s_digits(p, end))) return NULL;
+    }
+    return p;
+}
+
+/* How much of the text at p an error message quotes (the text has no NUL at its end). */
+static int s_near(const char *p, const char *end)
+{
+    return end - p < 16 ? (int)(end - p) : 16;
+}
+
+/* Checks that text at p starts with one valid JSON value (RFC 8259, strings as jansson takes them)
+ * without building it, nesting at most TITAN_JSON_MAX_DEPTH. Adds to *values what a DOM of it would hold:
+ * every string, literal, object and member name, and every number and array inside an object; not the
+ * numbers and arrays of nested numeric arrays, which the worker parses straight into tensors. Returns the
+ * char after the value, or NULL with err set (also past TITAN_JSON_MAX_VALUES). */
+static const char *s_check_json(const char *p, const char *end, size_t *values, char *err, size_t errcap)
+{
+    char stack[TITAN_JSON_MAX_DEPTH];
+    int depth = 0, objects = 0;
+    enum { WANT_VALUE, WANT_NAME, WANT_NEXT } want = WANT_VALUE;
+    bool opened = false; /* just after '[' or '{': the closer may come */
+    for (;;) {
+        p = s_ws(p, end);
+        if (p >= end) {
+            s_fail(err, errcap, 0, "unexpected end of input");
+            return NULL;
+        }
+        char c = *p;
+        if (want == WANT_NEXT) {
+            if (depth == 0) return p;
+            char open = stack[depth - 1];
+            if (c == ',') {
+                p++;
+                want = open == '{' ? WANT_NAME : WANT_VALUE;
+                opened = false;
+            } else if (c == (open == '{' ? '}' : ']')) {
+                p++;
+                if (open == '{') objects--;
+                if (--depth == 0) return p;
+            } else {
+                s_fail(err, errcap, 0, "expected ',' or '%c' near '%.*s'", open == '{' ? '}' : ']',
+                       s_near(p, end), p);
+                return NULL;
+            }
+            continue;
+        }
+        if (opened && c == (stack[depth - 1] == '{' ? '}' : ']')) { /* empty */
+            p++;
+            opened = false;
+            if (stack[depth - 1] == '{') objects--;
+            if (--depth == 0) return p;
+            want = WANT_NEXT;
+            continue;
+        }
+        bool counts = objects > 0 || c == '"' || c == '{' || c == 't' || c == 'f' || c == 'n';
+        if (counts && ++*values > TITAN_JSON_MAX_VALUES) return s_too_many_values(err, errcap);
+        const char *q = NULL;
+        if (want == WANT_NAME) {
+            if (c != '"' || !(q = s_check_string(p, end))) {
+                s_fail(err, errcap, 0, "expected a member name near '%.*s'", s_near(p, end), p);
+                return NULL;
+            }
+            p = s_ws(q, end);
+            if (p >= end || *p != ':') {
+                s_fail(err, errcap, 0, "expected ':' after a member name");
+                return NULL;
+            }
+            p++;
+            want = WANT_VALUE;
+            opened = false;
+            continue;
+        }
+        if (c == '[' || c == '{') {
+            if (depth >= TITAN_JSON_MAX_DEPTH) {
+                s_fail(err, errcap, 0, "JSON nested deeper than %d levels", TITAN_JSON_MAX_DEPTH);
+                return NULL;
+            }
+            stack[depth++] = c;
+            if (c == '{') objects++;
+            want = c == '{' ? WANT_NAME : WANT_VALUE;
+            opened = true;
+            p++;
+            continue;
+        }
+        if (c == '"')
+            q = s_check_string(p, end);
+        else if (c == '-' || (c >= '0' && c <= '9'))
+            q = s_check_number(p, end);
+        else if (end - p >= 4 && memcmp(p, "true", 4) == 0)
+            q = p + 4;
+        else if (end - p >= 5 && memcmp(p, "false", 5) == 0)
+            q = p + 5;
+        else if (end - p >= 4 && memcmp(p, "null", 4) == 0)
+            q = p + 4;
+        if (!q) {
+            s_fail(err, errcap, 0, "%s near '%.*s'", c == '"' ? "malformed string" : "invalid value",
+                   s_near(p, end), p);
+            return NULL;
+        }
+        p = q;
+        if (depth == 0) return p;
+        want = WANT_NEXT;
+        opened = false;
+    }
+}
+
 static int s_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t max_elems, const char *name,
                           void **data, int64_t shape[TITAN_MAX_RANK], int *rank, size_t *used_out, char *err,
                           size_t errcap);
@@ -133,7 +350,7 @@ int titan_json_find_member(const char *text, size_t len, const char *key, size_t
         p = s_ws(p + 1, end);
         const char *vs = p;
         if (!match && (size_t)(p - text) > max_scan) break;
-        p = s_skip_value(p, end, 0, NULL, 0);
+        p = s_skip_value(p, end, 0, NULL, NULL, 0);
         if (!p) return -EINVAL;
         if (match) {
             *val = vs;
@@ -189,12 +406,12 @@ int titan_json_split_object(const char *text, size_t len, titan_dtype dt, size_t
     memset(&r, 0, sizeof(r));
     p = s_ws(p, end);
     if (p >= end || *p != '{') return s_fail(err, errcap, -EINVAL, "request header must be a JSON object");
-    /* "null" replaces each array, which can be as short as "[]": 2 more bytes each */
-    size_t cap = len + 2 * TITAN_JSON_MAX_SPANS + 16;
+    /* The remainder grows with what it holds, never sized from the header's length (whose arrays do not
+     * go into it). */
+    size_t cap = 256, o = 0, values = 0;
     r.rest = malloc(cap);
     if (!r.rest) return -ENOMEM;
-    char *o = r.rest;
-    *o++ = '{';
+    r.rest[o++] = '{';
     p++;
     p = s_ws(p, end);
     bool first = true;
@@ -223,6 +440,11 @@ int titan_json_split_object(const char *text, size_t len, titan_dtype dt, size_t
             const char *vs = p;
             char serr[256] = "";
             titan_json_span *sp = NULL;
+            if (++values > TITAN_JSON_MAX_VALUES) { /* the member's name */
+                titan_json_split_release(&r);
+                s_too_many_values(serr, sizeof(serr));
+                return s_fail(err, errcap, -EINVAL, "%s", serr);
+            }
             if (p < end && *p == '[' && r.nspans == TITAN_JSON_MAX_SPANS) {
                 titan_json_split_release(&r);
                 return s_fail(err, errcap, -EINVAL, "a request may have at most %d top-level array fields",
@@ -235,45 +457,65 @@ int titan_json_split_object(const char *text, size_t len, titan_dtype dt, size_t
                  * skipped here; whoever uses it reparses it and reports the precise error. */
                 size_t used = 0;
                 sp->status = s_parse_prefix(p, (size_t)(end - p), dt, max_elems, &sp->data, sp->shape, &sp->rank, &used);
+                values++; /* the null that stands for it in the remainder */
                 if (sp->status == 0) {
                     sp->dtype = dt;
                     p += used;
+                } else if (sp->status == -E2BIG) {
+                    /* refused as too large later, if anything uses it */
+                    p = s_skip_value(p, end, 0, NULL, serr, sizeof(serr));
                 } else {
-                    p = s_skip_value(p, end, 0, serr, sizeof(serr));
-                    /* Not a tensor: check it is valid JSON all the same (an oversized one is
-                     * refused as too large later, without building its DOM). */
-                    json_error_t jerr;
-                    json_t *v = NULL;
-                    if (p && sp->status != -E2BIG && !(v = json_loadb(vs, (size_t)(p - vs), 0, &jerr)) &&
-                        !s_tensor_list(vs, (size_t)(p - vs), dt, max_elems)) {
-                        snprintf(serr, sizeof(serr), "invalid JSON in an array: %.160s", jerr.text);
+                    /* Not a tensor: check it is valid JSON all the same, without a DOM (a list of numeric
+                     * tensors may hold NaN and Infinity, which JSON lacks). */
+                    char jerr[200] = "";
+                    size_t before = values;
+                    const char *q = s_check_json(p, end, &values, jerr, sizeof(jerr));
+                    if (q) {
+                        p = q;
+                    } else if (values <= TITAN_JSON_MAX_VALUES &&
+                               (q = s_skip_value(p, end, 0, NULL, serr, sizeof(serr))) &&
+                               s_tensor_list(vs, (size_t)(q - vs), dt, max_elems)) {
+                        p = q;
+                        values = before;
+                    } else {
+                        if (values > TITAN_JSON_MAX_VALUES)
+                            snprintf(serr, sizeof(serr), "%s", jerr);
+                        else
+                            snprintf(serr, sizeof(serr), "invalid JSON in an array: %s", jerr);
                         p = NULL;
                     }
-                    json_decref(v);
                 }
             } else {
-                p = s_skip_value(p, end, 0, serr, sizeof(serr));
+                p = s_skip_value(p, end, 0, &values, serr, sizeof(serr));
             }
             if (!p) {
                 titan_json_split_release(&r);
                 return s_fail(err, errcap, -EINVAL, "%s", serr);
             }
-            if (!first) *o++ = ',';
+            size_t vlen = sp ? 4 : (size_t)(p - vs), need = o + 1 + (size_t)(ke - ks) + 1 + vlen + 2;
+            if (need > cap) {
+                while (need > cap)
+                    cap *= 2;
+                char *grown = realloc(r.rest, cap);
+                if (!grown) {
+                    titan_json_split_release(&r);
+                    return -ENOMEM;
+                }
+                r.rest = grown;
+            }
+            if (!first) r.rest[o++] = ',';
             first = false;
-            memcpy(o, ks, (size_t)(ke - ks));
-            o += ke - ks;
-            *o++ = ':';
+            memcpy(r.rest + o, ks, (size_t)(ke - ks));
+            o += (size_t)(ke - ks);
+            r.rest[o++] = ':';
             if (sp) {
                 sp->key = ks + 1;
                 sp->key_len = (size_t)(ke - ks - 2);
                 sp->val = vs;
                 sp->val_len = (size_t)(p - vs);
-                memcpy(o, "null", 4);
-                o += 4;
-            } else {
-                memcpy(o, vs, (size_t)(p - vs));
-                o += p - vs;
             }
+            memcpy(r.rest + o, sp ? "null" : vs, vlen);
+            o += vlen;
             p = s_ws(p, end);
             if (p < end && *p == ',') {
                 p++;
@@ -292,9 +534,9 @@ int titan_json_split_object(const char *text, size_t len, titan_dtype dt, size_t
         titan_json_split_release(&r);
         return s_fail(err, errcap, -EINVAL, "invalid JSON: trailing data after the request object");
     }
-    *o++ = '}';
-    *o = '\0';
-    r.rest_len = (size_t)(o - r.rest);
+    r.rest[o++] = '}'; /* room for it and the NUL was kept */
+    r.rest[o] = '\0';
+    r.rest_len = o;
     *out = r;
     return 0;
 }
@@ -318,11 +560,12 @@ static int s_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t m
     int64_t dims[TITAN_MAX_RANK] = {0};     /* 0 = not known yet */
     int depth = 0, r = -1;
     size_t count = 0;
-    /* Every element takes at least two characters ("1,"), which bounds the buffer. */
+    /* Every element takes at least two characters ("1,"), which bounds the count. The buffer grows with
+     * what is parsed: text may end long after a short array, and elements may not follow at all. */
     size_t bound = len / 2 + 1;
     if (bound > max_elems) bound = max_elems;
-    size_t bytes = (bound * esize + 63) & ~(size_t)63;
-    char *buf = aligned_alloc(64, bytes ? bytes : 64);
+    size_t cap = bound < 256 ? bound : 256;
+    char *buf = aligned_alloc(64, ((cap ? cap : 1) * esize + 63) & ~(size_t)63);
     if (!buf) return -ENOMEM;
     int rc = -EINVAL;
     bool need_value = false; /* after '[' or ',' */
@@ -404,6 +647,18 @@ static int s_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t m
                 goto fail;
             }
             goto syntax; /* more elements than characters allow: malformed */
+        }
+        if (count == cap) {
+            size_t ncap = cap > bound / 2 ? bound : 2 * cap;
+            char *grown = aligned_alloc(64, (ncap * esize + 63) & ~(size_t)63);
+            if (!grown) {
+                rc = -ENOMEM;
+                goto fail;
+            }
+            memcpy(grown, buf, count * esize);
+            free(buf);
+            buf = grown;
+            cap = ncap;
         }
         size_t used;
         if (dt == TITAN_DTYPE_FLOAT32)

@@ -10,6 +10,9 @@
 
 #define TITAN_JSON_MAX_SPANS 32
 #define TITAN_JSON_MAX_DEPTH 64
+/* JSON values and member names a header may hold outside nested numeric arrays: what jansson builds a
+ * DOM of costs up to ~300 bytes each, so this bounds that DOM (2 million members took 325 MB). */
+#define TITAN_JSON_MAX_VALUES 16384
 
 /* One top-level member whose value is an array. */
 typedef struct {
@@ -34,9 +37,11 @@ typedef struct {
 
 /* Splits the JSON object text[0..len). Top-level array values become spans
  * (more than TITAN_JSON_MAX_SPANS of them is an error), parsed on the way as tensors of
- * dtype `dt` (up to max_elems elements) when they are numeric; everything else is copied
- * into `rest` for a DOM parser. Checks the structure, string syntax and nesting depth
- * (<= TITAN_JSON_MAX_DEPTH); UTF-8 and duplicate keys are left to the DOM parser of `rest`.
+ * dtype `dt` (up to max_elems elements) when they are numeric, else checked as JSON without a DOM;
+ * everything else is copied into `rest` for a DOM parser. Checks the structure, string syntax, nesting
+ * depth (<= TITAN_JSON_MAX_DEPTH) and the values a DOM would hold (<= TITAN_JSON_MAX_VALUES); UTF-8 and
+ * duplicate keys of `rest` are left to its DOM parser. Memory follows what is parsed, never the header's
+ * length: `rest` takes at most twice its text, a tensor twice its data (three times while it grows).
  * Returns 0, -EINVAL with a message in err, or -ENOMEM. On 0 the caller releases `out`
  * with titan_json_split_release. */
 int titan_json_split_object(const char *text, size_t len, titan_dtype dt, size_t max_elems, titan_json_split *out,
@@ -51,7 +56,8 @@ int titan_json_find_member(const char *text, size_t len, const char *key, size_t
 void titan_json_split_release(titan_json_split *s);
 
 /* Parses a numeric nested array (a rectangular tensor of rank <= TITAN_MAX_RANK) of
- * JSON numbers into a new 64-byte-aligned buffer of dtype `dt`. `name` labels errors.
+ * JSON numbers into a new 64-byte-aligned buffer of dtype `dt`, sized by the elements it holds (grown
+ * by doubling: at most twice them). `name` labels errors.
  * Returns 0 and fills *data (free() it), shape, *rank; -EINVAL for ragged, empty,
  * non-numeric or malformed arrays (message in err); -E2BIG when it has more than
  * max_elems elements; -ENOMEM. */

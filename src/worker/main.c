@@ -361,7 +361,8 @@ int main(int argc, char **argv)
         if (q.client_bytes > q.worker_bytes) q.client_bytes = q.worker_bytes;
         w.tensors = titan_tstore_new(w.backend, &q);
         if (!w.tensors || (rc = titan_tstore_start_sweeper(w.tensors)) != 0) {
-            titan_log(TITAN_LOG_ERROR, "cannot set up resident tensors: %s", w.tensors ? strerror(-rc) : "out of memory");
+            titan_log(TITAN_LOG_ERROR, "cannot set up resident tensors: %s",
+                      w.tensors ? strerror(-rc) : "out of memory");
             rc = w.tensors ? rc : -ENOMEM;
             goto out;
         }

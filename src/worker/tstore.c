@@ -12,8 +12,8 @@
 #include "request.h"
 #include "tstore.h"
 
-#define S_CONN_NONE (-1)   /* no open connection known */
-#define S_CONN_PINNED (-2) /* messages without a descriptor (inproc): never orphaned */
+#define S_CONN_NONE (-1)     /* no open connection known */
+#define S_CONN_PINNED (-2)   /* messages without a descriptor (inproc): never orphaned */
 #define S_MAX_CONN (1 << 20) /* descriptors tracked; a larger one pins its client */
 
 typedef struct s_entry s_entry;
@@ -35,13 +35,13 @@ struct s_entry {
 struct s_owner {
     uint64_t bytes, charged; /* reserved by its tensors, listed or not yet freed */
     int count;
-    s_entry *tensors;        /* its listed tensors, newest first */
-    int conn;                /* the connection that last carried its messages, or S_CONN_* */
+    s_entry *tensors; /* its listed tensors, newest first */
+    int conn;         /* the connection that last carried its messages, or S_CONN_* */
     bool orphaned;
     bool clearing; /* its tensors are being unlisted: keep the record meanwhile */
     double orphaned_at;
-    s_owner *hnext;          /* in its name bucket */
-    s_owner *gprev, *gnext;  /* in the orphans, oldest first */
+    s_owner *hnext;         /* in its name bucket */
+    s_owner *gprev, *gnext; /* in the orphans, oldest first */
     char name[];
 };
 
@@ -54,7 +54,7 @@ struct titan_tstore {
     void *clock_arg;
     s_entry **handles; /* listed tensors by handle; hmask + 1 buckets */
     size_t hmask, nlisted;
-    s_owner **owners;  /* owner records by name; omask + 1 buckets */
+    s_owner **owners; /* owner records by name; omask + 1 buckets */
     size_t omask, nowners;
     s_entry *lru_head, *lru_tail;
     s_owner *orph_head, *orph_tail;
@@ -82,7 +82,8 @@ static double s_now(titan_tstore *ts)
 static uint64_t s_hash(const char *s)
 {
     uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) h = (h ^ *p) * 1099511628211ULL;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
     return h ^ (h >> 29);
 }
 
@@ -90,7 +91,8 @@ uint64_t titan_tstore_charge(size_t bytes)
 {
     uint64_t b = bytes ? (uint64_t)bytes : 1;
     if (b > UINT64_MAX - TITAN_TSTORE_ALIGN - TITAN_TSTORE_TENSOR_OVERHEAD) return UINT64_MAX;
-    return (b + TITAN_TSTORE_ALIGN - 1) / TITAN_TSTORE_ALIGN * TITAN_TSTORE_ALIGN + TITAN_TSTORE_TENSOR_OVERHEAD;
+    return (b + TITAN_TSTORE_ALIGN - 1) / TITAN_TSTORE_ALIGN * TITAN_TSTORE_ALIGN +
+           TITAN_TSTORE_TENSOR_OVERHEAD;
 }
 
 titan_tstore *titan_tstore_new(titan_backend *be, const titan_tstore_quota *quota)
@@ -196,10 +198,14 @@ static s_owner *s_owner_find(titan_tstore *ts, const char *name, bool create)
 static void s_orphan_unlink(titan_tstore *ts, s_owner *o)
 {
     if (!o->orphaned) return;
-    if (o->gprev) o->gprev->gnext = o->gnext;
-    else ts->orph_head = o->gnext;
-    if (o->gnext) o->gnext->gprev = o->gprev;
-    else ts->orph_tail = o->gprev;
+    if (o->gprev)
+        o->gprev->gnext = o->gnext;
+    else
+        ts->orph_head = o->gnext;
+    if (o->gnext)
+        o->gnext->gprev = o->gprev;
+    else
+        ts->orph_tail = o->gprev;
     o->gprev = o->gnext = NULL;
     o->orphaned = false;
     ts->orphans--;
@@ -213,8 +219,10 @@ static void s_orphan(titan_tstore *ts, s_owner *o, double now)
     o->orphaned_at = now;
     o->gnext = NULL;
     o->gprev = ts->orph_tail;
-    if (ts->orph_tail) ts->orph_tail->gnext = o;
-    else ts->orph_head = o;
+    if (ts->orph_tail)
+        ts->orph_tail->gnext = o;
+    else
+        ts->orph_head = o;
     ts->orph_tail = o;
     ts->orphans++;
 }
@@ -236,10 +244,14 @@ static void s_owner_drop_if_idle(titan_tstore *ts, s_owner *o)
 
 static void s_lru_unlink(titan_tstore *ts, s_entry *e)
 {
-    if (e->lprev) e->lprev->lnext = e->lnext;
-    else ts->lru_head = e->lnext;
-    if (e->lnext) e->lnext->lprev = e->lprev;
-    else ts->lru_tail = e->lprev;
+    if (e->lprev)
+        e->lprev->lnext = e->lnext;
+    else
+        ts->lru_head = e->lnext;
+    if (e->lnext)
+        e->lnext->lprev = e->lprev;
+    else
+        ts->lru_tail = e->lprev;
     e->lprev = e->lnext = NULL;
 }
 
@@ -247,8 +259,10 @@ static void s_lru_append(titan_tstore *ts, s_entry *e)
 {
     e->lnext = NULL;
     e->lprev = ts->lru_tail;
-    if (ts->lru_tail) ts->lru_tail->lnext = e;
-    else ts->lru_head = e;
+    if (ts->lru_tail)
+        ts->lru_tail->lnext = e;
+    else
+        ts->lru_head = e;
     ts->lru_tail = e;
 }
 
@@ -289,8 +303,10 @@ static void s_unlist(titan_tstore *ts, s_entry *e, s_entry **dead)
     }
     e->hnext = NULL;
     s_owner *o = e->owner;
-    if (e->oprev) e->oprev->onext = e->onext;
-    else o->tensors = e->onext;
+    if (e->oprev)
+        e->oprev->onext = e->onext;
+    else
+        o->tensors = e->onext;
     if (e->onext) e->onext->oprev = e->oprev;
     e->oprev = e->onext = NULL;
     s_lru_unlink(ts, e);
@@ -312,8 +328,10 @@ static int s_sweep(titan_tstore *ts, double now, s_entry **dead)
                 /* A request holds it: it is in use. Set aside; its release puts it back as used. */
                 s_lru_unlink(ts, e);
                 e->lprev = busy_tail;
-                if (busy_tail) busy_tail->lnext = e;
-                else busy_head = e;
+                if (busy_tail)
+                    busy_tail->lnext = e;
+                else
+                    busy_head = e;
                 busy_tail = e;
                 continue;
             }
@@ -455,14 +473,16 @@ int titan_tstore_create(titan_tstore *ts, const char *owner, titan_dtype dtype, 
     } else if (charge > ts->quota.client_bytes || o->charged > ts->quota.client_bytes - charge) {
         titan_fail(err, "quota_exceeded",
                    "a %zu-byte tensor (charged %" PRIu64 " bytes: its data rounded up to %d, plus %d for its "
-                   "bookkeeping) would take this client to %" PRIu64 " bytes resident, over its quota of %" PRIu64
+                   "bookkeeping) would take this client to %" PRIu64
+                   " bytes resident, over its quota of %" PRIu64
                    " (--tensor-quota-mb); free some with tensor_free",
                    bytes, charge, TITAN_TSTORE_ALIGN, TITAN_TSTORE_TENSOR_OVERHEAD, o->charged + charge,
                    ts->quota.client_bytes);
     } else if (charge > ts->quota.worker_bytes || ts->charged > ts->quota.worker_bytes - charge) {
         titan_fail(err, "quota_exceeded",
                    "a %zu-byte tensor (charged %" PRIu64 " bytes: its data rounded up to %d, plus %d for its "
-                   "bookkeeping) would take this worker to %" PRIu64 " bytes resident, over its limit of %" PRIu64
+                   "bookkeeping) would take this worker to %" PRIu64
+                   " bytes resident, over its limit of %" PRIu64
                    " (--tensor-memory-mb); free some with tensor_free, or use another worker",
                    bytes, charge, TITAN_TSTORE_ALIGN, TITAN_TSTORE_TENSOR_OVERHEAD, ts->charged + charge,
                    ts->quota.worker_bytes);
@@ -686,7 +706,8 @@ void titan_tstore_conn_seen(titan_tstore *ts, int conn, const char *owner)
     double now = s_now(ts);
     if (conn >= 0 && conn < S_MAX_CONN && (size_t)conn >= ts->nconns) {
         size_t n = ts->nconns ? ts->nconns : 64;
-        while (n <= (size_t)conn) n *= 2;
+        while (n <= (size_t)conn)
+            n *= 2;
         char **nc = realloc(ts->conns, n * sizeof(*nc));
         if (nc) {
             memset(nc + ts->nconns, 0, (n - ts->nconns) * sizeof(*nc));
@@ -748,7 +769,8 @@ void titan_tstore_destroy(titan_tstore **p)
             free(o);
         }
     }
-    for (size_t i = 0; i < ts->nconns; i++) free(ts->conns[i]);
+    for (size_t i = 0; i < ts->nconns; i++)
+        free(ts->conns[i]);
     free(ts->conns);
     free(ts->handles);
     free(ts->owners);

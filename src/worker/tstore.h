@@ -18,7 +18,7 @@
  * about 420 bytes of RSS per tensor on the CPU backend (40,000 one-element tensors). */
 #define TITAN_TSTORE_TENSOR_OVERHEAD 512
 #define TITAN_TSTORE_ALIGN 64
-#define TITAN_TSTORE_DEFAULT_ORPHAN_TTL 600     /* seconds */
+#define TITAN_TSTORE_DEFAULT_ORPHAN_TTL 600 /* seconds */
 #define TITAN_TSTORE_DEFAULT_WORKER_TENSORS 65536
 
 typedef struct {
@@ -31,22 +31,22 @@ typedef struct {
 } titan_tensor_entry;
 
 typedef struct {
-    uint64_t worker_bytes; /* all resident tensors together, charged (0: none allowed) */
-    uint64_t client_bytes; /* one client's, charged (0: none allowed) */
-    int client_tensors;    /* how many one client may hold */
-    double idle_ttl_s;     /* a tensor no request used for this long is freed (0: kept until freed) */
+    uint64_t worker_bytes;   /* all resident tensors together, charged (0: none allowed) */
+    uint64_t client_bytes;   /* one client's, charged (0: none allowed) */
+    int client_tensors;      /* how many one client may hold */
+    double idle_ttl_s;       /* a tensor no request used for this long is freed (0: kept until freed) */
     uint64_t worker_tensors; /* how many all clients together may hold */
     double orphan_ttl_s;     /* the tensors of a client whose connection closed are freed this long after,
                               * unless it comes back (0: kept until freed) */
 } titan_tstore_quota;
 
 typedef struct {
-    uint64_t bytes;    /* data bytes of the tensors held now (listed, or unlisted but still in use) */
-    uint64_t charged;  /* what they cost the quotas: titan_tstore_charge of each */
-    uint64_t count;    /* tensors held now */
-    uint64_t clients;  /* clients holding any */
-    uint64_t expired;  /* tensors freed by idle_ttl_s since the start */
-    uint64_t orphans;  /* clients whose connection closed, holding tensors, waiting for orphan_ttl_s */
+    uint64_t bytes;     /* data bytes of the tensors held now (listed, or unlisted but still in use) */
+    uint64_t charged;   /* what they cost the quotas: titan_tstore_charge of each */
+    uint64_t count;     /* tensors held now */
+    uint64_t clients;   /* clients holding any */
+    uint64_t expired;   /* tensors freed by idle_ttl_s since the start */
+    uint64_t orphans;   /* clients whose connection closed, holding tensors, waiting for orphan_ttl_s */
     uint64_t reclaimed; /* tensors of orphans freed by orphan_ttl_s since the start */
 } titan_tstore_stats;
 

@@ -362,13 +362,254 @@ static void test_shapes_and_dtypes(void **state)
     assert_int_equal(titan_dtype_size(TITAN_DTYPE_FLOAT64), 8);
 }
 
+/* A figure of /proc/self/status, in KiB (VmSize: the address space reserved now). */
+static long s_status_kb(const char *field)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    size_t n = strlen(field);
+    while (f && fgets(line, sizeof(line), f))
+        if (strncmp(line, field, n) == 0 && line[n] == ':') v = strtol(line + n + 1, NULL, 10);
+    if (f) fclose(f);
+    assert_true(v >= 0);
+    return v;
+}
+
+/* The finding: 32 tiny arrays in a 100 MB header reserved 6.8 GB of address space, each array's buffer
+ * sized for the rest of the header. Memory now follows what is parsed: with the split of a 16 MiB header
+ * of 32 one-element arrays held, the process has reserved less than the header's size more. */
+static void test_split_memory_follows_content(void **state)
+{
+    (void)state;
+    size_t pad = 16 << 20;
+    char *t = malloc(pad + 4096);
+    assert_non_null(t);
+    char *o = t + sprintf(t, "{");
+    for (int i = 0; i < TITAN_JSON_MAX_SPANS; i++)
+        o += sprintf(o, "\"k%02d\":[%d],", i, i);
+    o += sprintf(o, "\"op\":\"ping\"");
+    memset(o, ' ', pad);
+    o += pad;
+    *o++ = '}';
+    size_t len = (size_t)(o - t);
+    titan_json_split sp;
+    char err[256];
+    long before = s_status_kb("VmSize");
+    assert_int_equal(titan_json_split_object(t, len, TITAN_DTYPE_FLOAT32, len, &sp, err, sizeof(err)), 0);
+    long during = s_status_kb("VmSize");
+    assert_int_equal(sp.nspans, TITAN_JSON_MAX_SPANS);
+    for (int i = 0; i < TITAN_JSON_MAX_SPANS; i++) {
+        assert_int_equal(sp.spans[i].status, 0);
+        assert_int_equal(sp.spans[i].rank, 1);
+        assert_int_equal(sp.spans[i].shape[0], 1);
+        assert_true(((float *)sp.spans[i].data)[0] == (float)i);
+    }
+    assert_int_equal(sp.rest_len, strlen(sp.rest));
+    if ((during - before) * 1024 > (long)len)
+        fail_msg("the split of a %zu-byte header reserved %ld KiB more address space", len, during - before);
+    titan_json_split_release(&sp);
+    /* A tensor parsed from a long text (an array followed by much else) is sized by its elements too. */
+    void *data;
+    int64_t shape[TITAN_MAX_RANK];
+    int rank;
+    memcpy(t, "[1,2,3]", 7);
+    before = s_status_kb("VmSize");
+    size_t used = 0;
+    (void)used;
+    assert_int_equal(titan_json_split_object(t, 0, TITAN_DTYPE_FLOAT64, len, &sp, err, sizeof(err)), -EINVAL);
+    memset(t + 7, ' ', len - 7);
+    assert_int_equal(
+        titan_json_parse_tensor(t, len, TITAN_DTYPE_FLOAT64, len, "a", &data, shape, &rank, err, sizeof(err)),
+        0);
+    during = s_status_kb("VmSize");
+    assert_int_equal(shape[0], 3);
+    assert_true(((double *)data)[2] == 3.0);
+    if ((during - before) * 1024 > (long)len)
+        fail_msg("parsing [1,2,3] from %zu bytes of text reserved %ld KiB", len, during - before);
+    free(data);
+    free(t);
+}
+
+static int s_split(const char *t, titan_json_split *sp, char *err)
+{
+    return titan_json_split_object(t, strlen(t), TITAN_DTYPE_FLOAT32, 1 << 24, sp, err, 256);
+}
+
+/* The finding: a 36 MB header of 2 million scalar members peaked at 325 MB (jansson's DOM of them). The
+ * split counts what a DOM would hold, TITAN_JSON_MAX_VALUES at most: member names and values, everything
+ * inside objects, strings and literals; not the numbers of nested numeric arrays. */
+static void test_split_values_limit(void **state)
+{
+    (void)state;
+    titan_json_split sp;
+    char err[256];
+    size_t cap = 64 << 20;
+    char *t = malloc(cap);
+    assert_non_null(t);
+    /* {"op":"x","m1":0,...}: each member is a name and a value. */
+    for (int members = TITAN_JSON_MAX_VALUES / 2; members <= TITAN_JSON_MAX_VALUES / 2 + 1; members++) {
+        char *o = t + sprintf(t, "{\"op\":\"x\"");
+        for (int i = 1; i < members; i++)
+            o += sprintf(o, ",\"m%d\":0", i);
+        sprintf(o, "}");
+        int rc = s_split(t, &sp, err);
+        if (members == TITAN_JSON_MAX_VALUES / 2) {
+            assert_int_equal(rc, 0);
+            titan_json_split_release(&sp);
+        } else {
+            assert_int_equal(rc, -EINVAL);
+            assert_non_null(strstr(err, "16384"));
+        }
+    }
+    /* 2 million members: refused at the limit, long before the end. */
+    char *o = t + sprintf(t, "{\"op\":\"ping\"");
+    for (int i = 0; i < 2000000; i++)
+        o += sprintf(o, ",\"m%07d\":1", i);
+    sprintf(o, "}");
+    assert_int_equal(s_split(t, &sp, err), -EINVAL);
+    assert_non_null(strstr(err, "JSON values"));
+    /* Values nested in an object member count. */
+    o = t + sprintf(t, "{\"op\":\"x\",\"o\":{\"a\":[");
+    for (int i = 0; i < TITAN_JSON_MAX_VALUES; i++)
+        o += sprintf(o, "%s1", i ? "," : "");
+    sprintf(o, "]}}");
+    assert_int_equal(s_split(t, &sp, err), -EINVAL);
+    /* In a top-level array: objects, strings and literals count... */
+    const char *items[] = {"{}", "\"s\"", "true", "null", "{\"k\":1}"};
+    for (size_t k = 0; k < sizeof(items) / sizeof(items[0]); k++) {
+        o = t + sprintf(t, "{\"op\":\"x\",\"a\":[");
+        for (int i = 0; i < TITAN_JSON_MAX_VALUES; i++)
+            o += sprintf(o, "%s%s", i ? "," : "", items[k]);
+        sprintf(o, "]}");
+        if (s_split(t, &sp, err) != -EINVAL || !strstr(err, "JSON values"))
+            fail_msg("an array of %d %s: '%s'", TITAN_JSON_MAX_VALUES, items[k], err);
+    }
+    /* ... the numbers of nested numeric arrays do not: a list of tensors of different shapes (inference's
+     * inputs), with NaN too, and numbers with strings beside them. */
+    o = t + sprintf(t, "{\"op\":\"x\",\"inputs\":[[");
+    for (int i = 0; i < 100000; i++)
+        o += sprintf(o, "%s%d", i ? "," : "", i);
+    o += sprintf(o, "],[[1,2],[3,4]],[NaN]]");
+    o += sprintf(o, ",\"meta\":[\"tag\",[");
+    for (int i = 0; i < 100000; i++)
+        o += sprintf(o, "%s%d.5", i ? "," : "", i);
+    sprintf(o, "]]}");
+    if (s_split(t, &sp, err) != 0) fail_msg("a list of large tensors: %s", err);
+    assert_int_equal(sp.nspans, 2);
+    assert_null(sp.spans[0].data);
+    titan_json_split_release(&sp);
+    free(t);
+}
+
+/* Top-level arrays that are not tensors are checked as JSON without a DOM, as strictly as jansson did. */
+static void test_split_array_check(void **state)
+{
+    (void)state;
+    titan_json_split sp;
+    char err[256];
+    const char *good[] = {
+        "[]",
+        "[[]]",
+        "[{}]",
+        "[\"a\",1]",
+        "[{\"k\":[1,{\"x\":null}]},true,false,null,-0.5e+3,0,\"\\u00e9\\ud83d\\ude00\"]",
+        "[\"caf\xc3\xa9\",\"\xf0\x9f\x98\x80\",\"\\\"\\\\\\/\\b\\f\\n\\r\\t\"]",
+        "[ 1 , [ 2 , 3 ] ]",
+        "[[1,2],[3]]",
+        "[[NaN],[1,Infinity]]",
+        "[1E5,-1e-5,2.5E+0]",
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        char t[512];
+        snprintf(t, sizeof(t), "{\"op\":\"x\",\"a\":%s}", good[i]);
+        if (s_split(t, &sp, err) != 0) fail_msg("%s refused: %s", good[i], err);
+        titan_json_split_release(&sp);
+    }
+    const char *bad[] = {
+        "[1,]",
+        "[,1]",
+        "[1 2]",
+        "[01,\"a\"]",
+        "[1.,\"a\"]",
+        "[.5,\"a\"]",
+        "[-,\"a\"]",
+        "[1e,\"a\"]",
+        "[+1,\"a\"]",
+        "[tru,\"a\"]",
+        "[nul]",
+        "[True]",
+        "[{\"a\":1,}]",
+        "[{\"a\" 1}]",
+        "[{1:2}]",
+        "[{\"a\":NaN}]",
+        "[\"\\x\"]",
+        "[\"\\u0000\"]",
+        "[\"\\ud800\"]",
+        "[\"\\udc00\"]",
+        "[\"\\ud800\\u0041\"]",
+        "[\"\\u12\"]",
+        "[\"\xc3\"]",
+        "[\"\xc0\xaf\"]",
+        "[\"\xed\xa0\x80\"]",
+        "[\"\xf4\x90\x80\x80\"]",
+        "[\"\xff\"]",
+        "[\"a\x01\"]",
+        "[{\"a\":1}}]",
+        "[[1,\"a\"]",
+        "[1,\"a\"]]",
+        "[{\"a\":[}]",
+        "[\"a\",1x]",
+        "[\"a\",1,NaN]",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char t[512];
+        int n = snprintf(t, sizeof(t), "{\"op\":\"x\",\"a\":%s", bad[i]);
+        /* Without the closing brace, then whole; with no NUL after the text but '#'s, which nothing may read
+         * (an error message's quote included). */
+        for (int whole = 0; whole < 2; whole++) {
+            if (whole) n += snprintf(t + n, sizeof(t) - (size_t)n, "}");
+            char *buf = malloc((size_t)n + 32);
+            memset(buf, '#', (size_t)n + 32);
+            memcpy(buf, t, (size_t)n);
+            err[0] = 0;
+            int rc =
+                titan_json_split_object(buf, (size_t)n, TITAN_DTYPE_FLOAT32, 1 << 24, &sp, err, sizeof(err));
+            free(buf);
+            if (rc != -EINVAL) {
+                titan_json_split_release(&sp);
+                fail_msg("%s accepted", bad[i]);
+            }
+            assert_true(err[0] != 0);
+            if (strchr(err, '#')) fail_msg("%s: the message quotes bytes past the text: %s", bad[i], err);
+        }
+    }
+    /* Depth is bounded without recursion in arrays too. */
+    size_t depth = 100000;
+    char *deep = malloc(depth * 6 + 64);
+    char *o = deep + sprintf(deep, "{\"a\":[\"x\",");
+    for (size_t i = 0; i < depth; i++)
+        o += sprintf(o, "{\"k\":");
+    *o = 0;
+    assert_int_equal(s_split(deep, &sp, err), -EINVAL);
+    assert_non_null(strstr(err, "nested"));
+    free(deep);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_float32_round_trip), cmocka_unit_test(test_float32_shortest),
-        cmocka_unit_test(test_tensor_text_bound),  cmocka_unit_test(test_float_specials),
-        cmocka_unit_test(test_parse_matches_libc), cmocka_unit_test(test_split_object),
-        cmocka_unit_test(test_tensor_parse),       cmocka_unit_test(test_shapes_and_dtypes),
+        cmocka_unit_test(test_float32_round_trip),
+        cmocka_unit_test(test_float32_shortest),
+        cmocka_unit_test(test_tensor_text_bound),
+        cmocka_unit_test(test_float_specials),
+        cmocka_unit_test(test_parse_matches_libc),
+        cmocka_unit_test(test_split_object),
+        cmocka_unit_test(test_tensor_parse),
+        cmocka_unit_test(test_shapes_and_dtypes),
+        cmocka_unit_test(test_split_memory_follows_content),
+        cmocka_unit_test(test_split_values_limit),
+        cmocka_unit_test(test_split_array_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -226,7 +226,8 @@ static void test_lifecycle_and_handles(void **state)
     assert_string_equal(err.code, "bad_request");
     assert_int_equal(titan_tstore_create(ts, "alice", TITAN_DTYPE_FLOAT32, 0, shape, &e, &err), -1);
     assert_string_equal(err.code, "bad_request");
-    assert_int_equal(titan_tstore_create(ts, "alice", TITAN_DTYPE_FLOAT32, TITAN_MAX_RANK + 1, shape, &e, &err), -1);
+    assert_int_equal(
+        titan_tstore_create(ts, "alice", TITAN_DTYPE_FLOAT32, TITAN_MAX_RANK + 1, shape, &e, &err), -1);
     assert_int_equal(usage(ts).count, 0);
 
     titan_tstore_destroy(&ts);
@@ -361,7 +362,8 @@ static void test_worker_quota(void **state)
     put_f32(ts, "alice", 8192, ha); /* 32768 */
     put_f32(ts, "bob", 4096, hb);   /* 16384 */
     titan_error err;
-    const char *msg = create_fails(ts, "bob", 1024, "quota_exceeded", &err); /* bob under 40000, the worker over */
+    const char *msg =
+        create_fails(ts, "bob", 1024, "quota_exceeded", &err); /* bob under 40000, the worker over */
     if (!strstr(msg, "--tensor-memory-mb")) fail_msg("the message does not name --tensor-memory-mb: %s", msg);
     if (strstr(msg, "--tensor-quota-mb")) fail_msg("the worker's limit, not the client's: %s", msg);
     expect_figure(msg, CH(32768) + CH(16384) + CH(4096));
@@ -407,10 +409,11 @@ static void test_worker_count(void **state)
     int64_t shape[1] = {1};
     assert_int_equal(titan_tstore_create(ts, "bob", TITAN_DTYPE_FLOAT32, 1, shape, &e, &err), 0);
     const char *msg = create_fails(ts, "carol", 1, "quota_exceeded", &err);
-    if (!strstr(msg, "--max-worker-tensors")) fail_msg("the message does not name --max-worker-tensors: %s", msg);
+    if (!strstr(msg, "--max-worker-tensors"))
+        fail_msg("the message does not name --max-worker-tensors: %s", msg);
     expect_figure(msg, 3);
     assert_int_equal(usage(ts).clients, 2); /* carol left nothing behind */
-    titan_tstore_release(ts, e); /* never committed: the count comes back */
+    titan_tstore_release(ts, e);            /* never committed: the count comes back */
     put_f32(ts, "carol", 1, h[2]);
     create_fails(ts, "bob", 1, "quota_exceeded", &err);
     size_t bytes;
@@ -434,7 +437,8 @@ static void test_client_count(void **state)
     titan_tstore_quota q = quota(1 << 20, 1 << 20, 3, 0);
     titan_tstore *ts = titan_tstore_new(&f.be, &q);
     char h[4][TITAN_HANDLE_MAX];
-    for (int i = 0; i < 3; i++) put_f32(ts, "alice", 1, h[i]);
+    for (int i = 0; i < 3; i++)
+        put_f32(ts, "alice", 1, h[i]);
     titan_error err;
     const char *msg = create_fails(ts, "alice", 1, "quota_exceeded", &err);
     if (!strstr(msg, "--max-tensors")) fail_msg("the message does not name --max-tensors: %s", msg);
@@ -534,12 +538,15 @@ static void test_free_all_only_own(void **state)
     titan_tstore_quota q = quota(1 << 20, 1 << 20, 4096, 0);
     titan_tstore *ts = titan_tstore_new(&f.be, &q);
     char ha[3][TITAN_HANDLE_MAX], hb[2][TITAN_HANDLE_MAX];
-    for (int i = 0; i < 3; i++) put_f32(ts, "alice", 10, ha[i]);
-    for (int i = 0; i < 2; i++) put_f32(ts, "bob", 20, hb[i]);
+    for (int i = 0; i < 3; i++)
+        put_f32(ts, "alice", 10, ha[i]);
+    for (int i = 0; i < 2; i++)
+        put_f32(ts, "bob", 20, hb[i]);
     assert_int_equal(titan_tstore_free_all(ts, "alice"), 3);
     assert_int_equal(titan_tstore_free_all(ts, "alice"), 0);
     assert_int_equal(titan_tstore_free_all(ts, "carol"), 0);
-    for (int i = 0; i < 3; i++) expect_acquire_fails(ts, "alice", ha[i], "not_found");
+    for (int i = 0; i < 3; i++)
+        expect_acquire_fails(ts, "alice", ha[i], "not_found");
     titan_error err;
     for (int i = 0; i < 2; i++) {
         titan_tensor_entry *e;
@@ -600,7 +607,8 @@ static void test_list_json(void **state)
     assert_int_equal(json_array_size(s1), 1);
     assert_int_equal(json_integer_value(json_array_get(s1, 0)), 6);
     assert_int_equal(json_array_size(s2), 3);
-    for (int i = 0; i < 3; i++) assert_int_equal(json_integer_value(json_array_get(s2, (size_t)i)), shape[i]);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(json_integer_value(json_array_get(s2, (size_t)i)), shape[i]);
     assert_int_equal(json_integer_value(json_object_get(t1, "bytes")), 24);
     assert_int_equal(json_integer_value(json_object_get(t2, "bytes")), 192);
     json_t *tt[2] = {t1, t2};
@@ -684,9 +692,9 @@ static void test_idle_ttl(void **state)
     assert_int_equal(u.bytes, 64);
     assert_int_equal(f.live, 2);
     expect_acquire_fails(ts, "alice", ha, "not_found");
-    now = 1050; /* b has been held for 50 s: in use all along, so not idle */
+    now = 1050;                                  /* b has been held for 50 s: in use all along, so not idle */
     assert_int_equal(titan_tstore_sweep(ts), 1); /* d */
-    titan_tstore_release(ts, held); /* the request ends: b was used now */
+    titan_tstore_release(ts, held);              /* the request ends: b was used now */
     now = 1059;
     assert_int_equal(titan_tstore_sweep(ts), 0);
     /* Listing frees nothing (it runs on the I/O thread); the next create does. */
@@ -771,7 +779,8 @@ static void test_orphans(void **state)
     assert_int_equal(st.clients, 2);
     assert_int_equal(f.live, 2);
 
-    /* A reconnect with the same routing id (on another descriptor) before the grace period ends keeps them. */
+    /* A reconnect with the same routing id (on another descriptor) before the grace period ends keeps them.
+     */
     now = 200;
     titan_tstore_conn_closed(ts, 6);
     assert_int_equal(stats(ts).orphans, 1);
@@ -954,12 +963,14 @@ static void test_list_own_only(void **state)
     enum { N = 100000 };
     char(*hb)[TITAN_HANDLE_MAX] = malloc(N * sizeof(*hb));
     assert_non_null(hb);
-    for (int i = 0; i < N; i++) put_f32(ts, "bob", 1, hb[i]);
+    for (int i = 0; i < N; i++)
+        put_f32(ts, "bob", 1, hb[i]);
     double crowded = s_min_list_s(ts, "alice", 50);
     if (crowded > 20 * alone + 50e-6)
         fail_msg("listing alice's 1 tensor took %.1f us beside bob's %d, %.1f us alone", crowded * 1e6, N,
                  alone * 1e6);
-    for (int i = 0; i < N; i += 997) assert_true(holds(ts, "bob", hb[i]));
+    for (int i = 0; i < N; i += 997)
+        assert_true(holds(ts, "bob", hb[i]));
     assert_true(holds(ts, "bob", hb[N - 1]));
     assert_int_equal(titan_tstore_free_all(ts, "bob"), N);
     assert_true(holds(ts, "alice", ha));
@@ -1022,7 +1033,8 @@ static void test_cpu_backend(void **state)
     titan_tstore_quota q = quota(1 << 20, 1 << 20, 10, 0);
     titan_tstore *ts = titan_tstore_new(be, &q);
     double host[12];
-    for (int i = 0; i < 12; i++) host[i] = i * 1.5 - 3;
+    for (int i = 0; i < 12; i++)
+        host[i] = i * 1.5 - 3;
     titan_tensor_entry *e;
     titan_error err = {0};
     int64_t shape[2] = {3, 4};
