@@ -449,9 +449,13 @@ def request_mix():
 def readyz_draining():
     w = Worker(BIN, "--http", "0", "--threads", "1", "--blas-threads", "1", "--drain-timeout", "60000")
     base = http_base(w)
-    n = 3000  # about 1.2 s on one BLAS thread: the drain outlasts the checks below
+    # 16 GFLOP: at least ~0.15 s on one BLAS thread of the fastest CPU, so the drain outlasts the checks
+    # below (they take milliseconds); on a loaded machine it takes far longer, and the reply is waited for
+    # as long as it takes (the checks are about the drain's state, not its speed).
+    n = 2000
     a = np.ones((n, n), np.float64)
     d = dealer(w.endpoint)
+    d.setsockopt(zmq.RCVTIMEO, 600000)
     d.send_multipart([b"", json.dumps({"op": "matrix_multiply", "id": "drain", "a": desc(a, 1),
                                        "b": desc(a, 2)}).encode(), a.tobytes(), a.tobytes()])
     running = wait_metric(base, lambda s: s.get("titan_requests_inflight") == 1)
@@ -474,7 +478,7 @@ def readyz_draining():
     tap.ok(r.get("id") == "drain" and "result" in r, "the running product still gets its result", r)
     d.close()
     try:
-        rc = w.proc.wait(20)
+        rc = w.proc.wait(120)
     except subprocess.TimeoutExpired:
         rc = None
     log = w.read_log()
