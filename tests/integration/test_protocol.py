@@ -270,21 +270,41 @@ def size_cap_busy_deadline():
     d.setsockopt(zmq.LINGER, 0)
     d.setsockopt(zmq.RCVTIMEO, 30000)
     d.connect(w2.endpoint)
-    n = 700  # about 30 ms of work each on two cores: the next ones arrive while it runs
+    # A blocker of 6.75 GFLOP (tens of ms even on the fastest CPU, far longer under load) holds the only
+    # executor; the next requests go out only once gpu_info says it runs, so they find it busy on any
+    # machine.
+    n = 1500
     a = np.ones((n, n), np.float64)
     hdr = json.dumps({"op": "matrix_multiply", "a": desc(a, 1), "b": desc(a, 2)}).encode()
-    for i in range(8):
-        d.send_multipart([b"", hdr, a.tobytes(), a.tobytes()])
+    small = np.ones((4, 4), np.float64)
+    shdr = json.dumps({"op": "matrix_multiply", "a": desc(small, 1), "b": desc(small, 2)}).encode()
+    probe = req_socket(w2.endpoint)
+
+    def running():
+        return call(probe, {"op": "gpu_info"})[0].get("inflight", 0) >= 1
+
+    def wait_running():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not running():
+            time.sleep(0.002)
+
+    d.send_multipart([b"", hdr, a.tobytes(), a.tobytes()])
+    wait_running()
+    for i in range(7):
+        d.send_multipart([b"", shdr, small.tobytes(), small.tobytes()])
+    d.setsockopt(zmq.RCVTIMEO, 300000)
     reps = [json.loads(d.recv_multipart()[1]) for _ in range(8)]
     codes = [r.get("code", "ok") for r in reps]
-    tap.ok("busy" in codes and "ok" in codes, "a full queue answers busy at once", codes)
+    tap.ok(codes.count("busy") == 7 and codes.count("ok") == 1, "a full queue answers busy at once", codes)
     # a big JSON-form request refused before it is parsed still carries its id
     bigjson = json.dumps({"op": "matrix_multiply", "id": "j1", "a": np.ones((200, 200)).tolist(), "b": [[1.0] * 200] * 200})
     d.send_multipart([b"", hdr, a.tobytes(), a.tobytes()])
+    wait_running()
     d.send_multipart([b"", bigjson.encode()])
     reps = [json.loads(d.recv_multipart()[1]) for _ in range(2)]
     tap.ok(any(r.get("code") == "busy" and r.get("id") == "j1" for r in reps),
            "busy refusal of an unparsed large request carries its id", reps)
+    probe.close()
     d.close()
     w2.stop()
     # busy by bytes: the queue has room but the bytes in hand are capped
