@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +37,8 @@
 #define S_LOG_PER_SEC 5
 /* A ZAP request has 6 frames plus the credentials (1 frame for CURVE); more is malformed. */
 #define S_ZAP_MAX_FRAMES 12
+/* How long an admission waits before its ZAP reply goes out (see s_handle_zap). */
+#define S_ZAP_REPLY_DELAY_NS 500000
 
 struct titan_auth {
     void *zap;      /* REP on S_ZAP_ENDPOINT; the handler thread's once started */
@@ -293,6 +297,43 @@ static void s_frame_str(zmq_msg_t *m, char *buf, size_t cap)
         if ((unsigned char)buf[i] < 0x20 || (unsigned char)buf[i] > 0x7e) buf[i] = '?';
 }
 
+/* Appends one ZMTP metadata property (a 1-byte name length, the name, a 4-byte big-endian value
+ * length, the value) to buf at *len; returns false when it does not fit. */
+static bool s_put_property(uint8_t *buf, size_t cap, size_t *len, const char *name, const char *value)
+{
+    size_t n = strlen(name), v = strlen(value);
+    if (n > 255 || *len + 1 + n + 4 + v > cap) return false;
+    uint8_t *p = buf + *len;
+    *p++ = (uint8_t)n;
+    memcpy(p, name, n);
+    p += n;
+    *p++ = (uint8_t)(v >> 24);
+    *p++ = (uint8_t)(v >> 16);
+    *p++ = (uint8_t)(v >> 8);
+    *p++ = (uint8_t)v;
+    memcpy(p, value, v);
+    *len += 1 + n + 4 + v;
+    return true;
+}
+
+/* Makes a fresh routing id ("c-" and 32 hex digits from 16 random bytes). Returns 0 or -errno. */
+static int s_new_routing_id(char id[TITAN_AUTH_ROUTING_ID_LEN + 1])
+{
+    uint8_t r[16];
+    size_t got = 0;
+    while (got < sizeof(r)) {
+        ssize_t n = getrandom(r + got, sizeof(r) - got, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        got += (size_t)n;
+    }
+    memcpy(id, "c-", 2);
+    for (size_t i = 0; i < sizeof(r); i++) snprintf(id + 2 + 2 * i, 3, "%02x", r[i]);
+    return 0;
+}
+
 /* Answers one ZAP request (RFC 27) waiting on a->zap. Returns 0, or -errno when the socket failed. */
 static int s_handle_zap(titan_auth *a)
 {
@@ -319,6 +360,9 @@ static int s_handle_zap(titan_auth *a)
     }
     const char *status = "200", *text = "OK";
     char user[64] = "", address[64] = "?", mech[32] = "", key_txt[41] = "";
+    char rid[TITAN_AUTH_ROUTING_ID_LEN + 1] = "";
+    uint8_t meta[128];
+    size_t meta_len = 0;
     bool valid =
         !overflow && n >= 6 && zmq_msg_size(&f[0]) == 3 && memcmp(zmq_msg_data(&f[0]), "1.0", 3) == 0;
     if (!valid) {
@@ -353,10 +397,36 @@ static int s_handle_zap(titan_auth *a)
                               a->allow_dir);
                 }
             }
+            /* The connection's routing id is ours to give, not the client's to choose: "Identity" in
+             * the reply's metadata replaces the one the client sent, so that no connection can take
+             * the routing id (and with it the replies) of another. A copy under our own name lets the
+             * I/O thread check that it took (TITAN_AUTH_ROUTING_ID). */
+            if (strcmp(status, "200") == 0 &&
+                (s_new_routing_id(rid) != 0 || !s_put_property(meta, sizeof(meta), &meta_len, "Identity", rid) ||
+                 !s_put_property(meta, sizeof(meta), &meta_len, TITAN_AUTH_ROUTING_ID, rid))) {
+                status = "300";
+                text = "no routing id could be made for the connection; try again";
+                meta_len = 0;
+                titan_log(TITAN_LOG_WARN, "refused a client from %s for now: no random routing id (%s)", address,
+                          strerror(errno));
+            }
             if (strcmp(status, "200") == 0) {
                 snprintf(user, sizeof(user), "%s", key_txt);
-                titan_log_debug("admitted CURVE client %s from %s", key_txt, address);
+                titan_log_debug("admitted CURVE client %s from %s as routing id %s", key_txt, address, rid);
             }
+        }
+    }
+    if (meta_len) {
+        /* libzmq 4.3 (curve_server.cpp, process_initiate) sends the ZAP request, looks once for a reply at
+         * once, and only then reads the client's own metadata: a reply that is already there is read
+         * first, and the client's "Identity" then replaces ours. Waking this thread often preempts
+         * libzmq's I/O thread right in between (a third of the connections, measured). Let that thread
+         * go past its look first: it needs a microsecond; under four busy loops on two cores, 500 us
+         * left no connection with its client's routing id in 500. The I/O thread checks the rare one
+         * that still does (TITAN_AUTH_ROUTING_ID). */
+        sched_yield();
+        struct timespec delay = {0, S_ZAP_REPLY_DELAY_NS};
+        while (nanosleep(&delay, &delay) != 0 && errno == EINTR) {
         }
     }
     /* Reply: version, request id, status code, status text, user id, metadata. */
@@ -365,7 +435,7 @@ static int s_handle_zap(titan_auth *a)
     if (zmq_send(a->zap, "1.0", 3, ZMQ_SNDMORE) < 0 || zmq_send(a->zap, reqid, reqid_len, ZMQ_SNDMORE) < 0 ||
         zmq_send(a->zap, status, 3, ZMQ_SNDMORE) < 0 ||
         zmq_send(a->zap, text, strlen(text), ZMQ_SNDMORE) < 0 ||
-        zmq_send(a->zap, user, strlen(user), ZMQ_SNDMORE) < 0 || zmq_send(a->zap, "", 0, 0) < 0)
+        zmq_send(a->zap, user, strlen(user), ZMQ_SNDMORE) < 0 || zmq_send(a->zap, meta, meta_len, 0) < 0)
         rc = -errno;
 out:
     for (int i = 0; i < n; i++)

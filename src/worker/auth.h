@@ -18,6 +18,13 @@ typedef struct titan_auth titan_auth;
  * -EPERM any bind of cfg that is not loopback, unless cfg->insecure (then it logs a warning).
  * Returns 0 and *out (NULL when CURVE is off), or -errno with a reason in err. */
 int titan_auth_setup(void *ctx, void *router, const titan_config *cfg, titan_auth **out, char *err, size_t errcap);
+/* With CURVE, every admitted connection gets a routing id from the ZAP handler instead of the one
+ * its client set: "c-" and 32 random hex digits, never reused, so that no connection (of another
+ * key, or of the same) can take another's routing id and its replies. Each message from such a
+ * connection also carries that id in its metadata under this property (zmq_msg_gets), so that the
+ * I/O thread can check that the ROUTER uses it. */
+#define TITAN_AUTH_ROUTING_ID "X-Titan-Routing-Id"
+#define TITAN_AUTH_ROUTING_ID_LEN 34
 /* True when a connected client's key (Z85, the message's "User-Id" property) is still in
  * --allow-keys, so that revoking a key also stops connections made before; always true
  * without --allow-keys. A false answer counts as a refusal. Thread-safe. */

@@ -590,6 +590,26 @@ static titan_job *s_receive(titan_server *s)
     return j;
 }
 
+/* With CURVE, true when j came on a connection whose routing id is not the one the ZAP handler gave it
+ * (auth.h): libzmq read ZAP's reply before the client's own metadata, whose routing id then won (a race
+ * in its handshake, rare). A routing id that a client chose may be another connection's, so that
+ * connection gets nothing: j is to be dropped unanswered, and the client's next connection is served. */
+static bool s_foreign_routing_id(titan_server *s, const titan_job *j)
+{
+    if (!s->auth) return false;
+    const zmq_msg_t *last = &j->frames[j->nframes - 1];
+    const char *who = zmq_msg_gets(last, "User-Id");
+    if (!who) return false; /* over inproc: this process's own job consumer */
+    const char *rid = zmq_msg_gets(last, TITAN_AUTH_ROUTING_ID);
+    size_t n = zmq_msg_size(&j->frames[0]);
+    if (rid && strlen(rid) == n && memcmp(rid, zmq_msg_data((zmq_msg_t *)&j->frames[0]), n) == 0) return false;
+    s->dropped++;
+    static titan_log_limit limit = {.per_sec = 5};
+    titan_log_limited(&limit, TITAN_LOG_WARN, "dropped a request unanswered: it came on a connection (key %s) whose "
+                      "routing id the worker did not give it; that client should reconnect", who);
+    return true;
+}
+
 /* Decides what to do with a fresh message: answer now, queue, or refuse. */
 static void s_admit(titan_server *s, titan_job *j)
 {
@@ -731,9 +751,13 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, tit
     zmq_setsockopt(s->router, ZMQ_RCVHWM, &rcvhwm, sizeof(rcvhwm));
     zmq_setsockopt(s->router, ZMQ_SNDHWM, &sndhwm, sizeof(sndhwm));
     zmq_setsockopt(s->router, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof(mandatory));
-    /* A client that reconnects with the same routing id (libtitan keeps one per client, so that its
-     * resident tensors stay its own) takes the name over from its dead connection. */
-    int handover = 1;
+    /* Without CURVE, a client that reconnects with the same routing id (libtitan keeps one per client,
+     * so that its resident tensors stay its own) takes the name over from its dead connection; so can
+     * any client that copies it, replies included (PROTOCOL.md 1.3). With CURVE the ZAP handler gives
+     * each connection a routing id of its own (auth.h), and no connection may take over another's:
+     * one whose client's own id won a race against ZAP's (s_foreign_routing_id) must not take the
+     * routing id of a live connection either, such as the job consumer's. */
+    int handover = cfg->curve_secret ? 0 : 1;
     zmq_setsockopt(s->router, ZMQ_ROUTER_HANDOVER, &handover, sizeof(handover));
     zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
     /* IPv6 only when asked for: with it on, IPv4 endpoints are reported as [::ffff:a.b.c.d]. */
@@ -919,6 +943,10 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd)
             for (int k = 0; k < 256; k++) {
                 titan_job *j = s_receive(s);
                 if (!j) break;
+                if (s_foreign_routing_id(s, j)) {
+                    s_job_free(j);
+                    continue;
+                }
                 s_conn_seen(s, j);
                 if (s->draining) {
                     s_job_peek_id(j);

@@ -187,6 +187,120 @@ def curve_ownership():
     w.stop()
 
 
+def routing_ids():
+    """Issue 17, point 2: with CURVE a routing id cannot cross keys. Alice and mallory are both admitted.
+    Alice uses the routing id b"alice-app" for a product of her resident tensor and a few others; mallory
+    connects with the same routing id and her own key, once while alice is connected and once after alice
+    left with a product still running, and reads everything she gets: she must never receive a reply to
+    one of alice's requests (each carries an id starting "alice-"), while alice gets all of hers. The
+    worker gives every CURVE connection a routing id of its own; before, ZMQ_ROUTER_HANDOVER handed
+    alice's connection, and her replies, to mallory. The same key on two connections with one routing id
+    is served on both, and both own the key's tensors."""
+    import numpy as np
+    keygen("mallory")
+    allow = os.path.join(KEYS, "allow-two")
+    os.mkdir(allow)
+    shutil.copy(path("alice"), allow)
+    shutil.copy(path("mallory"), allow)
+    w = Worker(BIN, "--curve-secret", path("worker_secret"), "--allow-keys", allow, "--threads", "1")
+    server_pub, _ = zmq.auth.load_certificate(path("worker"))
+    alice_k = zmq.auth.load_certificate(path("alice_secret"))
+    mallory_k = zmq.auth.load_certificate(path("mallory_secret"))
+
+    def sock(keys, rid=b"alice-app"):
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.setsockopt(zmq.ROUTING_ID, rid)
+        d.curve_serverkey, d.curve_publickey, d.curve_secretkey = server_pub, keys[0], keys[1]
+        d.connect(w.endpoint)
+        return d
+
+    def send(d, hdr, *frames):
+        d.send_multipart([b"", json.dumps(hdr).encode(), *frames])
+
+    def recv(d, timeout_ms=60000):
+        if not d.poll(timeout_ms):
+            return None
+        f = d.recv_multipart()
+        return json.loads(f[1]) if len(f) > 1 and f[1][:1] == b"{" else {"frames": [x[:40] for x in f]}
+
+    n = 700
+    a = np.ones((n, n), np.float64)
+    def product(ident, left):
+        return ({"op": "matrix_multiply", "id": ident, "a": left,
+                 "b": {"dtype": "float64", "shape": [n, n], "frame": 1}}, a.tobytes())
+    binary = {"dtype": "float64", "shape": [n, n], "frame": 2}
+
+    alice = sock(alice_k)
+    send(alice, {"op": "tensor_put", "id": "alice-put", "tensor": {"dtype": "float64", "shape": [n, n], "frame": 1}},
+         a.tobytes())
+    r = recv(alice)
+    ref = (r or {}).get("ref", "")
+    tap.ok(ref.startswith("t-"), "routing ids: alice (routing id alice-app) puts a resident tensor", r)
+    # alice's work is queued and running when mallory arrives with alice's routing id
+    send(alice, *product("alice-secret-1", {"ref": ref}))
+    send(alice, {"op": "matrix_multiply", "id": "alice-secret-2",
+                 "a": {"dtype": "float64", "shape": [n, n], "frame": 1}, "b": binary}, a.tobytes(), a.tobytes())
+    send(alice, {"op": "ping", "id": "alice-ping"})
+    mallory = sock(mallory_k)
+    send(mallory, {"op": "ping", "id": "m-ping"})
+    send(mallory, *product("m-sync", binary))
+    got_alice, got_mallory = {}, []
+    while len(got_alice) < 3:
+        r = recv(alice)
+        if r is None:
+            break
+        got_alice[r.get("id")] = r
+    while not any(r.get("id") == "m-sync" for r in got_mallory):
+        r = recv(mallory)
+        if r is None:
+            break
+        got_mallory.append(r)
+    tap.ok(set(got_alice) == {"alice-secret-1", "alice-secret-2", "alice-ping"} and
+           all("result" in got_alice[i] for i in ("alice-secret-1", "alice-secret-2")),
+           "alice gets every reply while mallory holds a connection with her routing id", list(got_alice))
+    stolen = [r for r in got_mallory if str(r.get("id", "")).startswith("alice-") or "frames" in r]
+    tap.ok(not stolen and {"m-ping", "m-sync"} <= {r.get("id") for r in got_mallory},
+           "mallory (her key, routing id alice-app) gets her own replies and none of alice's",
+           [r.get("id", r) for r in got_mallory])
+    mallory.close()
+    # alice leaves with a product of her resident tensor running; mallory then connects with her routing id
+    late = sock(alice_k)
+    send(late, *product("alice-late", {"ref": ref}))
+    send(late, {"op": "ping", "id": "alice-sync"})
+    r = recv(late)
+    tap.ok(r and r.get("id") == "alice-sync", "alice sends another product and a ping; the ping is answered", r)
+    late.close()
+    mallory = sock(mallory_k)
+    send(mallory, *product("m-sync-2", binary))  # runs once alice's product is done and its reply gone
+    got_mallory = []
+    while not any(r.get("id") == "m-sync-2" for r in got_mallory):
+        r = recv(mallory)
+        if r is None:
+            break
+        got_mallory.append(r)
+    tap.ok([r.get("id") for r in got_mallory] == ["m-sync-2"],
+           "after alice left, mallory with her routing id gets no reply to alice's product",
+           [r.get("id", r) for r in got_mallory])
+    mallory.close()
+    # the same key: two live connections with one routing id are both served, and both own the key's tensors
+    a1, a2 = sock(alice_k), sock(alice_k)
+    send(a1, {"op": "tensor_put", "id": "alice-k1", "tensor": [[1.0, 2.0]]})
+    r1 = recv(a1)
+    send(a2, {"op": "tensor_get", "id": "alice-k2", "ref": (r1 or {}).get("ref", ""), "json": True})
+    r2 = recv(a2)
+    send(a1, {"op": "ping", "id": "alice-k3"})
+    r3 = recv(a1)
+    tap.ok(r2 and r2.get("result") == [[1.0, 2.0]] and r3 and r3.get("id") == "alice-k3",
+           "the same key on a second live connection with the same routing id is served, owns the key's tensors, "
+           "and the first connection still gets its replies", (r1, r2, r3))
+    for d in (alice, a1, a2):
+        d.close()
+    log = w.read_log()
+    tap.ok("did not give it" not in log, "no connection kept a routing id of its own choosing", log[-2000:])
+    tap.ok(w.stop() == 0, "the worker stops cleanly")
+
+
 def bad_settings():
     p = cli("--server-key", "not-a-key", "ping")
     tap.ok(p.returncode == 2 and "40 Z85" in p.stderr, "the CLI rejects a --server-key that is no key nor file",
@@ -227,7 +341,7 @@ def loopback_rule():
 
 
 for name, fn in [("keygen", keygen_files), ("curve worker", curve_worker), ("curve ownership", curve_ownership),
-                 ("bad settings", bad_settings),
+                 ("routing ids", routing_ids), ("bad settings", bad_settings),
                  ("loopback", loopback_rule)]:
     tap.run(name, fn)
 res = Worker.stop_all()
