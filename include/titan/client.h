@@ -36,7 +36,9 @@ typedef struct {
      * (tensor_put) belong to the client that made them: its CURVE key when CURVE is on, else its
      * routing id. Without an identity that id is per connection, so a retry (which reconnects)
      * loses access to the tensors made before; with one, they stay this client's. Two live clients
-     * must not share an identity: the newer connection takes the name over. NULL (default): none. */
+     * must not share an identity: without CURVE the newer connection takes the name over (and the
+     * replies still due to the older one). With CURVE the worker gives each connection a routing id
+     * of its own, so the identity does not matter there: the key owns the tensors. NULL: none. */
     const char *identity;
 } titan_client_opts;
 
