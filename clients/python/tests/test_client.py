@@ -239,7 +239,7 @@ def test_close_leaves_nothing(worker):
     # A whole program: timed-out requests and a close must not keep the process alive.
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from titan_client import TitanClient, TitanTimeout\n"
-            "c = TitanClient(%r, timeout_ms=100, retries=0)\n"
+            "c = TitanClient(%r, timeout_ms=20000, retries=0)\n"
             "print(c.ping()['status'])\n"
             "d = TitanClient('tcp://127.0.0.1:1', timeout_ms=100, retries=1)\n"
             "try:\n    d.ping()\nexcept TitanTimeout:\n    print('timeout')\n"
