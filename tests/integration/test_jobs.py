@@ -384,7 +384,7 @@ def dead_letters(srv):
     # A retryable code: deadline_ms 1 behind a busy executor answers "timeout" on every attempt.
     prefix, P = "t-b2", "{t-b2}"
     w = start_worker(srv, prefix, "--max-attempts", "2", "--visibility-timeout", "300", "--threads", "1",
-                     "--queue", "4")
+                     "--queue", "16")
     d = zctx.socket(zmq.DEALER)
     d.setsockopt(zmq.LINGER, 0)
     d.connect(w.endpoint)
@@ -392,7 +392,10 @@ def dead_letters(srv):
     hdr, frames = matmul_job(big, big)
     msg = [b"", json.dumps(hdr).encode(), *frames]
     outstanding = 0
-    for _ in range(3):  # one running, two queued (this client's share of --queue 4): never idle
+    # One running and six queued (within this client's share of --queue 16): the executor stays busy for six
+    # more products (seconds) even if this loop is slow to send more, so each attempt of the job, which the
+    # fair queue puts right after the running product, waits past its 1 ms deadline.
+    for _ in range(7):
         d.send_multipart(msg)
         outstanding += 1
     # Submit only once the worker says one product runs and two wait (sending 3 x 32 MB can take a
