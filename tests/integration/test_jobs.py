@@ -698,9 +698,11 @@ def long_jobs_and_shutdown(srv):
             break
     tap.ok(states(r, prefix, [queued]) == ["running"], "a job waits in the server's queue behind a product")
     w3.proc.send_signal(signal.SIGTERM)
-    got = d.poll(30000) and b"result" in d.recv_multipart()[1]
+    # As long as the product takes (the drain waits up to its 60 s default; far slower machines than this
+    # one, or three test suites on two cores, take that long): the check is that it comes, not when.
+    got = d.poll(120000) and b"result" in d.recv_multipart()[1]
     d.close()
-    w3.proc.wait(30)
+    w3.proc.wait(120)
     rc = w3.stop()
     rec = record(r, prefix, queued)
     tap.ok(rc == 0 and got, "the ZeroMQ product in hand still gets its result; exit 0", (rc, got))
