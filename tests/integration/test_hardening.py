@@ -140,13 +140,17 @@ def heartbeat_option():
     tap.ok(w.stop() == 0, "and stops cleanly")
 
 
-def vm_hwm_mb(pid):
-    """The peak resident memory of process pid, in MB (VmHWM)."""
+def vm_status_mb(pid, field):
+    """A memory figure of process pid from /proc/PID/status, in MB: VmHWM (peak resident) or VmRSS (now)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return -1
+
+
+def vm_hwm_mb(pid):
+    return vm_status_mb(pid, "VmHWM")
 
 
 def transit_memory():
@@ -191,12 +195,7 @@ for name, fn in [("flood", flood_fairness), ("transit memory", transit_memory), 
 
 
 def vm_rss_mb(pid):
-    """The resident memory of process pid now, in MB (VmRSS)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return -1
+    return vm_status_mb(pid, "VmRSS")
 
 
 def metric_sum(base, name, **labels):
