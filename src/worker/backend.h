@@ -20,6 +20,8 @@ typedef struct {
     char driver_version[32];    /* "470.256.02" (NVML) or "11.4" (CUDA's driver API version); empty: unknown */
     char runtime_version[32];   /* "11.8"; empty on the CPU */
     char pci_bus_id[32];        /* "0000:01:00.0"; empty: unknown */
+    uint64_t reserved_bytes;    /* device memory the backend sets aside for its own work (CUDA: the
+                                 * executors' cuBLAS workspaces), not for resident tensors; 0 on the CPU */
 } titan_device_info;
 
 /* Live figures of the device (the host, on the CPU backend); each has_* says whether it is known. */
@@ -35,9 +37,10 @@ typedef struct {
     double power_w;
     bool has_clocks;
     double sm_clock_mhz, mem_clock_mhz;
-    /* The backend's memory pool (cuda only): bytes held from the device, of which cached for reuse. */
+    /* The backend's memory pool (cuda only): bytes held from the device, of which cached for reuse, of
+     * which cuBLAS's workspaces (counted also where cuBLAS allocates them itself). */
     bool has_pool;
-    uint64_t pool_held_bytes, pool_cached_bytes, pool_device_allocs;
+    uint64_t pool_held_bytes, pool_cached_bytes, pool_device_allocs, pool_workspace_bytes;
 } titan_device_stats;
 
 /* A matmul operand: in host memory (a request's frame) or in the backend's memory (a resident
@@ -66,6 +69,9 @@ struct titan_backend {
      * and the same size. upload/download copy whole buffers; they return 0 or -1 with err set. */
     int (*mem_alloc)(titan_backend *be, size_t bytes, void **dev, titan_error *err);
     void (*mem_free)(titan_backend *be, void *dev, size_t bytes);
+    /* The device bytes that mem_alloc(bytes) really holds (the CUDA pool rounds up to its block
+     * sizes), so that the tensor quotas count them. NULL: `bytes`. */
+    size_t (*mem_footprint)(titan_backend *be, size_t bytes);
     int (*upload)(titan_backend *be, void *dev, const void *host, size_t bytes, titan_error *err);
     int (*download)(titan_backend *be, void *host, const void *dev, size_t bytes, titan_error *err);
     /* Fills *out with what the device can tell now; safe from any thread, cheap enough for every

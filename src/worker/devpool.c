@@ -73,22 +73,47 @@ static void s_release_node(titan_devpool *pool, s_block *b)
     pool->spare = b;
 }
 
-/* Frees the least recently returned cached block to the device (lock held). */
-static void s_evict_tail(titan_devpool *pool)
+/* Blocks taken out of the cache, in eviction order, for the caller to free once it has let go of the lock. */
+typedef struct {
+    s_block *head, *tail;
+} s_dead;
+
+/* Detaches the least recently returned cached block (lock held) onto *dead. */
+static void s_evict_tail(titan_devpool *pool, s_dead *dead)
 {
     s_block *b = pool->tail;
     s_unlink(pool, b);
-    pool->ops.free(pool->ops.ctx, b->p);
     pool->st.device_frees++;
-    s_release_node(pool, b);
+    if (dead->tail)
+        dead->tail->next = b;
+    else
+        dead->head = b;
+    dead->tail = b;
 }
 
-static void s_trim_locked(titan_devpool *pool)
+/* Frees the device memory of the blocks on `dead` (lock NOT held: cudaFree waits for the whole device,
+ * and every executor and stats reader takes this lock), then returns their nodes to the spare list. */
+static void s_free_dead(titan_devpool *pool, s_dead dead)
 {
-    while (pool->tail)
-        s_evict_tail(pool);
+    if (!dead.head) return;
+    for (s_block *b = dead.head; b; b = b->next)
+        pool->ops.free(pool->ops.ctx, b->p);
+    pthread_mutex_lock(&pool->lock);
+    dead.tail->next = pool->spare;
+    pool->spare = dead.head;
+    pthread_mutex_unlock(&pool->lock);
 }
 
+static s_dead s_detach_all_locked(titan_devpool *pool)
+{
+    s_dead dead = {NULL, NULL};
+    while (pool->tail)
+        s_evict_tail(pool, &dead);
+    return dead;
+}
+
+/* The allocator's callbacks run without the pool's lock: they may wait for the device (cudaMalloc and
+ * cudaFree synchronize it), and a failing one may take the backend's own locks. */
 int titan_devpool_get(titan_devpool *pool, size_t bytes, void **out, char *msg, size_t cap)
 {
     size_t size = titan_devpool_block_size(bytes);
@@ -103,16 +128,23 @@ int titan_devpool_get(titan_devpool *pool, size_t bytes, void **out, char *msg, 
         pthread_mutex_unlock(&pool->lock);
         return 0;
     }
+    pthread_mutex_unlock(&pool->lock);
     void *p = NULL;
     char amsg[256] = "";
     int rc = pool->ops.alloc(pool->ops.ctx, size, &p, amsg, sizeof(amsg));
-    if (rc == -ENOMEM && pool->head) {
+    if (rc == -ENOMEM) {
         /* Cached blocks of other sizes may be what stands in the way. */
-        pool->st.oom_trims++;
-        s_trim_locked(pool);
-        amsg[0] = '\0';
-        rc = pool->ops.alloc(pool->ops.ctx, size, &p, amsg, sizeof(amsg));
+        pthread_mutex_lock(&pool->lock);
+        s_dead dead = s_detach_all_locked(pool);
+        if (dead.head) pool->st.oom_trims++;
+        pthread_mutex_unlock(&pool->lock);
+        if (dead.head) {
+            s_free_dead(pool, dead);
+            amsg[0] = '\0';
+            rc = pool->ops.alloc(pool->ops.ctx, size, &p, amsg, sizeof(amsg));
+        }
     }
+    pthread_mutex_lock(&pool->lock);
     if (rc == 0) {
         pool->st.device_allocs++;
         pool->st.in_use_bytes += size;
@@ -135,6 +167,7 @@ void titan_devpool_put(titan_devpool *pool, void *block, size_t bytes)
 {
     if (!block) return;
     size_t size = titan_devpool_block_size(bytes);
+    s_dead dead = {NULL, NULL};
     pthread_mutex_lock(&pool->lock);
     pool->st.in_use_bytes -= size;
     s_block *b = pool->spare;
@@ -145,13 +178,13 @@ void titan_devpool_put(titan_devpool *pool, void *block, size_t bytes)
     if (!b || size > pool->max_cached) {
         /* Not kept: no node for it, or the block alone is over the cache's size. */
         if (b) s_release_node(pool, b);
-        pool->ops.free(pool->ops.ctx, block);
         pool->st.device_frees++;
         pthread_mutex_unlock(&pool->lock);
+        pool->ops.free(pool->ops.ctx, block);
         return;
     }
     while (pool->tail && pool->st.cached_bytes + size > pool->max_cached)
-        s_evict_tail(pool);
+        s_evict_tail(pool, &dead);
     b->p = block;
     b->size = size;
     b->prev = NULL;
@@ -163,13 +196,15 @@ void titan_devpool_put(titan_devpool *pool, void *block, size_t bytes)
     pool->head = b;
     pool->st.cached_bytes += size;
     pthread_mutex_unlock(&pool->lock);
+    s_free_dead(pool, dead);
 }
 
 void titan_devpool_trim(titan_devpool *pool)
 {
     pthread_mutex_lock(&pool->lock);
-    s_trim_locked(pool);
+    s_dead dead = s_detach_all_locked(pool);
     pthread_mutex_unlock(&pool->lock);
+    s_free_dead(pool, dead);
 }
 
 void titan_devpool_get_stats(titan_devpool *pool, titan_devpool_stats *out)
@@ -183,7 +218,7 @@ void titan_devpool_destroy(titan_devpool **p)
 {
     if (!p || !*p) return;
     titan_devpool *pool = *p;
-    s_trim_locked(pool);
+    titan_devpool_trim(pool);
     while (pool->spare) {
         s_block *b = pool->spare;
         pool->spare = b->next;

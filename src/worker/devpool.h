@@ -7,7 +7,9 @@
 #include <stdint.h>
 
 /* The allocator under the pool (cudaMalloc/cudaFree in the CUDA backend). alloc returns 0 and *p,
- * -ENOMEM when the device is out of memory, or another -errno with a message in msg. */
+ * -ENOMEM when the device is out of memory, or another -errno with a message in msg. The pool never
+ * calls either with its lock held: both may wait for the whole device, and they may take the caller's
+ * own locks. */
 typedef struct {
     int (*alloc)(void *ctx, size_t bytes, void **p, char *msg, size_t cap);
     void (*free)(void *ctx, void *p);

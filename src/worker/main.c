@@ -347,7 +347,9 @@ int main(int argc, char **argv)
     /* Routine (no GPU at all) at debug, so that a CPU worker still starts with one line at info. */
     if (why[0]) titan_log(why_warns ? TITAN_LOG_WARN : TITAN_LOG_DEBUG, "--device %s: %s", cfg->device, why);
     {
+        /* What the backend sets aside for itself (cuBLAS's workspaces) is not the tensors' to take. */
         uint64_t dev_bytes = (uint64_t)(w.backend->info.total_memory_gb * 1e9);
+        dev_bytes = dev_bytes > w.backend->info.reserved_bytes ? dev_bytes - w.backend->info.reserved_bytes : 0;
         titan_tstore_quota q = {
             .worker_bytes = cfg->tensor_memory_mb ? cfg->tensor_memory_mb << 20
                                                   : (strcmp(w.backend->info.backend, "cpu") == 0 ? dev_bytes / 4

@@ -62,9 +62,10 @@ static int s_gpu_info(titan_worker_ctx *w, titan_request *req, titan_out *out, t
         json_object_set_new(o, "mem_clock_mhz", titan_json_figure(st.has_clocks, st.mem_clock_mhz));
         if (st.has_pool)
             json_object_set_new(o, "memory_pool",
-                                json_pack("{s:I, s:I, s:I}", "held_bytes", (json_int_t)st.pool_held_bytes,
+                                json_pack("{s:I, s:I, s:I, s:I}", "held_bytes", (json_int_t)st.pool_held_bytes,
                                           "cached_bytes", (json_int_t)st.pool_cached_bytes, "device_allocs",
-                                          (json_int_t)st.pool_device_allocs));
+                                          (json_int_t)st.pool_device_allocs, "workspace_bytes",
+                                          (json_int_t)st.pool_workspace_bytes));
     }
     char why[256] = "";
     bool ready = !w->backend->ready || w->backend->ready(w->backend, why, sizeof(why));

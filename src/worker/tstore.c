@@ -95,6 +95,17 @@ uint64_t titan_tstore_charge(size_t bytes)
            TITAN_TSTORE_TENSOR_OVERHEAD;
 }
 
+/* A tensor's charge on this store's backend: at least what the device really holds for it (the CUDA pool
+ * rounds an allocation up to its block size, up to 12.5% more) plus the bookkeeping. */
+static uint64_t s_charge(const titan_tstore *ts, size_t bytes)
+{
+    uint64_t c = titan_tstore_charge(bytes);
+    if (!ts->be || !ts->be->mem_footprint || c == UINT64_MAX) return c;
+    uint64_t held = ts->be->mem_footprint(ts->be, bytes ? bytes : 1);
+    if (held > UINT64_MAX - TITAN_TSTORE_TENSOR_OVERHEAD) return UINT64_MAX;
+    return held + TITAN_TSTORE_TENSOR_OVERHEAD > c ? held + TITAN_TSTORE_TENSOR_OVERHEAD : c;
+}
+
 titan_tstore *titan_tstore_new(titan_backend *be, const titan_tstore_quota *quota)
 {
     titan_tstore *ts = calloc(1, sizeof(*ts));
@@ -430,7 +441,7 @@ int titan_tstore_create(titan_tstore *ts, const char *owner, titan_dtype dtype, 
         return -1;
     }
     size_t bytes = elems * titan_dtype_size(dtype);
-    uint64_t charge = titan_tstore_charge(bytes);
+    uint64_t charge = s_charge(ts, bytes);
     s_entry *e = calloc(1, sizeof(*e));
     if (!e) {
         titan_fail(err, "internal", "out of memory");
@@ -472,7 +483,7 @@ int titan_tstore_create(titan_tstore *ts, const char *owner, titan_dtype dtype, 
                    ts->count);
     } else if (charge > ts->quota.client_bytes || o->charged > ts->quota.client_bytes - charge) {
         titan_fail(err, "quota_exceeded",
-                   "a %zu-byte tensor (charged %" PRIu64 " bytes: its data rounded up to %d, plus %d for its "
+                   "a %zu-byte tensor (charged %" PRIu64 " bytes: its data rounded up to what the device allocates (at least %d), plus %d for its "
                    "bookkeeping) would take this client to %" PRIu64
                    " bytes resident, over its quota of %" PRIu64
                    " (--tensor-quota-mb); free some with tensor_free",
@@ -480,7 +491,7 @@ int titan_tstore_create(titan_tstore *ts, const char *owner, titan_dtype dtype, 
                    ts->quota.client_bytes);
     } else if (charge > ts->quota.worker_bytes || ts->charged > ts->quota.worker_bytes - charge) {
         titan_fail(err, "quota_exceeded",
-                   "a %zu-byte tensor (charged %" PRIu64 " bytes: its data rounded up to %d, plus %d for its "
+                   "a %zu-byte tensor (charged %" PRIu64 " bytes: its data rounded up to what the device allocates (at least %d), plus %d for its "
                    "bookkeeping) would take this worker to %" PRIu64
                    " bytes resident, over its limit of %" PRIu64
                    " (--tensor-memory-mb); free some with tensor_free, or use another worker",

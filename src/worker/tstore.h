@@ -62,7 +62,8 @@ void titan_tstore_destroy(titan_tstore **p);
 int titan_tstore_start_sweeper(titan_tstore *ts);
 
 /* What a tensor of `bytes` data bytes costs the quotas: the data rounded up to TITAN_TSTORE_ALIGN, plus
- * TITAN_TSTORE_TENSOR_OVERHEAD. */
+ * TITAN_TSTORE_TENSOR_OVERHEAD. A backend whose allocations hold more (its mem_footprint: the CUDA pool's
+ * block sizes) is charged that instead of the rounded data. */
 uint64_t titan_tstore_charge(size_t bytes);
 
 /* Reserves quota for a new tensor of `owner` and allocates its memory. The entry is not listed yet:

@@ -1,6 +1,7 @@
 /* test_devpool.c - cmocka tests of the caching device-memory pool (src/worker/devpool.c) over a fake
  * allocator: block sizes, reuse in steady state, the cache's cap and eviction order, out-of-memory
- * trims and errors, destroy, and get/put from several threads. */
+ * trims and errors, destroy, get/put from several threads, and that the allocator never runs under the
+ * pool's lock. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -34,11 +36,38 @@ typedef struct {
     int nlive;
     void *freed[FAKE_MAX_LOG]; /* the first frees, in order */
     int nfreed;
+    /* When set, each call checks that the pool's lock is free (another thread can read its stats). */
+    struct titan_devpool *watch;
+    int locked_calls; /* calls made while the pool held its lock */
 } fake_dev;
+
+static void *stats_reader(void *arg)
+{
+    titan_devpool_stats st;
+    titan_devpool_get_stats(arg, &st);
+    return NULL;
+}
+
+/* Whether another thread can take the pool's lock now: the allocator may wait for the whole device
+ * (cudaMalloc, cudaFree), so the pool must never call it with its lock held. */
+static void check_unlocked(fake_dev *f)
+{
+    if (!f->watch) return;
+    pthread_t t;
+    if (pthread_create(&t, NULL, stats_reader, f->watch) != 0) fail_msg("pthread_create");
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 2;
+    if (pthread_timedjoin_np(t, NULL, &dl) != 0) {
+        f->locked_calls++;
+        pthread_detach(t); /* it finishes once the pool lets go */
+    }
+}
 
 static int fake_alloc(void *ctx, size_t bytes, void **p, char *msg, size_t cap)
 {
     fake_dev *f = ctx;
+    check_unlocked(f);
     pthread_mutex_lock(&f->lock);
     if (f->fail_rc) {
         if (f->fail_msg) snprintf(msg, cap, "%s", f->fail_msg);
@@ -66,6 +95,7 @@ static int fake_alloc(void *ctx, size_t bytes, void **p, char *msg, size_t cap)
 static void fake_free(void *ctx, void *p)
 {
     fake_dev *f = ctx;
+    check_unlocked(f);
     pthread_mutex_lock(&f->lock);
     int i = 0;
     while (i < f->nlive && f->live[i].p != p) i++;
@@ -595,6 +625,34 @@ static void test_threads(void **state)
     assert_int_equal(f.used, 0);
 }
 
+/* The allocator runs without the pool's lock on every path: a miss, an eviction on put, a block over
+ * the cap, the out-of-memory trim and its retry, trim and destroy. */
+static void test_allocator_runs_unlocked(void **state)
+{
+    (void)state;
+    fake_dev f;
+    fake_init(&f, 8192);
+    titan_devpool *pool = pool_new(&f, 4096);
+    f.watch = pool;
+    void *a = get_ok(pool, 2048), *b = get_ok(pool, 2048);
+    titan_devpool_put(pool, a, 2048);
+    titan_devpool_put(pool, b, 2048);
+    void *c = get_ok(pool, 1024); /* a miss */
+    titan_devpool_put(pool, c, 1024); /* evicts a 2 KiB block */
+    void *big = get_ok(pool, 6000); /* a miss that trims the cache after out of memory */
+    titan_devpool_put(pool, big, 6000); /* over the cap: freed at once */
+    void *d = get_ok(pool, 1024);
+    titan_devpool_put(pool, d, 1024);
+    titan_devpool_trim(pool);
+    void *e = get_ok(pool, 512);
+    titan_devpool_put(pool, e, 512);
+    titan_devpool_stats st = stats(pool);
+    assert_true(st.oom_trims >= 1);
+    titan_devpool_destroy(&pool);
+    assert_int_equal(f.nlive, 0);
+    if (f.locked_calls) fail_msg("%d allocator calls ran while the pool held its lock", f.locked_calls);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -611,6 +669,7 @@ int main(void)
         cmocka_unit_test(test_other_errors_passed_through),
         cmocka_unit_test(test_destroy_frees_cached_only),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_allocator_runs_unlocked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /* cuda.c - the CUDA backend (titan-backend-cuda.so): cuBLAS sgemm/dgemm on one GPU, a caching pool of
  * device memory, pinned staging buffers, and per-executor streams and cuBLAS handles. Only runtime and
  * cuBLAS calls that CUDA 11.4 already has. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -36,21 +37,32 @@ _Static_assert(CUBLAS_STATUS_EXECUTION_FAILED == 13, "CUBLAS_STATUS_EXECUTION_FA
 extern cudaError_t titan_cuda_probe_launch(cudaStream_t stream, unsigned *buf, unsigned n);
 extern const char titan_cuda_archs[]; /* the -Dcuda-arch list this module was built for */
 
+/* cublasSetWorkspace is weak: where the cuBLAS at hand lacks it, each handle keeps cuBLAS's own
+ * workspace, which the figures then count at cuBLAS's documented default size. */
+#pragma weak cublasSetWorkspace_v2
+
 /* Staging buffers: each executor has two pairs (in, out) of pinned host memory of this size (or
  * $TITAN_CUDA_STAGE_KB), so the copy of one row block overlaps the product of the previous one. */
 #define S_STAGE_BYTES ((size_t)8 << 20)
+/* NVML's and cudaMemGetInfo's figures are sampled at most this often; the pool's are read on every call. */
 #define S_STATS_INTERVAL_S 0.5
+/* cuBLAS's workspace per handle, as its documentation recommends: 32 MiB on Hopper and later, else 4 MiB. */
+#define S_WORKSPACE_BYTES(major) ((size_t)((major) >= 9 ? 32 : 4) << 20)
 
 typedef struct s_exec {
     cudaStream_t stream[2];
     /* One cuBLAS handle per stream, bound once: a handle's workspace is not safe to share between
      * two streams whose work overlaps. */
     cublasHandle_t blas[2];
+    void *ws[2];                      /* each handle's workspace, from the pool (NULL: cuBLAS's own) */
+    size_t ws_counted;                /* workspace bytes this executor adds to c->ws_bytes */
     void *stage_in[2], *stage_out[2]; /* pinned */
     size_t stage_bytes;
     struct s_exec *next;
 } s_exec;
 
+/* Locks: `lock` and `stats_lock` are leaves. Nothing else is taken, and no CUDA call made, while either
+ * is held (the pool's own lock is also a leaf: devpool.c calls cudaMalloc and cudaFree without it). */
 typedef struct {
     titan_backend be; /* first: the backend's pointer is this object's */
     int dev;
@@ -58,11 +70,14 @@ typedef struct {
     titan_devpool *pool;
     pthread_key_t exec_key;
     size_t stage_bytes;
-    pthread_mutex_t lock; /* execs, stats */
+    size_t ws_bytes_per_handle;
+    atomic_uint_least64_t ws_bytes; /* the executors' cuBLAS workspaces, set or cuBLAS's own */
+    pthread_mutex_t lock;           /* execs, poison */
     s_exec *execs;
     atomic_bool poisoned;
     char poison[256];
     titan_nvml *nvml;
+    pthread_mutex_t stats_lock; /* t_stats, last */
     double t_stats;
     titan_device_stats last;
 } s_cuda;
@@ -72,6 +87,14 @@ static double s_now(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* CUDA's current device is per thread, and executors, the tensor sweeper and the threads that read the
+ * figures all call in: every path to the runtime binds the calling thread to this backend's device
+ * first, or `--device cuda:1` would allocate, free and measure on device 0. */
+static cudaError_t s_bind(s_cuda *c)
+{
+    return cudaSetDevice(c->dev);
 }
 
 /* Turns a failed runtime call into err; a sticky error poisons the backend for good. */
@@ -85,7 +108,7 @@ static int s_fail_rt(s_cuda *c, titan_error *err, cudaError_t e, const char *wha
                             .total_bytes = c->total_bytes};
     if (cls == TITAN_CUDA_OOM) {
         size_t fr = 0, tot = 0;
-        if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) {
+        if (s_bind(c) == cudaSuccess && cudaMemGetInfo(&fr, &tot) == cudaSuccess) {
             f.free_bytes = fr;
             f.free_known = 1;
         }
@@ -126,11 +149,16 @@ static bool s_poisoned(s_cuda *c, titan_error *err)
     return true;
 }
 
-static void s_exec_free(s_exec *x)
+/* Frees an executor's resources (on the backend's device: it may be another thread's leftovers). */
+static void s_exec_free(s_cuda *c, s_exec *x)
 {
-    /* The handles first: each is bound to its stream (cublasSetStream). */
+    (void)s_bind(c);
+    /* The handles first: each is bound to its stream (cublasSetStream) and to its workspace. */
     for (int i = 0; i < 2; i++)
         if (x->blas[i]) cublasDestroy(x->blas[i]);
+    for (int i = 0; i < 2; i++)
+        if (x->ws[i]) titan_devpool_put(c->pool, x->ws[i], c->ws_bytes_per_handle);
+    atomic_fetch_sub(&c->ws_bytes, x->ws_counted);
     for (int i = 0; i < 2; i++) {
         if (x->stage_in[i]) cudaFreeHost(x->stage_in[i]);
         if (x->stage_out[i]) cudaFreeHost(x->stage_out[i]);
@@ -139,33 +167,78 @@ static void s_exec_free(s_exec *x)
     free(x);
 }
 
-/* The calling executor's streams, handle and staging buffers, made on its first request. */
+/* Pinned memory that cannot be had is the host's shortage, not the GPU's: say so, and what to do. */
+static void s_fail_pinned(s_cuda *c, titan_error *err, cudaError_t e)
+{
+    if (titan_cuda_classify((int)e) == TITAN_CUDA_STICKY) {
+        s_fail_rt(c, err, e, "cudaHostAlloc", 0);
+        return;
+    }
+    (void)cudaGetLastError();
+    err->code = "internal";
+    snprintf(err->msg, sizeof(err->msg),
+             "cannot allocate %zu MiB of pinned host memory for an executor's staging buffers (cudaHostAlloc: "
+             "%s): free host memory (or raise the locked-memory limit), or start titan-worker with a smaller "
+             "TITAN_CUDA_STAGE_KB (now %zu) or fewer --threads",
+             (4 * c->stage_bytes) >> 20, cudaGetErrorName(e), c->stage_bytes >> 10);
+}
+
+/* A cuBLAS workspace from the pool for handle i, so that the pool's figures count it. */
+static int s_exec_workspace(s_cuda *c, s_exec *x, int i, titan_error *err)
+{
+    if (!cublasSetWorkspace_v2) {
+        x->ws_counted += c->ws_bytes_per_handle; /* cuBLAS's own, of its default size */
+        atomic_fetch_add(&c->ws_bytes, c->ws_bytes_per_handle);
+        return 0;
+    }
+    char msg[400] = "";
+    int rc = titan_devpool_get(c->pool, c->ws_bytes_per_handle, &x->ws[i], msg, sizeof(msg));
+    if (rc == -ENOMEM) return s_fail_rt(c, err, cudaErrorMemoryAllocation, "cudaMalloc (cuBLAS workspace)",
+                                        2 * c->ws_bytes_per_handle);
+    if (rc) {
+        x->ws[i] = NULL;
+        err->code = "device_error";
+        snprintf(err->msg, sizeof(err->msg), "%s", msg);
+        if (atomic_load(&c->poisoned)) s_poisoned(c, err);
+        return -1;
+    }
+    x->ws_counted += c->ws_bytes_per_handle;
+    atomic_fetch_add(&c->ws_bytes, c->ws_bytes_per_handle);
+    cublasStatus_t st = cublasSetWorkspace_v2(x->blas[i], x->ws[i], c->ws_bytes_per_handle);
+    return st == CUBLAS_STATUS_SUCCESS ? 0 : s_fail_blas(c, err, st, "cublasSetWorkspace", 0);
+}
+
+/* The calling executor's streams, handles and staging buffers, made on its first request; binds the
+ * thread to the device on every call. */
 static s_exec *s_exec_get(s_cuda *c, titan_error *err)
 {
-    s_exec *x = pthread_getspecific(c->exec_key);
-    if (x) return x;
-    cudaError_t e = cudaSetDevice(c->dev); /* the current device is per thread */
+    cudaError_t e = s_bind(c);
     if (e != cudaSuccess) {
         s_fail_rt(c, err, e, "cudaSetDevice", 0);
         return NULL;
     }
+    s_exec *x = pthread_getspecific(c->exec_key);
+    if (x) return x;
     x = calloc(1, sizeof(*x));
     if (!x) {
         err->code = "internal";
         snprintf(err->msg, sizeof(err->msg), "out of memory");
         return NULL;
     }
-    const char *what = "cudaStreamCreate";
     for (int i = 0; i < 2 && e == cudaSuccess; i++)
         e = cudaStreamCreateWithFlags(&x->stream[i], cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+        s_fail_rt(c, err, e, "cudaStreamCreate", 0);
+        s_exec_free(c, x);
+        return NULL;
+    }
     for (int i = 0; i < 2 && e == cudaSuccess; i++) {
-        what = "cudaHostAlloc";
         e = cudaHostAlloc(&x->stage_in[i], c->stage_bytes, cudaHostAllocDefault);
         if (e == cudaSuccess) e = cudaHostAlloc(&x->stage_out[i], c->stage_bytes, cudaHostAllocDefault);
     }
     if (e != cudaSuccess) {
-        s_fail_rt(c, err, e, what, 4 * c->stage_bytes);
-        s_exec_free(x);
+        s_fail_pinned(c, err, e);
+        s_exec_free(c, x);
         return NULL;
     }
     x->stage_bytes = c->stage_bytes;
@@ -180,7 +253,11 @@ static s_exec *s_exec_get(s_cuda *c, titan_error *err)
         }
         if (st != CUBLAS_STATUS_SUCCESS) {
             s_fail_blas(c, err, st, fn, 0);
-            s_exec_free(x);
+            s_exec_free(c, x);
+            return NULL;
+        }
+        if (s_exec_workspace(c, x, i, err)) {
+            s_exec_free(c, x);
             return NULL;
         }
     }
@@ -190,6 +267,24 @@ static s_exec *s_exec_get(s_cuda *c, titan_error *err)
     c->execs = x;
     pthread_mutex_unlock(&c->lock);
     return x;
+}
+
+/* Frees the calling thread's executor resources (the start's self-test ran on the main thread, which
+ * never computes again: its 4 pinned staging buffers and 2 handles would sit idle for the worker's life). */
+static void s_exec_release_current(s_cuda *c)
+{
+    s_exec *x = pthread_getspecific(c->exec_key);
+    if (!x) return;
+    pthread_setspecific(c->exec_key, NULL);
+    pthread_mutex_lock(&c->lock);
+    for (s_exec **pp = &c->execs; *pp; pp = &(*pp)->next) {
+        if (*pp == x) {
+            *pp = x->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    s_exec_free(c, x);
 }
 
 /* Device memory from the pool; out of memory becomes a reply with the sizes. `need` is what the whole
@@ -206,10 +301,12 @@ static int s_dev_get(s_cuda *c, size_t bytes, uint64_t need, void **p, titan_err
     return -1;
 }
 
+/* The pool's allocator. The pool calls it without its lock, from whichever thread asks (an executor). */
 static int s_pool_alloc(void *ctx, size_t bytes, void **p, char *msg, size_t cap)
 {
     s_cuda *c = ctx;
-    cudaError_t e = cudaMalloc(p, bytes);
+    cudaError_t e = s_bind(c);
+    if (e == cudaSuccess) e = cudaMalloc(p, bytes);
     if (e == cudaSuccess) return 0;
     if (e == cudaErrorMemoryAllocation) {
         (void)cudaGetLastError();
@@ -221,9 +318,11 @@ static int s_pool_alloc(void *ctx, size_t bytes, void **p, char *msg, size_t cap
     return -EIO;
 }
 
+/* The pool's free: from executors, and from the tensor sweeper's thread when an idle tensor expires. */
 static void s_pool_free(void *ctx, void *p)
 {
-    (void)ctx;
+    s_cuda *c = ctx;
+    (void)s_bind(c);
     cudaFree(p);
 }
 
@@ -285,6 +384,12 @@ static void s_mem_free(titan_backend *be, void *dev, size_t bytes)
 {
     s_cuda *c = (s_cuda *)be;
     titan_devpool_put(c->pool, dev, bytes ? bytes : 1);
+}
+
+static size_t s_mem_footprint(titan_backend *be, size_t bytes)
+{
+    (void)be;
+    return titan_devpool_block_size(bytes ? bytes : 1);
 }
 
 /* One row block of C = A * B on stream s: row-major C[r0:r0+rows] = A[r0:r0+rows] * B is, in cuBLAS's
@@ -433,16 +538,21 @@ out:
     return rc;
 }
 
+/* The device's figures: NVML's (or cudaMemGetInfo's) sampled at most every S_STATS_INTERVAL_S, by one
+ * caller at a time and without the lock; the pool's read on every call, so that they are never stale. */
 static void s_stats(titan_backend *be, titan_device_stats *out)
 {
     s_cuda *c = (s_cuda *)be;
     double now = s_now();
-    pthread_mutex_lock(&c->lock);
-    if (now - c->t_stats >= S_STATS_INTERVAL_S) {
-        titan_device_stats st;
+    pthread_mutex_lock(&c->stats_lock);
+    bool due = now - c->t_stats >= S_STATS_INTERVAL_S;
+    if (due) c->t_stats = now; /* this caller samples; the others take the last figures meanwhile */
+    titan_device_stats st = c->last;
+    pthread_mutex_unlock(&c->stats_lock);
+    if (due) {
         memset(&st, 0, sizeof(st));
         titan_nvml_sample(c->nvml, &st);
-        if (!st.has_memory && !atomic_load(&c->poisoned) && cudaSetDevice(c->dev) == cudaSuccess) {
+        if (!st.has_memory && !atomic_load(&c->poisoned) && s_bind(c) == cudaSuccess) {
             size_t fr, tot;
             if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) {
                 st.has_memory = true;
@@ -450,17 +560,20 @@ static void s_stats(titan_backend *be, titan_device_stats *out)
                 st.memory_used_bytes = tot - fr;
             }
         }
-        titan_devpool_stats ps;
-        titan_devpool_get_stats(c->pool, &ps);
-        st.has_pool = true;
-        st.pool_held_bytes = ps.in_use_bytes + ps.cached_bytes;
-        st.pool_cached_bytes = ps.cached_bytes;
-        st.pool_device_allocs = ps.device_allocs;
+        pthread_mutex_lock(&c->stats_lock);
         c->last = st;
-        c->t_stats = now;
+        pthread_mutex_unlock(&c->stats_lock);
     }
-    *out = c->last;
-    pthread_mutex_unlock(&c->lock);
+    titan_devpool_stats ps;
+    titan_devpool_get_stats(c->pool, &ps);
+    uint64_t ws = atomic_load(&c->ws_bytes);
+    st.has_pool = true;
+    /* Workspaces from the pool are in its in-use bytes already; cuBLAS's own are added. */
+    st.pool_held_bytes = ps.in_use_bytes + ps.cached_bytes + (cublasSetWorkspace_v2 ? 0 : ws);
+    st.pool_cached_bytes = ps.cached_bytes;
+    st.pool_device_allocs = ps.device_allocs;
+    st.pool_workspace_bytes = ws;
+    *out = st;
 }
 
 static bool s_ready(titan_backend *be, char *why, size_t cap)
@@ -480,12 +593,13 @@ static void s_destroy(titan_backend *be)
     while (c->execs) {
         s_exec *x = c->execs;
         c->execs = x->next;
-        s_exec_free(x);
+        s_exec_free(c, x);
     }
     pthread_key_delete(c->exec_key);
     titan_devpool_destroy(&c->pool);
     titan_nvml_close(&c->nvml);
     pthread_mutex_destroy(&c->lock);
+    pthread_mutex_destroy(&c->stats_lock);
     free(c);
 }
 
@@ -500,7 +614,7 @@ static int s_self_test(s_cuda *c, char *errbuf, size_t errcap)
         return -EIO;
     }
     unsigned *dbuf = NULL, host[64];
-    cudaError_t e = cudaMalloc((void **)&dbuf, sizeof(host));
+    cudaError_t e = cudaMalloc((void **)&dbuf, sizeof(host)); /* s_exec_get bound the device */
     if (e == cudaSuccess) e = titan_cuda_probe_launch(x->stream[0], dbuf, 64);
     if (e == cudaSuccess) e = cudaMemcpyAsync(host, dbuf, sizeof(host), cudaMemcpyDeviceToHost, x->stream[0]);
     if (e == cudaSuccess) e = cudaStreamSynchronize(x->stream[0]);
@@ -579,13 +693,19 @@ int titan_backend_cuda_open(int index, const titan_cuda_opts *opts, titan_backen
     }
     s_cuda *c = calloc(1, sizeof(*c));
     if (!c) return -ENOMEM;
-    if (pthread_mutex_init(&c->lock, NULL) != 0 || pthread_key_create(&c->exec_key, NULL) != 0) {
+    if (pthread_mutex_init(&c->lock, NULL) != 0) {
+        free(c);
+        return -ENOMEM;
+    }
+    if (pthread_mutex_init(&c->stats_lock, NULL) != 0 || pthread_key_create(&c->exec_key, NULL) != 0) {
+        pthread_mutex_destroy(&c->lock);
         free(c);
         return -ENOMEM;
     }
     c->dev = index;
     c->total_bytes = p.totalGlobalMem;
     c->stage_bytes = S_STAGE_BYTES;
+    c->ws_bytes_per_handle = S_WORKSPACE_BYTES(p.major);
     const char *kb = getenv("TITAN_CUDA_STAGE_KB");
     if (kb && atol(kb) >= 4 && atol(kb) <= (1L << 20)) c->stage_bytes = (size_t)atol(kb) << 10;
     titan_backend *be = &c->be;
@@ -615,12 +735,17 @@ int titan_backend_cuda_open(int index, const titan_cuda_opts *opts, titan_backen
     be->matmul = s_matmul;
     be->mem_alloc = s_mem_alloc;
     be->mem_free = s_mem_free;
+    be->mem_footprint = s_mem_footprint;
     be->upload = s_upload;
     be->download = s_download;
     be->stats = s_stats;
     be->ready = s_ready;
     be->destroy = s_destroy;
+    /* Set aside for the executors' cuBLAS workspaces (two handles each): not for resident tensors. */
+    int execs = opts && opts->executors > 0 ? opts->executors : 1;
+    be->info.reserved_bytes = (uint64_t)execs * 2 * c->ws_bytes_per_handle;
     int rc = c->pool ? s_self_test(c, err, errcap) : -ENOMEM;
+    s_exec_release_current(c);
     if (rc) {
         if (rc == -ENOMEM) snprintf(err, errcap, "out of memory");
         s_destroy(be);
