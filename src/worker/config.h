@@ -1,4 +1,4 @@
-/* config.h - titan-worker settings from the command line and an optional config file. */
+/* config.h - titan-worker's settings once read: defaults, the config file and the command line (settings.c). */
 #ifndef TITAN_WORKER_CONFIG_H
 #define TITAN_WORKER_CONFIG_H
 
@@ -50,15 +50,6 @@ typedef struct {
     uint64_t pool_cache_mb;    /* CUDA: free device memory the pool keeps for reuse; 0: a quarter of the device */
 } titan_config;
 
-/* Sets the defaults. */
-void titan_config_init(titan_config *cfg);
-/* Frees what the config owns. */
-void titan_config_free(titan_config *cfg);
-
-/* Applies one setting by its long-option name ("bind", "threads"...). Returns 0,
- * -EINVAL with a message in err for a bad value, -ENOENT for an unknown name. */
-int titan_config_set(titan_config *cfg, const char *key, const char *value, char *err, size_t errcap);
-/* Reads "key = value" lines (# comments) from `path`. Returns 0 or -errno with err set. */
-int titan_config_load(titan_config *cfg, const char *path, char *err, size_t errcap);
+/* Filled, checked and freed by settings.h, whose table gives each field its option, range and default. */
 
 #endif
