@@ -1,10 +1,10 @@
-# Makefile - thin wrapper over Meson: `make`, `make run`, `make test`, `make bench`, `make fuzz`, `make soak`.
+# Makefile - thin wrapper over Meson: `make`, `make install`, `make run`, `make test`, `make bench`, `make fuzz`, `make soak`.
 BUILD ?= build
 MESON_OPTS ?=
 BIND ?= tcp://127.0.0.1:5555
 DEVICE ?= auto
 
-.PHONY: all deps run test test-asan bench bench-gpu fuzz soak clean format check-legacy-cuda
+.PHONY: all deps install run test test-asan bench bench-gpu fuzz soak clean format check-legacy-cuda
 
 # configure.sh sets the build directory up, or configures it afresh when packages changed since.
 all:
@@ -14,6 +14,13 @@ all:
 
 deps:
 	@scripts/deps.sh build
+
+# meson install: titan-worker and titan, libtitan.so.0 (and its libtitan.so link), include/titan/*.h and titan.pc
+# under the prefix (/usr/local unless MESON_OPTS=-Dprefix=DIR), where pkg-config, the linker and the Python
+# client's Router find them; then the linker's cache is refreshed. DESTDIR=DIR stages the tree there instead.
+install: all
+	meson install -C $(BUILD) --no-rebuild
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 run:
 	@scripts/deps.sh run

@@ -145,6 +145,11 @@ TITAN_API int titan_router_backend_status(titan_router *r, size_t i, titan_backe
 /* The name of a state: "closed", "open", "half-open". */
 TITAN_API const char *titan_breaker_state_name(titan_breaker_state s);
 
+/* sizeof the public struct named `name` ("titan_route_info", "titan_backend_status") as this library was
+ * built, or 0 for another name: bindings that mirror these structs (the Python client's ctypes layer)
+ * check it and refuse a library whose layout is not the one they know. */
+TITAN_API size_t titan_router_struct_size(const char *name);
+
 #ifdef __cplusplus
 }
 #endif

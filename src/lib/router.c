@@ -1046,3 +1046,11 @@ TITAN_API const char *titan_breaker_state_name(titan_breaker_state s)
     }
     return "unknown";
 }
+
+TITAN_API size_t titan_router_struct_size(const char *name)
+{
+    if (!name) return 0;
+    if (strcmp(name, "titan_route_info") == 0) return sizeof(titan_route_info);
+    if (strcmp(name, "titan_backend_status") == 0) return sizeof(titan_backend_status);
+    return 0;
+}

@@ -12,14 +12,26 @@ Resident tensors stay in the worker's memory between calls (PROTOCOL.md §5.7):
         ab = c.matmul(a, a, keep=True)                           # the product stays there too
         print(c.tensor_get(ab)[0, 0])                            # 512.0
         c.tensor_free_all()
+
+Routing across the backends of a compute_backends.yaml goes through libtitan's own router (a ctypes
+binding; libtitan is loaded when the first Router is made, so everything else works without it):
+
+    from titan_client import Router
+    with Router.from_file("compute_backends.yaml") as r:
+        c = r.matmul(a, b)                   # overflow, failover and the circuit breaker as in C
+        c = r.matmul(a, b, split=True)       # the rows divided among the healthy backends
+        print([(b.name, b.state, b.reason) for b in r.backends(probe=True)])
 """
 from .client import (Reply, TitanBadRequest, TitanBusy, TitanClient, TitanDeadline, TitanError, TitanNotFound,
                      TitanProtocolError, TitanQuotaExceeded, TitanShuttingDown, TitanTimeout, TitanTooLarge,
                      TitanUnauthorized, TitanUnknownOp, TitanUnsupported)
+from .router import (BackendStatus, RouteInfo, Router, TitanLibraryNotFound, TitanUnreachable, find_libtitan,
+                     matmul_tolerance)
 
 __version__ = "0.1.0"
 PROTOCOL = 1
 
 __all__ = ["Reply", "TitanClient", "TitanError", "TitanBusy", "TitanTimeout", "TitanDeadline", "TitanBadRequest",
            "TitanUnknownOp", "TitanUnsupported", "TitanTooLarge", "TitanShuttingDown", "TitanUnauthorized",
-           "TitanQuotaExceeded", "TitanNotFound", "TitanProtocolError", "__version__", "PROTOCOL"]
+           "TitanQuotaExceeded", "TitanNotFound", "TitanProtocolError", "Router", "RouteInfo", "BackendStatus",
+           "TitanUnreachable", "TitanLibraryNotFound", "find_libtitan", "matmul_tolerance", "__version__", "PROTOCOL"]
