@@ -2,30 +2,48 @@
  * on the CPU, so that the real cuda.c runs inside a real titan-worker on machines without a GPU
  * (tests/integration/test_cuda_fake.py). Linked into titan-backend-cuda-fake.so, never installed, never in
  * the shipped module. Compiled against the toolkit's own headers, so that the types and struct layouts
- * (cudaDeviceProp, the enums, cublas_v2.h's renames) are those cuda.c sees.
+ * (cudaDeviceProp, the enums, cublas_v2.h's renames) are those cuda.c sees. One translation unit: other
+ * fakes build it with #include and renames.
  *
- * The device: one "Fake GeForce GTX TITAN X", compute capability 5.2, 24 SMs, PCI 0000:01:00.0. Device
- * memory is host memory with a byte budget, filled with 0xff bytes (NaN) when allocated so that reads of
- * memory never written show up. Every device pointer handed to a copy, a GEMM or the probe kernel must lie
- * inside one live device allocation, else the call fails and counts as invalid (stderr says which).
+ * The devices: FAKE_CUDA_DEVICES (default 2) of "Fake GeForce GTX TITAN X", compute capability 5.2, 24 SMs,
+ * device d at PCI 0000:0{d+1}:00.0, each with its own memory budget. The current device is per thread
+ * (default 0), as in CUDA: cudaMalloc allocates on it, and streams and cuBLAS handles belong to the device
+ * current when they were made. Pinned host memory belongs to no device. Device memory is host memory with a
+ * byte budget, filled with 0xff bytes (NaN) when allocated so that reads of memory never written show up.
+ * Every device pointer handed to a copy, a GEMM or the probe kernel must lie inside one live device
+ * allocation, else the call fails and counts as invalid (stderr says which). One that lies on another device
+ * than the stream's or the handle's is what real CUDA answers with an illegal address (700): invalid, and
+ * the context is lost from then on (sticky; one flag for all devices, as a worker uses one). cudaFree of
+ * another device's pointer than the calling thread's current one is invalid (cudaErrorInvalidValue).
  *
  * Streams are in-order queues that run when the host waits for them (cudaStreamSynchronize, cudaFree,
- * cudaFreeHost, cudaStreamDestroy) - the latest moment real CUDA may run them - so that a host read of a
- * pinned buffer before the wait, or a pinned buffer refilled while a copy from it is queued, gives wrong
- * numbers here too. Copies from or to pageable memory are synchronous, as in CUDA. FAKE_CUDA_SYNC=1 runs
- * every operation at once instead.
+ * cudaFreeHost, cudaStreamDestroy, cudaDeviceSynchronize) - the latest moment real CUDA may run them - so
+ * that a host read of a pinned buffer before the wait, or a pinned buffer refilled while a copy from it is
+ * queued, gives wrong numbers here too. Copies from or to pageable memory are synchronous, as in CUDA.
+ * FAKE_CUDA_SYNC=1 runs every operation at once instead.
+ *
+ * Locks: where cuda.c and devpool.c are built with fake_lockdep.h (the module), the mutexes they take are
+ * tracked. A lock-order inversion is reported on stderr (fake_lockdep.c), and a call that waits for the
+ * device (cudaMalloc, cudaFree, cudaFreeHost, cudaStreamSynchronize, cudaStreamDestroy,
+ * cudaDeviceSynchronize, cublasDestroy) made while the thread holds a tracked mutex is an invalid call: it
+ * stalls every thread that wants the mutex. Without fake_lockdep.c linked in, neither is checked.
  *
  * Environment:
- *   FAKE_CUDA_MEM_MB=N           device memory, MiB (default 1024)
+ *   FAKE_CUDA_DEVICES=N          how many devices, 1 to 4 (default 2)
+ *   FAKE_CUDA_MEM_MB=N           each device's memory, MiB (default 1024)
  *   FAKE_CUDA_NO_DEVICE=1        cudaGetDeviceCount answers cudaErrorNoDevice
  *   FAKE_CUDA_NO_KERNEL=1        the probe kernel answers cudaErrorNoKernelImageForDevice
  *   FAKE_CUDA_STICKY_AFTER=N     the (N+1)-th GEMM call (the start's self-test counts) fails with
  *                                CUBLAS_STATUS_EXECUTION_FAILED and poisons the context: from then on every
  *                                runtime call answers cudaErrorIllegalAddress, every cuBLAS call fails
+ *   FAKE_CUDA_STICKY_MALLOC_AFTER=N  the (N+1)-th cudaMalloc (the start's count) fails with
+ *                                cudaErrorIllegalAddress and poisons the context the same way
+ *   FAKE_CUDA_HOSTALLOC_FAIL=1   cudaHostAlloc answers cudaErrorMemoryAllocation (no pinned memory)
  *   FAKE_CUDA_RUNTIME_VERSION=V  what cudaRuntimeGetVersion says (default 11080: "11.8")
  *   FAKE_CUDA_DRIVER_VERSION=V   what cudaDriverGetVersion says (default 11040: "11.4", a 470 driver)
  *   FAKE_CUDA_SYNC=1             run stream work at once
- *   FAKE_CUDA_REPORT=PATH        at exit, append one JSON line of counters (live allocations, invalid calls...) */
+ *   FAKE_CUDA_REPORT=PATH        at exit, append one JSON line of counters (live allocations, invalid calls,
+ *                                per device, pinned buffers at most at once, lock inversions...) */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -39,8 +57,15 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#define FAKE_LOCKDEP_NO_WRAP /* the fake's own locks are not checked */
+#include "fake_lockdep.h"
+
+/* fake_lockdep.c is linked into the module, beside cuda.c; where it is not, these are NULL. */
+#pragma weak fake_lockdep_held
+#pragma weak fake_lockdep_inversions
+
 #define S_NAME "Fake GeForce GTX TITAN X"
-#define S_PCI "0000:01:00.0"
+#define S_MAX_DEVICES 4
 #define S_MAGIC_STREAM 0x5354524du
 #define S_MAGIC_EVENT 0x45564e54u
 #define S_MAGIC_BLAS 0x424c4153u
@@ -48,9 +73,10 @@
 /* ---- configuration, read once ---- */
 
 static pthread_once_t s_once = PTHREAD_ONCE_INIT;
-static uint64_t s_budget;
-static bool s_no_device, s_no_kernel, s_sync;
-static long s_sticky_after = -1;
+static uint64_t s_budget; /* per device */
+static int s_ndev = 2;
+static bool s_no_device, s_no_kernel, s_sync, s_hostalloc_fail;
+static long s_sticky_after = -1, s_sticky_malloc_after = -1;
 static int s_runtime_version = 11080, s_driver_version = 11040;
 
 static long s_env_long(const char *name, long dflt)
@@ -66,10 +92,18 @@ static void s_init(void)
 {
     long mb = s_env_long("FAKE_CUDA_MEM_MB", 1024);
     s_budget = (uint64_t)(mb > 0 ? mb : 1024) << 20;
+    long nd = s_env_long("FAKE_CUDA_DEVICES", 2);
+    if (nd < 1 || nd > S_MAX_DEVICES) {
+        fprintf(stderr, "fake_cuda: FAKE_CUDA_DEVICES=%ld is not 1 to %d: 2 devices\n", nd, S_MAX_DEVICES);
+        nd = 2;
+    }
+    s_ndev = (int)nd;
     s_no_device = s_env_long("FAKE_CUDA_NO_DEVICE", 0) != 0;
     s_no_kernel = s_env_long("FAKE_CUDA_NO_KERNEL", 0) != 0;
     s_sync = s_env_long("FAKE_CUDA_SYNC", 0) != 0;
+    s_hostalloc_fail = s_env_long("FAKE_CUDA_HOSTALLOC_FAIL", 0) != 0;
     s_sticky_after = s_env_long("FAKE_CUDA_STICKY_AFTER", -1);
+    s_sticky_malloc_after = s_env_long("FAKE_CUDA_STICKY_MALLOC_AFTER", -1);
     s_runtime_version = (int)s_env_long("FAKE_CUDA_RUNTIME_VERSION", 11080);
     s_driver_version = (int)s_env_long("FAKE_CUDA_DRIVER_VERSION", 11040);
 }
@@ -81,7 +115,7 @@ static void s_init(void)
 typedef struct s_alloc {
     char *p;
     size_t size;
-    bool device; /* else pinned host memory */
+    int dev; /* the device it lies on; -1: pinned host memory */
     struct s_alloc *next;
 } s_alloc;
 
@@ -105,6 +139,7 @@ typedef struct {
 
 struct CUstream_st {
     unsigned magic;
+    int dev; /* current when it was made */
     pthread_mutex_t lock;
     s_op *ops;
     size_t nops, cap;
@@ -117,29 +152,50 @@ struct CUevent_st {
 
 struct cublasContext {
     unsigned magic;
+    int dev; /* current when it was made: its kernels run there */
     cudaStream_t stream;
 };
 
 static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER; /* allocations, streams, counters */
 static s_alloc *s_allocs;
 static struct CUstream_st *s_streams;
-static uint64_t s_used, s_peak;
-static long s_dev_live, s_pinned_live, s_streams_live, s_events_live, s_handles_live;
-static long s_dev_allocs_total, s_oom_count;
-static atomic_long s_invalid, s_gemms;
+static uint64_t s_used[S_MAX_DEVICES], s_peak; /* s_peak: the most any one device had in use */
+static long s_dev_live[S_MAX_DEVICES], s_dev_allocs_total[S_MAX_DEVICES];
+static long s_pinned_live, s_pinned_peak, s_streams_live, s_events_live, s_handles_live;
+static long s_oom_count;
+static atomic_long s_invalid, s_gemms, s_mallocs, s_locked_waits, s_cross_device;
 static atomic_bool s_sticky;
 static __thread cudaError_t t_last;
+static __thread int t_dev; /* the calling thread's current device (cudaSetDevice) */
+
+static void s_vbad(const char *fmt, va_list ap)
+{
+    atomic_fetch_add(&s_invalid, 1);
+    fprintf(stderr, "fake_cuda: invalid call: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+}
 
 static void s_bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void s_bad(const char *fmt, ...)
 {
-    atomic_fetch_add(&s_invalid, 1);
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "fake_cuda: invalid call: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
+    s_vbad(fmt, ap);
     va_end(ap);
+}
+
+/* Work on one device that touches another device's memory: on a GPU the kernel or copy faults with an
+ * illegal address, and the context is lost. An invalid call, and sticky from here on. */
+static void s_cross(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void s_cross(const char *fmt, ...)
+{
+    atomic_fetch_add(&s_cross_device, 1);
+    va_list ap;
+    va_start(ap, fmt);
+    s_vbad(fmt, ap);
+    va_end(ap);
+    atomic_store(&s_sticky, true);
 }
 
 static cudaError_t s_err(cudaError_t e)
@@ -148,12 +204,24 @@ static cudaError_t s_err(cudaError_t e)
     return e;
 }
 
+/* A call that waits for the device while the calling thread holds one of cuda.c's or devpool.c's mutexes:
+ * every thread that wants the mutex waits for the device too (the ZeroMQ loop, the other executors). */
+static void s_check_unlocked(const char *fn)
+{
+    if (!fake_lockdep_held) return;
+    char site[128];
+    if (fake_lockdep_held(site, sizeof(site)) > 0) {
+        atomic_fetch_add(&s_locked_waits, 1);
+        s_bad("%s while holding the lock taken at %s", fn, site);
+    }
+}
+
 /* The allocation holding [p, p+n) of the given kind (lock held), or NULL. */
 static s_alloc *s_find_locked(const void *p, size_t n, bool device)
 {
     const char *c = p;
     for (s_alloc *a = s_allocs; a; a = a->next) {
-        if (a->device != device) continue;
+        if ((a->dev >= 0) != device) continue;
         if (c >= a->p && c < a->p + a->size) return (n <= (size_t)(a->p + a->size - c)) ? a : NULL;
     }
     return NULL;
@@ -171,6 +239,16 @@ static bool s_in(const void *p, size_t n, bool device)
 static bool s_is_device(const void *p)
 {
     return s_in(p, 1, true);
+}
+
+/* The device that the device allocation holding p lies on, or -1. */
+static int s_dev_of(const void *p)
+{
+    pthread_mutex_lock(&s_lock);
+    s_alloc *a = s_find_locked(p, 1, true);
+    int d = a ? a->dev : -1;
+    pthread_mutex_unlock(&s_lock);
+    return d;
 }
 
 /* ---- stream work ---- */
@@ -204,11 +282,13 @@ static void s_flush(struct CUstream_st *s)
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Runs every stream's queued work (CUDA's implicit device synchronization of cudaFree and cudaFreeHost). */
-static void s_flush_all(void)
+/* Runs the queued work of every stream of device `dev` (-1: of every device): CUDA's implicit device
+ * synchronization (cudaFree, cudaFreeHost, cudaDeviceSynchronize, cublasDestroy). */
+static void s_flush_dev(int dev)
 {
     pthread_mutex_lock(&s_lock);
-    for (struct CUstream_st *s = s_streams; s; s = s->next) s_flush(s);
+    for (struct CUstream_st *s = s_streams; s; s = s->next)
+        if (dev < 0 || s->dev == dev) s_flush(s);
     pthread_mutex_unlock(&s_lock);
 }
 
@@ -222,12 +302,18 @@ static bool s_stream_ok(cudaStream_t s)
     return ok && s->magic == S_MAGIC_STREAM;
 }
 
+/* The device a (valid) stream's work runs on: the legacy default stream is the current device's. */
+static int s_stream_dev(cudaStream_t s)
+{
+    return s ? s->dev : t_dev;
+}
+
 /* Queues o on s (or runs it now: the default stream, FAKE_CUDA_SYNC). */
 static cudaError_t s_enqueue(cudaStream_t s, const s_op *o)
 {
     if (!s || s_sync) {
         if (s) s_flush(s);
-        else s_flush_all();
+        else s_flush_dev(t_dev);
         s_run_op(o);
         return cudaSuccess;
     }
@@ -257,7 +343,7 @@ cudaError_t cudaGetDeviceCount(int *count)
         *count = 0;
         return s_err(cudaErrorNoDevice);
     }
-    *count = 1;
+    *count = s_ndev;
     return cudaSuccess;
 }
 
@@ -266,7 +352,17 @@ cudaError_t cudaSetDevice(int device)
     S_INIT();
     if (atomic_load(&s_sticky)) return s_err(cudaErrorIllegalAddress);
     if (s_no_device) return s_err(cudaErrorNoDevice);
-    if (device != 0) return s_err(cudaErrorInvalidDevice);
+    if (device < 0 || device >= s_ndev) return s_err(cudaErrorInvalidDevice);
+    t_dev = device;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *device)
+{
+    S_INIT();
+    if (!device) return s_err(cudaErrorInvalidValue);
+    if (s_no_device) return s_err(cudaErrorNoDevice);
+    *device = t_dev;
     return cudaSuccess;
 }
 
@@ -274,7 +370,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device)
 {
     S_INIT();
     if (s_no_device) return s_err(cudaErrorNoDevice);
-    if (device != 0) return s_err(cudaErrorInvalidDevice);
+    if (device < 0 || device >= s_ndev) return s_err(cudaErrorInvalidDevice);
     if (!prop) return s_err(cudaErrorInvalidValue);
     memset(prop, 0, sizeof(*prop));
     snprintf(prop->name, sizeof(prop->name), "%s", S_NAME);
@@ -283,7 +379,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device)
     prop->minor = 2;
     prop->multiProcessorCount = 24;
     prop->pciDomainID = 0;
-    prop->pciBusID = 1;
+    prop->pciBusID = device + 1;
     prop->pciDeviceID = 0;
     prop->warpSize = 32;
     prop->maxThreadsPerBlock = 1024;
@@ -293,9 +389,9 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device)
 cudaError_t cudaDeviceGetPCIBusId(char *pciBusId, int len, int device)
 {
     S_INIT();
-    if (device != 0) return s_err(cudaErrorInvalidDevice);
-    if (!pciBusId || len < (int)sizeof(S_PCI)) return s_err(cudaErrorInvalidValue);
-    snprintf(pciBusId, (size_t)len, "%s", S_PCI);
+    if (device < 0 || device >= s_ndev) return s_err(cudaErrorInvalidDevice);
+    if (!pciBusId || len < (int)sizeof("0000:01:00.0")) return s_err(cudaErrorInvalidValue);
+    snprintf(pciBusId, (size_t)len, "0000:%02x:00.0", device + 1);
     return cudaSuccess;
 }
 
@@ -320,16 +416,24 @@ cudaError_t cudaMalloc(void **p, size_t size)
     S_INIT();
     if (atomic_load(&s_sticky)) return s_err(cudaErrorIllegalAddress);
     if (!p) return s_err(cudaErrorInvalidValue);
+    s_check_unlocked("cudaMalloc");
     *p = NULL;
+    long nth = atomic_fetch_add(&s_mallocs, 1) + 1;
+    if (s_sticky_malloc_after >= 0 && nth > s_sticky_malloc_after) {
+        /* An earlier kernel's fault, reported by the next call that asks the driver. */
+        atomic_store(&s_sticky, true);
+        return s_err(cudaErrorIllegalAddress);
+    }
     if (size == 0) return cudaSuccess;
+    int d = t_dev;
     size_t rounded = (size + 255) & ~(size_t)255;
     pthread_mutex_lock(&s_lock);
-    if (rounded > s_budget - s_used) {
+    if (rounded > s_budget - s_used[d]) {
         s_oom_count++;
         pthread_mutex_unlock(&s_lock);
         return s_err(cudaErrorMemoryAllocation);
     }
-    s_used += rounded;
+    s_used[d] += rounded;
     pthread_mutex_unlock(&s_lock);
     s_alloc *a = malloc(sizeof(*a));
     char *mem = aligned_alloc(256, rounded);
@@ -337,20 +441,20 @@ cudaError_t cudaMalloc(void **p, size_t size)
         free(a);
         free(mem);
         pthread_mutex_lock(&s_lock);
-        s_used -= rounded;
+        s_used[d] -= rounded;
         pthread_mutex_unlock(&s_lock);
         return s_err(cudaErrorMemoryAllocation);
     }
     memset(mem, 0xff, rounded); /* NaN in both dtypes: what is read before it is written shows */
     a->p = mem;
     a->size = size;
-    a->device = true;
+    a->dev = d;
     pthread_mutex_lock(&s_lock);
     a->next = s_allocs;
     s_allocs = a;
-    if (s_used > s_peak) s_peak = s_used;
-    s_dev_live++;
-    s_dev_allocs_total++;
+    if (s_used[d] > s_peak) s_peak = s_used[d];
+    s_dev_live[d]++;
+    s_dev_allocs_total[d]++;
     pthread_mutex_unlock(&s_lock);
     *p = mem;
     return cudaSuccess;
@@ -361,13 +465,13 @@ static bool s_release(void *p, bool device)
 {
     pthread_mutex_lock(&s_lock);
     s_alloc **pp = &s_allocs;
-    while (*pp && !((*pp)->p == p && (*pp)->device == device)) pp = &(*pp)->next;
+    while (*pp && !((*pp)->p == p && ((*pp)->dev >= 0) == device)) pp = &(*pp)->next;
     s_alloc *a = *pp;
     if (a) {
         *pp = a->next;
         if (device) {
-            s_used -= (a->size + 255) & ~(size_t)255;
-            s_dev_live--;
+            s_used[a->dev] -= (a->size + 255) & ~(size_t)255;
+            s_dev_live[a->dev]--;
         } else {
             s_pinned_live--;
         }
@@ -383,11 +487,24 @@ cudaError_t cudaFree(void *p)
 {
     S_INIT();
     if (!p) return cudaSuccess;
-    s_flush_all();
-    if (!s_release(p, true)) {
+    s_check_unlocked("cudaFree");
+    int d = -1;
+    pthread_mutex_lock(&s_lock);
+    for (s_alloc *a = s_allocs; a && d < 0; a = a->next)
+        if (a->dev >= 0 && a->p == p) d = a->dev;
+    pthread_mutex_unlock(&s_lock);
+    if (d < 0) {
         s_bad("cudaFree(%p): not a device allocation", p);
         return s_err(cudaErrorInvalidValue);
     }
+    if (d != t_dev) {
+        /* Freed through the wrong context: a thread that never called cudaSetDevice is on device 0. */
+        s_bad("cudaFree(%p): an allocation on device %d, but the calling thread's current device is %d", p, d,
+              t_dev);
+        return s_err(cudaErrorInvalidValue);
+    }
+    s_flush_dev(d);
+    s_release(p, true);
     return atomic_load(&s_sticky) ? s_err(cudaErrorIllegalAddress) : cudaSuccess;
 }
 
@@ -397,6 +514,7 @@ cudaError_t cudaHostAlloc(void **p, size_t size, unsigned int flags)
     (void)flags;
     if (atomic_load(&s_sticky)) return s_err(cudaErrorIllegalAddress);
     if (!p || size == 0) return s_err(cudaErrorInvalidValue);
+    if (s_hostalloc_fail) return s_err(cudaErrorMemoryAllocation);
     s_alloc *a = malloc(sizeof(*a));
     char *mem = aligned_alloc(4096, (size + 4095) & ~(size_t)4095);
     if (!a || !mem) {
@@ -407,11 +525,11 @@ cudaError_t cudaHostAlloc(void **p, size_t size, unsigned int flags)
     memset(mem, 0xff, size);
     a->p = mem;
     a->size = size;
-    a->device = false;
+    a->dev = -1;
     pthread_mutex_lock(&s_lock);
     a->next = s_allocs;
     s_allocs = a;
-    s_pinned_live++;
+    if (++s_pinned_live > s_pinned_peak) s_pinned_peak = s_pinned_live;
     pthread_mutex_unlock(&s_lock);
     *p = mem;
     return cudaSuccess;
@@ -421,7 +539,8 @@ cudaError_t cudaFreeHost(void *p)
 {
     S_INIT();
     if (!p) return cudaSuccess;
-    s_flush_all();
+    s_check_unlocked("cudaFreeHost");
+    s_flush_dev(-1);
     if (!s_release(p, false)) {
         s_bad("cudaFreeHost(%p): not from cudaHostAlloc", p);
         return s_err(cudaErrorInvalidValue);
@@ -435,9 +554,18 @@ cudaError_t cudaMemGetInfo(size_t *fr, size_t *total)
     if (atomic_load(&s_sticky)) return s_err(cudaErrorIllegalAddress);
     if (!fr || !total) return s_err(cudaErrorInvalidValue);
     pthread_mutex_lock(&s_lock);
-    *fr = s_budget - s_used;
+    *fr = s_budget - s_used[t_dev];
     *total = s_budget;
     pthread_mutex_unlock(&s_lock);
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize(void)
+{
+    S_INIT();
+    if (atomic_load(&s_sticky)) return s_err(cudaErrorIllegalAddress);
+    s_check_unlocked("cudaDeviceSynchronize");
+    s_flush_dev(t_dev);
     return cudaSuccess;
 }
 
@@ -450,6 +578,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *ps, unsigned int flags)
     struct CUstream_st *s = calloc(1, sizeof(*s));
     if (!s) return s_err(cudaErrorMemoryAllocation);
     s->magic = S_MAGIC_STREAM;
+    s->dev = t_dev;
     pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_lock(&s_lock);
     s->next = s_streams;
@@ -467,6 +596,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s)
         s_bad("cudaStreamDestroy(%p): not a stream", (void *)s);
         return s_err(cudaErrorInvalidResourceHandle);
     }
+    s_check_unlocked("cudaStreamDestroy");
     s_flush(s);
     pthread_mutex_lock(&s_lock);
     struct CUstream_st **pp = &s_streams;
@@ -489,8 +619,9 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s)
         s_bad("cudaStreamSynchronize(%p): not a stream", (void *)s);
         return s_err(cudaErrorInvalidResourceHandle);
     }
+    s_check_unlocked("cudaStreamSynchronize");
     if (s) s_flush(s);
-    else s_flush_all();
+    else s_flush_dev(t_dev);
     return cudaSuccess;
 }
 
@@ -558,12 +689,22 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaM
               src_dev ? "not inside one device allocation" : "device memory, but the kind says host");
         return s_err(cudaErrorInvalidValue);
     }
+    int sd = s_stream_dev(stream);
+    for (int i = 0; i < 2; i++) {
+        const void *q = i ? src : dst;
+        int d = (i ? src_dev : dst_dev) ? s_dev_of(q) : sd;
+        if (d != sd) {
+            s_cross("cudaMemcpyAsync: the %s %p lies on device %d, the stream %p on device %d",
+                    i ? "source" : "destination", q, d, (void *)stream, sd);
+            return s_err(cudaErrorIllegalAddress);
+        }
+    }
     s_op o = {.kind = S_OP_COPY, .dst = dst, .src = src, .bytes = count};
     /* Pageable host memory: CUDA copies it before returning (after the stream's earlier work). */
     bool pageable = (!dst_dev && !s_in(dst, count, false)) || (!src_dev && !s_in(src, count, false));
     if (pageable) {
         if (stream) s_flush(stream);
-        else s_flush_all();
+        else s_flush_dev(t_dev);
         s_run_op(&o);
         return cudaSuccess;
     }
@@ -634,6 +775,11 @@ cudaError_t titan_cuda_probe_launch(cudaStream_t stream, unsigned *buf, unsigned
         s_bad("probe launch: %p + %u words is not inside one device allocation", (void *)buf, n);
         return cudaErrorInvalidValue;
     }
+    if (n && s_dev_of(buf) != s_stream_dev(stream)) {
+        s_cross("probe launch: the buffer %p lies on device %d, the stream %p on device %d", (void *)buf,
+                s_dev_of(buf), (void *)stream, s_stream_dev(stream));
+        return cudaErrorIllegalAddress;
+    }
     s_op o = {.kind = S_OP_PROBE, .buf = buf, .count = n};
     return s_enqueue(stream, &o);
 }
@@ -648,6 +794,7 @@ cublasStatus_t cublasCreate_v2(cublasHandle_t *h)
     struct cublasContext *c = calloc(1, sizeof(*c));
     if (!c) return CUBLAS_STATUS_ALLOC_FAILED;
     c->magic = S_MAGIC_BLAS;
+    c->dev = t_dev;
     pthread_mutex_lock(&s_lock);
     s_handles_live++;
     pthread_mutex_unlock(&s_lock);
@@ -662,8 +809,9 @@ cublasStatus_t cublasDestroy_v2(cublasHandle_t h)
         s_bad("cublasDestroy(%p): not a handle", (void *)h);
         return CUBLAS_STATUS_NOT_INITIALIZED;
     }
+    s_check_unlocked("cublasDestroy");
     /* cuBLAS documents an implicit cudaDeviceSynchronize here; the handle's stream may be gone already. */
-    s_flush_all();
+    s_flush_dev(h->dev);
     h->magic = 0;
     free(h);
     pthread_mutex_lock(&s_lock);
@@ -681,6 +829,11 @@ cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s)
     }
     if (!s_stream_ok(s)) {
         s_bad("cublasSetStream: %p is not a stream", (void *)s);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    if (s && s->dev != h->dev) {
+        s_bad("cublasSetStream: the stream %p is on device %d, the handle %p on device %d", (void *)s, s->dev,
+              (void *)h, h->dev);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
     h->stream = s;
@@ -728,6 +881,19 @@ static cublasStatus_t s_gemm(bool f64, cublasHandle_t h, cublasOperation_t ta, c
               fn, A, m, k, lda, B, k, n, ldb, C, m, n, ldc);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
+    if (m && n) {
+        const void *ops[3] = {A, B, C};
+        for (int i = 0; i < 3; i++) {
+            if (i < 2 && k == 0) continue; /* no element of A or B is read */
+            int d = s_dev_of(ops[i]);
+            if (d != h->dev) {
+                /* The kernel runs where the handle was made; the error shows when the runtime is asked. */
+                s_cross("%s: %c %p lies on device %d, the handle %p on device %d", fn, "ABC"[i], ops[i], d,
+                        (void *)h, h->dev);
+                return CUBLAS_STATUS_EXECUTION_FAILED;
+            }
+        }
+    }
     s_op o = {.kind = S_OP_GEMM, .f64 = f64, .m = m, .n = n, .k = k, .lda = lda, .ldb = ldb, .ldc = ldc,
               .alpha = alpha, .beta = beta, .A = A, .B = B, .C = C};
     return s_enqueue(h->stream, &o) == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
@@ -751,6 +917,13 @@ cublasStatus_t cublasDgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOper
 
 /* ---- the report ---- */
 
+static void s_json_longs(FILE *f, const char *key, const long *v)
+{
+    fprintf(f, ",\"%s\":[", key);
+    for (int d = 0; d < s_ndev; d++) fprintf(f, "%s%ld", d ? "," : "", v[d]);
+    fprintf(f, "]");
+}
+
 __attribute__((destructor)) static void s_report(void)
 {
     const char *path = getenv("FAKE_CUDA_REPORT");
@@ -758,13 +931,29 @@ __attribute__((destructor)) static void s_report(void)
     FILE *f = fopen(path, "a");
     if (!f) return;
     pthread_mutex_lock(&s_lock);
+    uint64_t used = 0;
+    long live = 0, total = 0;
+    for (int d = 0; d < s_ndev; d++) {
+        used += s_used[d];
+        live += s_dev_live[d];
+        total += s_dev_allocs_total[d];
+    }
     fprintf(f,
-            "{\"device_bytes_in_use\":%llu,\"device_allocs_live\":%ld,\"pinned_live\":%ld,\"streams_live\":%ld,"
-            "\"events_live\":%ld,\"handles_live\":%ld,\"device_allocs_total\":%ld,\"peak_bytes\":%llu,"
-            "\"oom\":%ld,\"gemm_calls\":%ld,\"invalid_calls\":%ld,\"sticky\":%s}\n",
-            (unsigned long long)s_used, s_dev_live, s_pinned_live, s_streams_live, s_events_live, s_handles_live,
-            s_dev_allocs_total, (unsigned long long)s_peak, s_oom_count, atomic_load(&s_gemms),
-            atomic_load(&s_invalid), atomic_load(&s_sticky) ? "true" : "false");
+            "{\"devices\":%d,\"device_bytes_in_use\":%llu,\"device_allocs_live\":%ld,\"pinned_live\":%ld,"
+            "\"pinned_peak\":%ld,\"streams_live\":%ld,\"events_live\":%ld,\"handles_live\":%ld,"
+            "\"device_allocs_total\":%ld,\"peak_bytes\":%llu,\"oom\":%ld,\"gemm_calls\":%ld,\"malloc_calls\":%ld,"
+            "\"invalid_calls\":%ld,\"cross_device\":%ld,\"locked_waits\":%ld,\"sticky\":%s",
+            s_ndev, (unsigned long long)used, live, s_pinned_live, s_pinned_peak, s_streams_live, s_events_live,
+            s_handles_live, total, (unsigned long long)s_peak, s_oom_count, atomic_load(&s_gemms),
+            atomic_load(&s_mallocs), atomic_load(&s_invalid), atomic_load(&s_cross_device),
+            atomic_load(&s_locked_waits), atomic_load(&s_sticky) ? "true" : "false");
+    s_json_longs(f, "device_allocs_total_by_device", s_dev_allocs_total);
+    s_json_longs(f, "device_allocs_live_by_device", s_dev_live);
+    /* null where fake_lockdep.c is not linked in: nothing was checked */
+    if (fake_lockdep_inversions)
+        fprintf(f, ",\"lock_inversions\":%ld}\n", fake_lockdep_inversions());
+    else
+        fprintf(f, ",\"lock_inversions\":null}\n");
     pthread_mutex_unlock(&s_lock);
     fclose(f);
 }

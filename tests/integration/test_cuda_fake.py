@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """test_cuda_fake.py - the CUDA backend (src/worker/backends/cuda.c, devpool.c, nvml.c, cuda_err.c) through a real
 titan-worker on machines without a GPU: tests/fake_cuda builds the same sources into titan-backend-cuda-fake.so
-over a fake CUDA runtime and cuBLAS that compute on the CPU (fake_cuda.c: device memory with a byte budget, stream
-work that runs only when the host waits for it, every device pointer checked against live allocations, fault
-injection), and fake-nvml.so with fixed figures. The worker loads them through $TITAN_CUDA_MODULE and
-$TITAN_NVML_LIBRARY.
+over a fake CUDA runtime and cuBLAS that compute on the CPU (fake_cuda.c: two devices by default, each with a
+byte budget, a current device per thread, stream work that runs only when the host waits for it, every device
+pointer checked against live allocations and against the device of the stream or handle that uses it, fault
+injection; fake_lockdep.c: lock-order inversions in cuda.c and devpool.c, and device waits under their locks),
+and fake-nvml.so with fixed figures. The worker loads them through $TITAN_CUDA_MODULE and $TITAN_NVML_LIBRARY.
 
 Covers: --device cuda and --device auto (auto takes the module when TITAN_CUDA_MODULE is set), the startup log,
 ping, ops and gpu_info (NVML's figures, power_w null, the pool's stats; the runtime's figures without NVML);
@@ -13,8 +14,13 @@ buffers (TITAN_CUDA_STAGE_KB=64) with odd remainders and rows wider than a buffe
 refs, mixed ref/host operands, keep, tensor_get); concurrent requests on 4 executors; the pool's steady state (no
 device allocation per request); out of memory (too_large when the request can never fit, device_error beside
 resident tensors, then recovery); no device and no kernel image (--device cuda fails and says why, auto falls back
-to the CPU); a poisoned context (device_error, /readyz 503, gpu_info ready false, ping still answers); and, from
-the fake's exit report, no invalid CUDA call and nothing left allocated after a clean stop.
+to the CPU); a poisoned context (device_error, /readyz 503, gpu_info ready false, ping still answers); --device
+cuda:1 (everything on the second device, nothing on the first); a sticky error from cudaMalloc inside the pool
+while gpu_info and /metrics poll (no lock inversion, no hang); the pool's figures read fresh on every gpu_info;
+cudaHostAlloc failing (pinned host memory, not "GPU out of memory"); one executor's pinned buffers only (the
+start's are given back); and, from the fake's exit report, no invalid CUDA call, no lock inversion, no device
+wait under a lock, no allocation on another device than the worker's, and nothing left allocated after a clean
+stop.
 
 Usage: test_cuda_fake.py titan-worker titan-backend-cuda-fake.so fake-nvml.so   (prints TAP)
        test_cuda_fake.py titan-worker --skip REASON                           (prints a TAP skip plan)"""
@@ -24,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 
@@ -49,9 +56,9 @@ NVML_TOTAL, NVML_USED = 12884901888, 536870912
 # fake_cuda.c's defaults.
 RUNTIME_VERSION = "11.8"  # cudaRuntimeGetVersion: 11080
 DRIVER_CUDA = "CUDA 11.4"  # cudaDriverGetVersion: 11040, what the worker says without NVML
-STATS_WAIT = 0.6  # cuda.c samples the device figures at most every 0.5 s
+STATS_WAIT = 0.6  # cuda.c samples NVML's and cudaMemGetInfo's figures at most every 0.5 s (the pool's: every call)
 
-reports = []  # (what, report path, expect a clean stop)
+reports = []  # (what, report path, expect a clean stop, the worker's device index)
 
 
 def fenv(report=None, **kw):
@@ -66,10 +73,18 @@ def fenv(report=None, **kw):
     return e
 
 
-def report_path(what, clean=True):
+def report_path(what, clean=True, device=0):
     p = os.path.join(tmp, f"report-{len(reports)}.json")
-    reports.append((what, p, clean))
+    reports.append((what, p, clean, device))
     return p
+
+
+def read_report(path):
+    """The fake's exit report (the last line written to path), or None when the process wrote none."""
+    if not os.path.exists(path):
+        return None
+    lines = [line for line in open(path) if line.strip()]
+    return json.loads(lines[-1]) if lines else None
 
 
 class Client:
@@ -129,7 +144,8 @@ def close_to(got, a, b):
     return err <= tol, f"max error {err:g} > {tol:g}"
 
 
-def gpu_info(c, wait=True):
+def gpu_info(c, wait=False):
+    """gpu_info; wait=True first sleeps past the sampling interval of NVML's and cudaMemGetInfo's figures."""
     if wait:
         time.sleep(STATS_WAIT)
     return c.call({"op": "gpu_info"})[0]
@@ -336,7 +352,7 @@ def pool_steady_state(c):
     for _ in range(20):
         r, got = mm_binary(c, a, b)
         fails += not close_to(got, a, b)[0]
-    gi2 = gpu_info(c)
+    gi2 = gpu_info(c)  # no wait: the pool's figures are read on every call
     p1, p2 = gi1.get("memory_pool", {}), gi2.get("memory_pool", {})
     tap.ok(fails == 0 and p1.get("device_allocs", 0) > 0 and p1.get("device_allocs") == p2.get("device_allocs"),
            "pool: 20 more of the same product make no device allocation (device_allocs stays "
@@ -455,9 +471,12 @@ def no_device():
            "FAKE_CUDA_NO_DEVICE, --device auto: falls back to the CPU and logs why", f"{log}\n{gi}\n{r}")
     c.close()
     w.stop()
-    rc, out = run_fail(["--device", "cuda:1"], fenv(report_path("cuda:1")))
-    tap.ok(rc != 0 and "no CUDA device 1" in out, "--device cuda:1 on a machine with one GPU: exits non-zero",
-           f"rc={rc}\n{out}")
+    rc, out = run_fail(["--device", "cuda:1"], fenv(report_path("cuda:1, one device"), FAKE_CUDA_DEVICES=1))
+    tap.ok(rc != 0 and "no CUDA device 1" in out and "has 1" in out,
+           "--device cuda:1 on a machine with one GPU (FAKE_CUDA_DEVICES=1): exits non-zero", f"rc={rc}\n{out}")
+    rc, out = run_fail(["--device", "cuda:2"], fenv(report_path("cuda:2, two devices")))
+    tap.ok(rc != 0 and "no CUDA device 2" in out and "has 2" in out and "cuda:0 to cuda:1" in out,
+           "--device cuda:2 on a machine with two GPUs: exits non-zero, names cuda:0 to cuda:1", f"rc={rc}\n{out}")
 
 
 def no_kernel():
@@ -517,12 +536,200 @@ def poisoned():
     tap.ok(rc == 0, "a worker with a lost context still stops cleanly", f"rc={rc}\n{open(w.logpath).read()[-2000:]}")
 
 
+def second_device():
+    """--device cuda:1 on two fake devices: the worker says device 1, and every allocation, copy, product and
+    free of its executors happens on device 1 (the fake fails a copy or a GEMM whose memory lies on another
+    device than its stream's or handle's, and poisons the context as a real GPU's illegal address does). The
+    executors' first request allocates before it copies, so a thread that is not bound to the device first
+    allocates on device 0. No NVML: the memory figures come from cudaMemGetInfo, which must ask device 1."""
+    rep = report_path("--device cuda:1", device=1)
+    env = fenv(rep, TITAN_CUDA_STAGE_KB=64, TITAN_NVML_LIBRARY=os.path.join(tmp, "no-such-libnvidia-ml.so.1"))
+    w = Worker(BIN, "--device", "cuda:1", "--threads", "2", "--blas-threads", "1", env=env)
+    c = Client(w.endpoint)
+    gi = gpu_info(c)
+    tap.ok(gi.get("device_index") == 1 and gi.get("pci_bus_id") == "0000:02:00.0" and gi.get("name") == NAME
+           and gi.get("ready") is True, "cuda:1: gpu_info says device 1, PCI 0000:02:00.0, ready", gi)
+
+    dt = np.float32
+    a, b, d = rand((300, 200), dt), rand((200, 150), dt), rand((150, 40), dt)
+    ra, _ = c.call({"op": "tensor_put", "tensor": desc(a, 1)}, a.tobytes())
+    rb, _ = c.call({"op": "tensor_put", "dtype": "float32", "tensor": b.tolist()})
+    ha, hb = ra.get("ref"), rb.get("ref")
+    tap.ok(ha and hb, "cuda:1: tensor_put of a binary and a JSON tensor", (ra, rb))
+    r, _ = c.call({"op": "matrix_multiply", "a": {"ref": ha}, "b": {"ref": hb}, "keep": True})
+    hc = r.get("result", {}).get("ref")
+    g, fr = c.call({"op": "tensor_get", "ref": hc}) if hc else (r, [])
+    good, why = close_to(frame_array(g, fr) if "result" in g else None, a, b)
+    tap.ok(good, "cuda:1: matmul keep of two resident tensors, read back with tensor_get", g if "error" in g else why)
+    r, fr = c.call({"op": "matrix_multiply", "a": {"ref": ha}, "b": {"ref": hb}})
+    good, why = close_to(frame_array(r, fr) if "result" in r else None, a, b)
+    tap.ok(good, "cuda:1: resident x resident product", r if "error" in r else why)
+    r1, fr1 = c.call({"op": "matrix_multiply", "a": desc(a, 1), "b": {"ref": hb}}, a.tobytes())
+    good1, why1 = close_to(frame_array(r1, fr1) if "result" in r1 else None, a, b)
+    r2, fr2 = c.call({"op": "matrix_multiply", "a": {"ref": hc}, "b": desc(d, 1)}, d.tobytes()) if hc else ({}, [])
+    ref = (a.astype(np.float64) @ b.astype(np.float64)).astype(dt)
+    good2, why2 = close_to(frame_array(r2, fr2) if "result" in r2 else None, ref, d)
+    tap.ok(good1 and good2, "cuda:1: host x resident and resident x host products (row blocks through 64 KiB "
+           "staging buffers)", f"{r1 if 'error' in r1 else why1}\n{r2 if 'error' in r2 else why2}")
+    g, fr = c.call({"op": "tensor_get", "ref": ha}) if ha else ({}, [])
+    got = frame_array(g, fr) if "result" in g else None
+    tap.ok(got is not None and np.array_equal(got, a), "cuda:1: tensor_get returns the uploaded tensor exactly", g)
+    x, y = rand((129, 1000), np.float64), rand((1000, 7), np.float64)
+    r, got = mm_binary(c, x, y)
+    good, why = close_to(got, x, y)
+    tap.ok(good, "cuda:1: a float64 host product", r if got is None else why)
+    r, _ = c.call({"op": "tensor_free", "all": True})
+    tap.ok(r.get("status") == "ok" and r.get("freed") == 3, "cuda:1: tensor_free all (3 tensors)", r)
+    gi = gpu_info(c, wait=True)
+    used, free = gi.get("memory_used_gb"), gi.get("memory_free_gb")
+    tap.ok(gi.get("ready") is True and isinstance(used, float) and isinstance(free, float) and used > 0
+           and abs(used + free - (1024 << 20) / 1e9) < 1e-9,
+           "cuda:1: still ready; cudaMemGetInfo's figures are device 1's (its pool holds blocks there)", gi)
+    c.close()
+    rc = w.stop()
+    tap.ok(rc == 0, "cuda:1: SIGTERM stops the worker with exit code 0", f"rc={rc}\n{open(w.logpath).read()[-2000:]}")
+    rp = read_report(rep)
+    tap.ok(rp is not None and rp["invalid_calls"] == 0 and rp["cross_device"] == 0,
+           "cuda:1: no invalid call (no copy, GEMM or free across devices)",
+           f"{rp}\n{open(w.logpath).read()[-3000:]}")
+    by = (rp or {}).get("device_allocs_total_by_device", [])
+    tap.ok(len(by) == 2 and by[0] == 0 and by[1] > 0, "cuda:1: device 0 got no allocation at all, device 1 all of them",
+           rp)
+
+
+def lock_order():
+    """A first sticky error raised inside the pool (the 11th cudaMalloc: the start makes 4, each product of a new
+    size 3) while one thread polls gpu_info and GET /metrics without a pause. The fake's lockdep sees every
+    order in which cuda.c and devpool.c take their mutexes: an inversion is reported even when the run happens
+    not to deadlock, and so is a device wait (cudaMalloc, cudaFree...) made under one of them. Then the worker
+    must still answer ping, and stop cleanly."""
+    rep = report_path("sticky cudaMalloc while gpu_info polls")
+    env = fenv(rep, FAKE_CUDA_STICKY_MALLOC_AFTER=10)
+    w = Worker(BIN, "--device", "cuda", "--threads", "2", "--blas-threads", "1", "--http", "0", env=env)
+    base = http_base(w)
+    stop, polled = threading.Event(), threading.Event()
+    poll = {"n": 0, "errors": []}
+
+    def poller():
+        pc = Client(w.endpoint, timeout_ms=10000)
+        try:
+            while not stop.is_set():
+                r, _ = pc.call({"op": "gpu_info"})
+                st, _ = hget(base, "/metrics")
+                if r.get("backend") != "cuda" or st != 200:
+                    poll["errors"].append(f"gpu_info {r}, /metrics {st}")
+                poll["n"] += 1
+                polled.set()
+        except Exception as e:  # a timeout here is the hang this test looks for
+            poll["errors"].append(repr(e))
+        finally:
+            pc.close()
+
+    t = threading.Thread(target=poller, daemon=True)
+    t.start()
+    polled.wait(10)
+    c = Client(w.endpoint, timeout_ms=20000)
+    fails, err = [], None
+    try:
+        for n in (16, 32, 64, 128, 256, 512):  # each a block size the pool has not seen
+            a, b = rand((n, n), np.float32), rand((n, n), np.float32)
+            r, got = mm_binary(c, a, b)
+            if "error" in r:
+                err = r
+                break
+            good, why = close_to(got, a, b)
+            if not good:
+                fails.append(f"{n}: {why}")
+    except zmq.Again:
+        err = {"error": "no answer in 20 s"}
+    c.close()
+    msg = (err or {}).get("error", "")
+    tap.ok(not fails and (err or {}).get("code") == "device_error" and "context is lost" in msg and "cudaMalloc" in msg,
+           "sticky cudaMalloc in the pool under polling: the products before it match, then device_error, the "
+           "context is lost (cudaMalloc)", f"{fails}\n{err}")
+    pc = Client(w.endpoint, timeout_ms=5000)
+    try:
+        r, _ = pc.call({"op": "ping"})
+    except zmq.Again:
+        r = {"error": "no answer to ping in 5 s"}
+    pc.close()
+    tap.ok(r.get("status") == "ok", "after the sticky error, with the poller still running, ping answers within 5 s", r)
+    stop.set()
+    t.join(25)
+    tap.ok(not t.is_alive() and not poll["errors"] and poll["n"] > 0,
+           f"gpu_info and /metrics answered every poll ({poll['n']}) before, during and after the error",
+           f"alive={t.is_alive()} {poll['errors'][:5]}")
+    t0 = time.monotonic()
+    rc = w.stop(timeout=20)
+    took = time.monotonic() - t0
+    log = open(w.logpath).read()
+    tap.ok(rc == 0, f"the worker stops cleanly within 20 s ({took:.1f} s)", f"rc={rc}\n{log[-3000:]}")
+    rp = read_report(rep)
+    lines = ([l for l in log.splitlines() if "lock inversion" in l] +
+             [l for l in log.splitlines() if "while holding the lock" in l])
+    tap.ok(rp is not None and rp.get("lock_inversions") == 0,
+           "lockdep: no lock-order inversion in cuda.c and devpool.c (sticky error path against gpu_info)",
+           "\n".join([str(rp)] + lines[:10]))
+    tap.ok(rp is not None and rp.get("locked_waits") == 0,
+           "lockdep: no cudaMalloc, cudaFree or stream wait made while holding a mutex", "\n".join([str(rp)] + lines[:10]))
+
+
+def one_executor():
+    """One executor: the pool's figures in gpu_info are read on every call, so right after a product of a size
+    never seen, device_allocs has grown (no waiting out a cache); and the start's self-test gives its pinned
+    staging buffers back, so at most one executor's 4 (2 in, 2 out) are ever allocated, not 8."""
+    rep = report_path("one executor")
+    w = Worker(BIN, "--device", "cuda", "--threads", "1", "--blas-threads", "1", env=fenv(rep))
+    c = Client(w.endpoint)
+    a, b = rand((20, 10), np.float32), rand((10, 5), np.float32)
+    mm_binary(c, a, b)  # the executor's streams, handles and buffers
+    # Past the sampling interval: a cache filled by this call would still be served to the calls below.
+    before = gpu_info(c, wait=True).get("memory_pool", {}).get("device_allocs")
+    seen = []
+    for n in (40, 80, 160):  # blocks of 8, 32 and 128 KiB: sizes the pool has not held yet
+        a, b = rand((n, n), np.float32), rand((n, n), np.float32)
+        r, got = mm_binary(c, a, b)
+        after = gpu_info(c).get("memory_pool", {}).get("device_allocs")
+        seen.append((n, before, after, close_to(got, a, b)[0]))
+        before = after
+    tap.ok(all(isinstance(x, int) and isinstance(y, int) and y > x and ok for _, x, y, ok in seen),
+           "gpu_info right after a product of a new size: memory_pool.device_allocs has grown (not cached)",
+           "(n, before, after, product ok): " + str(seen))
+    c.close()
+    rc = w.stop()
+    rp = read_report(rep)
+    tap.ok(rc == 0 and rp is not None and rp.get("pinned_peak") == 4,
+           "--threads 1: at most 4 pinned staging buffers at once (the start's self-test buffers were given back)",
+           f"rc={rc} {rp}")
+
+
+def pinned_fail():
+    """cudaHostAlloc fails (FAKE_CUDA_HOSTALLOC_FAIL): the start's self-test needs staging buffers, so --device
+    cuda fails; the reason is pinned host memory, not the GPU's memory."""
+    rc, out = run_fail(["--device", "cuda"], fenv(report_path("no pinned memory"), FAKE_CUDA_HOSTALLOC_FAIL=1))
+    tap.ok(rc != 0 and "pinned host memory" in out and "cudaHostAlloc" in out and "GPU out of memory" not in out
+           and "device out of memory" not in out,
+           "FAKE_CUDA_HOSTALLOC_FAIL, --device cuda: exits non-zero, says pinned host memory (cudaHostAlloc), not "
+           "GPU out of memory", f"rc={rc}\n{out}")
+    w = Worker(BIN, "--device", "auto", "--threads", "1", "--blas-threads", "1",
+               env=fenv(report_path("no pinned memory, auto"), FAKE_CUDA_HOSTALLOC_FAIL=1))
+    c = Client(w.endpoint)
+    log = w.read_log()
+    gi = gpu_info(c)
+    c.close()
+    w.stop()
+    tap.ok("CUDA is not usable" in log and "pinned host memory" in log and "GPU out of memory" not in log
+           and gi.get("backend") == "cpu",
+           "FAKE_CUDA_HOSTALLOC_FAIL, --device auto: falls back to the CPU and says pinned host memory", f"{log}\n{gi}")
+
+
 def exit_reports():
     """The fake runtime's report at each worker's exit: no invalid call (every device pointer inside a live
-    allocation, every handle known), and after a clean stop nothing left: device memory, pinned buffers,
-    streams, events, cuBLAS handles."""
-    invalid, leaks, missing = [], [], []
-    for what, path, clean in reports:
+    allocation and on the device of the stream or handle that uses it, every handle known, no device wait under
+    a lock), no lock-order inversion, no allocation on another device than the worker's, and after a clean stop
+    nothing left: device memory, pinned buffers, streams, events, cuBLAS handles."""
+    invalid, locks, elsewhere, leaks, missing = [], [], [], [], []
+    for what, path, clean, device in reports:
         if not os.path.exists(path):
             missing.append(what)
             continue
@@ -530,19 +737,30 @@ def exit_reports():
             rep = json.loads(line)
             if rep["invalid_calls"]:
                 invalid.append(f"{what}: {rep}")
+            if rep.get("lock_inversions") != 0 or rep.get("locked_waits") != 0:
+                locks.append(f"{what}: lock_inversions {rep.get('lock_inversions')}, locked_waits "
+                             f"{rep.get('locked_waits')}")
+            by = rep.get("device_allocs_total_by_device", [])
+            if any(n for i, n in enumerate(by) if i != device):
+                elsewhere.append(f"{what} (device {device}): {by}")
             live = {k: rep[k] for k in ("device_allocs_live", "device_bytes_in_use", "pinned_live", "streams_live",
                                         "events_live", "handles_live") if rep[k]}
             if clean and live:
                 leaks.append(f"{what}: {live}")
     tap.ok(not missing, "every worker that loaded the fake wrote its exit report", missing)
-    tap.ok(not invalid, "no invalid CUDA or cuBLAS call (device ranges, handles, streams)", "\n".join(invalid))
+    tap.ok(not invalid, "no invalid CUDA or cuBLAS call (device ranges and devices, handles, streams, no device "
+           "wait under a lock)", "\n".join(invalid))
+    tap.ok(not locks, "lockdep: no lock-order inversion and no device wait under a lock, in any worker",
+           "\n".join(locks))
+    tap.ok(not elsewhere, "no worker allocated on another device than its own", "\n".join(elsewhere))
     tap.ok(not leaks, "nothing left allocated at exit: device memory, pinned buffers, streams, events, handles",
            "\n".join(leaks))
 
 
 for name, fn in [("--device cuda", device_and_info), ("--device auto", auto_without_nvml), ("nvml by index", nvml_by_index),
                  ("out of memory", out_of_memory), ("no device", no_device), ("no kernel image", no_kernel),
-                 ("poisoned context", poisoned)]:
+                 ("poisoned context", poisoned), ("--device cuda:1", second_device), ("lock order", lock_order),
+                 ("one executor", one_executor), ("no pinned memory", pinned_fail)]:
     tap.run(name, fn)
 for ep, rc, san in Worker.stop_all():
     tap.ok(rc == 0 and not san, f"worker {ep} exited cleanly", f"rc={rc}")
