@@ -8,7 +8,7 @@
 # a report); non-zero when something broke (a server did not start, a bench failed, a wrong product).
 # Knobs (environment): BENCH_WORKER_ARGS (extra titan-worker arguments), BENCH_PINGS (timed pings
 # per server, default 20000), BENCH_DURATION (seconds of pipelined traffic, default 3), BENCH_SIZES (matmul sizes, default 256,512,1024,2048),
-# BENCH_JSON_SIZES (default 64,256,512).
+# BENCH_JSON_SIZES (default 64,256,512), BENCH_PY_SIZES (the Python client against the C client, default 2048).
 set -uo pipefail
 
 die() { echo "bench: $*" >&2; exit 2; }
@@ -23,7 +23,7 @@ ECHO=$BUILD/bench/echo_server
 PING=$BUILD/bench/bench_ping
 MATMUL=$BUILD/bench/bench_matmul
 ROUTER=$BUILD/bench/bench_router
-for f in "$WORKER" "$ECHO" "$PING" "$MATMUL" "$ROUTER"; do
+for f in "$WORKER" "$ECHO" "$PING" "$MATMUL" "$ROUTER" "$BUILD/libtitan.so"; do
   [ -x "$f" ] || die "$f is missing: build first (make, or ninja -C $1)"
 done
 
@@ -148,6 +148,11 @@ run_bench 300 "pipelined pings: titan" "$PING" --label titan --no-rtt --clients 
   --duration "$DURATION" "$WORKER_EP"
 # 3. float32 matmul over binary frames against in-process sgemm.
 run_bench 900 "matmul float32 binary vs in-process sgemm" "$MATMUL" --sizes "$SIZES" --echo "$ECHO_EP" "$WORKER_EP"
+# 3b. The Python client (pyzmq) and titan_client.Router (libtitan through ctypes) against the C client, taking
+#     turns on the same worker in every round.
+PY_SIZES=${BENCH_PY_SIZES:-2048}
+run_bench 900 "matmul float32: Python client and Router vs C client" "$PY" bench/bench_pyclient.py \
+  --lib "$BUILD/libtitan.so" --sizes "$PY_SIZES" "$WORKER_EP"
 # 4. The design's JSON form, the seed worker first (so titan's BLAS threads are idle while it runs).
 for target in seed titan; do
   ep=$SEED_EP; [ "$target" = titan ] && ep=$WORKER_EP
@@ -159,7 +164,7 @@ for target in seed titan; do
   fi
   sleep 0.3
 done
-grep -q 'check=WRONG' "$TMP/results" && { echo "bench: titan answered a wrong binary product" >&2; BROKEN=1; }
+grep -q 'check=WRONG' "$TMP/results" && { echo "bench: titan answered a wrong binary product (or the clients disagree)" >&2; BROKEN=1; }
 if [ -s "$TMP/worker.log" ]; then echo "-- titan-worker log (warnings and errors)"; tail -n 20 "$TMP/worker.log"; fi
 if ! kill -0 "$WORKER_PID" 2>/dev/null; then echo "bench: titan-worker died during the run" >&2; BROKEN=1; fi
 
@@ -199,6 +204,16 @@ for n in "${size_list[@]}"; do
     2048) target="<= 1.15x"; result=$(verdict "$ratio" "<=" 1.15) ;;
   esac
   row "matmul f32 n=$n, ms (vs sgemm)" "$(calc "$t*1000" 3)" "$(calc "$s*1000" 3)" "${ratio:+${ratio}x}" "$target" "$result"
+done
+IFS=, read -r -a py_list <<<"$PY_SIZES"
+for n in "${py_list[@]}"; do
+  p="pyclient n=$n "
+  c=$(kv "$p" c_s); target="-"; result="info"
+  [ "$n" = 2048 ] && { target="<= 1.1x"; result=$(verdict "$(kv "$p" python_ratio)" "<=" 1.1); }
+  row "py client f32 n=$n, ms (vs C client)" "$(calc "$(kv "$p" python_s)*1000" 3)" "$(calc "$c*1000" 3)" \
+    "$(kv "$p" python_ratio)x" "$target" "$result"
+  row "  Router n=$n, ms (vs C client)" "$(calc "$(kv "$p" router_s)*1000" 3)" "$(calc "$c*1000" 3)" \
+    "$(kv "$p" router_ratio)x" "-" "info"
 done
 # Where the time goes: titan minus sgemm, beside a bare ZeroMQ round trip of as many bytes.
 for n in "${size_list[@]}"; do
