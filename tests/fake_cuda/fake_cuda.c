@@ -154,6 +154,8 @@ struct cublasContext {
     unsigned magic;
     int dev; /* current when it was made: its kernels run there */
     cudaStream_t stream;
+    void *ws; /* cublasSetWorkspace's buffer, or NULL: cuBLAS's own */
+    size_t ws_bytes;
 };
 
 static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER; /* allocations, streams, counters */
@@ -840,6 +842,25 @@ cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s)
     return CUBLAS_STATUS_SUCCESS;
 }
 
+/* The caller's workspace for the handle: it must lie in one allocation on the handle's device, and stay
+ * allocated while the handle computes (checked at each GEMM). */
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t h, void *ws, size_t bytes)
+{
+    S_INIT();
+    if (!h || h->magic != S_MAGIC_BLAS) {
+        s_bad("cublasSetWorkspace: %p is not a handle", (void *)h);
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    }
+    if (bytes && (!s_in(ws, bytes, true) || s_dev_of(ws) != h->dev)) {
+        s_bad("cublasSetWorkspace: %p + %zu bytes is not inside one allocation on the handle's device %d", ws, bytes,
+              h->dev);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    h->ws = bytes ? ws : NULL;
+    h->ws_bytes = bytes;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 /* Whether the column-major rows x cols matrix at p with leading dimension ld lies in one device allocation. */
 static bool s_matrix_ok(const void *p, int rows, int cols, int ld, size_t es)
 {
@@ -867,6 +888,10 @@ static cublasStatus_t s_gemm(bool f64, cublasHandle_t h, cublasOperation_t ta, c
     if (!s_stream_ok(h->stream)) {
         s_bad("%s: the handle's stream %p was destroyed", fn, (void *)h->stream);
         return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    if (h->ws && !s_in(h->ws, h->ws_bytes, true)) {
+        s_bad("%s: the handle's workspace %p (%zu bytes) was freed while the handle computes", fn, h->ws, h->ws_bytes);
+        return CUBLAS_STATUS_EXECUTION_FAILED;
     }
     long nth = atomic_fetch_add(&s_gemms, 1) + 1;
     if (s_sticky_after >= 0 && nth > s_sticky_after) {

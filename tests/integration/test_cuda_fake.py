@@ -359,6 +359,13 @@ def pool_steady_state(c):
            f"{p1.get('device_allocs')})", (fails, p1, p2))
     tap.ok(p2.get("held_bytes", 0) >= p2.get("cached_bytes", 0) > 0,
            "pool: the blocks are held and cached between requests", p2)
+    # Each executor that computed has two cuBLAS handles, each with a 4 MiB workspace from the pool (the fake has
+    # cublasSetWorkspace, so the pool's in-use bytes carry them); 1 to 4 executors computed above.
+    ws, mib4 = p2.get("workspace_bytes"), 4 << 20
+    in_use = p2.get("held_bytes", 0) - p2.get("cached_bytes", 0)
+    tap.ok(type(ws) is int and ws % (2 * mib4) == 0 and 2 * mib4 <= ws <= 8 * mib4 and in_use >= ws,
+           "pool: cuBLAS workspaces counted: 2 handles x 4 MiB per executor that computed, inside the bytes in use",
+           p2)
 
 
 def auto_without_nvml():

@@ -46,8 +46,13 @@ extern const char titan_cuda_archs[]; /* the -Dcuda-arch list this module was bu
 #define S_STAGE_BYTES ((size_t)8 << 20)
 /* NVML's and cudaMemGetInfo's figures are sampled at most this often; the pool's are read on every call. */
 #define S_STATS_INTERVAL_S 0.5
-/* cuBLAS's workspace per handle, as its documentation recommends: 32 MiB on Hopper and later, else 4 MiB. */
-#define S_WORKSPACE_BYTES(major) ((size_t)((major) >= 9 ? 32 : 4) << 20)
+/* cuBLAS's workspace per handle, as its documentation recommends: 32 MiB on Hopper and later, else 4 MiB;
+ * but at most 1/64 of the device, so that a small device (or a test's) keeps room for the work itself. */
+static size_t s_workspace_bytes(int major, uint64_t total)
+{
+    size_t ws = (size_t)(major >= 9 ? 32 : 4) << 20;
+    return total / 64 < ws ? (size_t)(total / 64) & ~(size_t)255 : ws;
+}
 
 typedef struct s_exec {
     cudaStream_t stream[2];
@@ -705,7 +710,7 @@ int titan_backend_cuda_open(int index, const titan_cuda_opts *opts, titan_backen
     c->dev = index;
     c->total_bytes = p.totalGlobalMem;
     c->stage_bytes = S_STAGE_BYTES;
-    c->ws_bytes_per_handle = S_WORKSPACE_BYTES(p.major);
+    c->ws_bytes_per_handle = s_workspace_bytes(p.major, p.totalGlobalMem);
     const char *kb = getenv("TITAN_CUDA_STAGE_KB");
     if (kb && atol(kb) >= 4 && atol(kb) <= (1L << 20)) c->stage_bytes = (size_t)atol(kb) << 10;
     titan_backend *be = &c->be;
