@@ -1,5 +1,4 @@
 /* jobs.c - libtitan's Redis job client: the client side of docs/JOBS.md over hiredis. */
-#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -16,15 +15,12 @@
 
 #include "titan/jobs.h"
 #include "jsonscan.h"
+#include "redis.h"
 #include "reply_internal.h"
 
-#define S_DEFAULT_PREFIX "titan"
 #define S_DEFAULT_TIMEOUT_MS 5000
 #define S_MAX_TIMEOUT_MS 3600000
 #define S_DEFAULT_RESULT_TTL_S 86400
-#define S_MAX_HOST 253
-#define S_MAX_CRED 1024
-#define S_MAX_DB 1000000
 /* Room for "{PREFIX}:idem:" plus the longest idempotency key. */
 #define S_MAX_KEY (TITAN_JOB_MAX_PREFIX_LEN + TITAN_JOB_MAX_KEY_LEN + 16)
 /* Jobs titan_jobs_list and titan_jobs_wait ask about in one pipelined round trip. */
@@ -34,12 +30,8 @@
 
 struct titan_jobs {
     redisContext *ctx; /* NULL until the first call, and after an I/O error (remade on the next call) */
-    char *host;
-    int port;
-    int db;
-    char *user;                                /* NULL: AUTH with the password alone */
-    char *password;                            /* NULL: no AUTH */
-    char prefix[TITAN_JOB_MAX_PREFIX_LEN + 3]; /* "{titan}" */
+    titan_redis_url url;
+    char prefix[TITAN_JOB_MAX_PREFIX_LEN + 1]; /* "titan": keys are "{titan}:..." (redis.h) */
     int timeout_ms;
     int result_ttl_s;
     char last_error[512];
@@ -49,32 +41,6 @@ struct titan_jobs {
 static const char *const s_info_fields[] = {"state",       "priority", "attempts", "created_ms", "started_ms",
                                             "finished_ms", "error",    "code",     "worker"};
 #define S_NINFO (sizeof s_info_fields / sizeof s_info_fields[0])
-
-/* Writes the record and the queue entry in one atomic step, so that an idempotency key is taken if and
- * only if its job exists, and a worker never sees an id without its record (docs/JOBS.md, "submit").
- * KEYS: job, index, queue[, idem]. ARGV: id, created_ms, then the record's field/value pairs. */
-static const char s_submit_lua[] = "if #KEYS == 4 then\n"
-                                   "  if not redis.call('SET', KEYS[4], ARGV[1], 'NX') then\n"
-                                   "    return {0, redis.call('GET', KEYS[4])}\n"
-                                   "  end\n"
-                                   "end\n"
-                                   "redis.call('HSET', KEYS[1], unpack(ARGV, 3))\n"
-                                   "redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])\n"
-                                   "redis.call('XADD', KEYS[3], '*', 'id', ARGV[1])\n"
-                                   "return {1, ARGV[1]}\n";
-
-/* Cancels a queued job atomically: a worker that takes it up at the same moment either sees it
- * cancelled or has already marked it running. Ends it as JOBS.md says: request frames deleted,
- * TTL set. KEYS: job. ARGV: finished_ms, ttl. Returns the state found ("missing" when none). */
-static const char s_cancel_lua[] =
-    "local s = redis.call('HGET', KEYS[1], 'state')\n"
-    "if not s then return 'missing' end\n"
-    "if s ~= 'queued' then return s end\n"
-    "local n = math.min(tonumber(redis.call('HGET', KEYS[1], 'nframes') or '0') or 0, 64)\n"
-    "redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_ms', ARGV[1])\n"
-    "for i = 1, n do redis.call('HDEL', KEYS[1], 'frame:' .. i) end\n"
-    "redis.call('EXPIRE', KEYS[1], ARGV[2])\n"
-    "return 'queued'\n";
 
 static const char *const s_state_names[] = {"any", "queued", "running", "done", "failed", "cancelled"};
 
@@ -134,204 +100,13 @@ static bool s_id_ok(const char *id)
     return id[TITAN_JOB_ID_LEN] == '\0';
 }
 
-static bool s_prefix_ok(const char *p)
-{
-    size_t n = strlen(p);
-    if (n == 0 || n > TITAN_JOB_MAX_PREFIX_LEN) return false;
-    for (const char *c = p; *c; c++)
-        if (*c == '{' || *c == '}' || (unsigned char)*c <= ' ' || *c == 0x7f) return false;
-    return true;
-}
-
-/* --- URL parsing --- */
-
-typedef struct {
-    char host[S_MAX_HOST + 1];
-    int port;
-    int db;
-    char *user;     /* malloc'd, or NULL */
-    char *password; /* malloc'd, or NULL */
-} s_url;
-
-static void s_url_release(s_url *u)
-{
-    free(u->user);
-    if (u->password) explicit_bzero(u->password, strlen(u->password));
-    free(u->password);
-    u->user = u->password = NULL;
-}
-
-static int s_hexval(int c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    c = tolower(c);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* Returns a malloc'd, %XX-decoded copy of s[0..n), or NULL (why in `why`) for a bad escape, a NUL or ENOMEM.
- */
-static char *s_decode(const char *s, size_t n, const char *what, char *why, size_t cap)
-{
-    if (n > S_MAX_CRED) {
-        snprintf(why, cap, "the %s is longer than %d characters", what, S_MAX_CRED);
-        return NULL;
-    }
-    char *out = malloc(n + 1), *o = out;
-    if (!out) {
-        snprintf(why, cap, "out of memory");
-        return NULL;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            *o++ = s[i];
-            continue;
-        }
-        int hi = i + 2 < n ? s_hexval((unsigned char)s[i + 1]) : -1;
-        int lo = hi >= 0 ? s_hexval((unsigned char)s[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            snprintf(why, cap, "the %s has a bad %%-escape (write %% as %%25)", what);
-            free(out);
-            return NULL;
-        }
-        *o++ = (char)(hi * 16 + lo);
-        i += 2;
-    }
-    *o = '\0';
-    return out;
-}
-
-/* Parses a whole decimal number in s[0..n) within [min, max]. */
-static bool s_parse_num(const char *s, size_t n, long min, long max, long *out)
-{
-    long v = 0;
-    if (n == 0 || n > 10) return false;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9') return false;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (v < min || v > max) return false;
-    *out = v;
-    return true;
-}
-
-/* Parses "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]" into *u. Returns 0, or -EINVAL with why. */
-static int s_parse_url(const char *url, s_url *u, char *why, size_t cap)
-{
-    static const char scheme[] = "redis://";
-    const char *ex = "; expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], e.g. redis://127.0.0.1:6379/0";
-    memset(u, 0, sizeof *u);
-    u->port = 6379;
-    if (!url || !*url) {
-        snprintf(why, cap, "empty Redis URL%s", ex);
-        return -EINVAL;
-    }
-    if (strncasecmp(url, "rediss://", 9) == 0) {
-        snprintf(why, cap, "TLS (rediss://) is not supported; use redis:// (through a TLS tunnel if needed)");
-        return -EINVAL;
-    }
-    if (strncasecmp(url, scheme, sizeof scheme - 1) != 0) {
-        snprintf(why, cap, "\"%.200s\" is not a redis:// URL%s", url, ex);
-        return -EINVAL;
-    }
-    const char *a = url + sizeof scheme - 1;
-    const char *end = a + strcspn(a, "/?#");
-    if (*end == '?' || *end == '#' || strchr(end, '?') || strchr(end, '#')) {
-        snprintf(why, cap, "query parameters and fragments are not supported in a Redis URL%s", ex);
-        return -EINVAL;
-    }
-    /* The last '@' ends the credentials, so a password may hold a raw '@' but not a '/'. */
-    const char *at = NULL;
-    for (const char *p = a; p < end; p++)
-        if (*p == '@') at = p;
-    if (at) {
-        const char *colon = memchr(a, ':', (size_t)(at - a));
-        const char *pw = colon ? colon + 1 : a;
-        if (colon && colon > a && !(u->user = s_decode(a, (size_t)(colon - a), "user name", why, cap)))
-            goto bad;
-        if (!(u->password = s_decode(pw, (size_t)(at - pw), "password", why, cap))) goto bad;
-        if (!*u->password) {
-            snprintf(why, cap, "the Redis URL has an empty password; leave out the \"@\" for none");
-            goto bad;
-        }
-        a = at + 1;
-    }
-    const char *host = a, *host_end, *port = NULL;
-    if (*a == '[') {
-        host = a + 1;
-        host_end = memchr(host, ']', (size_t)(end - host));
-        if (!host_end) {
-            snprintf(why, cap, "the IPv6 address in the Redis URL lacks its \"]\"%s", ex);
-            goto bad;
-        }
-        if (host_end + 1 < end && host_end[1] != ':') {
-            snprintf(why, cap, "unexpected text after the IPv6 address in the Redis URL%s", ex);
-            goto bad;
-        }
-        if (host_end + 1 < end) port = host_end + 2;
-        for (const char *p = host; p < host_end; p++)
-            if (!isxdigit((unsigned char)*p) && *p != ':' && *p != '.') {
-                snprintf(why, cap, "\"%.*s\" is not an IPv6 address", (int)(host_end - host), host);
-                goto bad;
-            }
-    } else {
-        host_end = memchr(a, ':', (size_t)(end - a));
-        if (host_end)
-            port = host_end + 1;
-        else
-            host_end = end;
-        for (const char *p = host; p < host_end; p++)
-            if (!isalnum((unsigned char)*p) && *p != '.' && *p != '-' && *p != '_') {
-                snprintf(why, cap,
-                         "the Redis URL's host \"%.*s\" has a character '%c' that no host name has%s",
-                         (int)(host_end - host), host, *p, at ? "" : " (a password goes before an \"@\")");
-                goto bad;
-            }
-    }
-    if (host_end == host) {
-        snprintf(why, cap, "the Redis URL has no host%s", ex);
-        goto bad;
-    }
-    if (host_end - host > S_MAX_HOST) {
-        snprintf(why, cap, "the Redis URL's host is longer than %d characters", S_MAX_HOST);
-        goto bad;
-    }
-    memcpy(u->host, host, (size_t)(host_end - host));
-    u->host[host_end - host] = '\0';
-    long v;
-    if (port) {
-        if (!s_parse_num(port, (size_t)(end - port), 1, 65535, &v)) {
-            snprintf(why, cap, "the Redis URL's port \"%.*s\" is not a number from 1 to 65535",
-                     (int)(end - port > 32 ? 32 : end - port), port);
-            goto bad;
-        }
-        u->port = (int)v;
-    }
-    if (*end == '/' && end[1] != '\0') {
-        if (!s_parse_num(end + 1, strlen(end + 1), 0, S_MAX_DB, &v)) {
-            snprintf(why, cap, "the Redis URL's database \"%.32s\" is not a number from 0 to %d", end + 1,
-                     S_MAX_DB);
-            goto bad;
-        }
-        u->db = (int)v;
-    }
-    return 0;
-bad:
-    s_url_release(u);
-    return -EINVAL;
-}
-
 TITAN_API int titan_jobs_check_url(const char *redis_url, char *why, size_t cap)
 {
-    char buf[256];
-    s_url u;
-    if (!why || cap == 0) {
-        why = buf;
-        cap = sizeof buf;
-    }
-    int rc = s_parse_url(redis_url, &u, why, cap);
+    titan_redis_url u;
+    int rc = titan_redis_url_parse(redis_url, &u, why, cap);
     if (rc == 0) {
-        why[0] = '\0';
-        s_url_release(&u);
+        if (why && cap) why[0] = '\0';
+        titan_redis_url_wipe(&u);
     }
     return rc;
 }
@@ -340,7 +115,7 @@ TITAN_API void titan_jobs_opts_init(titan_jobs_opts *opts)
 {
     if (!opts) return;
     memset(opts, 0, sizeof *opts);
-    opts->prefix = S_DEFAULT_PREFIX;
+    opts->prefix = TITAN_REDIS_DEFAULT_PREFIX;
     opts->timeout_ms = S_DEFAULT_TIMEOUT_MS;
     opts->result_ttl_s = S_DEFAULT_RESULT_TTL_S;
 }
@@ -348,40 +123,29 @@ TITAN_API void titan_jobs_opts_init(titan_jobs_opts *opts)
 TITAN_API titan_jobs *titan_jobs_new(const char *redis_url, const titan_jobs_opts *opts)
 {
     titan_jobs_opts o;
-    char why[256];
-    s_url u;
-    titan_jobs *j = NULL;
-    int e = EINVAL;
     titan_jobs_opts_init(&o);
     if (opts) o = *opts;
-    if (!o.prefix) o.prefix = S_DEFAULT_PREFIX;
-    if (!s_prefix_ok(o.prefix) || o.timeout_ms < 1 || o.timeout_ms > S_MAX_TIMEOUT_MS || o.result_ttl_s < 1 ||
-        (o.password && (!*o.password || strlen(o.password) > S_MAX_CRED)))
-        goto fail;
-    if (s_parse_url(redis_url, &u, why, sizeof why) != 0) goto fail;
-    e = ENOMEM;
-    if (!(j = calloc(1, sizeof *j)) || !(j->host = strdup(u.host))) goto fail_url;
-    j->port = u.port;
-    j->db = u.db;
-    j->user = u.user;
-    u.user = NULL;
-    if (o.password) {
-        if (!(j->password = strdup(o.password))) goto fail_url;
-    } else {
-        j->password = u.password;
-        u.password = NULL;
+    if (!o.prefix) o.prefix = TITAN_REDIS_DEFAULT_PREFIX;
+    if (!titan_redis_prefix_ok(o.prefix) || o.timeout_ms < 1 || o.timeout_ms > S_MAX_TIMEOUT_MS ||
+        o.result_ttl_s < 1) {
+        errno = EINVAL;
+        return NULL;
     }
-    snprintf(j->prefix, sizeof j->prefix, "{%s}", o.prefix);
+    titan_jobs *j = calloc(1, sizeof *j);
+    if (!j) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (titan_redis_url_parse(redis_url, &j->url, NULL, 0) != 0 ||
+        (o.password && titan_redis_url_set_password(&j->url, o.password) != 0)) {
+        titan_jobs_destroy(&j);
+        errno = EINVAL;
+        return NULL;
+    }
+    snprintf(j->prefix, sizeof j->prefix, "%s", o.prefix);
     j->timeout_ms = o.timeout_ms;
     j->result_ttl_s = o.result_ttl_s;
-    s_url_release(&u);
     return j;
-fail_url:
-    s_url_release(&u);
-fail:
-    titan_jobs_destroy(&j);
-    errno = e;
-    return NULL;
 }
 
 static void s_disconnect(titan_jobs *j)
@@ -397,10 +161,7 @@ TITAN_API void titan_jobs_destroy(titan_jobs **j)
     if (!j || !*j) return;
     titan_jobs *p = *j;
     s_disconnect(p);
-    free(p->host);
-    free(p->user);
-    if (p->password) explicit_bzero(p->password, strlen(p->password));
-    free(p->password);
+    titan_redis_url_wipe(&p->url);
     free(p);
     *j = NULL;
 }
@@ -410,42 +171,15 @@ TITAN_API const char *titan_jobs_last_error(const titan_jobs *j)
     return j ? j->last_error : "";
 }
 
-/* --- Redis plumbing --- */
+/* --- Redis plumbing (the connection itself is redis.h's) --- */
 
 /* Maps the failure of the hiredis context (errno `e` saved right after the failed call) to -errno, records
  * why, and drops the connection: hiredis leaves a failed context unusable. */
 static int s_io_failure(titan_jobs *j, int e, const char *doing)
 {
-    int rc;
-    int err = j->ctx ? j->ctx->err : REDIS_ERR_OTHER;
-    const char *text = j->ctx ? j->ctx->errstr : "cannot allocate a connection";
-    switch (err) {
-    case REDIS_ERR_IO:
-        rc = (e == EAGAIN || e == EWOULDBLOCK || e == EINPROGRESS || e == ETIMEDOUT) ? -ETIMEDOUT
-             : e > 0                                                                 ? -e
-                                                                                     : -ECONNRESET;
-        break;
-    case REDIS_ERR_EOF:
-        rc = -ECONNRESET;
-        break;
-    case REDIS_ERR_PROTOCOL:
-        rc = -EPROTO;
-        text = j->ctx->errstr[0] ? j->ctx->errstr : "protocol error";
-        s_set_error(j, "%s Redis at %s:%d: %s (is that a Redis server?)", doing, j->host, j->port, text);
-        s_disconnect(j);
-        return rc;
-    case REDIS_ERR_OOM:
-        rc = -ENOMEM;
-        break;
-    default:
-        /* hiredis reports a name that does not resolve as a generic error. */
-        rc = strstr(text, "resolve") ? -EHOSTUNREACH : -ECONNRESET;
-        break;
-    }
-    if (rc == -ETIMEDOUT)
-        s_set_error(j, "%s Redis at %s:%d: no answer within %d ms", doing, j->host, j->port, j->timeout_ms);
-    else
-        s_set_error(j, "%s Redis at %s:%d: %s", doing, j->host, j->port, text);
+    char why[400];
+    int rc = titan_redis_io_error(j->ctx, e, j->timeout_ms, why, sizeof why);
+    s_set_error(j, "%s Redis at %s:%d: %s", doing, j->url.host, j->url.port, why);
     s_disconnect(j);
     return rc;
 }
@@ -453,15 +187,23 @@ static int s_io_failure(titan_jobs *j, int e, const char *doing)
 /* Maps a Redis error reply to -errno and records its text. */
 static int s_reply_error(titan_jobs *j, const redisReply *r)
 {
-    const char *s = r->str ? r->str : "";
-    s_set_error(j, "Redis at %s:%d answered: %.400s", j->host, j->port, s);
-    if (strncmp(s, "NOAUTH", 6) == 0 || strncmp(s, "WRONGPASS", 9) == 0 || strncmp(s, "NOPERM", 6) == 0 ||
-        strstr(s, "invalid password") || strstr(s, "without any password"))
-        return -EACCES;
-    return -EPROTO;
+    s_set_error(j, "Redis at %s:%d answered: %.400s", j->url.host, j->url.port, r->str ? r->str : "");
+    return titan_redis_reply_is_auth(r) ? -EACCES : -EPROTO;
 }
 
-static int s_connect(titan_jobs *j);
+/* Connects (and authenticates, and selects the database) unless connected. Returns 0 or -errno. */
+static int s_connect(titan_jobs *j)
+{
+    if (j->ctx) return 0;
+    titan_redis_timeouts t = {.connect_ms = j->timeout_ms, .command_ms = j->timeout_ms};
+    char why[400];
+    int rc = titan_redis_connect(&j->url, &t, &j->ctx, why, sizeof why);
+    if (rc) {
+        j->ctx = NULL;
+        s_set_error(j, "connecting to Redis at %s:%d: %s", j->url.host, j->url.port, why);
+    }
+    return rc;
+}
 
 /* Runs one command of `argc` binary-safe arguments. Returns 0 and *out (freeReplyObject it), or -errno. */
 static int s_command(titan_jobs *j, int argc, const char **argv, const size_t *lens, redisReply **out)
@@ -478,45 +220,6 @@ static int s_command(titan_jobs *j, int argc, const char **argv, const size_t *l
     }
     *out = r;
     return 0;
-}
-
-/* Connects (and authenticates, and selects the database) unless connected. Returns 0 or -errno. */
-static int s_connect(titan_jobs *j)
-{
-    if (j->ctx) return 0;
-    struct timeval tv = {.tv_sec = j->timeout_ms / 1000, .tv_usec = (j->timeout_ms % 1000) * 1000};
-    errno = 0;
-    j->ctx = redisConnectWithTimeout(j->host, j->port, tv);
-    int e = errno;
-    if (!j->ctx) return s_io_failure(j, ENOMEM, "connecting to");
-    if (j->ctx->err) return s_io_failure(j, e, "connecting to");
-    if (redisSetTimeout(j->ctx, tv) != REDIS_OK) return s_io_failure(j, errno, "connecting to");
-    redisReply *r = NULL;
-    int rc = 0;
-    if (j->password) {
-        const char *argv[3] = {"AUTH", j->user ? j->user : j->password, j->password};
-        size_t lens[3] = {4, strlen(argv[1]), strlen(j->password)};
-        rc = s_command(j, j->user ? 3 : 2, argv, lens, &r);
-        freeReplyObject(r);
-        r = NULL;
-    }
-    if (rc == 0 && j->db) {
-        char db[16];
-        int n = snprintf(db, sizeof db, "%d", j->db);
-        const char *argv[2] = {"SELECT", db};
-        size_t lens[2] = {6, (size_t)n};
-        rc = s_command(j, 2, argv, lens, &r);
-        freeReplyObject(r);
-    }
-    if (rc) {
-        if (rc == -EPROTO && j->db) {
-            char why[sizeof j->last_error];
-            snprintf(why, sizeof why, "%s", j->last_error);
-            s_set_error(j, "%s (database %d of the URL)", why, j->db);
-        }
-        s_disconnect(j);
-    }
-    return rc;
 }
 
 /* A command for s_pipeline: up to 24 binary-safe arguments. */
@@ -565,10 +268,10 @@ static int s_pipeline(titan_jobs *j, const s_cmd *cmds, size_t n, redisReply **o
     return 0;
 }
 
-/* Writes "{prefix}:<what><id>" into buf. */
-static size_t s_key(const titan_jobs *j, char *buf, size_t cap, const char *what, const char *id)
+/* Writes the key of `kind` (redis.h's layout) into buf, S_MAX_KEY bytes: always room for it. */
+static size_t s_key(const titan_jobs *j, char *buf, size_t cap, titan_redis_key_kind kind, const char *id)
 {
-    int n = snprintf(buf, cap, "%s:%s%s", j->prefix, what, id ? id : "");
+    int n = titan_redis_key(buf, cap, j->prefix, kind, id);
     return n < 0 ? 0 : (size_t)n;
 }
 
@@ -653,7 +356,7 @@ static bool s_header_ok(const char *h)
     return titan_json_find_member(h, strlen(h), "op", SIZE_MAX, &v, &n) == 0 && n >= 2 && v[0] == '"';
 }
 
-/* One request's submission: the EVAL of s_submit_lua with its own buffers. */
+/* One request's submission: the EVAL of the submit script (redis.h) with its own buffers. */
 #define S_SUBMIT_MAXARGS (3 + 4 + 2 + 2 * (7 + TITAN_JOB_MAX_FRAMES))
 typedef struct {
     const char *argv[S_SUBMIT_MAXARGS];
@@ -703,11 +406,11 @@ static int s_submit_build(titan_jobs *j, const titan_job_request *r, s_submit_cm
         snprintf(c->id + 2 * i, 3, "%02x", raw[i]);
 
     const char *key = r->idempotency_key;
-    size_t ljob = s_key(j, c->kjob, sizeof c->kjob, "job:", c->id);
-    size_t lindex = s_key(j, c->kindex, sizeof c->kindex, "index", NULL);
+    size_t ljob = s_key(j, c->kjob, sizeof c->kjob, TITAN_REDIS_KEY_JOB, c->id);
+    size_t lindex = s_key(j, c->kindex, sizeof c->kindex, TITAN_REDIS_KEY_INDEX, NULL);
     size_t lqueue =
-        s_key(j, c->kqueue, sizeof c->kqueue, r->priority == TITAN_JOB_HIGH ? "jobs:high" : "jobs", NULL);
-    size_t lidem = key ? s_key(j, c->kidem, sizeof c->kidem, "idem:", key) : 0;
+        s_key(j, c->kqueue, sizeof c->kqueue, r->priority == TITAN_JOB_HIGH ? TITAN_REDIS_KEY_QUEUE_HIGH : TITAN_REDIS_KEY_QUEUE, NULL);
+    size_t lidem = key ? s_key(j, c->kidem, sizeof c->kidem, TITAN_REDIS_KEY_IDEM, key) : 0;
     int lcreated = snprintf(c->created, sizeof c->created, "%lld", (long long)s_wall_ms());
     int lnf = snprintf(c->nf, sizeof c->nf, "%zu", r->nframes);
 
@@ -715,8 +418,9 @@ static int s_submit_build(titan_jobs *j, const titan_job_request *r, s_submit_cm
     c->argc = 0;
 #define S_ARG(s, n) (c->argv[c->argc] = (s), c->lens[c->argc] = (n), c->argc++)
 #define S_STR(s) S_ARG((s), strlen(s))
-    S_STR("EVAL");
-    S_ARG(s_submit_lua, sizeof s_submit_lua - 1);
+    /* By EVAL: a pipeline of hundreds of submissions cannot be sent again after a NOSCRIPT. */
+    titan_redis_script_args(NULL, TITAN_REDIS_SCRIPT_SUBMIT, c->argv, c->lens);
+    c->argc = 2;
     S_STR(key ? "4" : "3");
     S_ARG(c->kjob, ljob);
     S_ARG(c->kindex, lindex);
@@ -876,7 +580,7 @@ TITAN_API int titan_jobs_status(titan_jobs *j, const char *id, titan_job_info *o
     }
     char key[S_MAX_KEY];
     s_cmd c;
-    size_t klen = s_key(j, key, sizeof key, "job:", id);
+    size_t klen = s_key(j, key, sizeof key, TITAN_REDIS_KEY_JOB, id);
     s_info_cmd(&c, key, klen);
     redisReply *r = NULL;
     int rc = s_command(j, c.argc, c.argv, c.lens, &r);
@@ -909,7 +613,7 @@ TITAN_API int titan_jobs_result(titan_jobs *j, const char *id, titan_reply **rep
      * meanwhile cannot leave us with half of it. */
     char key[S_MAX_KEY], fnames[TITAN_JOB_MAX_FRAMES][16];
     s_cmd c = {0};
-    size_t klen = s_key(j, key, sizeof key, "job:", id);
+    size_t klen = s_key(j, key, sizeof key, TITAN_REDIS_KEY_JOB, id);
     s_arg_str(&c, "HMGET");
     s_arg(&c, key, klen);
     s_arg_str(&c, "state");
@@ -1009,11 +713,11 @@ TITAN_API int titan_jobs_cancel(titan_jobs *j, const char *id)
     }
     char key[S_MAX_KEY], now[24], ttl[16];
     s_cmd c = {0};
-    size_t klen = s_key(j, key, sizeof key, "job:", id);
+    size_t klen = s_key(j, key, sizeof key, TITAN_REDIS_KEY_JOB, id);
     snprintf(now, sizeof now, "%lld", (long long)s_wall_ms());
     snprintf(ttl, sizeof ttl, "%d", j->result_ttl_s);
-    s_arg_str(&c, "EVAL");
-    s_arg(&c, s_cancel_lua, sizeof s_cancel_lua - 1);
+    titan_redis_script_args(NULL, TITAN_REDIS_SCRIPT_CANCEL, c.argv, c.lens);
+    c.argc = 2;
     s_arg_str(&c, "1");
     s_arg(&c, key, klen);
     s_arg_str(&c, now);
@@ -1052,7 +756,7 @@ static int s_fetch_infos(titan_jobs *j, const char *const *ids, size_t n, titan_
     int rc = -ENOMEM;
     if (!cmds || !keys || !replies) goto out;
     for (size_t i = 0; i < n; i++) {
-        size_t klen = s_key(j, keys[i], sizeof keys[i], "job:", ids[i]);
+        size_t klen = s_key(j, keys[i], sizeof keys[i], TITAN_REDIS_KEY_JOB, ids[i]);
         s_info_cmd(&cmds[i], keys[i], klen);
     }
     rc = s_pipeline(j, cmds, n, replies);
@@ -1161,7 +865,7 @@ TITAN_API int titan_jobs_list(titan_jobs *j, titan_job_state filter, size_t max,
         return -EINVAL;
     }
     char kindex[S_MAX_KEY], start[24], stop[24];
-    size_t lindex = s_key(j, kindex, sizeof kindex, "index", NULL);
+    size_t lindex = s_key(j, kindex, sizeof kindex, TITAN_REDIS_KEY_INDEX, NULL);
     titan_job_info *infos = calloc(S_BATCH, sizeof *infos);
     const char **ids = calloc(S_BATCH, sizeof *ids);
     redisReply *r = NULL;
