@@ -1,7 +1,6 @@
 /* cmd_status.c - `titan status`: one line per component (VM, workers, job queue) and an exit status for
  * scripts.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -14,11 +13,12 @@
 #include <libvirt/virterror.h>
 
 #include "cli.h"
+#include "redis.h"
 #include "vm.h"
 
 #define S_DEFAULT_VM "titan-worker" /* the design's name, as in deploy/vm/vm.yaml */
 #define S_OLD_DEFAULT_VM "titan-vm" /* the default before; still found when no titan-worker exists */
-#define S_DEFAULT_GROUP "titan-workers"
+#define S_DEFAULT_GROUP TITAN_REDIS_DEFAULT_GROUP
 #define S_MAX_GPU_INFO_BYTES 65536 /* a larger gpu_info reply is refused, not parsed */
 #define S_MAX_COMPONENTS 40        /* a VM, up to 32 backends (TITAN_CONF_MAX_BACKENDS), a queue */
 #define S_LAG_SCAN_CAP 100000      /* entries counted one by one when Redis does not know a group's lag */
@@ -429,76 +429,6 @@ static int s_check_endpoint(const cli_globals *g, s_status *st)
 
 /* ---- the job queue ---- */
 
-typedef struct {
-    char host[256];
-    int port;
-    int db;
-    char user[256];
-    char password[512];
-} s_redis_url;
-
-static int s_hex(int ch)
-{
-    if (ch >= '0' && ch <= '9') return ch - '0';
-    ch = tolower(ch);
-    return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
-}
-
-/* Copies s[0..n) into out, decoding %XX. Returns false when it does not fit or an escape is bad. */
-static bool s_decode(const char *s, size_t n, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (o + 1 >= cap) return false;
-        if (s[i] == '%' && i + 2 < n && s_hex((unsigned char)s[i + 1]) >= 0 &&
-            s_hex((unsigned char)s[i + 2]) >= 0) {
-            out[o++] = (char)(s_hex((unsigned char)s[i + 1]) * 16 + s_hex((unsigned char)s[i + 2]));
-            i += 2;
-        } else {
-            out[o++] = s[i];
-        }
-    }
-    out[o] = '\0';
-    return true;
-}
-
-/* Splits a URL that titan_jobs_check_url accepted: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]. */
-static bool s_parse_redis_url(const char *url, s_redis_url *u)
-{
-    memset(u, 0, sizeof *u);
-    u->port = 6379;
-    const char *a = url + strlen("redis://");
-    const char *end = a + strcspn(a, "/");
-    const char *at = NULL;
-    for (const char *p = a; p < end; p++)
-        if (*p == '@') at = p; /* the last '@' ends the credentials, as in libtitan */
-    if (at) {
-        const char *colon = memchr(a, ':', (size_t)(at - a));
-        const char *pw = colon ? colon + 1 : a;
-        if (colon && !s_decode(a, (size_t)(colon - a), u->user, sizeof u->user)) return false;
-        if (!s_decode(pw, (size_t)(at - pw), u->password, sizeof u->password)) return false;
-        a = at + 1;
-    }
-    const char *host = a, *host_end, *port = NULL;
-    if (*a == '[') {
-        host = a + 1;
-        host_end = memchr(host, ']', (size_t)(end - host));
-        if (!host_end) return false;
-        if (host_end + 1 < end) port = host_end + 2;
-    } else {
-        host_end = memchr(a, ':', (size_t)(end - a));
-        if (host_end)
-            port = host_end + 1;
-        else
-            host_end = end;
-    }
-    if (host_end <= host || (size_t)(host_end - host) >= sizeof u->host) return false;
-    memcpy(u->host, host, (size_t)(host_end - host));
-    if (port) u->port = atoi(port);
-    if (*end == '/' && end[1]) u->db = atoi(end + 1);
-    return u->port > 0 && u->port <= 65535;
-}
-
 /* Runs a command; returns the reply, or NULL with why in err (the connection failed, or Redis said no). */
 static redisReply *s_cmd(redisContext *rc, char *err, size_t cap, const char *fmt, ...)
 {
@@ -594,62 +524,33 @@ static int s_stream_stats(redisContext *rc, const char *key, const char *group, 
     return 0;
 }
 
-/* The URL without its password, for the line's name. */
-static void s_redacted(const char *url, char *out, size_t cap)
-{
-    const char *a = url + strlen("redis://");
-    const char *end = a + strcspn(a, "/");
-    const char *at = NULL;
-    for (const char *p = a; p < end; p++)
-        if (*p == '@') at = p;
-    if (!at) {
-        snprintf(out, cap, "%s", url);
-        return;
-    }
-    const char *colon = memchr(a, ':', (size_t)(at - a));
-    snprintf(out, cap, "redis://%.*s%s@%s", colon ? (int)(colon - a) : 0, a, colon ? ":***" : "***", at + 1);
-}
-
 static void s_check_queue(const cli_globals *g, s_status *st)
 {
     char name[300];
-    s_redacted(st->redis, name, sizeof name);
+    titan_redis_url_redact(st->redis, true, name, sizeof name);
     s_comp *c = s_add(st, "queue", name);
     s_extra(c, "prefix", json_string(st->prefix));
     s_extra(c, "group", json_string(st->group));
-    s_redis_url u;
-    if (!s_parse_redis_url(st->redis, &u)) {
+    titan_redis_url u;
+    if (titan_redis_url_parse(st->redis, &u, NULL, 0) != 0) {
         c->health = S_DOWN;
         snprintf(c->detail, sizeof c->detail, "cannot read the Redis URL");
         return;
     }
-    struct timeval tv = {.tv_sec = g->timeout_ms / 1000, .tv_usec = (g->timeout_ms % 1000) * 1000};
-    redisContext *rc = redisConnectWithTimeout(u.host, u.port, tv);
+    titan_redis_timeouts tv = {.connect_ms = g->timeout_ms, .command_ms = g->timeout_ms};
+    redisContext *rc = NULL;
     char err[400] = "";
     redisReply *r = NULL;
-    if (!rc || rc->err) {
-        snprintf(err, sizeof err, "%s", rc ? rc->errstr : "out of memory");
-        goto down;
-    }
-    redisSetTimeout(rc, tv);
-    if (u.password[0]) {
-        r = u.user[0] ? s_cmd(rc, err, sizeof err, "AUTH %s %s", u.user, u.password)
-                      : s_cmd(rc, err, sizeof err, "AUTH %s", u.password);
-        if (!r) goto down;
-        freeReplyObject(r);
-    }
-    if (u.db) {
-        if (!(r = s_cmd(rc, err, sizeof err, "SELECT %d", u.db))) goto down;
-        freeReplyObject(r);
-    }
-    explicit_bzero(u.password, sizeof u.password);
-    char key[TITAN_JOB_MAX_PREFIX_LEN + 32];
+    int crc = titan_redis_connect(&u, &tv, &rc, err, sizeof err);
+    titan_redis_url_wipe(&u);
+    if (crc != 0) goto down;
+    char key[TITAN_REDIS_MAX_PREFIX + 32];
     s_stream high, normal;
-    snprintf(key, sizeof key, "{%s}:jobs:high", st->prefix);
+    titan_redis_key(key, sizeof key, st->prefix, TITAN_REDIS_KEY_QUEUE_HIGH, NULL);
     if (s_stream_stats(rc, key, st->group, &high, err, sizeof err) != 0) goto down;
-    snprintf(key, sizeof key, "{%s}:jobs", st->prefix);
+    titan_redis_key(key, sizeof key, st->prefix, TITAN_REDIS_KEY_QUEUE, NULL);
     if (s_stream_stats(rc, key, st->group, &normal, err, sizeof err) != 0) goto down;
-    snprintf(key, sizeof key, "{%s}:dead", st->prefix);
+    titan_redis_key(key, sizeof key, st->prefix, TITAN_REDIS_KEY_DEAD, NULL);
     if (!(r = s_cmd(rc, err, sizeof err, "XLEN %s", key))) goto down;
     long long dead = s_int(r);
     freeReplyObject(r);
@@ -679,7 +580,6 @@ static void s_check_queue(const cli_globals *g, s_status *st)
     return;
 down:
     if (rc) redisFree(rc);
-    explicit_bzero(u.password, sizeof u.password);
     c->health = S_DOWN;
     snprintf(c->detail, sizeof c->detail, "Redis unreachable: %s", err);
     s_extra(c, "code", json_string("redis_unreachable"));
@@ -725,7 +625,7 @@ static int s_run(cli_globals *g, s_status *st, int argc, char **argv)
     st->uri = env_uri && *env_uri ? env_uri : TITAN_VM_DEFAULT_URI;
     st->vm_explicit = (env_vm && *env_vm) || (env_uri && *env_uri);
     st->redis = env_redis && *env_redis ? env_redis : NULL;
-    st->prefix = env_prefix && *env_prefix ? env_prefix : "titan";
+    st->prefix = env_prefix && *env_prefix ? env_prefix : TITAN_REDIS_DEFAULT_PREFIX;
     st->group = S_DEFAULT_GROUP;
     bool vm_given = false;
     for (int i = 0; i < argc; i++) {
@@ -779,8 +679,7 @@ static int s_run(cli_globals *g, s_status *st, int argc, char **argv)
         if (titan_jobs_check_url(st->redis, why, sizeof why) != 0)
             return cli_usage_error(cmd, "bad Redis URL (--redis or TITAN_REDIS): %s", why);
     }
-    size_t plen = strlen(st->prefix);
-    if (plen == 0 || plen > TITAN_JOB_MAX_PREFIX_LEN || strpbrk(st->prefix, "{} \t\r\n"))
+    if (!titan_redis_prefix_ok(st->prefix))
         return cli_usage_error(cmd, "--redis-prefix must have 1 to %d characters without braces or spaces",
                                TITAN_JOB_MAX_PREFIX_LEN);
     if (!*st->group || strlen(st->group) > 128 || strpbrk(st->group, " \t\r\n"))
