@@ -25,6 +25,7 @@
 #include "jsonscan.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis.h"
 #include "request.h"
 #include "server.h"
 
@@ -54,20 +55,9 @@
 #define STORE_BATCH 64      /* outcomes one store script records */
 #define DEFAULT_INFLIGHT 16 /* jobs in hand without --jobs-inflight (or the executors, if more) */
 
-typedef struct {
-    char host[256];
-    int port;
-    int db;
-    char user[128];
-    char password[256];
-    bool has_password;
-} s_url;
-
 enum { S_HIGH = 0, S_NORMAL = 1 };
 
 typedef struct s_slot s_slot; /* one job in flight */
-
-enum { SC_START, SC_STORE, SC_RETRY, SC_REVERT, SC_READ, SC_COUNT }; /* the Lua scripts */
 
 struct titan_jobs_consumer {
     pthread_t thread;
@@ -85,13 +75,12 @@ struct titan_jobs_consumer {
     int idle_read_ms;     /* the wait before that, while reads come back empty */
     double req_bytes;     /* recent request size (peak, decaying): sizes the start pipelines */
     double max_bytes;     /* --max-inflight-bytes: no new job while the requests in hand hold this */
-    char sha[SC_COUNT][41]; /* the scripts' SHA1s on this connection */
-    bool have_sha;          /* all loaded: EVALSHA */
-    s_url url;
+    titan_redis_scripts scripts; /* the scripts' SHA1s on this connection (redis.h) */
+    titan_redis_url url;
     char url_text[320]; /* for logs: never the password */
-    char stream[2][96];
-    char dead[96];
-    char job_prefix[96];
+    char prefix[TITAN_REDIS_MAX_PREFIX + 1];
+    char stream[2][TITAN_REDIS_MAX_PREFIX + 16];
+    char dead[TITAN_REDIS_MAX_PREFIX + 16];
     char group[72];
     char consumer[320];
     int visibility_ms, max_attempts, ttl_s;
@@ -105,137 +94,6 @@ struct titan_jobs_consumer {
     bool scanned[2];
     double next_reclaim;
 };
-
-/* ---- scripts: each step of docs/JOBS.md that touches several keys runs atomically ---- */
-
-/* Step 3 up to running the request, for a batch of entries in one call (a script call costs Redis
- * more than the commands it runs for one small job). KEYS: dead, then job, stream for each entry.
- * ARGV: group, max attempts, now ms, consumer, ttl, then entry, job id for each. Replies one table
- * per entry, in order: {"skip", why}, {"dead", attempts, error} or {"run", attempts, header,
- * nframes, frame:1, ...}. An entry no longer pending on this consumer (another worker reclaimed it
- * while it waited here) is left alone; a job that already ended (a duplicate entry) is skipped like
- * a cancelled one rather than run again. */
-static const char s_start_lua[] =
-    "local dead = KEYS[1]\n"
-    "local group, maxa, now, worker, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]\n"
-    "local frames = {}\n"
-    "for i = 1, 15 do frames[i] = 'frame:' .. i end\n"
-    "local function start(job, stream, entry, id)\n"
-    "  local mine = redis.call('XPENDING', stream, group, entry, entry, 1, worker)\n"
-    "  if #mine == 0 then return {'skip', 'no longer pending on this consumer'} end\n"
-    "  local st = redis.call('HGET', job, 'state')\n"
-    "  if not st then\n"
-    "    redis.call('XACK', stream, group, entry)\n"
-    "    return {'skip', 'missing'}\n"
-    "  end\n"
-    "  if st == 'cancelled' or st == 'done' or st == 'failed' then\n"
-    "    if st == 'cancelled' then\n"
-    "      redis.call('HDEL', job, unpack(frames))\n"
-    "      if redis.call('TTL', job) < 0 then redis.call('EXPIRE', job, ttl) end\n"
-    "    end\n"
-    "    redis.call('XACK', stream, group, entry)\n"
-    "    return {'skip', st}\n"
-    "  end\n"
-    "  local n = redis.call('HINCRBY', job, 'attempts', 1)\n"
-    "  if n > maxa then\n"
-    "    local last = redis.call('HGET', job, 'error')\n"
-    "    local code = redis.call('HGET', job, 'code') or 'internal'\n"
-    "    local text = 'gave up after ' .. (n - 1) .. ' attempts: ' .. (last or "
-    "'no attempt ended (the worker running it stopped or crashed)')\n"
-    "    redis.call('HSET', job, 'attempts', n - 1, 'state', 'failed', 'finished_ms', now, 'error', text, "
-    "'code', code)\n"
-    "    redis.call('HDEL', job, unpack(frames))\n"
-    "    redis.call('EXPIRE', job, ttl)\n"
-    "    redis.call('XADD', dead, '*', 'id', id, 'error', text, 'attempts', n - 1)\n"
-    "    redis.call('XACK', stream, group, entry)\n"
-    "    return {'dead', tostring(n - 1), text}\n"
-    "  end\n"
-    "  redis.call('HSET', job, 'state', 'running', 'started_ms', now, 'worker', worker)\n"
-    "  local rec = redis.call('HMGET', job, 'header', 'nframes')\n"
-    "  local out = {'run', tostring(n), rec[1] or false, rec[2] or false}\n"
-    "  local k = tonumber(rec[2])\n"
-    "  if k and k >= 1 and k <= 15 and k == math.floor(k) then\n"
-    "    local f = redis.call('HMGET', job, unpack(frames, 1, k))\n"
-    "    for i = 1, k do out[#out + 1] = f[i] or false end\n"
-    "  end\n"
-    "  return out\n"
-    "end\n"
-    "local res = {}\n"
-    "for i = 2, #KEYS, 2 do\n"
-    "  res[#res + 1] = start(KEYS[i], KEYS[i + 1], ARGV[5 + i - 1], ARGV[5 + i])\n"
-    "end\n"
-    "return res\n";
-
-/* The outcomes of a batch of jobs, each with its XACK, in one step. KEYS: job, stream for each.
- * ARGV: group, now ms, ttl, then for each: entry, state, result header ("" for none), error (""
- * for none), code, result frame count, frames... Replies one number per job: 1 stored, 0 the
- * record was gone (the entry is acknowledged all the same). */
-static const char s_store_lua[] =
-    "local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]\n"
-    "local del = {'result_header', 'result_nframes'}\n"
-    "for i = 1, 15 do del[#del + 1] = 'frame:' .. i; del[#del + 1] = 'result:' .. i end\n"
-    "local res, a = {}, 4\n"
-    "for j = 1, #KEYS, 2 do\n"
-    "  local job, stream = KEYS[j], KEYS[j + 1]\n"
-    "  local entry, state, rhdr, err, code = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]\n"
-    "  local rn = tonumber(ARGV[a + 5])\n"
-    "  local base = a + 5\n"
-    "  a = a + 6 + rn\n"
-    "  if redis.call('EXISTS', job) == 0 then\n"
-    "    redis.call('XACK', stream, group, entry)\n"
-    "    res[#res + 1] = 0\n"
-    "  else\n"
-    "    redis.call('HDEL', job, unpack(del))\n"
-    "    local set = {'state', state, 'finished_ms', now}\n"
-    "    if rhdr ~= '' then\n"
-    "      set[#set + 1] = 'result_header'; set[#set + 1] = rhdr\n"
-    "      set[#set + 1] = 'result_nframes'; set[#set + 1] = rn\n"
-    "      for i = 1, rn do set[#set + 1] = 'result:' .. i; set[#set + 1] = ARGV[base + i] end\n"
-    "    end\n"
-    "    if err ~= '' then\n"
-    "      set[#set + 1] = 'error'; set[#set + 1] = err\n"
-    "      set[#set + 1] = 'code'; set[#set + 1] = code\n"
-    "    end\n"
-    "    redis.call('HSET', job, unpack(set))\n"
-    "    redis.call('EXPIRE', job, ttl)\n"
-    "    redis.call('XACK', stream, group, entry)\n"
-    "    res[#res + 1] = 1\n"
-    "  end\n"
-    "end\n"
-    "return res\n";
-
-/* A failed attempt that another attempt may fix: the entry stays pending. KEYS: job. ARGV: error, code. */
-static const char s_retry_lua[] =
-    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
-    "redis.call('HSET', KEYS[1], 'state', 'queued', 'error', ARGV[1], 'code', ARGV[2])\n"
-    "return 1\n";
-
-/* An attempt that never ran (the worker is shutting down): undo its start. KEYS: job. ARGV: consumer. */
-static const char s_revert_lua[] = "if redis.call('HGET', KEYS[1], 'state') ~= 'running' or "
-                                   "redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 0 end\n"
-                                   "redis.call('HINCRBY', KEYS[1], 'attempts', -1)\n"
-                                   "redis.call('HSET', KEYS[1], 'state', 'queued')\n"
-                                   "return 1\n";
-
-/* New entries for up to ARGV[3] free slots, high priority strictly first: the normal queue is read
- * only for what the high one did not fill, in the same atomic step. KEYS: high, normal. ARGV:
- * group, consumer, count. Replies like XREADGROUP: nil, or {{stream, entries}...}. */
-static const char s_read_lua[] =
-    "local g, who, n = ARGV[1], ARGV[2], tonumber(ARGV[3])\n"
-    "local out = {}\n"
-    "local h = redis.call('XREADGROUP', 'GROUP', g, who, 'COUNT', n, 'STREAMS', KEYS[1], '>')\n"
-    "if h then out[1] = h[1]; n = n - #h[1][2] end\n"
-    "if n > 0 then\n"
-    "  local r = redis.call('XREADGROUP', 'GROUP', g, who, 'COUNT', n, 'STREAMS', KEYS[2], '>')\n"
-    "  if r then out[#out + 1] = r[1] end\n"
-    "end\n"
-    "if #out == 0 then return false end\n"
-    "return out\n";
-
-/* Each connection loads the scripts (SCRIPT LOAD) and runs them by SHA1, so that a job does not send
- * their text each time; EVAL (with the text) where loading failed or Redis lost them (NOSCRIPT). */
-static const char *const s_scripts[SC_COUNT] = {s_start_lua, s_store_lua, s_retry_lua, s_revert_lua,
-                                                s_read_lua};
 
 /* ---- small helpers ---- */
 
@@ -282,151 +140,22 @@ static void s_nap(titan_jobs_consumer *c, double ms)
     }
 }
 
-static int s_hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9') return ch - '0';
-    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
-    return -1;
-}
-
-/* Copies [s, s+n) into dst (cap bytes), decoding %XX escapes. Returns 0 or -EINVAL. */
-static int s_unescape(const char *s, size_t n, char *dst, size_t cap)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int ch = (unsigned char)s[i];
-        if (ch == '%') {
-            if (i + 2 >= n) return -EINVAL;
-            int a = s_hexval((unsigned char)s[i + 1]), b = s_hexval((unsigned char)s[i + 2]);
-            if (a < 0 || b < 0) return -EINVAL;
-            ch = a * 16 + b;
-            i += 2;
-        }
-        if (ch == 0 || o + 1 >= cap) return -EINVAL;
-        dst[o++] = (char)ch;
-    }
-    dst[o] = '\0';
-    return 0;
-}
-
-/* Copies url for an error message, with any USER:PASSWORD@ part masked. */
-static void s_redact(const char *url, char *buf, size_t cap)
-{
-    const char *scheme = strstr(url, "://");
-    const char *from = scheme ? scheme + 3 : url;
-    const char *at = strrchr(from, '@');
-    if (at)
-        snprintf(buf, cap, "%.*s***%s", (int)(from - url), url, at);
-    else
-        snprintf(buf, cap, "%s", url);
-}
-
-/* Parses redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] into *out (written only on success). */
-static int s_url_parse(const char *url_in, s_url *out, char *err, size_t errcap)
-{
-    char url[320]; /* what error messages show: never the password */
-    s_redact(url_in, url, sizeof(url));
-    s_url u;
-    memset(&u, 0, sizeof(u));
-    u.port = 6379;
-    const char *p = url_in;
-    if (strncmp(p, "redis://", 8) != 0) {
-        snprintf(err, errcap,
-                 "--redis '%s' must start with redis:// (redis://[[USER]:PASSWORD@]HOST[:PORT][/DB])", url);
-        return -EINVAL;
-    }
-    p += 8;
-    const char *end = p + strcspn(p, "/?#");
-    const char *at = NULL;
-    for (const char *q = p; q < end; q++)
-        if (*q == '@') at = q; /* the last '@': a password may hold one only escaped, but be lenient */
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (!colon) {
-            snprintf(err, errcap, "--redis: the part before '@' must be ':PASSWORD' or 'USER:PASSWORD'");
-            return -EINVAL;
-        }
-        if (s_unescape(p, (size_t)(colon - p), u.user, sizeof(u.user)) ||
-            s_unescape(colon + 1, (size_t)(at - colon - 1), u.password, sizeof(u.password))) {
-            snprintf(err, errcap, "--redis: bad user or password (too long, a NUL, or a bad %%XX escape)");
-            return -EINVAL;
-        }
-        u.has_password = true;
-        p = at + 1;
-    }
-    const char *host_end, *after;
-    if (*p == '[') {
-        host_end = memchr(p, ']', (size_t)(end - p));
-        if (!host_end) {
-            snprintf(err, errcap, "--redis: an IPv6 host needs its closing ']'");
-            return -EINVAL;
-        }
-        p++;
-        after = host_end + 1;
-    } else {
-        host_end = p;
-        while (host_end < end && *host_end != ':')
-            host_end++;
-        after = host_end;
-    }
-    size_t hl = (size_t)(host_end - p);
-    if (hl == 0 || hl >= sizeof(u.host)) {
-        snprintf(err, errcap, "--redis '%s': missing or overlong host", url);
-        return -EINVAL;
-    }
-    for (size_t i = 0; i < hl; i++) {
-        if (!isalnum((unsigned char)p[i]) && !strchr(".-_:%", p[i])) {
-            snprintf(err, errcap, "--redis '%s': bad character in the host", url);
-            return -EINVAL;
-        }
-    }
-    memcpy(u.host, p, hl);
-    if (after < end) {
-        if (*after != ':' || after + 1 == end) {
-            snprintf(err, errcap, "--redis '%s': expected ':PORT' after the host", url);
-            return -EINVAL;
-        }
-        long port = 0;
-        for (const char *q = after + 1; q < end; q++) {
-            if (!isdigit((unsigned char)*q) || (port = port * 10 + (*q - '0')) > 65535) {
-                snprintf(err, errcap, "--redis '%s': the port must be a number from 1 to 65535", url);
-                return -EINVAL;
-            }
-        }
-        if (port < 1) {
-            snprintf(err, errcap, "--redis '%s': the port must be a number from 1 to 65535", url);
-            return -EINVAL;
-        }
-        u.port = (int)port;
-    }
-    if (*end == '?' || *end == '#') {
-        snprintf(err, errcap, "--redis '%s': query strings and fragments are not supported", url);
-        return -EINVAL;
-    }
-    if (*end == '/' && end[1]) {
-        long db = 0;
-        for (const char *q = end + 1; *q; q++) {
-            if (!isdigit((unsigned char)*q) || (db = db * 10 + (*q - '0')) > 1000000) {
-                snprintf(err, errcap, "--redis '%s': the database after '/' must be a number", url);
-                return -EINVAL;
-            }
-        }
-        u.db = (int)db;
-    }
-    *out = u;
-    return 0;
-}
-
 int titan_jobs_consumer_check(const titan_config *cfg, char *err, size_t errcap)
 {
     if (!cfg->redis_url) return 0;
-    s_url u;
-    if (cfg->redis_password && strlen(cfg->redis_password) >= sizeof(u.password)) {
-        snprintf(err, errcap, "--redis-password is longer than %zu bytes", sizeof(u.password) - 1);
+    titan_redis_url u;
+    char why[400];
+    if (titan_redis_url_parse(cfg->redis_url, &u, why, sizeof(why)) != 0) {
+        snprintf(err, errcap, "--redis%s%s", why[0] == '\'' ? " " : ": ", why);
         return -EINVAL;
     }
-    return s_url_parse(cfg->redis_url, &u, err, errcap);
+    int rc = 0;
+    if (cfg->redis_password && titan_redis_url_set_password(&u, cfg->redis_password) != 0) {
+        snprintf(err, errcap, "--redis-password must have 1 to %d bytes", TITAN_REDIS_MAX_CRED);
+        rc = -EINVAL;
+    }
+    titan_redis_url_wipe(&u);
+    return rc;
 }
 
 /* ---- Redis connection ---- */
@@ -437,7 +166,7 @@ static void s_disconnect(titan_jobs_consumer *c)
     redisContext *r = c->redis;
     c->redis = NULL;
     pthread_mutex_unlock(&c->lock);
-    c->have_sha = false;
+    c->scripts.loaded = false;
     if (r) redisFree(r);
 }
 
@@ -468,9 +197,7 @@ static redisReply *s_get(titan_jobs_consumer *c)
         return NULL;
     }
     redisReply *r = v;
-    if (r->type == REDIS_REPLY_ERROR &&
-        (strncmp(r->str, "LOADING", 7) == 0 || strncmp(r->str, "BUSY ", 5) == 0 ||
-         strncmp(r->str, "MASTERDOWN", 10) == 0)) {
+    if (titan_redis_reply_is_unavailable(r)) {
         /* Redis is up but cannot serve yet (reading its AOF after a restart): an outage too. */
         s_lost(c, r->str);
         freeReplyObject(r);
@@ -516,11 +243,6 @@ static redisReply *s_cmdv(titan_jobs_consumer *c, ...)
     return s_cmd(c, argc, argv, lens);
 }
 
-static bool s_is_error(const redisReply *r, const char *prefix)
-{
-    return r && r->type == REDIS_REPLY_ERROR && (!prefix || strncmp(r->str, prefix, strlen(prefix)) == 0);
-}
-
 /* Creates the consumer group on both queues; an existing group is fine. Returns 0 or -1. */
 static int s_ensure_groups(titan_jobs_consumer *c)
 {
@@ -528,7 +250,7 @@ static int s_ensure_groups(titan_jobs_consumer *c)
         /* From 0, not $: jobs submitted before any worker ever ran must still be served. */
         redisReply *r = s_cmdv(c, "XGROUP", "CREATE", c->stream[s], c->group, "0", "MKSTREAM", (char *)NULL);
         if (!r) return -1;
-        if (s_is_error(r, NULL) && !s_is_error(r, "BUSYGROUP")) {
+        if (titan_redis_reply_is_error(r, NULL) && !titan_redis_reply_is_error(r, "BUSYGROUP")) {
             /* e.g. WRONGTYPE: the key exists and is not a stream. Retried like an outage. */
             char why[300];
             snprintf(why, sizeof(why), "cannot create consumer group %s on %s: %s", c->group, c->stream[s],
@@ -542,36 +264,6 @@ static int s_ensure_groups(titan_jobs_consumer *c)
     return 0;
 }
 
-/* Loads the scripts; without them (SCRIPT refused, say), they go by EVAL. */
-static void s_load_scripts(titan_jobs_consumer *c)
-{
-    c->have_sha = false;
-    for (int i = 0; i < SC_COUNT; i++) {
-        redisReply *r = s_cmdv(c, "SCRIPT", "LOAD", s_scripts[i], (char *)NULL);
-        bool ok = r && r->type == REDIS_REPLY_STRING && r->len == 40;
-        if (ok) memcpy(c->sha[i], r->str, 41);
-        if (r) freeReplyObject(r);
-        if (!ok) return;
-    }
-    c->have_sha = true;
-}
-
-/* The first two arguments that run script i: EVALSHA SHA1, or EVAL TEXT. */
-static void s_script(const titan_jobs_consumer *c, int i, const char **argv)
-{
-    argv[0] = c->have_sha ? "EVALSHA" : "EVAL";
-    argv[1] = c->have_sha ? c->sha[i] : s_scripts[i];
-}
-
-/* True for the reply to an EVALSHA whose script Redis does not hold (SCRIPT FLUSH): from then on
- * the scripts go by EVAL on this connection, and the command must run again. */
-static bool s_noscript(titan_jobs_consumer *c, const redisReply *r)
-{
-    if (!s_is_error(r, "NOSCRIPT")) return false;
-    c->have_sha = false;
-    return true;
-}
-
 /* Connects (AUTH, SELECT, groups) when disconnected, sleeping the backoff first after a failure.
  * Returns 0 when connected. */
 static int s_connect(titan_jobs_consumer *c)
@@ -582,46 +274,19 @@ static int s_connect(titan_jobs_consumer *c)
         s_nap(c, c->next_connect - now);
         if (s_stopping(c)) return -1;
     }
-    struct timeval tv = {CONNECT_TIMEOUT_MS / 1000, (CONNECT_TIMEOUT_MS % 1000) * 1000};
-    redisContext *r = redisConnectWithTimeout(c->url.host, c->url.port, tv);
-    char why[256] = "";
-    if (!r) {
-        snprintf(why, sizeof(why), "out of memory");
-    } else if (r->err) {
-        snprintf(why, sizeof(why), "%s", r->errstr);
-        redisFree(r);
-        r = NULL;
-    }
-    if (r) {
-        struct timeval ctv = {COMMAND_TIMEOUT_MS / 1000, (COMMAND_TIMEOUT_MS % 1000) * 1000};
-        redisSetTimeout(r, ctv);
-        redisEnableKeepAlive(r);
+    titan_redis_timeouts t = {.connect_ms = CONNECT_TIMEOUT_MS, .command_ms = COMMAND_TIMEOUT_MS, .keepalive = true};
+    redisContext *r = NULL;
+    char why[512] = "";
+    if (titan_redis_open(&c->url, &t, &r, why, sizeof(why)) == 0) {
+        /* Published before the first command: a stop cuts a login to a frozen Redis short too. */
         pthread_mutex_lock(&c->lock);
         c->redis = r;
         pthread_mutex_unlock(&c->lock);
-        redisReply *rep = NULL;
-        if (c->url.has_password) {
-            rep = c->url.user[0] ? s_cmdv(c, "AUTH", c->url.user, c->url.password, (char *)NULL)
-                                 : s_cmdv(c, "AUTH", c->url.password, (char *)NULL);
-            if (rep && rep->type == REDIS_REPLY_ERROR)
-                snprintf(why, sizeof(why), "AUTH refused: %s", rep->str);
-            else if (!rep)
-                snprintf(why, sizeof(why), "connection lost during AUTH");
-            if (rep) freeReplyObject(rep);
-        }
-        if (!why[0] && c->url.db != 0) {
-            char db[16];
-            snprintf(db, sizeof(db), "%d", c->url.db);
-            rep = s_cmdv(c, "SELECT", db, (char *)NULL);
-            if (rep && rep->type == REDIS_REPLY_ERROR)
-                snprintf(why, sizeof(why), "SELECT %s refused: %s", db, rep->str);
-            else if (!rep)
-                snprintf(why, sizeof(why), "connection lost during SELECT");
-            if (rep) freeReplyObject(rep);
-        }
+        if (titan_redis_login(r, &c->url, COMMAND_TIMEOUT_MS, why, sizeof(why)) != 0 && !why[0])
+            snprintf(why, sizeof(why), "connection lost");
         if (!why[0]) {
             /* A command that needs a password shows a missing AUTH at once, not on the first job. */
-            rep = s_cmdv(c, "PING", (char *)NULL);
+            redisReply *rep = s_cmdv(c, "PING", (char *)NULL);
             if (rep && rep->type == REDIS_REPLY_ERROR)
                 snprintf(why, sizeof(why), "%s", rep->str);
             else if (!rep)
@@ -629,7 +294,11 @@ static int s_connect(titan_jobs_consumer *c)
             if (rep) freeReplyObject(rep);
         }
         if (!why[0] && s_ensure_groups(c) != 0) snprintf(why, sizeof(why), "consumer groups not created");
-        if (!why[0]) s_load_scripts(c);
+        /* Without the scripts (SCRIPT refused, say) they go by EVAL. */
+        int lrc = !why[0] && c->redis ? titan_redis_scripts_load(c->redis, &c->scripts) : 0;
+        if (lrc != 0) titan_redis_io_error(c->redis, -lrc, COMMAND_TIMEOUT_MS, why, sizeof(why));
+    } else if (!why[0]) {
+        snprintf(why, sizeof(why), "cannot connect");
     }
     if (why[0]) {
         s_lost(c, why);
@@ -981,11 +650,11 @@ static int s_append_requeue(titan_jobs_consumer *c, s_slot *sl)
     const s_outcome *o = &sl->o;
     if (o->kind == O_RETRY) {
         const char *argv[] = {NULL, NULL, "1", sl->key, o->error, o->code};
-        s_script(c, SC_RETRY, argv);
+        titan_redis_script_args(&c->scripts, TITAN_REDIS_SCRIPT_RETRY, argv, NULL);
         return s_append(c, 6, argv, NULL);
     }
     const char *argv[] = {NULL, NULL, "1", sl->key, c->consumer};
-    s_script(c, SC_REVERT, argv);
+    titan_redis_script_args(&c->scripts, TITAN_REDIS_SCRIPT_REVERT, argv, NULL);
     return s_append(c, 5, argv, NULL);
 }
 
@@ -1011,9 +680,7 @@ static int s_append_store(titan_jobs_consumer *c, const int *order, int n)
     int a = 0;
 #define ARG(p, l) (argv[a] = (p), lens[a++] = (l))
 #define ARGS(p) ARG(p, strlen(p))
-    s_script(c, SC_STORE, argv);
-    lens[0] = strlen(argv[0]);
-    lens[1] = strlen(argv[1]);
+    titan_redis_script_args(&c->scripts, TITAN_REDIS_SCRIPT_STORE, argv, lens);
     a = 2;
     ARGS(nkeys);
     for (int k = 0; k < n; k++) {
@@ -1143,7 +810,7 @@ static void s_finish(titan_jobs_consumer *c)
                     lost = true;
                     break;
                 }
-                if (s_noscript(c, r)) {
+                if (titan_redis_scripts_missing(&c->scripts, r)) {
                     freeReplyObject(r); /* sent again, by EVAL */
                     continue;
                 }
@@ -1153,7 +820,7 @@ static void s_finish(titan_jobs_consumer *c)
                 left--;
             }
             redisReply *r = stored && !lost ? s_get(c) : NULL;
-            if (r && !s_noscript(c, r)) {
+            if (r && !titan_redis_scripts_missing(&c->scripts, r)) {
                 bool whole = r->type == REDIS_REPLY_ARRAY && r->elements == (size_t)nstore;
                 if (!whole && r->type != REDIS_REPLY_ERROR)
                     titan_log(TITAN_LOG_WARN,
@@ -1307,7 +974,7 @@ static int s_append_start(titan_jobs_consumer *c, int from, int to, const char *
     char nkeys[16];
     snprintf(nkeys, sizeof(nkeys), "%d", 1 + 2 * n);
     int a = 0;
-    s_script(c, SC_START, argv);
+    titan_redis_script_args(&c->scripts, TITAN_REDIS_SCRIPT_START, argv, NULL);
     a = 2;
     argv[a++] = nkeys;
     argv[a++] = c->dead;
@@ -1392,7 +1059,7 @@ static int s_start(titan_jobs_consumer *c, int stream, const redisReply *entries
         sl->stream = stream;
         memcpy(sl->entry, er->str, er->len + 1);
         memcpy(sl->id, idr->str, idr->len + 1);
-        snprintf(sl->key, sizeof(sl->key), "%s%s", c->job_prefix, sl->id);
+        titan_redis_key(sl->key, sizeof(sl->key), c->prefix, TITAN_REDIS_KEY_JOB, sl->id);
         sl->next_hb = t_read + c->visibility_ms / 3.0;
         c->order[n++] = (int)(sl - c->slots);
     }
@@ -1410,7 +1077,7 @@ static int s_start(titan_jobs_consumer *c, int stream, const redisReply *entries
             int sent = s_append_start(c, next, end, maxa, now, ttl);
             if (sent <= 0) break;
             redisReply *r = s_get(c);
-            if (r && s_noscript(c, r)) {
+            if (r && titan_redis_scripts_missing(&c->scripts, r)) {
                 freeReplyObject(r);
                 for (int k = next; k < end; k++)
                     if (c->slots[c->order[k]].state == SL_STARTING) c->slots[c->order[k]].state = SL_READ;
@@ -1520,7 +1187,7 @@ static int s_reclaim(titan_jobs_consumer *c)
             if (!r) return -1;
             if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || !s_is_str(r->element[0]) ||
                 r->element[1]->type != REDIS_REPLY_ARRAY) {
-                if (s_is_error(r, "NOGROUP")) {
+                if (titan_redis_reply_is_error(r, "NOGROUP")) {
                     s_lost(c, "the consumer group is gone");
                 } else {
                     /* Not an outage (a Redis older than 6.2 has no XAUTOCLAIM): keep reading new
@@ -1567,9 +1234,9 @@ static int s_read(titan_jobs_consumer *c, bool block)
     for (int i = 0; i < 2; i++) { /* once more by EVAL after NOSCRIPT */
         const char *argv[] = {NULL,     NULL,        "2",  c->stream[S_HIGH], c->stream[S_NORMAL],
                               c->group, c->consumer, count};
-        s_script(c, SC_READ, argv);
+        titan_redis_script_args(&c->scripts, TITAN_REDIS_SCRIPT_READ, argv, NULL);
         r = s_cmd(c, 8, argv, NULL);
-        if (!r || !s_noscript(c, r)) break;
+        if (!r || !titan_redis_scripts_missing(&c->scripts, r)) break;
         freeReplyObject(r);
         r = NULL;
     }
@@ -1686,24 +1353,21 @@ titan_jobs_consumer *titan_jobs_consumer_start(const titan_config *cfg, void *zm
         snprintf(err, errcap, "jobs: no --redis URL");
         goto fail;
     }
-    if (s_url_parse(cfg->redis_url, &c->url, err, errcap) != 0) goto fail;
-    if (cfg->redis_password) {
-        if (strlen(cfg->redis_password) >= sizeof(c->url.password)) {
-            snprintf(err, errcap, "--redis-password is too long");
-            goto fail;
-        }
-        snprintf(c->url.password, sizeof(c->url.password), "%s", cfg->redis_password);
-        c->url.has_password = true;
+    if (titan_jobs_consumer_check(cfg, err, errcap) != 0 ||
+        titan_redis_url_parse(cfg->redis_url, &c->url, NULL, 0) != 0 ||
+        (cfg->redis_password && titan_redis_url_set_password(&c->url, cfg->redis_password) != 0))
+        goto fail;
+    titan_redis_url_name(&c->url, c->url_text, sizeof(c->url_text));
+    snprintf(c->prefix, sizeof(c->prefix), "%s", cfg->redis_prefix ? cfg->redis_prefix : TITAN_REDIS_DEFAULT_PREFIX);
+    if (!titan_redis_prefix_ok(cfg->redis_prefix ? cfg->redis_prefix : c->prefix) ||
+        titan_redis_key(c->stream[S_HIGH], sizeof(c->stream[S_HIGH]), c->prefix, TITAN_REDIS_KEY_QUEUE_HIGH, NULL) < 0 ||
+        titan_redis_key(c->stream[S_NORMAL], sizeof(c->stream[S_NORMAL]), c->prefix, TITAN_REDIS_KEY_QUEUE, NULL) < 0 ||
+        titan_redis_key(c->dead, sizeof(c->dead), c->prefix, TITAN_REDIS_KEY_DEAD, NULL) < 0) {
+        snprintf(err, errcap, "--redis-prefix must be 1 to %d printable characters without spaces, '{' or '}'",
+                 TITAN_REDIS_MAX_PREFIX);
+        goto fail;
     }
-    bool v6 = strchr(c->url.host, ':') != NULL;
-    snprintf(c->url_text, sizeof(c->url_text), "redis://%s%s%s:%d/%d", v6 ? "[" : "", c->url.host,
-             v6 ? "]" : "", c->url.port, c->url.db);
-    const char *prefix = cfg->redis_prefix ? cfg->redis_prefix : "titan";
-    snprintf(c->stream[S_HIGH], sizeof(c->stream[S_HIGH]), "{%s}:jobs:high", prefix);
-    snprintf(c->stream[S_NORMAL], sizeof(c->stream[S_NORMAL]), "{%s}:jobs", prefix);
-    snprintf(c->dead, sizeof(c->dead), "{%s}:dead", prefix);
-    snprintf(c->job_prefix, sizeof(c->job_prefix), "{%s}:job:", prefix);
-    snprintf(c->group, sizeof(c->group), "%s", cfg->jobs_group ? cfg->jobs_group : "titan-workers");
+    snprintf(c->group, sizeof(c->group), "%s", cfg->jobs_group ? cfg->jobs_group : TITAN_REDIS_DEFAULT_GROUP);
     char host[256] = "localhost";
     if (gethostname(host, sizeof(host)) != 0) snprintf(host, sizeof(host), "localhost");
     host[sizeof(host) - 1] = '\0';
@@ -1806,7 +1470,7 @@ void titan_jobs_consumer_stop(titan_jobs_consumer **cp)
     free(c->slots);
     free(c->order);
     pthread_mutex_destroy(&c->lock);
-    memset(c->url.password, 0, sizeof(c->url.password));
+    titan_redis_url_wipe(&c->url);
     free(c);
     *cp = NULL;
 }
