@@ -318,6 +318,10 @@ static int s_start(const char *worker, const char *device, long stage_kb, int ru
     snprintf(epfile, sizeof epfile, "%s/endpoint-%d", g_dir, run);
     snprintf(g_log, sizeof g_log, "%s/worker-%d.log", g_dir, run);
     int start_s = (int)s_env_long("TITAN_CHECK_START_S", 90, 1, 3600);
+    /* Set here, not in the child: setenv allocates, and the child of a threaded process should not. */
+    char kb[32];
+    snprintf(kb, sizeof kb, "%ld", stage_kb);
+    setenv("TITAN_CUDA_STAGE_KB", kb, 1);
     pid_t p = fork();
     if (p < 0) {
         snprintf(why, cap, "fork: %s", strerror(errno));
@@ -330,9 +334,6 @@ static int s_start(const char *worker, const char *device, long stage_kb, int ru
             dup2(fd, 1);
             dup2(fd, 2);
         }
-        char kb[32];
-        snprintf(kb, sizeof kb, "%ld", stage_kb);
-        setenv("TITAN_CUDA_STAGE_KB", kb, 1);
         execl(worker, worker, "--device", device, "--bind", "tcp://127.0.0.1:*", "--endpoint-file", epfile,
               "--threads", "2", "--max-request-bytes", "2G", "--max-result-bytes", "2G", (char *)NULL);
         fprintf(stderr, "cuda_check: cannot run %s: %s\n", worker, strerror(errno));
@@ -877,7 +878,8 @@ static void s_usage(const char *argv0)
 }
 
 /* A start that failed: where a GPU is visible (or after a first run that worked), "not ok" with the worker's
- * log; elsewhere, before any line, the skip plan. Returns the exit status. */
+ * log; elsewhere, before any line, the skip plan. visible_why: what made a GPU visible (NULL: not said).
+ * Returns the exit status. */
 static int s_start_failed(const char *what, const char *why, bool visible, const char *visible_why)
 {
     pthread_mutex_lock(&g_tap);
@@ -897,7 +899,7 @@ static int s_start_failed(const char *what, const char *why, bool visible, const
     s_log_tail_locked(last, sizeof last);
     pthread_mutex_unlock(&g_tap);
     s_ok(false, "%s: %s: %s%s%s", what, why, last[0] ? last : "(the worker's log is empty)",
-         visible ? "; a GPU is visible: " : "", visible ? visible_why : "");
+         visible_why ? "; a GPU is visible: " : "", visible_why ? visible_why : "");
     printf("1..%d\n", g_n);
     return 1;
 }
@@ -984,7 +986,7 @@ int main(int argc, char **argv)
              S_SMALL_STAGE_KB);
     t0 = s_now();
     if (s_start(worker, device, S_SMALL_STAGE_KB, 2, why, sizeof why) != 0) {
-        s_start_failed(what, why, true, "it started before");
+        s_start_failed(what, why, true, NULL);
     } else {
         s_ok(true, "%s in %.1f s", what, s_now() - t0);
         c = s_client("cuda-check");

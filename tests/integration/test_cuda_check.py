@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 if len(sys.argv) >= 2 and sys.argv[1] == "--skip":
     print(f"1..0 # SKIP {' '.join(sys.argv[2:]) or 'the fake CUDA backend is not built'}", flush=True)
@@ -74,13 +75,20 @@ def script(name, body):
     return path
 
 
-def gone(pid):
-    """Whether process pid is gone (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1].startswith("Z")
-    except OSError:
-        return True
+def gone(pid, wait=5.0):
+    """Whether process pid is gone (a zombie counts as gone), waiting up to `wait` s: a process sent SIGKILL
+    takes a moment to exit."""
+    end = time.monotonic() + wait
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[-1].startswith("Z"):
+                    return True
+        except OSError:
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
 
 
 def gpu_nodes_here():
@@ -171,6 +179,16 @@ pid = int(open(pidfile).read()) if os.path.exists(pidfile) else 0
 bad = not_oks(out)
 ok(rc == 1 and len(bad) == 1 and "no answer within 3 s" in bad[0] and pid and gone(pid),
    "a worker that stops answering: not ok after TITAN_CHECK_CALL_S, and killed", out)
+
+# 8b. The second start (64 KiB staging) failing after a first that worked: not ok, whatever the GPU detection.
+second = script("second-start-fails", f"""[ "$TITAN_CUDA_STAGE_KB" = 64 ] && {{ echo 'out of pinned memory' >&2; exit 1; }}
+exec "{WORKER}" "$@"
+""")
+rc, out = run(["--big", "64", "--quick"], worker=second, TITAN_CHECK_GPU_VISIBLE=0)
+bad = not_oks(out)
+ok(rc == 1 and len(bad) == 1 and "starts again with 64 KiB staging" in bad[0] and "out of pinned memory" in bad[0]
+   and "SKIP" not in out and re.search(r"^1\.\.\d+$", out, re.M),
+   "the second start failing after a first that worked: not ok with the reason, even with no GPU visible", out)
 
 # 9. The checks can fail: a sticky CUDA error part-way (the 40th GEMM) makes products fail, loudly, and the
 # second run (a fresh worker) fails likewise; the check still ends with its plan.
