@@ -3,10 +3,11 @@
  * the fake CUDA module (tests/fake_cuda), a test of itself on machines without a GPU.
  *
  * It starts titan-worker --device cuda[:N] twice:
- *   1. with TITAN_CUDA_STAGE_KB as given, else 8192 (cuda.c's default, set explicitly so that the shapes
- * below are computed from the staging size really in use): gpu_info's device fields (and the "# gpu_info:"
- *      line), two concurrent clients, the pool's steady state, the design's JSON example, the staging shapes,
- *      host and resident operands mixed, and the largest square product (--big) in both dtypes;
+ *   1. with TITAN_CUDA_STAGE_KB as given, else 8192 (cuda.c's default, set explicitly so that the
+ *      shapes below come from the staging size really in use): gpu_info's device fields (and the
+ *      "# gpu_info:" line), two concurrent clients, the pool's steady state, the design's JSON example,
+ *      the staging shapes, host and resident operands mixed, and the largest square product (--big) in
+ *      both dtypes;
  *   2. with 64 KiB staging buffers, so that modest shapes span many row blocks: two concurrent clients, the
  *      staging shapes, host and resident operands mixed.
  * The staging shapes are computed from the staging size (rows per block = stage / (max(k, n) * element size),
