@@ -181,7 +181,7 @@ upto() {
 say() { echo "run.sh: $*"; }
 md() { printf '%s\n' "$@" >>"$SUM"; }
 
-for t in timeout awk sed grep tee date getconf; do
+for t in timeout awk sed grep tee date; do
   if ! command -v "$t" >/dev/null; then
     echo "# titan device kit: NOT RUN: $t is missing on this machine" >"$SUM"
     echo "run.sh: NOT RUN: $t is missing on this machine (coreutils, gawk or mawk, sed, grep, libc-bin)" >&2
@@ -210,6 +210,10 @@ md "" "## GPU" ""
 if [ -n "$gpus" ]; then
   while read -r g; do md "- $g"; done <<<"$gpus"
   md "- driver: ${drv:-?} (supports CUDA ${drv_cuda:-?}); GPU 0: $(awk -F', ' 'NR == 1 {print $3 ", compute capability " $4}' <<<"$q")"
+  # The carried runtime needs a driver of its major version (or CUDA's forward-compatibility libcuda).
+  if [[ ${drv_cuda%%.*} =~ ^[0-9]+$ ]] && [ "${drv_cuda%%.*}" -lt "$(kv cuda_major)" ]; then
+    md "- **the driver may be too old**: it supports CUDA $drv_cuda, the kit's runtime is CUDA $(kv cuda_major): expect cudaErrorInsufficientDriver unless a newer libcuda from CUDA's compat package is found first (/usr/local/cuda/compat)"
+  fi
 else
   md "- **no GPU visible**: $(command -v nvidia-smi >/dev/null 2>&1 && echo 'nvidia-smi -L lists none' || echo 'nvidia-smi is not installed (no NVIDIA driver here)')"
 fi

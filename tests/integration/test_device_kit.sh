@@ -11,7 +11,8 @@
 #         where it looked, and the other versions it saw
 #   (iii) a budget too small for every size, with one size that hangs: run.sh ends within the budget and a
 #         few seconds, the hung size is reported timed out (exit 1), the rest skipped for time
-#   (iv)  a start failure (no GPU code for the device): reported as a failure, never a pass
+#   (iv)  a start failure (no GPU code for the device): reported as a failure, never a pass; and a driver
+#         older than the kit's runtime is flagged
 # and after each, that no process from the kit is left.
 # Usage: test_device_kit.sh BUILD_ROOT FAKE_LIBCUDART FAKE_LIBCUBLAS
 #        test_device_kit.sh BUILD_ROOT --skip REASON
@@ -41,7 +42,7 @@ check() { # check DESCRIPTION COMMAND...
 diag() { sed 's/^/# /' "$@"; }
 bail() { echo "Bail out! $*"; exit 1; }
 
-echo "1..42"
+echo "1..43"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/titan-kit-test.XXXXXX")
 [ -n "${TITAN_KIT_TEST_KEEP:-}" ] || trap 'rm -rf "$tmp"' EXIT
@@ -196,10 +197,12 @@ check "(iii) cuda_check still passed before the benchmark" grep -qE '^## cuda_ch
 no_strays "(iii)"
 
 # ---- (iv) a start failure on the GPU machine is a failure ----
-run_kit nokernel TITAN_KIT_BUDGET_S=120 BENCH_GPU_SIZES=64 FAKE_CUDA_NO_KERNEL=1
+run_kit nokernel TITAN_KIT_BUDGET_S=120 BENCH_GPU_SIZES=64 FAKE_CUDA_NO_KERNEL=1 FAKE_NVIDIA_SMI_CUDA=$((major - 1)).4
 ok "$([ "$rc" = 1 ] && echo 0 || echo 1)" "(iv) with no GPU code for the device run.sh fails (exit $rc, ${secs} s)"
 check "(iv) summary.md's verdict is FAIL, naming cuda_check" grep -qE '^# titan device kit: FAIL: cuda_check (failed|skipped)' "$sum"
 check "(iv) the benchmark's failure is reported too" grep -qE '^\| 64 \| \*\*FAILED\*\*' "$sum"
+check "(iv) a driver for CUDA $((major - 1)).4 is flagged as maybe too old for the CUDA $major runtime" \
+  grep -qF "**the driver may be too old**: it supports CUDA $((major - 1)).4, the kit's runtime is CUDA $major" "$sum"
 no_strays "(iv)"
 
 [ "$failed" = 0 ] || echo "# $failed failed; TITAN_KIT_TEST_KEEP=1 keeps the logs ($tmp)"
