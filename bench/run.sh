@@ -205,6 +205,11 @@ for n in "${size_list[@]}"; do
   esac
   row "matmul f32 n=$n, ms (vs sgemm)" "$(calc "$t*1000" 3)" "$(calc "$s*1000" 3)" "${ratio:+${ratio}x}" "$target" "$result"
 done
+# Where the time goes: titan minus sgemm, beside a bare ZeroMQ round trip of as many bytes.
+for n in "${size_list[@]}"; do
+  o=$(kv "matmul n=$n " overhead_s); e=$(kv "matmul n=$n " echo_same_bytes_s)
+  row "  n=$n overhead, ms (vs echo bytes)" "$(calc "$o*1000" 3)" "$(calc "$e*1000" 3)" "$(calc "$o/$e")x" "-" "info"
+done
 IFS=, read -r -a py_list <<<"$PY_SIZES"
 for n in "${py_list[@]}"; do
   p="pyclient n=$n "
@@ -214,11 +219,6 @@ for n in "${py_list[@]}"; do
     "$(kv "$p" python_ratio)x" "$target" "$result"
   row "  Router n=$n, ms (vs C client)" "$(calc "$(kv "$p" router_s)*1000" 3)" "$(calc "$c*1000" 3)" \
     "$(kv "$p" router_ratio)x" "-" "info"
-done
-# Where the time goes: titan minus sgemm, beside a bare ZeroMQ round trip of as many bytes.
-for n in "${size_list[@]}"; do
-  o=$(kv "matmul n=$n " overhead_s); e=$(kv "matmul n=$n " echo_same_bytes_s)
-  row "  n=$n overhead, ms (vs echo bytes)" "$(calc "$o*1000" 3)" "$(calc "$e*1000" 3)" "$(calc "$o/$e")x" "-" "info"
 done
 s=$(kv "json_seed " ping_rtt_s); t=$(kv "json_titan " ping_rtt_s)
 row "JSON ping RTT, us (vs seed)" "$(calc "$t*1e6" 1)" "$(calc "$s*1e6" 1)" "$(faster "$s" "$t")" "-" "info"
