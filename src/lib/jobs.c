@@ -409,7 +409,8 @@ static int s_submit_build(titan_jobs *j, const titan_job_request *r, s_submit_cm
     size_t ljob = s_key(j, c->kjob, sizeof c->kjob, TITAN_REDIS_KEY_JOB, c->id);
     size_t lindex = s_key(j, c->kindex, sizeof c->kindex, TITAN_REDIS_KEY_INDEX, NULL);
     size_t lqueue =
-        s_key(j, c->kqueue, sizeof c->kqueue, r->priority == TITAN_JOB_HIGH ? TITAN_REDIS_KEY_QUEUE_HIGH : TITAN_REDIS_KEY_QUEUE, NULL);
+        s_key(j, c->kqueue, sizeof c->kqueue,
+              r->priority == TITAN_JOB_HIGH ? TITAN_REDIS_KEY_QUEUE_HIGH : TITAN_REDIS_KEY_QUEUE, NULL);
     size_t lidem = key ? s_key(j, c->kidem, sizeof c->kidem, TITAN_REDIS_KEY_IDEM, key) : 0;
     int lcreated = snprintf(c->created, sizeof c->created, "%lld", (long long)s_wall_ms());
     int lnf = snprintf(c->nf, sizeof c->nf, "%zu", r->nframes);

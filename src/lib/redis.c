@@ -65,7 +65,8 @@ static int s_hexval(int c)
 
 /* Decodes the %XX escapes of s[0..n) into out (TITAN_REDIS_MAX_CRED + 1 bytes). Returns 0, or
  * -EINVAL with why for a bad escape, a NUL, or a text too long. */
-static int s_decode(const char *s, size_t n, char *out, const char *what, const char *shown, char *why, size_t cap)
+static int s_decode(const char *s, size_t n, char *out, const char *what, const char *shown, char *why,
+                    size_t cap)
 {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
@@ -74,8 +75,9 @@ static int s_decode(const char *s, size_t n, char *out, const char *what, const 
             int hi = i + 2 < n ? s_hexval((unsigned char)s[i + 1]) : -1;
             int lo = hi >= 0 ? s_hexval((unsigned char)s[i + 2]) : -1;
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-                snprintf(why, cap, "'%s': the %s has a bad %%XX escape (write %% as %%25; %%00 is not allowed)",
-                         shown, what);
+                snprintf(why, cap,
+                         "'%s': the %s has a bad %%XX escape (write %% as %%25; %%00 is not allowed)", shown,
+                         what);
                 return -EINVAL;
             }
             ch = hi * 16 + lo;
@@ -120,7 +122,8 @@ int titan_redis_url_parse(const char *url, titan_redis_url *out, char *why, size
     char shown[224]; /* the URL as messages show it: never its credentials */
     titan_redis_url_redact(url, false, shown, sizeof shown);
     if (strncasecmp(url, "rediss://", 9) == 0) {
-        snprintf(why, cap, "'%s': TLS (rediss://) is not supported; use redis:// (through a TLS tunnel if needed)",
+        snprintf(why, cap,
+                 "'%s': TLS (rediss://) is not supported; use redis:// (through a TLS tunnel if needed)",
                  shown);
         return -EINVAL;
     }
@@ -176,7 +179,8 @@ int titan_redis_url_parse(const char *url, titan_redis_url *out, char *why, size
         if (host_end + 1 < end) port = host_end + 2;
         for (const char *p = host; p < host_end; p++)
             if (!isxdigit((unsigned char)*p) && *p != ':' && *p != '.') {
-                snprintf(why, cap, "'%s': \"%.*s\" is not an IPv6 address", shown, (int)(host_end - host), host);
+                snprintf(why, cap, "'%s': \"%.*s\" is not an IPv6 address", shown, (int)(host_end - host),
+                         host);
                 goto out;
             }
     } else {
@@ -325,8 +329,8 @@ int titan_redis_login(redisContext *c, const titan_redis_url *u, int command_ms,
     return 0;
 }
 
-int titan_redis_connect(const titan_redis_url *u, const titan_redis_timeouts *t, redisContext **out, char *why,
-                        size_t cap)
+int titan_redis_connect(const titan_redis_url *u, const titan_redis_timeouts *t, redisContext **out,
+                        char *why, size_t cap)
 {
     redisContext *c = NULL;
     int rc = titan_redis_open(u, t, &c, why, cap);

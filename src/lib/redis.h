@@ -71,8 +71,8 @@ int titan_redis_open(const titan_redis_url *u, const titan_redis_timeouts *t, re
 int titan_redis_login(redisContext *c, const titan_redis_url *u, int command_ms, char *why, size_t cap);
 
 /* titan_redis_open, then titan_redis_login. Returns 0 and *out, or -errno with why (nothing to free). */
-int titan_redis_connect(const titan_redis_url *u, const titan_redis_timeouts *t, redisContext **out, char *why,
-                        size_t cap);
+int titan_redis_connect(const titan_redis_url *u, const titan_redis_timeouts *t, redisContext **out,
+                        char *why, size_t cap);
 
 /* Maps the failure of a hiredis call on c (NULL: no context could be allocated) to -errno, with
  * saved_errno the errno right after the call, and writes what happened to why: -ETIMEDOUT ("no

@@ -218,7 +218,8 @@ static void test_keys(void **state)
     assert_int_equal(titan_redis_key(small, sizeof small, "titan", TITAN_REDIS_KEY_QUEUE_HIGH, NULL),
                      -ENAMETOOLONG);
     assert_string_equal(small, "");
-    assert_int_equal(titan_redis_key(small, sizeof small, "titan", TITAN_REDIS_KEY_QUEUE, NULL), -ENAMETOOLONG);
+    assert_int_equal(titan_redis_key(small, sizeof small, "titan", TITAN_REDIS_KEY_QUEUE, NULL),
+                     -ENAMETOOLONG);
     char fits[13]; /* "{titan}:jobs" and its NUL */
     assert_int_equal(titan_redis_key(fits, sizeof fits, "titan", TITAN_REDIS_KEY_QUEUE, NULL), 12);
 
@@ -260,7 +261,8 @@ static void test_scripts(void **state)
     assert_ptr_equal(argv[1], titan_redis_script_text(TITAN_REDIS_SCRIPT_SUBMIT, NULL));
     titan_redis_scripts s;
     memset(&s, 0, sizeof s);
-    for (int i = 0; i < TITAN_REDIS_NSCRIPTS; i++) snprintf(s.sha[i], sizeof s.sha[i], "%040d", i);
+    for (int i = 0; i < TITAN_REDIS_NSCRIPTS; i++)
+        snprintf(s.sha[i], sizeof s.sha[i], "%040d", i);
     titan_redis_script_args(&s, TITAN_REDIS_SCRIPT_STORE, argv, lens);
     assert_string_equal(argv[0], "EVAL"); /* not loaded yet */
     s.loaded = true;
@@ -301,7 +303,8 @@ static void test_reply_errors(void **state)
         {"ERR unknown command", false, false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        redisReply r = {.type = REDIS_REPLY_ERROR, .str = (char *)cases[i].text, .len = strlen(cases[i].text)};
+        redisReply r = {
+            .type = REDIS_REPLY_ERROR, .str = (char *)cases[i].text, .len = strlen(cases[i].text)};
         assert_int_equal(titan_redis_reply_is_auth(&r), cases[i].auth);
         assert_int_equal(titan_redis_reply_is_unavailable(&r), cases[i].unavailable);
         assert_true(titan_redis_reply_is_error(&r, NULL));
@@ -310,7 +313,8 @@ static void test_reply_errors(void **state)
     assert_false(titan_redis_reply_is_auth(&s));
     assert_false(titan_redis_reply_is_error(&s, NULL));
     assert_false(titan_redis_reply_is_error(NULL, NULL));
-    redisReply e = {.type = REDIS_REPLY_ERROR, .str = "BUSYGROUP Consumer Group name already exists", .len = 44};
+    redisReply e = {
+        .type = REDIS_REPLY_ERROR, .str = "BUSYGROUP Consumer Group name already exists", .len = 44};
     assert_true(titan_redis_reply_is_error(&e, "BUSYGROUP"));
     assert_false(titan_redis_reply_is_error(&e, "NOGROUP"));
     assert_false(titan_redis_reply_is_unavailable(&e)); /* "BUSY " only */
@@ -420,12 +424,13 @@ static void test_login(void **state)
     assert_int_equal(s_login("redis://h", "+OK\r\n", NULL, why, sizeof why, got, sizeof got), 0);
     assert_string_equal(got, "");
     /* AUTH with the password alone, then SELECT */
-    assert_int_equal(s_login("redis://:p%40ss@h/5", "+OK\r\n", "+OK\r\n", why, sizeof why, got, sizeof got), 0);
+    assert_int_equal(s_login("redis://:p%40ss@h/5", "+OK\r\n", "+OK\r\n", why, sizeof why, got, sizeof got),
+                     0);
     assert_non_null(strstr(got, "*2\r\n$4\r\nAUTH\r\n$4\r\np@ss\r\n"));
     assert_non_null(strstr(got, "*2\r\n$6\r\nSELECT\r\n$1\r\n5\r\n"));
     /* AUTH USER PASSWORD, refused */
-    assert_int_equal(s_login("redis://admin:bad@h/5", "-WRONGPASS invalid username-password pair\r\n", "+OK\r\n",
-                             why, sizeof why, got, sizeof got),
+    assert_int_equal(s_login("redis://admin:bad@h/5", "-WRONGPASS invalid username-password pair\r\n",
+                             "+OK\r\n", why, sizeof why, got, sizeof got),
                      -EACCES);
     assert_non_null(strstr(got, "*3\r\n$4\r\nAUTH\r\n$5\r\nadmin\r\n$3\r\nbad\r\n"));
     assert_null(strstr(got, "SELECT"));
