@@ -75,13 +75,13 @@ check-legacy-cuda:
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS = request reply
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -std=gnu11 -D_GNU_SOURCE \
-  -Wall -Wextra -Wno-unused-parameter -Iinclude -Isrc/lib -Isrc/worker
+  -Wall -Wextra -Wno-unused-parameter -Iinclude -Isrc/core
 fuzz:
 	@command -v clang >/dev/null || { echo "make fuzz needs clang: apt-get install clang libclang-rt-14-dev" >&2; exit 2; }
 	mkdir -p $(BUILD)/fuzz
-	clang $(FUZZ_CFLAGS) fuzz/fuzz_request.c src/lib/jsonscan.c src/lib/numfmt.c src/lib/tensor.c \
+	clang $(FUZZ_CFLAGS) fuzz/fuzz_request.c src/core/jsonscan.c src/core/numfmt.c src/core/tensor.c \
 	  -ljansson -lm -o $(BUILD)/fuzz/fuzz_request
-	clang $(FUZZ_CFLAGS) fuzz/fuzz_reply.c src/worker/request.c src/lib/jsonscan.c src/lib/numfmt.c src/lib/tensor.c \
+	clang $(FUZZ_CFLAGS) fuzz/fuzz_reply.c src/core/request.c src/core/jsonscan.c src/core/numfmt.c src/core/tensor.c \
 	  -lzmq -ljansson -lm -lpthread -o $(BUILD)/fuzz/fuzz_reply
 	@rc=0; for t in $(FUZZ_TARGETS); do \
 	  fuzz/run.sh $(BUILD)/fuzz/fuzz_$$t $(FUZZ_SECONDS) $(BUILD)/fuzz-corpus/$$t fuzz/corpus/$$t || rc=1; \

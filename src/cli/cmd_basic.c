@@ -219,6 +219,42 @@ void cli_help_matmul(FILE *f)
 
 /* Compares the worker's product `got` with OpenBLAS's for a (m x k) * b (k x n).
  * Returns 0 with the largest absolute and relative errors, or -ENOMEM. */
+/* Whether a backend's capability list (comma-separated; "" = any) offers `cap`. */
+static bool s_offers(const char *caps, const char *cap)
+{
+    if (!caps[0]) return true;
+    size_t n = strlen(cap);
+    for (const char *p = caps; *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        while (len && *p == ' ') p++, len--;
+        if (len == n && strncmp(p, cap, n) == 0) return true;
+        if (!e) break;
+        p = e + 1;
+    }
+    return false;
+}
+
+/* Why a split ran on one backend (`used`): each other backend that offers matrix_ops, its breaker's
+ * state and its last error. Empty when there is none. */
+static void s_split_note(titan_router *router, int used, char *buf, size_t cap)
+{
+    size_t len = 0;
+    buf[0] = '\0';
+    size_t count = titan_router_backend_count(router);
+    for (size_t i = 0; i < count && len < cap; i++) {
+        titan_backend_status st;
+        if ((int)i == used || titan_router_backend_status(router, i, &st) != 0) continue;
+        if (!s_offers(st.capabilities, "matrix_ops")) continue;
+        const char *state = st.state == TITAN_BREAKER_CLOSED ? "is up but took no rows"
+                            : st.state == TITAN_BREAKER_OPEN ? "is down (breaker open)"
+                                                             : "is down (breaker half-open, to be probed)";
+        len += (size_t)snprintf(buf + len, cap - len, "%s%s %s%s%s", len ? "; " : "", st.name, state,
+                                st.last_error[0] ? ": " : "", st.last_error);
+    }
+    if (!buf[0]) snprintf(buf, cap, "no other backend offers matrix_ops");
+}
+
 static int s_check_product(titan_dtype dt, size_t m, size_t k, size_t n, const void *a, const void *b,
                            const void *got, double *max_abs, double *max_rel)
 {
@@ -316,6 +352,9 @@ int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
     /* Where it ran: the endpoint, the backend the router chose, or the split's parts. */
     char where[512];
     snprintf(where, sizeof(where), "%s", g->endpoint);
+    char split_note[1024] = "";
+    if (router && split && ri.nparts <= 1)
+        s_split_note(router, ri.nparts == 1 ? ri.part[0].backend : ri.backend, split_note, sizeof(split_note));
     if (router && split) {
         route = json_array();
         size_t len = (size_t)snprintf(where, sizeof(where), "split over");
@@ -360,6 +399,7 @@ int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
             json_object_set_new(o, split ? "split" : "backend", route ? route : json_null());
             route = NULL;
             json_object_set_new(o, "tried", json_integer(ri.tried));
+            if (split_note[0]) json_object_set_new(o, "split_note", json_string(split_note));
         }
         if (o && check)
             json_object_set_new(o, "check",
@@ -370,6 +410,7 @@ int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
     } else {
         printf("matmul %zux%zu * %zux%zu %s on %s: %.3f ms, %.3g GFLOP/s (round trip, transfers included)\n",
                m, k, k, n, titan_dtype_name(dt), where, secs * 1e3, gflops);
+        if (split_note[0]) printf("the split ran on one backend: %s\n", split_note);
         if (check)
             printf("check against OpenBLAS: max abs error %.3g, relative error %.3g (tolerance %.3g): %s\n",
                    max_abs, max_rel, tol, ok ? "ok" : "FAILED");

@@ -13,6 +13,7 @@
 #include <yaml.h>
 #include <zmq.h>
 
+#include "backend.h"
 #include "backends_conf.h"
 #include "numfmt.h"
 #include "yamlconf.h"
@@ -358,12 +359,11 @@ static int s_int_field(s_ctx *c, const char *bname, const char *field, const yam
                          bname, field, lo, hi, s_show(n, buf, sizeof buf));
 }
 
+/* The core's one device grammar (backends/select.c), as titan-worker's --device reads it. */
 static bool s_device_ok(yamlconf_text t)
 {
-    if (yamlconf_is(t, "auto") || yamlconf_is(t, "cpu") || yamlconf_is(t, "cuda")) return true;
-    long idx;
-    return t.len > 5 && memcmp(t.s, "cuda:", 5) == 0 &&
-           yamlconf_parse_long((yamlconf_text){t.s + 5, t.len - 5}, false, 0, 65535, &idx);
+    titan_device_spec d;
+    return titan_device_parse(t.s, t.len, &d) == 0;
 }
 
 static int s_caps(s_ctx *c, const char *bname, const yaml_node_t *n, titan_conf_backend *b)
@@ -484,8 +484,9 @@ static int s_backend(s_ctx *c, const yaml_node_t *key, const yaml_node_t *map, i
         t = yamlconf_text_of(v[F_DEVICE]);
         if (local && !s_device_ok(t))
             return yamlconf_fail(&c->y, yamlconf_line(v[F_DEVICE]),
-                                 "%s.device: must be auto, cpu, cuda or cuda:N, not %s", bname,
-                                 s_show(v[F_DEVICE], buf, sizeof buf));
+                                 "%s.device: must be auto, cpu, cuda or cuda:N, not %s (N: 0 to %d, as "
+                                 "titan-worker's --device)",
+                                 bname, s_show(v[F_DEVICE], buf, sizeof buf), TITAN_DEVICE_INDEX_MAX);
         if (!local && (t.len == 0 || t.len >= sizeof b->device || !s_printable(t)))
             return yamlconf_fail(
                 &c->y, yamlconf_line(v[F_DEVICE]),

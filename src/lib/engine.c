@@ -15,6 +15,7 @@
 #include "jsonscan.h"
 #include "ops.h"
 #include "reply_internal.h"
+#include "backends/select.h"
 #include "request.h"
 #include "sysinfo.h"
 
@@ -69,12 +70,17 @@ int titan_engine_new(const char *device, int blas_threads, titan_engine **out, c
     e->w.limits.max_inflight_bytes = S_MAX_INFLIGHT_BYTES;
     /* OpenBLAS's thread count is per process: the last engine (or worker backend) opened sets it. */
     char msg[512] = "";
-    int rc = titan_backend_open(device, e->w.blas_threads, &e->w.backend, msg, sizeof(msg));
+    char why[512] = "";
+    bool why_warns = false;
+    /* The worker's own choice (backends/select.c): cuda and cuda:N load titan-backend-cuda.so in-process,
+     * with its memory pool, errors and readiness; auto falls back to the CPU as the worker does. */
+    int rc = titan_backend_select(device, e->w.blas_threads, NULL, &e->w.backend, why, sizeof(why), &why_warns, msg,
+                                  sizeof(msg));
     if (rc) {
         if (rc == -ENOMEM) {
             s_set_err(err, errcap, "out of memory while opening device '%s'", device);
         } else {
-            /* titan_backend_open says -EINVAL for a name it does not know: no such device, for our contract.
+            /* titan_backend_select says -EINVAL for a name it does not know: no such device, for our contract.
              */
             if (rc != -ENOTSUP) rc = -ENODEV;
             if (msg[0])

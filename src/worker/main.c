@@ -244,9 +244,10 @@ static bool s_open_compute(s_worker *app)
     char why[512] = "", err[512];
     titan_cuda_opts copts = {.pool_cache_bytes = cfg->pool_cache_mb << 20, .executors = w->threads};
     bool why_warns = false;
-    if (titan_backend_select(cfg->device, w->blas_threads, &copts, &w->backend, why, sizeof(why), &why_warns, err,
-                             sizeof(err)) != 0)
-        return s_fail(app, "%s", err);
+    int rc = titan_backend_select(cfg->device, w->blas_threads, &copts, &w->backend, why, sizeof(why), &why_warns,
+                                  err, sizeof(err));
+    if (rc == -EINVAL) return s_fail(app, "%s", err);
+    if (rc) return s_fail(app, "%s; use --device cpu (or auto)", err);
     /* Routine (no GPU at all) at debug, so that a CPU worker still starts with one line at info. */
     if (why[0]) titan_log(why_warns ? TITAN_LOG_WARN : TITAN_LOG_DEBUG, "--device %s: %s", cfg->device, why);
 
@@ -265,7 +266,7 @@ static bool s_open_compute(s_worker *app)
     if (q.client_bytes > q.worker_bytes) q.client_bytes = q.worker_bytes;
     w->tensors = titan_tstore_new(w->backend, &q);
     if (!w->tensors) return s_fail(app, "cannot set up resident tensors: out of memory");
-    int rc = titan_tstore_start_sweeper(w->tensors);
+    rc = titan_tstore_start_sweeper(w->tensors);
     if (rc) return s_fail(app, "cannot set up resident tensors: %s", strerror(-rc));
     titan_metrics_set_tensors(app->metrics, w->tensors);
     titan_metrics_set_backend(app->metrics, w->backend);

@@ -1,4 +1,4 @@
-/* fake_cuda.c - TEST ONLY: the part of the CUDA runtime and cuBLAS that src/worker/backends/cuda.c calls,
+/* fake_cuda.c - TEST ONLY: the part of the CUDA runtime and cuBLAS that src/core/backends/cuda.c calls,
  * on the CPU, so that the real cuda.c runs inside a real titan-worker on machines without a GPU
  * (tests/integration/test_cuda_fake.py). Linked into titan-backend-cuda-fake.so, never installed, never in
  * the shipped module. Compiled against the toolkit's own headers, so that the types and struct layouts

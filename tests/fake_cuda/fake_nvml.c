@@ -1,5 +1,5 @@
 /* fake_nvml.c - TEST ONLY: a tiny libnvidia-ml stand-in (fake-nvml.so) for tests/integration/test_cuda_fake.py,
- * loaded by src/worker/backends/nvml.c through $TITAN_NVML_LIBRARY. One device, at PCI 0000:01:00.0 (the fake
+ * loaded by src/core/backends/nvml.c through $TITAN_NVML_LIBRARY. One device, at PCI 0000:01:00.0 (the fake
  * CUDA runtime's), with fixed figures; power is "not supported" (NVML_ERROR_NOT_SUPPORTED), as on many
  * GeForce boards, so that the worker must report power_w as null. The declarations are NVML's public C API. */
 #include <stdio.h>

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""test_cuda_fake.py - the CUDA backend (src/worker/backends/cuda.c, devpool.c, nvml.c, cuda_err.c) through a real
+"""test_cuda_fake.py - the CUDA backend (src/core/backends/cuda.c, devpool.c, nvml.c, cuda_err.c) through a real
 titan-worker on machines without a GPU: tests/fake_cuda builds the same sources into titan-backend-cuda-fake.so
 over a fake CUDA runtime and cuBLAS that compute on the CPU (fake_cuda.c: two devices by default, each with a
 byte budget, a current device per thread, stream work that runs only when the host waits for it, every device

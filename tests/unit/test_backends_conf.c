@@ -599,6 +599,12 @@ static void test_device(void **state)
     expect_err("backends:\n  l: {type: local, device: 'cuda:x'}\n", "t.yaml:2: l.device: ", "cuda:N");
     expect_err("backends:\n  l: {type: local, device: 'cuda:-1'}\n", "t.yaml:2: l.device: ", "cuda:N");
     expect_err("backends:\n  l: {type: local, device: 'cuda:0 '}\n", "t.yaml:2: l.device: ", "cuda:N");
+    /* One grammar with titan-worker's --device: N up to 255 (this file took 65535 before). */
+    expect_err("backends:\n  l: {type: local, device: 'cuda:256'}\n", "t.yaml:2: l.device: ", "N: 0 to 255");
+    expect_err("backends:\n  l: {type: local, device: 'cuda:65535'}\n", "t.yaml:2: l.device: ", "N: 0 to 255");
+    titan_conf *top = load_ok("backends:\n  l: {type: local, device: 'cuda:255'}\n");
+    assert_string_equal(top->backends[0].device, "cuda:255");
+    free(top);
     expect_err("backends:\n  l: {type: local, device: }\n", "t.yaml:2: l.device: ", "not an empty value");
     char yaml[256];
     snprintf(yaml, sizeof yaml,

@@ -1,4 +1,4 @@
-/* test_cuda_err.c - CUDA runtime and cuBLAS failures to reply codes (src/worker/backends/cuda_err.c):
+/* test_cuda_err.c - CUDA runtime and cuBLAS failures to reply codes (src/core/backends/cuda_err.c):
  * classes of the stable enum values, and the codes and sizes in the replies. Runs without CUDA. */
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,4 +1,4 @@
-/* test_devpool.c - cmocka tests of the caching device-memory pool (src/worker/devpool.c) over a fake
+/* test_devpool.c - cmocka tests of the caching device-memory pool (src/core/devpool.c) over a fake
  * allocator: block sizes, reuse in steady state, the cache's cap and eviction order, out-of-memory
  * trims and errors, destroy, get/put from several threads, and that the allocator never runs under the
  * pool's lock. */

@@ -1,4 +1,4 @@
-/* test_tstore.c - cmocka tests of the resident tensor table (src/worker/tstore.c): handles, ownership,
+/* test_tstore.c - cmocka tests of the resident tensor table (src/core/tstore.c): handles, ownership,
  * the per-client and per-worker byte quotas (each tensor charged its rounded data plus its bookkeeping), the
  * per-client and per-worker counts, quota given back, references that outlive a free, free_all, the list's
  * JSON (its own tensors only), the idle TTL and orphans (on a fake clock) and the sweeper thread; over a fake

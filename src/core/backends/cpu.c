@@ -175,46 +175,6 @@ int titan_backend_cpu_open(int blas_threads, titan_backend **out)
     return 0;
 }
 
-int titan_device_parse(const char *device, int *kind, int *index)
-{
-    if (strcmp(device, "auto") == 0 || strcmp(device, "cpu") == 0) {
-        *kind = device[0] == 'a' ? 0 : 1;
-        *index = -1;
-        return 0;
-    }
-    if (strcmp(device, "cuda") == 0) {
-        *kind = 2;
-        *index = 0;
-        return 0;
-    }
-    if (strncmp(device, "cuda:", 5) == 0) {
-        const char *p = device + 5;
-        if (*p < '0' || *p > '9') return -EINVAL;
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (*end || v < 0 || v > 255) return -EINVAL;
-        *kind = 2;
-        *index = (int)v;
-        return 0;
-    }
-    return -EINVAL;
-}
-
-int titan_backend_open(const char *device, int blas_threads, titan_backend **out, char *err, size_t errcap)
-{
-    int kind, index;
-    if (titan_device_parse(device, &kind, &index)) {
-        snprintf(err, errcap, "unknown device '%s': expected auto, cpu, cuda or cuda:N (N: 0 to 255)",
-                 device);
-        return -EINVAL;
-    }
-    if (kind != 2) return titan_backend_cpu_open(blas_threads, out);
-    snprintf(err, errcap,
-             "device '%s' is unsupported here: only titan-worker has the CUDA backend; use cpu (or auto)",
-             device);
-    return -ENOTSUP;
-}
-
 void titan_backend_destroy(titan_backend **be)
 {
     if (!be || !*be) return;

@@ -83,18 +83,23 @@ struct titan_backend {
     void (*destroy)(titan_backend *be);
 };
 
-/* Opens the backend named by `device` ("auto", "cpu", "cuda", "cuda:N") with `blas_threads`
- * CPU threads (0: all cores). Returns 0 and *out, -ENODEV when the device does not exist,
- * -ENOTSUP when this build lacks that backend; `err` explains either. In libtitan (the router's
- * local backends) only the CPU exists; titan-worker adds CUDA (backends/select.c). */
-int titan_backend_open(const char *device, int blas_threads, titan_backend **out, char *err, size_t errcap);
+/* The one device grammar, for titan-worker's --device, compute_backends.yaml's `device` and the
+ * in-process engine: "auto", "cpu", "cuda" (device 0) or "cuda:N" with N from 0 to
+ * TITAN_DEVICE_INDEX_MAX (backends/select.c). */
+typedef enum { TITAN_DEVICE_AUTO, TITAN_DEVICE_CPU, TITAN_DEVICE_CUDA } titan_device_kind;
+#define TITAN_DEVICE_INDEX_MAX 255
+/* How messages name the grammar. */
+#define TITAN_DEVICE_GRAMMAR "auto, cpu, cuda or cuda:N (N: 0 to 255)"
+typedef struct {
+    titan_device_kind kind;
+    int index; /* the CUDA ordinal: 0 for "cuda", N for "cuda:N"; -1 for auto and cpu */
+} titan_device_spec;
+/* Parses `len` bytes of `text` (no NUL needed). Returns 0 and *out, or -EINVAL. */
+int titan_device_parse(const char *text, size_t len, titan_device_spec *out);
+
 void titan_backend_destroy(titan_backend **be);
 
 /* The CPU backend (backends/cpu.c). */
 int titan_backend_cpu_open(int blas_threads, titan_backend **out);
-
-/* Parses "auto", "cpu", "cuda" (device 0) or "cuda:N". Returns 0 with *kind (0 auto, 1 cpu,
- * 2 cuda) and *index, or -EINVAL. */
-int titan_device_parse(const char *device, int *kind, int *index);
 
 #endif

@@ -681,7 +681,7 @@ int titan_backend_cuda_open(int index, const titan_cuda_opts *opts, titan_backen
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
-        snprintf(err, errcap, "no usable CUDA device: %s (%s)", cudaGetErrorName(e), cudaGetErrorString(e));
+        snprintf(err, errcap, "no CUDA device: %s (%s)", cudaGetErrorName(e), cudaGetErrorString(e));
         return titan_cuda_classify((int)e) == TITAN_CUDA_NODEV ? -ENODEV : -EIO;
     }
     if (index < 0 || index >= count) {

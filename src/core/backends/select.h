@@ -1,4 +1,5 @@
-/* select.h - titan-worker's device choice: the CUDA backend module when a GPU is there, else the CPU. */
+/* select.h - the device choice of titan-worker and of libtitan's in-process engine: the CUDA backend
+ * module when a GPU is there, else the CPU. */
 #ifndef TITAN_WORKER_BACKENDS_SELECT_H
 #define TITAN_WORKER_BACKENDS_SELECT_H
 
@@ -26,7 +27,9 @@ typedef int (*titan_cuda_open_fn)(int index, const titan_cuda_opts *opts, titan_
  * the CUDA module loads and finds a device, else the CPU, and says why in `why` (empty when there
  * was nothing to say); *why_warns is true when that is worth a warning (a GPU driver is there but
  * CUDA failed), false when it is routine (no GPU at all). Returns 0 and *out, or -errno with err
- * set: -EINVAL (a bad name), -ENOTSUP (no CUDA module) or -ENODEV (no such device). */
+ * set: -EINVAL (a bad name), -ENOTSUP (no CUDA module) or -ENODEV (no such device). `opts` may be NULL
+ * (the defaults). The CUDA module is $TITAN_CUDA_MODULE, else titan-backend-cuda.so where module.c
+ * finds it (beside the program or libtitan.so, then LIBDIR/titan). */
 int titan_backend_select(const char *device, int blas_threads, const titan_cuda_opts *opts,
                          titan_backend **out, char *why, size_t whycap, bool *why_warns, char *err,
                          size_t errcap);
