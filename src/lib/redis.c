@@ -421,96 +421,127 @@ static const char s_cancel_lua[] =
     "redis.call('EXPIRE', KEYS[1], ARGV[2])\n"
     "return 'queued'\n";
 
-/* New entries for up to ARGV[3] free slots, high priority strictly first: the normal queue is read
- * only for what the high one did not fill, in the same atomic step. KEYS: high, normal. ARGV:
- * group, consumer, count. Replies like XREADGROUP: nil, or {{stream, entries}...}. */
-static const char s_read_lua[] =
-    "local g, who, n = ARGV[1], ARGV[2], tonumber(ARGV[3])\n"
-    "local out = {}\n"
-    "local h = redis.call('XREADGROUP', 'GROUP', g, who, 'COUNT', n, 'STREAMS', KEYS[1], '>')\n"
-    "if h then out[1] = h[1]; n = n - #h[1][2] end\n"
-    "if n > 0 then\n"
-    "  local r = redis.call('XREADGROUP', 'GROUP', g, who, 'COUNT', n, 'STREAMS', KEYS[2], '>')\n"
-    "  if r then out[#out + 1] = r[1] end\n"
+/* Starting one entry (docs/JOBS.md, step 3), shared by the start and read-start scripts. It sees the
+ * script's dead, group, maxa, now, worker, ttl and frames. Returns {"skip", why}, {"dead", attempts,
+ * error} or {"run", attempts, header, nframes, frame:1, ...}. With `check`, an entry no longer pending
+ * on this consumer (another worker reclaimed it meanwhile) is left alone; an entry the same script
+ * has just read is this consumer's. A job that already ended (a duplicate entry) is skipped like a
+ * cancelled one rather than run again. Two commands start a job: one HMGET reads the record with every
+ * frame a request may have, one HSET marks it running (each command a script runs costs Redis more
+ * than the work it does for a small job). */
+#define S_LUA_START_FN                                                                                         \
+    "local frames = {}\n"                                                                                      \
+    "for i = 1, 15 do frames[i] = 'frame:' .. i end\n"                                                         \
+    "local function start(job, stream, entry, id, check)\n"                                                    \
+    "  if check then\n"                                                                                        \
+    "    local mine = redis.call('XPENDING', stream, group, entry, entry, 1, worker)\n"                        \
+    "    if #mine == 0 then return {'skip', 'no longer pending on this consumer'} end\n"                       \
+    "  end\n"                                                                                                  \
+    "  local rec = redis.call('HMGET', job, 'state', 'attempts', 'header', 'nframes', unpack(frames))\n"       \
+    "  local st = rec[1]\n"                                                                                    \
+    "  if not st then\n"                                                                                       \
+    "    redis.call('XACK', stream, group, entry)\n"                                                           \
+    "    return {'skip', 'missing'}\n"                                                                         \
+    "  end\n"                                                                                                  \
+    "  if st == 'cancelled' or st == 'done' or st == 'failed' then\n"                                          \
+    "    if st == 'cancelled' then\n"                                                                          \
+    "      redis.call('HDEL', job, unpack(frames))\n"                                                          \
+    "      if redis.call('TTL', job) < 0 then redis.call('EXPIRE', job, ttl) end\n"                            \
+    "    end\n"                                                                                                \
+    "    redis.call('XACK', stream, group, entry)\n"                                                           \
+    "    return {'skip', st}\n"                                                                                \
+    "  end\n"                                                                                                  \
+    "  local n = (tonumber(rec[2]) or 0) + 1\n"                                                                \
+    "  if n > maxa then\n"                                                                                     \
+    "    local last = redis.call('HGET', job, 'error')\n"                                                      \
+    "    local code = redis.call('HGET', job, 'code') or 'internal'\n"                                         \
+    "    local text = 'gave up after ' .. (n - 1) .. ' attempts: ' .. (last or "                               \
+    "'no attempt ended (the worker running it stopped or crashed)')\n"                                         \
+    "    redis.call('HSET', job, 'attempts', n - 1, 'state', 'failed', 'finished_ms', now, 'error', text, "    \
+    "'code', code)\n"                                                                                          \
+    "    redis.call('HDEL', job, unpack(frames))\n"                                                            \
+    "    redis.call('EXPIRE', job, ttl)\n"                                                                     \
+    "    redis.call('XADD', dead, '*', 'id', id, 'error', text, 'attempts', n - 1)\n"                          \
+    "    redis.call('XACK', stream, group, entry)\n"                                                           \
+    "    return {'dead', tostring(n - 1), text}\n"                                                             \
+    "  end\n"                                                                                                  \
+    "  redis.call('HSET', job, 'attempts', n, 'state', 'running', 'started_ms', now, 'worker', worker)\n"     \
+    "  local out = {'run', tostring(n), rec[3] or false, rec[4] or false}\n"                                   \
+    "  local k = tonumber(rec[4])\n"                                                                           \
+    "  if k and k >= 1 and k <= 15 and k == math.floor(k) then\n"                                              \
+    "    for i = 1, k do out[#out + 1] = rec[4 + i] or false end\n"                                            \
+    "  end\n"                                                                                                  \
+    "  return out\n"                                                                                           \
     "end\n"
-    "if #out == 0 then return false end\n"
-    "return out\n";
 
-/* Step 3 up to running the request, for a batch of entries in one call (a script call costs Redis
- * more than the commands it runs for one small job). KEYS: dead, then job, stream for each entry.
- * ARGV: group, max attempts, now ms, consumer, ttl, then entry, job id for each. Replies one table
- * per entry, in order: {"skip", why}, {"dead", attempts, error} or {"run", attempts, header,
- * nframes, frame:1, ...}. An entry no longer pending on this consumer (another worker reclaimed it
- * while it waited here) is left alone; a job that already ended (a duplicate entry) is skipped like
- * a cancelled one rather than run again. */
+/* Step 3 up to running the request, for a batch of entries already in hand (reclaimed, or read by
+ * a blocking XREADGROUP) in one call (a script call costs Redis more than the commands it runs for one
+ * small job). KEYS: dead, then job, stream for each entry. ARGV: group, max attempts, now ms,
+ * consumer, ttl, then entry, job id for each. Replies one start result (S_LUA_START_FN) per entry, in
+ * order. */
 static const char s_start_lua[] =
     "local dead = KEYS[1]\n"
-    "local group, maxa, now, worker, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]\n"
-    "local frames = {}\n"
-    "for i = 1, 15 do frames[i] = 'frame:' .. i end\n"
-    "local function start(job, stream, entry, id)\n"
-    "  local mine = redis.call('XPENDING', stream, group, entry, entry, 1, worker)\n"
-    "  if #mine == 0 then return {'skip', 'no longer pending on this consumer'} end\n"
-    "  local st = redis.call('HGET', job, 'state')\n"
-    "  if not st then\n"
-    "    redis.call('XACK', stream, group, entry)\n"
-    "    return {'skip', 'missing'}\n"
-    "  end\n"
-    "  if st == 'cancelled' or st == 'done' or st == 'failed' then\n"
-    "    if st == 'cancelled' then\n"
-    "      redis.call('HDEL', job, unpack(frames))\n"
-    "      if redis.call('TTL', job) < 0 then redis.call('EXPIRE', job, ttl) end\n"
-    "    end\n"
-    "    redis.call('XACK', stream, group, entry)\n"
-    "    return {'skip', st}\n"
-    "  end\n"
-    "  local n = redis.call('HINCRBY', job, 'attempts', 1)\n"
-    "  if n > maxa then\n"
-    "    local last = redis.call('HGET', job, 'error')\n"
-    "    local code = redis.call('HGET', job, 'code') or 'internal'\n"
-    "    local text = 'gave up after ' .. (n - 1) .. ' attempts: ' .. (last or "
-    "'no attempt ended (the worker running it stopped or crashed)')\n"
-    "    redis.call('HSET', job, 'attempts', n - 1, 'state', 'failed', 'finished_ms', now, 'error', text, "
-    "'code', code)\n"
-    "    redis.call('HDEL', job, unpack(frames))\n"
-    "    redis.call('EXPIRE', job, ttl)\n"
-    "    redis.call('XADD', dead, '*', 'id', id, 'error', text, 'attempts', n - 1)\n"
-    "    redis.call('XACK', stream, group, entry)\n"
-    "    return {'dead', tostring(n - 1), text}\n"
-    "  end\n"
-    "  redis.call('HSET', job, 'state', 'running', 'started_ms', now, 'worker', worker)\n"
-    "  local rec = redis.call('HMGET', job, 'header', 'nframes')\n"
-    "  local out = {'run', tostring(n), rec[1] or false, rec[2] or false}\n"
-    "  local k = tonumber(rec[2])\n"
-    "  if k and k >= 1 and k <= 15 and k == math.floor(k) then\n"
-    "    local f = redis.call('HMGET', job, unpack(frames, 1, k))\n"
-    "    for i = 1, k do out[#out + 1] = f[i] or false end\n"
-    "  end\n"
-    "  return out\n"
-    "end\n"
+    "local group, maxa, now, worker, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]\n" S_LUA_START_FN
     "local res = {}\n"
     "for i = 2, #KEYS, 2 do\n"
-    "  res[#res + 1] = start(KEYS[i], KEYS[i + 1], ARGV[5 + i - 1], ARGV[5 + i])\n"
+    "  res[#res + 1] = start(KEYS[i], KEYS[i + 1], ARGV[5 + i - 1], ARGV[5 + i], true)\n"
     "end\n"
     "return res\n";
 
-/* The outcomes of a batch of jobs, each with its XACK, in one step. KEYS: job, stream for each.
- * ARGV: group, now ms, ttl, then for each: entry, state, result header ("" for none), error (""
- * for none), code, result frame count, frames... Replies one number per job: 1 stored, 0 the
- * record was gone (the entry is acknowledged all the same). */
+/* Steps 2 and 3 in one call: new entries for up to ARGV[3] free slots, high priority strictly first
+ * (the normal queue is read only for what the high one did not fill), each started at once. KEYS:
+ * high, normal, dead. ARGV: group, consumer, count, max attempts, now ms, ttl, and the job keys'
+ * prefix ("{P}:job:", redis.h's layout), to which an entry's id is appended. Replies nil when nothing
+ * was read, else one {stream (0 high, 1 normal), entry, id, result} per entry, where result is the
+ * start result (S_LUA_START_FN), or "bad" for an entry without a valid id (acknowledged: nothing to
+ * run). */
+static const char s_read_start_lua[] =
+    "local dead = KEYS[3]\n"
+    "local group, worker, count = ARGV[1], ARGV[2], tonumber(ARGV[3])\n"
+    "local maxa, now, ttl, jobs = tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]\n" S_LUA_START_FN
+    "local read = {}\n"
+    "for s = 1, 2 do\n"
+    "  if count > 0 then\n"
+    "    local r = redis.call('XREADGROUP', 'GROUP', group, worker, 'COUNT', count, 'STREAMS', KEYS[s], '>')\n"
+    "    if r then read[#read + 1] = {s, r[1][2]}; count = count - #r[1][2] end\n"
+    "  end\n"
+    "end\n"
+    "if #read == 0 then return false end\n"
+    "local res = {}\n"
+    "for _, got in ipairs(read) do\n"
+    "  local stream = KEYS[got[1]]\n"
+    "  for _, e in ipairs(got[2]) do\n"
+    "    local entry, f, id = e[1], e[2], nil\n"
+    "    for i = 1, #f - 1, 2 do if f[i] == 'id' then id = f[i + 1] end end\n"
+    "    if id and #id <= 128 and string.match(id, '^[%w%-_%.]+$') then\n"
+    "      res[#res + 1] = {got[1] - 1, entry, id, start(jobs .. id, stream, entry, id, false)}\n"
+    "    else\n"
+    "      redis.call('XACK', stream, group, entry)\n"
+    "      res[#res + 1] = {got[1] - 1, entry, id or '', 'bad'}\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return res\n";
+
+/* The outcomes of a batch of jobs in one step, then their XACKs, one per stream. KEYS: job, stream
+ * for each. ARGV: group, now ms, ttl, then for each: entry, state, result header ("" for none), error
+ * ("" for none), code, result frame count, frames... Replies one number per job: 1 stored, 0 the record
+ * was gone (the entry is acknowledged all the same). */
 static const char s_store_lua[] =
     "local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]\n"
     "local del = {'result_header', 'result_nframes'}\n"
     "for i = 1, 15 do del[#del + 1] = 'frame:' .. i; del[#del + 1] = 'result:' .. i end\n"
-    "local res, a = {}, 4\n"
+    "local res, a, acks = {}, 4, {}\n"
     "for j = 1, #KEYS, 2 do\n"
     "  local job, stream = KEYS[j], KEYS[j + 1]\n"
     "  local entry, state, rhdr, err, code = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]\n"
     "  local rn = tonumber(ARGV[a + 5])\n"
     "  local base = a + 5\n"
     "  a = a + 6 + rn\n"
+    "  if not acks[stream] then acks[stream] = {} end\n"
+    "  local ack = acks[stream]\n"
+    "  ack[#ack + 1] = entry\n"
     "  if redis.call('EXISTS', job) == 0 then\n"
-    "    redis.call('XACK', stream, group, entry)\n"
     "    res[#res + 1] = 0\n"
     "  else\n"
     "    redis.call('HDEL', job, unpack(del))\n"
@@ -526,10 +557,10 @@ static const char s_store_lua[] =
     "    end\n"
     "    redis.call('HSET', job, unpack(set))\n"
     "    redis.call('EXPIRE', job, ttl)\n"
-    "    redis.call('XACK', stream, group, entry)\n"
     "    res[#res + 1] = 1\n"
     "  end\n"
     "end\n"
+    "for stream, ids in pairs(acks) do redis.call('XACK', stream, group, unpack(ids)) end\n"
     "return res\n";
 
 /* A failed attempt that another attempt may fix: the entry stays pending. KEYS: job. ARGV: error, code. */
@@ -551,7 +582,7 @@ static const struct {
 } s_scripts[TITAN_REDIS_NSCRIPTS] = {
 #define S_SCRIPT(id, s) [id] = {s, sizeof s - 1}
     S_SCRIPT(TITAN_REDIS_SCRIPT_SUBMIT, s_submit_lua), S_SCRIPT(TITAN_REDIS_SCRIPT_CANCEL, s_cancel_lua),
-    S_SCRIPT(TITAN_REDIS_SCRIPT_READ, s_read_lua),     S_SCRIPT(TITAN_REDIS_SCRIPT_START, s_start_lua),
+    S_SCRIPT(TITAN_REDIS_SCRIPT_READ_START, s_read_start_lua),     S_SCRIPT(TITAN_REDIS_SCRIPT_START, s_start_lua),
     S_SCRIPT(TITAN_REDIS_SCRIPT_STORE, s_store_lua),   S_SCRIPT(TITAN_REDIS_SCRIPT_RETRY, s_retry_lua),
     S_SCRIPT(TITAN_REDIS_SCRIPT_REVERT, s_revert_lua),
 #undef S_SCRIPT

@@ -111,8 +111,8 @@ int titan_redis_key(char *buf, size_t cap, const char *prefix, titan_redis_key_k
 typedef enum {
     TITAN_REDIS_SCRIPT_SUBMIT, /* the client: a record, its index entry and its queue entry */
     TITAN_REDIS_SCRIPT_CANCEL, /* the client: a queued job cancelled */
-    TITAN_REDIS_SCRIPT_READ,   /* the worker: new entries, high priority strictly first */
-    TITAN_REDIS_SCRIPT_START,  /* the worker: a batch of entries started (or skipped, or dead-lettered) */
+    TITAN_REDIS_SCRIPT_READ_START, /* the worker: new entries, high priority strictly first, started */
+    TITAN_REDIS_SCRIPT_START,      /* the worker: entries in hand started (or skipped, or dead-lettered) */
     TITAN_REDIS_SCRIPT_STORE,  /* the worker: a batch of outcomes stored and acknowledged */
     TITAN_REDIS_SCRIPT_RETRY,  /* the worker: a failed attempt, the entry left pending */
     TITAN_REDIS_SCRIPT_REVERT, /* the worker: the start of an attempt that never ran undone */

@@ -210,6 +210,8 @@ void jobs_pump(titan_jobs_consumer *c, double wait_ms);
  * hand alone. Returns how many entries it took up. */
 int jobs_start_entries(titan_jobs_consumer *c, int stream, const redisReply *entries, double t_read,
                        bool reclaimed);
+/* Takes up the read-start script's reply r (frees it), read at t_read. Returns how many entries it took. */
+int jobs_take_read(titan_jobs_consumer *c, redisReply *r, double t_read);
 /* Resets the idle time of the entries in hand that are due (pipelined). */
 void jobs_heartbeats(titan_jobs_consumer *c);
 /* Logs and records the outcome of every DONE slot, then frees them. */

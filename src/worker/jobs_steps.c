@@ -387,6 +387,45 @@ static int s_append_start(titan_jobs_consumer *c, int from, int to, const char *
     return rc == 0 ? n : -1;
 }
 
+/* Takes up the read-start script's reply r (frees it): a slot for each job it started, whose request
+ * goes to the server (or whose skip, dead letter or broken record is logged and recorded). */
+int jobs_take_read(titan_jobs_consumer *c, redisReply *r, double t_read)
+{
+    int took = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 4 || e->element[0]->type != REDIS_REPLY_INTEGER ||
+            !jobs_is_str(e->element[1]) || !jobs_is_str(e->element[2]))
+            continue;
+        int stream = e->element[0]->integer == 0 ? S_HIGH : S_NORMAL;
+        const redisReply *er = e->element[1], *idr = e->element[2];
+        took++;
+        if (jobs_is_str(e->element[3]) && strcmp(e->element[3]->str, "bad") == 0) {
+            titan_log(TITAN_LOG_WARN, "jobs: %s entry %s has no valid job id; acknowledged and skipped",
+                      c->stream[stream], er->str);
+            continue;
+        }
+        jobs_slot *sl = er->len < sizeof(sl->entry) && idr->len <= MAX_ID_LEN ? jobs_slot_take(c) : NULL;
+        if (!sl) { /* cannot happen: the script reads no more than the free slots */
+            titan_log(TITAN_LOG_WARN, "jobs: job %s: started with no slot for it; it stays pending", idr->str);
+            continue;
+        }
+        sl->stream = stream;
+        memcpy(sl->entry, er->str, er->len + 1);
+        memcpy(sl->id, idr->str, idr->len + 1);
+        titan_redis_key(sl->key, sizeof(sl->key), c->prefix, TITAN_REDIS_KEY_JOB, sl->id);
+        sl->next_hb = t_read + c->visibility_ms / 3.0;
+        /* The slot takes its part of the reply: hiredis frees an array's elements one by one, and skips
+         * those set to NULL. */
+        redisReply *part = e->element[3];
+        e->element[3] = NULL;
+        s_started(c, sl, part);
+    }
+    freeReplyObject(r);
+    jobs_finish(c); /* broken records, and starts undone */
+    return took;
+}
+
 /* Step 3 of docs/JOBS.md for the entries of one stream (an XREADGROUP or XAUTOCLAIM list) read
  * from Redis at t_read (monotonic ms): the start scripts go pipelined, then each started job's
  * request goes to the server on its slot. With `reclaimed`, entries already in hand are left
