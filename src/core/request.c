@@ -20,6 +20,40 @@ int titan_fail(titan_error *err, const char *code, const char *fmt, ...)
     return -1;
 }
 
+void titan_limits_init(titan_limits *l)
+{
+    l->max_request_bytes = TITAN_DEFAULT_MAX_REQUEST_BYTES;
+    l->max_result_bytes = TITAN_DEFAULT_MAX_RESULT_BYTES;
+    l->max_inflight_bytes = TITAN_DEFAULT_MAX_INFLIGHT_BYTES;
+}
+
+int titan_request_admit(const titan_limits *l, size_t frames, uint64_t bytes, titan_error *err)
+{
+    if (frames == 0) return titan_fail(err, "bad_request", "empty request: send a JSON header such as {\"op\":\"ping\"}");
+    if (frames > TITAN_MAX_BODY_FRAMES)
+        return titan_fail(err, "bad_request", "too many frames: a request has at most %d (the header and %d tensors)",
+                          TITAN_MAX_BODY_FRAMES, TITAN_MAX_BODY_FRAMES - 1);
+    if (bytes > l->max_request_bytes)
+        return titan_fail(err, "too_large",
+                          "the request has %llu bytes, over this worker's limit of %llu (max_request_bytes)",
+                          (unsigned long long)bytes, (unsigned long long)l->max_request_bytes);
+    return 0;
+}
+
+json_t *titan_request_peek_id(const char *header, size_t len)
+{
+    const char *val;
+    size_t vlen;
+    if (!header || titan_json_find_member(header, len, "id", 65536, &val, &vlen) != 0) return NULL;
+    /* An id longer than TITAN_ID_MAX is not echoed: a refusal stays small (its text at most 6 bytes an
+     * escaped character, plus the quotes). */
+    if (vlen > 6 * TITAN_ID_MAX + 2) return NULL;
+    json_t *id = json_loadb(val, vlen, JSON_DECODE_ANY, NULL);
+    if (id && ((json_is_string(id) && json_string_length(id) <= TITAN_ID_MAX) || json_is_integer(id))) return id;
+    if (id) json_decref(id);
+    return NULL;
+}
+
 int titan_request_parse(titan_request *req, const char *text, size_t len, zmq_msg_t *frames, size_t nframes,
                         const titan_limits *limits, titan_error *err)
 {

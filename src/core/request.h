@@ -29,6 +29,24 @@ typedef struct {
     uint64_t max_inflight_bytes;
 } titan_limits;
 
+/* The one set of admission limits' defaults: titan-worker's settings (--max-request-bytes 1G ...; its
+ * test checks they agree) and libtitan's in-process engine. */
+#define TITAN_DEFAULT_MAX_REQUEST_BYTES (1ULL << 30)
+#define TITAN_DEFAULT_MAX_RESULT_BYTES (1ULL << 30)
+#define TITAN_DEFAULT_MAX_INFLIGHT_BYTES (4ULL << 30)
+void titan_limits_init(titan_limits *l);
+
+/* The checks every request meets before its header is parsed, in this order, for the worker's I/O loop and
+ * the engine alike: a header at all; at most TITAN_MAX_BODY_FRAMES frames (`frames` counts the header;
+ * SIZE_MAX: more than could be counted); at most max_request_bytes in all (`bytes`: UINT64_MAX when the sum
+ * overflowed). Returns 0, or -1 with err set (bad_request, too_large). */
+int titan_request_admit(const titan_limits *l, size_t frames, uint64_t bytes, titan_error *err);
+
+/* The "id" of a request refused before its header was parsed, so that the refusal still carries it: read
+ * from the first 64 KiB of the header without parsing the rest; a string of at most TITAN_ID_MAX
+ * characters or an integer, else NULL (a new reference). */
+json_t *titan_request_peek_id(const char *header, size_t len);
+
 typedef struct {
     titan_dtype dtype;
     int rank;

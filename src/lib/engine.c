@@ -19,13 +19,6 @@
 #include "request.h"
 #include "sysinfo.h"
 
-/* The worker's defaults (src/worker/config.c, titan_config_init), so that a local backend refuses exactly
- * what a default titan-worker refuses. */
-#define S_MAX_REQUEST_BYTES (1ULL << 30)
-#define S_MAX_RESULT_BYTES (1ULL << 30)
-#define S_MAX_INFLIGHT_BYTES (4ULL << 30)
-/* The worker reads a refused request's "id" from this much of its header (server.c, s_job_peek_id). */
-#define S_PEEK_ID_SCAN 65536
 
 struct titan_engine {
     /* Written once by titan_engine_new and only read afterwards: calls share nothing mutable (ops.c and
@@ -65,9 +58,8 @@ int titan_engine_new(const char *device, int blas_threads, titan_engine **out, c
     e->w.threads = 1;
     e->w.blas_threads = blas_threads > 0 ? blas_threads : si.cores;
     e->w.queue = 0;
-    e->w.limits.max_request_bytes = S_MAX_REQUEST_BYTES;
-    e->w.limits.max_result_bytes = S_MAX_RESULT_BYTES;
-    e->w.limits.max_inflight_bytes = S_MAX_INFLIGHT_BYTES;
+    /* The core's default limits, which a default titan-worker has too: a local backend refuses what it does. */
+    titan_limits_init(&e->w.limits);
     /* OpenBLAS's thread count is per process: the last engine (or worker backend) opened sets it. */
     char msg[512] = "";
     char why[512] = "";
@@ -111,19 +103,6 @@ void titan_engine_destroy(titan_engine **e)
     *e = NULL;
 }
 
-/* The "id" of a request refused before its header is parsed, read the way the worker reads it
- * (server.c, s_job_peek_id). Returns a new reference or NULL. */
-static json_t *s_peek_id(const char *text, size_t len)
-{
-    const char *val;
-    size_t vlen;
-    if (titan_json_find_member(text, len, "id", S_PEEK_ID_SCAN, &val, &vlen) != 0) return NULL;
-    json_t *id = json_loadb(val, vlen, JSON_DECODE_ANY, NULL);
-    if (id && (json_is_string(id) || json_is_integer(id))) return id;
-    if (id) json_decref(id);
-    return NULL;
-}
-
 /* Replaces whatever out holds with the error reply for err (server.c, s_job_error). */
 static void s_out_fail(titan_out *out, const titan_error *err, json_t *id)
 {
@@ -153,30 +132,14 @@ int titan_engine_call(titan_engine *e, const char *header_json, const titan_fram
     size_t hlen = strlen(header_json);
     int rc;
 
-    /* The worker's admission checks (server.c, s_admit), in its order. */
-    if (hlen == 0) {
-        titan_fail(&err, "bad_request", "empty request: send a JSON header such as {\"op\":\"ping\"}");
-        s_out_fail(&out, &err, NULL);
-        goto reply;
-    }
-    if (nframes > TITAN_MAX_BODY_FRAMES - 1) {
-        peek_id = s_peek_id(header_json, hlen);
-        titan_fail(&err, "bad_request",
-                   "too many frames: a request has at most %d (the header and %d tensors)",
-                   TITAN_MAX_BODY_FRAMES, TITAN_MAX_BODY_FRAMES - 1);
-        s_out_fail(&out, &err, peek_id);
-        goto reply;
-    }
-    size_t bytes = hlen;
+    /* The worker's admission checks (the core's, request.c), in its order; an empty header counts as no
+     * header, as an empty first frame does for the worker. */
+    uint64_t bytes = hlen;
     bool over = false;
     for (size_t i = 0; i < nframes && !over; i++)
-        over = __builtin_add_overflow(bytes, frames[i].size, &bytes);
-    if (over || bytes > e->w.limits.max_request_bytes) {
-        peek_id = s_peek_id(header_json, hlen);
-        if (over) bytes = SIZE_MAX;
-        titan_fail(&err, "too_large",
-                   "the request has %zu bytes, over this worker's limit of %llu (max_request_bytes)", bytes,
-                   (unsigned long long)e->w.limits.max_request_bytes);
+        over = __builtin_add_overflow(bytes, (uint64_t)frames[i].size, &bytes);
+    if (titan_request_admit(&e->w.limits, hlen ? nframes + 1 : 0, over ? UINT64_MAX : bytes, &err)) {
+        if (hlen) peek_id = titan_request_peek_id(header_json, hlen);
         s_out_fail(&out, &err, peek_id);
         goto reply;
     }

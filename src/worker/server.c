@@ -134,17 +134,7 @@ static void s_job_peek_id(titan_job *j)
 {
     if (j->req.id || j->peek_id || j->nframes <= j->env) return;
     zmq_msg_t *h = &j->frames[j->env];
-    const char *val;
-    size_t len;
-    if (titan_json_find_member(zmq_msg_data(h), zmq_msg_size(h), "id", 65536, &val, &len) != 0) return;
-    /* An id longer than TITAN_ID_MAX is not echoed: a refusal stays small (its text at most 6 bytes
-     * an escaped character, plus the quotes). */
-    if (len > 6 * TITAN_ID_MAX + 2) return;
-    json_t *id = json_loadb(val, len, JSON_DECODE_ANY, NULL);
-    if (id && ((json_is_string(id) && json_string_length(id) <= TITAN_ID_MAX) || json_is_integer(id)))
-        j->peek_id = id;
-    else if (id)
-        json_decref(id);
+    j->peek_id = titan_request_peek_id(zmq_msg_data(h), zmq_msg_size(h));
 }
 
 /* Names the client for resident tensors' ownership: its CURVE key when ZAP named one, else its
@@ -625,30 +615,20 @@ static void s_admit(titan_server *s, titan_job *j)
             return;
         }
     }
-    if (j->nframes <= j->env) {
-        s_job_error(j, "bad_request", "empty request: send a JSON header such as {\"op\":\"ping\"}");
-        s_reply(s, j);
-        return;
-    }
+    /* The core's admission checks (request.c), shared with libtitan's in-process engine. */
     for (size_t i = j->env; i < j->nframes; i++) j->bytes += zmq_msg_size(&j->frames[i]);
-    size_t hdr_len = zmq_msg_size(&j->frames[j->env]);
-    if (j->dropped || j->nframes - j->env > TITAN_MAX_BODY_FRAMES) {
+    size_t body = j->dropped ? SIZE_MAX : j->nframes - j->env;
+    titan_error aerr;
+    if (titan_request_admit(&s->w->limits, body, j->bytes, &aerr)) {
         size_t j_dropped = j->dropped;
-        s_job_peek_id(j);
-        s_job_error(j, "bad_request", "too many frames: a request has at most %d (the header and %d tensors)",
-                    TITAN_MAX_BODY_FRAMES, TITAN_MAX_BODY_FRAMES - 1);
+        if (body) s_job_peek_id(j);
+        s_job_error(j, aerr.code, "%s", aerr.msg);
         s_reply(s, j);
         /* libzmq held every frame of it (about 64 bytes each, however many): give the heap back. */
         if (j_dropped > 4096) malloc_trim(0);
         return;
     }
-    if (j->bytes > s->w->limits.max_request_bytes) {
-        s_job_peek_id(j);
-        s_job_error(j, "too_large", "the request has %zu bytes, over this worker's limit of %llu (max_request_bytes)",
-                    j->bytes, (unsigned long long)s->w->limits.max_request_bytes);
-        s_reply(s, j);
-        return;
-    }
+    size_t hdr_len = zmq_msg_size(&j->frames[j->env]);
     if (hdr_len <= INLINE_HEADER_MAX) {
         if (!s_job_parse(s, j) || !j->op->heavy) {
             if (!j->failed) s_job_execute(s, j);

@@ -517,6 +517,26 @@ static void test_too_many_frames(void **state)
                         "{\"error\":\"too many frames: a request has at most 16 (the header "
                         "and 15 tensors)\",\"code\":\"bad_request\",\"id\":\"m\"}");
     titan_reply_destroy(&r);
+    /* The worker's bound on an echoed id (the core's titan_request_peek_id): 256 characters are echoed in a
+     * refusal, 257 are not (the engine echoed any length before it shared the worker's checks). */
+    char hdr[400], id[300];
+    memset(id, 'i', sizeof(id));
+    id[256] = '\0';
+    snprintf(hdr, sizeof(hdr), "{\"id\":\"%s\",\"op\":\"ping\"}", id);
+    r = call(e, hdr, f, 16);
+    json_t *o = json_loads(titan_reply_header(r), 0, NULL);
+    assert_int_equal((int)strlen(json_string_value(json_object_get(o, "id"))), 256);
+    json_decref(o);
+    titan_reply_destroy(&r);
+    id[256] = 'i';
+    id[257] = '\0';
+    snprintf(hdr, sizeof(hdr), "{\"id\":\"%s\",\"op\":\"ping\"}", id);
+    r = call(e, hdr, f, 16);
+    o = json_loads(titan_reply_header(r), 0, NULL);
+    assert_null(json_object_get(o, "id"));
+    assert_string_equal(json_string_value(json_object_get(o, "code")), "bad_request");
+    json_decref(o);
+    titan_reply_destroy(&r);
 }
 
 static void test_too_large(void **state)

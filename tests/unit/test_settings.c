@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "request.h"
 #include "settings.h"
 
 static int s_n, s_failed;
@@ -143,6 +144,9 @@ static void test_defaults(void)
     s_ok(c.queue == 64 && c.max_client_share == 50 && c.max_request_bytes == 1ULL << 30 &&
              c.max_result_bytes == 1ULL << 30 && c.max_inflight_bytes == 4ULL << 30 && c.max_unread_mb == 256,
          "default queue and byte limits");
+    s_ok(c.max_request_bytes == TITAN_DEFAULT_MAX_REQUEST_BYTES && c.max_result_bytes == TITAN_DEFAULT_MAX_RESULT_BYTES &&
+             c.max_inflight_bytes == TITAN_DEFAULT_MAX_INFLIGHT_BYTES,
+         "the byte limits' defaults are the core's (request.h), which libtitan's in-process engine uses");
     s_ok(c.drain_timeout_ms == 30000 && c.heartbeat_ms == 5000 && !c.insecure && c.visibility_timeout_ms == 60000 &&
              c.max_attempts == 3 && c.result_ttl_s == 86400 && c.max_models == 8 && c.model_memory_mb == 4096,
          "default timeouts, jobs and models");
