@@ -356,14 +356,19 @@ static bool s_header_ok(const char *h)
     return titan_json_find_member(h, strlen(h), "op", SIZE_MAX, &v, &n) == 0 && n >= 2 && v[0] == '"';
 }
 
-/* One request's submission: the EVAL of the submit script (redis.h) with its own buffers. */
+/* One request's submission, with its own buffers (JOBS.md, step 1: the record before the queue entry,
+ * in one atomic step): MULTI, HSET of the record, ZADD to the index, XADD to the queue, EXEC; with an
+ * idempotency key, the submit script (redis.h), which takes the key if and only if it writes the job.
+ * A transaction costs Redis less than a script call for these three commands. */
 #define S_SUBMIT_MAXARGS (3 + 4 + 2 + 2 * (7 + TITAN_JOB_MAX_FRAMES))
 typedef struct {
-    const char *argv[S_SUBMIT_MAXARGS];
+    const char *argv[S_SUBMIT_MAXARGS]; /* EVAL of the script (keyed), or the HSET of the record */
     size_t lens[S_SUBMIT_MAXARGS];
     int argc;
+    bool keyed;
     char id[TITAN_JOB_ID_LEN + 1];
     char kjob[S_MAX_KEY], kindex[S_MAX_KEY], kqueue[S_MAX_KEY], kidem[S_MAX_KEY], created[24], nf[8];
+    size_t lindex, lqueue, lcreated;
     char fnames[TITAN_JOB_MAX_FRAMES][28];
 } s_submit_cmd;
 
@@ -393,42 +398,63 @@ static int s_submit_check(titan_jobs *j, const titan_job_request *r, long n)
     return 0;
 }
 
-/* Draws a fresh job id and lays out the submission of checked request `r` in *c. */
-static int s_submit_build(titan_jobs *j, const titan_job_request *r, s_submit_cmd *c)
+/* Fills raw[0..n) with random bytes: 16 a job id (128 bits). A batch draws all its ids at once (a
+ * system call costs more than the bytes). Returns 0 or -errno. */
+static int s_random(titan_jobs *j, unsigned char *raw, size_t n)
 {
-    unsigned char raw[16];
-    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
-        int e = errno ? errno : EIO;
-        s_set_error(j, "cannot draw a random job id: %s", strerror(e));
-        return -e;
+    for (size_t got = 0; got < n;) {
+        ssize_t k = getrandom(raw + got, n - got, 0);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            int e = k < 0 && errno ? errno : EIO;
+            s_set_error(j, "cannot draw a random job id: %s", strerror(e));
+            return -e;
+        }
+        got += (size_t)k;
     }
-    for (size_t i = 0; i < sizeof raw; i++)
-        snprintf(c->id + 2 * i, 3, "%02x", raw[i]);
+    return 0;
+}
 
+/* Lays out the submission of checked request `r` in *c, with the job id made of raw[0..16). */
+static void s_submit_build(titan_jobs *j, const titan_job_request *r, const unsigned char raw[16],
+                           s_submit_cmd *c)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < 16; i++) {
+        c->id[2 * i] = hex[raw[i] >> 4];
+        c->id[2 * i + 1] = hex[raw[i] & 15];
+    }
+    c->id[TITAN_JOB_ID_LEN] = '\0';
     const char *key = r->idempotency_key;
+    c->keyed = key != NULL;
     size_t ljob = s_key(j, c->kjob, sizeof c->kjob, TITAN_REDIS_KEY_JOB, c->id);
-    size_t lindex = s_key(j, c->kindex, sizeof c->kindex, TITAN_REDIS_KEY_INDEX, NULL);
-    size_t lqueue =
+    c->lindex = s_key(j, c->kindex, sizeof c->kindex, TITAN_REDIS_KEY_INDEX, NULL);
+    c->lqueue =
         s_key(j, c->kqueue, sizeof c->kqueue,
               r->priority == TITAN_JOB_HIGH ? TITAN_REDIS_KEY_QUEUE_HIGH : TITAN_REDIS_KEY_QUEUE, NULL);
     size_t lidem = key ? s_key(j, c->kidem, sizeof c->kidem, TITAN_REDIS_KEY_IDEM, key) : 0;
-    int lcreated = snprintf(c->created, sizeof c->created, "%lld", (long long)s_wall_ms());
+    c->lcreated = (size_t)snprintf(c->created, sizeof c->created, "%lld", (long long)s_wall_ms());
     int lnf = snprintf(c->nf, sizeof c->nf, "%zu", r->nframes);
 
-    /* EVAL script numkeys KEYS... id created_ms field value ... */
     c->argc = 0;
 #define S_ARG(s, n) (c->argv[c->argc] = (s), c->lens[c->argc] = (n), c->argc++)
 #define S_STR(s) S_ARG((s), strlen(s))
-    /* By EVAL: a pipeline of hundreds of submissions cannot be sent again after a NOSCRIPT. */
-    titan_redis_script_args(NULL, TITAN_REDIS_SCRIPT_SUBMIT, c->argv, c->lens);
-    c->argc = 2;
-    S_STR(key ? "4" : "3");
-    S_ARG(c->kjob, ljob);
-    S_ARG(c->kindex, lindex);
-    S_ARG(c->kqueue, lqueue);
-    if (key) S_ARG(c->kidem, lidem);
-    S_ARG(c->id, TITAN_JOB_ID_LEN);
-    S_ARG(c->created, (size_t)lcreated);
+    if (key) {
+        /* EVAL script numkeys KEYS... id created_ms field value ... By EVAL: a pipeline of hundreds of
+         * submissions cannot be sent again after a NOSCRIPT. */
+        titan_redis_script_args(NULL, TITAN_REDIS_SCRIPT_SUBMIT, c->argv, c->lens);
+        c->argc = 2;
+        S_STR("4");
+        S_ARG(c->kjob, ljob);
+        S_ARG(c->kindex, c->lindex);
+        S_ARG(c->kqueue, c->lqueue);
+        S_ARG(c->kidem, lidem);
+        S_ARG(c->id, TITAN_JOB_ID_LEN);
+        S_ARG(c->created, c->lcreated);
+    } else {
+        S_STR("HSET");
+        S_ARG(c->kjob, ljob);
+    }
     S_STR("state");
     S_STR("queued");
     S_STR("header");
@@ -445,14 +471,72 @@ static int s_submit_build(titan_jobs *j, const titan_job_request *r, s_submit_cm
     S_STR("attempts");
     S_STR("0");
     S_STR("created_ms");
-    S_ARG(c->created, (size_t)lcreated);
+    S_ARG(c->created, c->lcreated);
     if (key) {
         S_STR("idempotency_key");
         S_STR(key);
     }
 #undef S_ARG
 #undef S_STR
+}
+
+/* Appends the commands of submission c to the connection's output (s_submit_read reads their
+ * replies). Returns 0, or -errno with the connection dropped. */
+static int s_submit_append(titan_jobs *j, const s_submit_cmd *c)
+{
+    /* hiredis 0.14 takes a non-const argv that it only reads. */
+    if (c->keyed)
+        return redisAppendCommandArgv(j->ctx, c->argc, (const char **)c->argv, c->lens) == REDIS_OK
+                   ? 0
+                   : s_io_failure(j, ENOMEM, "talking to");
+    const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+    const char *zadd[4] = {"ZADD", c->kindex, c->created, c->id};
+    size_t zlens[4] = {4, c->lindex, c->lcreated, TITAN_JOB_ID_LEN};
+    const char *xadd[5] = {"XADD", c->kqueue, "*", "id", c->id};
+    size_t xlens[5] = {4, c->lqueue, 1, 2, TITAN_JOB_ID_LEN};
+    size_t mlen = 5, elen = 4;
+    if (redisAppendCommandArgv(j->ctx, 1, multi, &mlen) != REDIS_OK ||
+        redisAppendCommandArgv(j->ctx, c->argc, (const char **)c->argv, c->lens) != REDIS_OK ||
+        redisAppendCommandArgv(j->ctx, 4, zadd, zlens) != REDIS_OK ||
+        redisAppendCommandArgv(j->ctx, 5, xadd, xlens) != REDIS_OK ||
+        redisAppendCommandArgv(j->ctx, 1, exec, &elen) != REDIS_OK)
+        return s_io_failure(j, ENOMEM, "talking to");
     return 0;
+}
+
+static int s_submit_answer(titan_jobs *j, const redisReply *r, bool keyed, char id_out[TITAN_JOB_ID_LEN + 1]);
+
+/* Reads every reply to one appended submission (keyed: the script's; else MULTI's five), of job id
+ * (unkeyed), and writes the job's id to id_out. Returns 0; -errno for a refusal or an unexpected answer
+ * (the connection stays in step); or -errno for an I/O failure, with *lost set (the connection is gone). */
+static int s_submit_read(titan_jobs *j, bool keyed, const char *id, char id_out[TITAN_JOB_ID_LEN + 1],
+                         bool *lost)
+{
+    int rc = 0, n = keyed ? 1 : 5;
+    for (int k = 0; k < n; k++) {
+        redisReply *r = NULL;
+        errno = 0;
+        if (redisGetReply(j->ctx, (void **)&r) != REDIS_OK || !r) {
+            *lost = true;
+            return s_io_failure(j, errno, "talking to");
+        }
+        if (rc == 0 && r->type == REDIS_REPLY_ERROR) {
+            rc = s_reply_error(j, r);
+        } else if (rc == 0 && keyed) {
+            rc = s_submit_answer(j, r, true, id_out);
+        } else if (rc == 0 && k == n - 1) { /* EXEC: HSET's, ZADD's and XADD's answers */
+            for (size_t e = 0; r->type == REDIS_REPLY_ARRAY && e < r->elements && rc == 0; e++)
+                if (r->element[e]->type == REDIS_REPLY_ERROR) rc = s_reply_error(j, r->element[e]);
+            if (rc == 0 && (r->type != REDIS_REPLY_ARRAY || r->elements != 3)) {
+                s_set_error(
+                    j, "Redis answered the submission's EXEC with something other than its three answers");
+                rc = -EPROTO;
+            }
+            if (rc == 0 && id_out != id) memcpy(id_out, id, TITAN_JOB_ID_LEN + 1);
+        }
+        freeReplyObject(r);
+    }
+    return rc;
 }
 
 /* Takes the job id out of the script's answer `r` into id_out. Returns 0 or -EPROTO. */
@@ -484,14 +568,12 @@ TITAN_API int titan_jobs_submit(titan_jobs *j, const char *header_json, const ti
     int rc = s_submit_check(j, &req, -1);
     if (rc) return rc;
     s_submit_cmd c;
-    rc = s_submit_build(j, &req, &c);
-    if (rc) return rc;
-    redisReply *r = NULL;
-    rc = s_command(j, c.argc, c.argv, c.lens, &r);
-    if (rc) return rc;
-    rc = s_submit_answer(j, r, idempotency_key != NULL, id_out);
-    freeReplyObject(r);
-    return rc;
+    unsigned char raw[16];
+    if ((rc = s_random(j, raw, sizeof raw)) != 0) return rc;
+    s_submit_build(j, &req, raw, &c);
+    if ((rc = s_connect(j)) != 0 || (rc = s_submit_append(j, &c)) != 0) return rc;
+    bool lost = false;
+    return s_submit_read(j, c.keyed, c.id, id_out, &lost);
 }
 
 /* A batch goes out in pipelined chunks of at most this many submissions or this many payload bytes,
@@ -515,7 +597,10 @@ TITAN_API int titan_jobs_submit_many(titan_jobs *j, const titan_job_request *req
         if (rc) return rc;
     }
     s_submit_cmd *c = malloc(sizeof *c);
-    if (!c) {
+    unsigned char *raw = malloc(16 * S_BATCH_MAX);
+    if (!c || !raw) {
+        free(c);
+        free(raw);
         s_set_error(j, "out of memory");
         return -ENOMEM;
     }
@@ -525,25 +610,24 @@ TITAN_API int titan_jobs_submit_many(titan_jobs *j, const titan_job_request *req
         rc = s_connect(j);
         if (rc) break;
         size_t end = done, bytes = 0;
+        size_t most = n - done < S_BATCH_MAX ? n - done : S_BATCH_MAX;
+        if ((rc = s_random(j, raw, 16 * most)) != 0) break;
         while (end < n && end - done < S_BATCH_MAX && (end == done || bytes < S_BATCH_BYTES)) {
-            rc = s_submit_build(j, &reqs[end], c);
-            if (rc) break;
+            s_submit_build(j, &reqs[end], raw + 16 * (end - done), c);
             for (int a = 0; a < c->argc; a++)
                 bytes += c->lens[a];
-            if (redisAppendCommandArgv(j->ctx, c->argc, c->argv, c->lens) != REDIS_OK) {
-                rc = s_io_failure(j, ENOMEM, "talking to");
-                break;
-            }
+            if ((rc = s_submit_append(j, c)) != 0) break;
+            memcpy(ids_out[end], c->id, TITAN_JOB_ID_LEN + 1); /* confirmed by its replies */
             end++;
         }
         /* Every appended submission is answered in order; read them all even after an error
          * reply, so that the connection stays in step. */
         for (size_t i = done; i < end && j->ctx; i++) {
-            redisReply *r = NULL;
-            errno = 0;
-            if (redisGetReply(j->ctx, (void **)&r) != REDIS_OK || !r) {
+            bool lost = false;
+            int e = s_submit_read(j, reqs[i].idempotency_key != NULL, ids_out[i], ids_out[i], &lost);
+            if (lost) {
                 char why[sizeof j->last_error];
-                rc = s_io_failure(j, errno, "talking to");
+                rc = e;
                 snprintf(why, sizeof why, "%s", j->last_error);
                 s_set_error(j,
                             "%s (after %zu of %zu submissions were confirmed; the rest may or may not be "
@@ -551,12 +635,6 @@ TITAN_API int titan_jobs_submit_many(titan_jobs *j, const titan_job_request *req
                             why, done, n);
                 break;
             }
-            int e = 0;
-            if (r->type == REDIS_REPLY_ERROR)
-                e = s_reply_error(j, r);
-            else if (rc == 0)
-                e = s_submit_answer(j, r, reqs[i].idempotency_key != NULL, ids_out[i]);
-            freeReplyObject(r);
             if (e && rc == 0) {
                 char why[sizeof j->last_error];
                 snprintf(why, sizeof why, "%s", j->last_error);
@@ -566,6 +644,8 @@ TITAN_API int titan_jobs_submit_many(titan_jobs *j, const titan_job_request *req
             if (rc == 0) done = i + 1;
         }
     }
+    if (raw) explicit_bzero(raw, 16 * S_BATCH_MAX);
+    free(raw);
     free(c);
     if (submitted) *submitted = done;
     return rc;
