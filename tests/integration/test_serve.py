@@ -217,13 +217,14 @@ def check_connect_live():
 
 def check_dead_endpoint():
     dead = dead_endpoint()
-    s = Serve("--timeout", "2000", "--connect", dead, "--interval", str(INTERVAL))
+    s = Serve("--timeout", "4000", "--connect", dead, "--interval", str(INTERVAL))
     try:
-        # The first poll waits its whole --timeout for the dead endpoint. The first request does not wait
-        # for it: it answers at once from what is known, which is nothing yet.
+        # The first poll waits its whole --timeout (4 s) for the dead endpoint. The first request does not wait
+        # for it: it answers at once from what is known, which is nothing yet. "At once" is judged against the
+        # poll's 4 s, not in absolute terms: a loaded ASan run took 142 ms, a handler that waited takes ~4 s.
         took, status, h = s.timed("/api/titan/health")
         polls = s.json("/api/titan/backends")[2]["backends"][0]["polls"]
-        tap.ok(status == 503 and took < 0.1 and set(h) == {"status", "error"}
+        tap.ok(status == 503 and took < 1.5 and set(h) == {"status", "error"}
                and (polls >= 1 or (h.get("status") == "unknown" and "first poll" in h.get("error", ""))),
                f"during the first poll, health answers at once ({took * 1000:.1f} ms): 503 "
                "{status: unknown, error: ...first poll under way}", (status, h, polls))
