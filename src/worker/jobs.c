@@ -71,8 +71,8 @@ static int s_reclaim(titan_jobs_consumer *c)
     char idle[16], count[16];
     snprintf(idle, sizeof(idle), "%d", c->visibility_ms);
     for (int s = 0; s < 2; s++) {
-        while (!c->scanned[s] && !jobs_stopping(c) && !jobs_draining(c) && jobs_room(c) > 0) {
-            snprintf(count, sizeof(count), "%d", jobs_room(c));
+        while (!c->scanned[s] && !jobs_stopping(c) && !jobs_draining(c) && jobs_room(c, -1) > 0) {
+            snprintf(count, sizeof(count), "%d", jobs_room(c, -1));
             redisReply *r = jobs_cmdv(c, "XAUTOCLAIM", c->stream[s], c->group, c->consumer, idle,
                                       c->cursor[s], "COUNT", count, (char *)NULL);
             double t_read = jobs_mono_ms();
@@ -120,23 +120,10 @@ static int s_reclaim(titan_jobs_consumer *c)
  * while) only with `block`, when no job is in flight. Returns how many entries it took up. */
 static int s_read(titan_jobs_consumer *c, bool block)
 {
-    int room = jobs_room(c) > 0 ? jobs_room(c) : 1;
-    /* The requests come back with their start: about PIPE_BYTES of them at once, one while their size
-     * is unknown. */
-    int chunk = c->req_bytes > 0 ? (int)(PIPE_BYTES / c->req_bytes) : 1;
-    char count[16], maxa[16], now[32], ttl[16], jobkeys[TITAN_REDIS_MAX_PREFIX + 16];
-    snprintf(count, sizeof(count), "%d", chunk < 1 ? 1 : chunk < room ? chunk : room);
-    snprintf(maxa, sizeof(maxa), "%d", c->max_attempts);
-    snprintf(now, sizeof(now), "%lld", jobs_unix_ms());
-    snprintf(ttl, sizeof(ttl), "%d", c->ttl_s);
-    titan_redis_key(jobkeys, sizeof(jobkeys), c->prefix, TITAN_REDIS_KEY_JOB, "");
+    int room = jobs_room(c, -1) > 0 ? jobs_room(c, -1) : 1;
     redisReply *r = NULL;
     for (int i = 0; i < 2; i++) { /* once more by EVAL after NOSCRIPT */
-        const char *argv[] = {NULL,     NULL,        "3",   c->stream[S_HIGH], c->stream[S_NORMAL], c->dead,
-                              c->group, c->consumer, count, maxa,              now,                 ttl,
-                              jobkeys};
-        titan_redis_script_args(&c->scripts, TITAN_REDIS_SCRIPT_READ_START, argv, NULL);
-        r = jobs_cmd(c, 13, argv, NULL);
+        r = jobs_append_read(c, room) == 0 ? jobs_get(c) : NULL;
         if (!r || !titan_redis_scripts_missing(&c->scripts, r)) break;
         freeReplyObject(r);
         r = NULL;
@@ -144,6 +131,7 @@ static int s_read(titan_jobs_consumer *c, bool block)
     if (r && r->type == REDIS_REPLY_ARRAY) return jobs_take_read(c, r, jobs_mono_ms());
     if (r && r->type == REDIS_REPLY_NIL && block) {
         freeReplyObject(r);
+        char count[16];
         snprintf(count, sizeof(count), "%d", room);
         long wait = (long)(c->next_reclaim - jobs_mono_ms());
         if (wait > BLOCK_MS) wait = BLOCK_MS;
@@ -206,7 +194,7 @@ static void *s_main(void *arg)
             continue;
         }
         int got = 0;
-        int room = jobs_room(c);
+        int room = jobs_room(c, -1);
         if (!draining && c->redis && room > 0 && jobs_mono_ms() >= c->next_reclaim) got = s_reclaim(c) > 0;
         if (!got && !jobs_stopping(c) && !jobs_draining(c) && c->redis && room > 0 &&
             (c->used == 0 || jobs_mono_ms() >= c->next_read)) {

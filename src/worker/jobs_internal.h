@@ -188,8 +188,9 @@ int jobs_ensure_groups(titan_jobs_consumer *c);
 
 /* Drops a reference to h, freeing the Redis reply with the last. */
 void jobs_holder_release(jobs_holder *h);
-/* How many more jobs the consumer may take up now (jobs_slots.c says why it may be fewer). */
-int jobs_room(const titan_jobs_consumer *c);
+/* How many more jobs the consumer may take up now (jobs_slots.c says why it may be fewer), counting
+ * the slots in state as_free (-1: none) as free. */
+int jobs_room(const titan_jobs_consumer *c, int as_free);
 /* A DEALER connected to TITAN_SERVER_INPROC, or NULL. */
 void *jobs_dealer_open(void *zmq_ctx);
 /* A free slot, now READ, or NULL when none is free. */
@@ -210,11 +211,15 @@ void jobs_pump(titan_jobs_consumer *c, double wait_ms);
  * hand alone. Returns how many entries it took up. */
 int jobs_start_entries(titan_jobs_consumer *c, int stream, const redisReply *entries, double t_read,
                        bool reclaimed);
+/* Queues the read-start script (redis.h) for up to room new entries (fewer when they would pass about
+ * PIPE_BYTES of requests). Returns 0, or -1 with the connection dropped. */
+int jobs_append_read(titan_jobs_consumer *c, int room);
 /* Takes up the read-start script's reply r (frees it), read at t_read. Returns how many entries it took. */
 int jobs_take_read(titan_jobs_consumer *c, redisReply *r, double t_read);
 /* Resets the idle time of the entries in hand that are due (pipelined). */
 void jobs_heartbeats(titan_jobs_consumer *c);
-/* Logs and records the outcome of every DONE slot, then frees them. */
-void jobs_finish(titan_jobs_consumer *c);
+/* Logs and records the outcome of every DONE slot, then frees them; with and_read, reads for the slots
+ * this frees in the same round trip. */
+void jobs_finish(titan_jobs_consumer *c, bool and_read);
 
 #endif

@@ -41,18 +41,22 @@ static void s_outcome_clear(jobs_outcome *o)
  * "busy" (it holds all it takes) or the requests in hand hold --max-inflight-bytes, and no more than
  * fit in what is left of it, so that a deep --jobs-inflight of large jobs neither fills memory nor
  * keeps jobs from other workers. */
-int jobs_room(const titan_jobs_consumer *c)
+int jobs_room(const titan_jobs_consumer *c, int as_free)
 {
-    if (c->used >= c->inflight) return 0;
+    int used = c->used;
     double bytes = 0;
     for (int i = 0; i < c->nslots; i++) {
         const jobs_slot *sl = &c->slots[i];
+        if ((int)sl->state == as_free) {
+            used--;
+            continue;
+        }
         if (sl->state == SL_BUSY) return 0;
         for (int k = 0; k < sl->nparts; k++)
             if (sl->parts[k]) bytes += (double)sl->parts[k]->len;
     }
-    if (bytes >= c->max_bytes) return 0;
-    int room = c->inflight - c->used;
+    if (used >= c->inflight || bytes >= c->max_bytes) return 0;
+    int room = c->inflight - used;
     /* As many as fit the bytes left at the recent request size; one at a time while that is unknown. */
     double fit = c->req_bytes > 0 ? (c->max_bytes - bytes) / c->req_bytes + 1 : 1;
     return fit < room ? (int)fit : room;
@@ -324,5 +328,5 @@ void jobs_pump(titan_jobs_consumer *c, double wait_ms)
         }
     }
     jobs_heartbeats(c);
-    jobs_finish(c);
+    jobs_finish(c, true);
 }

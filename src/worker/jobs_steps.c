@@ -129,10 +129,27 @@ static void s_recorded(titan_jobs_consumer *c, const jobs_slot *sl, const redisR
     }
 }
 
+/* Acts on the reply of a read that went with a store (jobs_finish; NULL when Redis went away): the jobs
+ * it started are taken up, and an empty read puts the next one off as the loop in jobs.c does. A
+ * refusal (NOSCRIPT, NOGROUP...) is left to that loop's next read, which meets it again. */
+static void s_took_read(titan_jobs_consumer *c, redisReply *r)
+{
+    if (!r) return;
+    if (titan_redis_scripts_missing(&c->scripts, r) || r->type != REDIS_REPLY_ARRAY) {
+        if (r->type == REDIS_REPLY_NIL) {
+            c->next_read = jobs_mono_ms() + c->idle_read_ms;
+            c->idle_read_ms = c->idle_read_ms * 2 > IDLE_READ_MAX_MS ? IDLE_READ_MAX_MS : c->idle_read_ms * 2;
+        }
+        freeReplyObject(r);
+        return;
+    }
+    jobs_take_read(c, r, jobs_mono_ms());
+}
+
 /* Logs and records the outcome of every DONE slot, pipelined, then frees them: XACK only with the
  * outcome (the store script). Tries again across Redis outages until stop is asked for; an outcome
  * that could not be recorded by then leaves its entry pending, for another attempt. */
-void jobs_finish(titan_jobs_consumer *c)
+void jobs_finish(titan_jobs_consumer *c, bool and_read)
 {
     int left = 0;
     for (int i = 0; i < c->nslots; i++) {
@@ -172,7 +189,7 @@ void jobs_finish(titan_jobs_consumer *c)
     if (!left) return;
     c->next_read = 0; /* slots are free again: look for more work at once */
     c->idle_read_ms = IDLE_READ_MIN_MS;
-    for (;;) {
+    for (;; and_read = false) {
         if (jobs_connect(c) == 0) {
             jobs_heartbeats(c); /* a large result takes a while to reach Redis */
             /* One pipeline: the retry and revert scripts one by one, then one store script for up to
@@ -193,6 +210,12 @@ void jobs_finish(titan_jobs_consumer *c)
                 }
             }
             bool stored = nstore > 0 && c->redis && s_append_store(c, store, nstore) == 0;
+            /* With every outcome in this pipeline, the read for the slots it frees goes in it too: one
+             * round trip, and the server gets new jobs sooner. Not while a reclaim scan is due (the loop
+             * in jobs.c does that first), nor once the worker is stopping. */
+            bool read = and_read && c->redis && n + nstore == left && !jobs_stopping(c) &&
+                        !jobs_draining(c) && jobs_mono_ms() < c->next_reclaim &&
+                        jobs_room(c, SL_RECORD) > 0 && jobs_append_read(c, jobs_room(c, SL_RECORD)) == 0;
             bool lost = false;
             for (int k = 0; k < n; k++) {
                 jobs_slot *sl = &c->slots[c->order[k]];
@@ -226,6 +249,7 @@ void jobs_finish(titan_jobs_consumer *c)
                 }
             }
             if (r) freeReplyObject(r);
+            if (read && !lost && c->redis) s_took_read(c, jobs_get(c));
             if (!left) return;
         }
         if (jobs_stopping(c) && !c->redis) break; /* connected: NOSCRIPT replies, sent again by EVAL */
@@ -387,6 +411,34 @@ static int s_append_start(titan_jobs_consumer *c, int from, int to, const char *
     return rc == 0 ? n : -1;
 }
 
+int jobs_append_read(titan_jobs_consumer *c, int room)
+{
+    /* The requests come back with their start: about PIPE_BYTES of them at once, one while their size
+     * is unknown. */
+    int chunk = c->req_bytes > 0 ? (int)(PIPE_BYTES / c->req_bytes) : 1;
+    char count[16], maxa[16], now[32], ttl[16], jobkeys[TITAN_REDIS_MAX_PREFIX + 16];
+    snprintf(count, sizeof(count), "%d", chunk < 1 ? 1 : chunk < room ? chunk : room);
+    snprintf(maxa, sizeof(maxa), "%d", c->max_attempts);
+    snprintf(now, sizeof(now), "%lld", jobs_unix_ms());
+    snprintf(ttl, sizeof(ttl), "%d", c->ttl_s);
+    titan_redis_key(jobkeys, sizeof(jobkeys), c->prefix, TITAN_REDIS_KEY_JOB, "");
+    const char *argv[] = {NULL,
+                          NULL,
+                          "3",
+                          c->stream[S_HIGH],
+                          c->stream[S_NORMAL],
+                          c->dead,
+                          c->group,
+                          c->consumer,
+                          count,
+                          maxa,
+                          now,
+                          ttl,
+                          jobkeys};
+    titan_redis_script_args(&c->scripts, TITAN_REDIS_SCRIPT_READ_START, argv, NULL);
+    return jobs_append(c, 13, argv, NULL);
+}
+
 /* Takes up the read-start script's reply r (frees it): a slot for each job it started, whose request
  * goes to the server (or whose skip, dead letter or broken record is logged and recorded). */
 int jobs_take_read(titan_jobs_consumer *c, redisReply *r, double t_read)
@@ -407,7 +459,8 @@ int jobs_take_read(titan_jobs_consumer *c, redisReply *r, double t_read)
         }
         jobs_slot *sl = er->len < sizeof(sl->entry) && idr->len <= MAX_ID_LEN ? jobs_slot_take(c) : NULL;
         if (!sl) { /* cannot happen: the script reads no more than the free slots */
-            titan_log(TITAN_LOG_WARN, "jobs: job %s: started with no slot for it; it stays pending", idr->str);
+            titan_log(TITAN_LOG_WARN, "jobs: job %s: started with no slot for it; it stays pending",
+                      idr->str);
             continue;
         }
         sl->stream = stream;
@@ -422,7 +475,7 @@ int jobs_take_read(titan_jobs_consumer *c, redisReply *r, double t_read)
         s_started(c, sl, part);
     }
     freeReplyObject(r);
-    jobs_finish(c); /* broken records, and starts undone */
+    jobs_finish(c, false); /* broken records, and starts undone */
     return took;
 }
 
@@ -540,6 +593,6 @@ int jobs_start_entries(titan_jobs_consumer *c, int stream, const redisReply *ent
         next = end;
         if (next < n) jobs_heartbeats(c);
     }
-    jobs_finish(c); /* broken records, and starts undone */
+    jobs_finish(c, false); /* broken records, and starts undone */
     return took;
 }
