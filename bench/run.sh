@@ -153,6 +153,10 @@ run_bench 900 "matmul float32 binary vs in-process sgemm" "$MATMUL" --sizes "$SI
 PY_SIZES=${BENCH_PY_SIZES:-2048}
 run_bench 900 "matmul float32: Python client and Router vs C client" "$PY" bench/bench_pyclient.py \
   --lib "$BUILD/libtitan.so" --sizes "$PY_SIZES" "$WORKER_EP"
+# 3c. A fresh worker's first 20 float32 1024x1024 products, with the host buffer pool (the default) and
+#     without (--host-pool-mb 0), twice each, on workers of its own (BENCH_WORKER_ARGS apply).
+run_bench 600 "fresh worker: first 20 products, host pool and --host-pool-mb 0" "$PY" bench/bench_fresh.py \
+  "$WORKER" --n 1024 --count 20 --rounds 2 -- "${WORKER_EXTRA[@]}"
 # 4. The design's JSON form, the seed worker first (so titan's BLAS threads are idle while it runs).
 for target in seed titan; do
   ep=$SEED_EP; [ "$target" = titan ] && ep=$WORKER_EP
@@ -220,6 +224,13 @@ for n in "${py_list[@]}"; do
   row "  Router n=$n, ms (vs C client)" "$(calc "$(kv "$p" router_s)*1000" 3)" "$(calc "$c*1000" 3)" \
     "$(kv "$p" router_ratio)x" "-" "info"
 done
+f="fresh n=1024 "
+row "fresh: 2nd product/steady (vs pool off)" "$(kv "$f" pool_second_ratio)x" "$(kv "$f" nopool_second_ratio)x" "-" \
+  "<= 1.2x" "$(verdict "$(kv "$f" pool_second_ratio)" "<=" 1.2)"
+row "  products 2-12 / steady (mean)" "$(kv "$f" pool_mean_ratio_2_12)x" "$(kv "$f" nopool_mean_ratio_2_12)x" "-" \
+  "-" "info"
+row "  first 12 products, ms" "$(kv "$f" pool_first12_ms)" "$(kv "$f" nopool_first12_ms)" \
+  "$(calc "$(kv "$f" pool_first12_ms)/$(kv "$f" nopool_first12_ms)")x" "-" "info"
 s=$(kv "json_seed " ping_rtt_s); t=$(kv "json_titan " ping_rtt_s)
 row "JSON ping RTT, us (vs seed)" "$(calc "$t*1e6" 1)" "$(calc "$s*1e6" 1)" "$(faster "$s" "$t")" "-" "info"
 IFS=, read -r -a json_list <<<"$JSON_SIZES"

@@ -207,6 +207,17 @@ void titan_devpool_trim(titan_devpool *pool)
     s_free_dead(pool, dead);
 }
 
+void titan_devpool_set_max_cached(titan_devpool *pool, uint64_t max_cached)
+{
+    s_dead dead = {NULL, NULL};
+    pthread_mutex_lock(&pool->lock);
+    pool->max_cached = max_cached;
+    while (pool->tail && pool->st.cached_bytes > max_cached)
+        s_evict_tail(pool, &dead);
+    pthread_mutex_unlock(&pool->lock);
+    s_free_dead(pool, dead);
+}
+
 void titan_devpool_get_stats(titan_devpool *pool, titan_devpool_stats *out)
 {
     pthread_mutex_lock(&pool->lock);

@@ -46,6 +46,8 @@ int titan_devpool_get(titan_devpool *pool, size_t bytes, void **out, char *msg, 
 void titan_devpool_put(titan_devpool *pool, void *block, size_t bytes);
 /* Frees every cached block. */
 void titan_devpool_trim(titan_devpool *pool);
+/* Changes the bound on cached bytes; the least recently returned blocks over it are freed at once. */
+void titan_devpool_set_max_cached(titan_devpool *pool, uint64_t max_cached);
 void titan_devpool_get_stats(titan_devpool *pool, titan_devpool_stats *out);
 
 #endif

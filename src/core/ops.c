@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hostpool.h"
 #include "ops.h"
 #include "titan/titan.h"
 
@@ -67,6 +68,14 @@ static int s_gpu_info(titan_worker_ctx *w, titan_request *req, titan_out *out, t
                                           (json_int_t)st.pool_device_allocs, "workspace_bytes",
                                           (json_int_t)st.pool_workspace_bytes));
     }
+    /* The host buffer pool (hostpool.h): "os_allocs" counts buffers that came fresh from the allocator. */
+    titan_devpool_stats hp;
+    titan_hostpool_get_stats(&hp);
+    json_object_set_new(o, "host_pool",
+                        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "cap_bytes", (json_int_t)titan_hostpool_cap(),
+                                  "cached_bytes", (json_int_t)hp.cached_bytes, "in_use_bytes",
+                                  (json_int_t)hp.in_use_bytes, "os_allocs", (json_int_t)hp.device_allocs, "os_frees",
+                                  (json_int_t)hp.device_frees, "hits", (json_int_t)hp.hits));
     char why[256] = "";
     bool ready = !w->backend->ready || w->backend->ready(w->backend, why, sizeof(why));
     json_object_set_new(o, "ready", json_boolean(ready));
@@ -252,7 +261,7 @@ static int s_tensor_get(titan_worker_ctx *w, titan_request *req, titan_out *out,
                    "(max_result_bytes)", h, e->bytes, (unsigned long long)w->limits.max_result_bytes);
         goto out;
     }
-    buf = aligned_alloc(64, (e->bytes + 63) & ~(size_t)63);
+    buf = titan_hostbuf_alloc(e->bytes);
     if (!buf) {
         titan_fail(err, "too_large", "not enough host memory to read back %zu bytes", e->bytes);
         goto out;
@@ -272,12 +281,13 @@ static int s_tensor_get(titan_worker_ctx *w, titan_request *req, titan_out *out,
         }
         out->data[0] = buf;
         out->size[0] = e->bytes;
+        out->pooled[0] = true;
         out->ndata = 1;
         buf = NULL;
     }
     rc = 0;
 out:
-    free(buf);
+    titan_hostbuf_free(buf);
     titan_tstore_release(w->tensors, e);
     return rc;
 }
@@ -378,7 +388,7 @@ static int s_matmul(titan_worker_ctx *w, titan_request *req, titan_out *out, tit
         if (titan_tstore_create(w->tensors, req->client, a.dtype, 2, shape, &ec, err)) goto out;
         oc.dev = ec->dev;
     } else {
-        c = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        c = titan_hostbuf_alloc(bytes);
         if (!c) {
             titan_fail(err, "too_large", "not enough memory for a %zux%zu result", m, n);
             goto out;
@@ -403,6 +413,7 @@ static int s_matmul(titan_worker_ctx *w, titan_request *req, titan_out *out, tit
         }
         out->data[0] = c;
         out->size[0] = bytes;
+        out->pooled[0] = true;
         out->ndata = 1;
         c = NULL;
     } else {
@@ -414,7 +425,7 @@ static int s_matmul(titan_worker_ctx *w, titan_request *req, titan_out *out, tit
     }
     rc = 0;
 out:
-    free(c);
+    titan_hostbuf_free(c);
     if (w->tensors) {
         titan_tstore_release(w->tensors, ea);
         titan_tstore_release(w->tensors, eb);

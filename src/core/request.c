@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hostpool.h"
 #include "numfmt.h"
 #include "request.h"
 
@@ -197,10 +198,10 @@ static int s_descriptor(titan_request *req, const char *name, json_t *d, titan_t
     out->binary = true;
     if ((uintptr_t)data % titan_dtype_size(dt) != 0) {
         /* The transport may hand us unaligned bytes; BLAS wants aligned elements. */
-        void *copy = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        void *copy = titan_hostbuf_alloc(bytes);
         if (!copy) return titan_fail(err, "too_large", "not enough memory for '%s'", name);
         memcpy(copy, data, bytes);
-        out->owned = copy;
+        out->owned_pooled = copy;
         out->data = copy;
     } else {
         out->data = data;
@@ -332,6 +333,7 @@ void titan_request_release(titan_request *req)
 void titan_tensor_view_release(titan_tensor_view *v)
 {
     free(v->owned);
+    titan_hostbuf_free(v->owned_pooled);
     memset(v, 0, sizeof(*v));
 }
 
@@ -402,7 +404,7 @@ out:
 
 int titan_out_error(titan_out *out, const titan_error *err, json_t *id)
 {
-    for (size_t i = 0; i < out->ndata; i++) free(out->data[i]);
+    for (size_t i = 0; i < out->ndata; i++) titan_out_free_data(out, i);
     out->ndata = 0;
     json_t *o = json_object();
     if (!o) return -ENOMEM;
@@ -416,6 +418,16 @@ int titan_out_error(titan_out *out, const titan_error *err, json_t *id)
 void titan_out_release(titan_out *out)
 {
     free(out->hdr);
-    for (size_t i = 0; i < out->ndata; i++) free(out->data[i]);
+    for (size_t i = 0; i < out->ndata; i++) titan_out_free_data(out, i);
     memset(out, 0, sizeof(*out));
+}
+
+void titan_out_free_data(titan_out *out, size_t i)
+{
+    if (out->pooled[i])
+        titan_hostbuf_free(out->data[i]);
+    else
+        free(out->data[i]);
+    out->data[i] = NULL;
+    out->pooled[i] = false;
 }

@@ -52,8 +52,9 @@ typedef struct {
     int rank;
     int64_t shape[TITAN_MAX_RANK];
     size_t elems;
-    const void *data; /* borrowed from a frame, or == owned */
-    void *owned;      /* free() on release; NULL when borrowed */
+    const void *data;   /* borrowed from a frame, or == owned or owned_pooled */
+    void *owned;        /* free() on release; NULL when borrowed */
+    void *owned_pooled; /* titan_hostbuf_free() on release (hostpool.h); NULL when borrowed */
     bool binary;      /* came in a binary frame */
     const char *ref;  /* a resident tensor's handle ({"ref": ...}, borrowed from the header); then no data */
 } titan_tensor_view;
@@ -78,8 +79,9 @@ typedef struct {
 typedef struct {
     char *hdr; /* malloc'd JSON text */
     size_t hdr_len;
-    void *data[TITAN_MAX_OUT_FRAMES]; /* free()'d after sending */
+    void *data[TITAN_MAX_OUT_FRAMES]; /* freed after sending: titan_hostbuf_free when pooled, else free() */
     size_t size[TITAN_MAX_OUT_FRAMES];
+    bool pooled[TITAN_MAX_OUT_FRAMES]; /* data[i] came from titan_hostbuf_alloc (hostpool.h) */
     size_t ndata;
 } titan_out;
 
@@ -126,5 +128,7 @@ typedef struct {
 int titan_out_json_tensors(titan_out *out, const char *list_key, const titan_json_part *parts, int n, json_t *obj,
                            json_t *id);
 void titan_out_release(titan_out *out);
+/* Frees out->data[i] as its owner asks (titan_hostbuf_free or free) and sets it to NULL. */
+void titan_out_free_data(titan_out *out, size_t i);
 
 #endif

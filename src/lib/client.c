@@ -15,6 +15,7 @@
 #include <jansson.h>
 #include <zmq.h>
 
+#include "hostpool.h"
 #include "titan/client.h"
 #include "reply_internal.h"
 
@@ -944,7 +945,30 @@ static void s_adopted_free(void *data, void *hint)
     free(data);
 }
 
+/* Hands a pooled buffer adopted by titan_reply_adopt_pooled back to the host buffer pool. */
+static void s_adopted_pool_free(void *data, void *hint)
+{
+    (void)hint;
+    titan_hostbuf_free(data);
+}
+
+/* Frees data[i] as its owner asks and sets it to NULL. */
+static void s_adopted_drop(void **data, const bool *pooled, size_t i)
+{
+    if (pooled && pooled[i])
+        titan_hostbuf_free(data[i]);
+    else
+        free(data[i]);
+    data[i] = NULL;
+}
+
 int titan_reply_adopt(char **header, void **data, const size_t *sizes, size_t n, titan_reply **out)
+{
+    return titan_reply_adopt_pooled(header, data, sizes, NULL, n, out);
+}
+
+int titan_reply_adopt_pooled(char **header, void **data, const size_t *sizes, const bool *pooled, size_t n,
+                             titan_reply **out)
 {
     int rc = -EINVAL;
     titan_reply *r = NULL;
@@ -959,8 +983,9 @@ int titan_reply_adopt(char **header, void **data, const size_t *sizes, size_t n,
         /* zmq_msg_init_data wants data for a non-empty message only; an empty one owns nothing. */
         if (sizes[i] == 0 || !data[i]) {
             zmq_msg_init(&r->frames[i]);
-            free(data[i]);
-        } else if (zmq_msg_init_data(&r->frames[i], data[i], sizes[i], s_adopted_free, NULL) != 0) {
+            s_adopted_drop(data, pooled, i);
+        } else if (zmq_msg_init_data(&r->frames[i], data[i], sizes[i],
+                                     pooled && pooled[i] ? s_adopted_pool_free : s_adopted_free, NULL) != 0) {
             goto out;
         }
         data[i] = NULL;
@@ -974,9 +999,7 @@ out:
         free(*header);
         *header = NULL;
     }
-    for (size_t i = 0; data && i < n; i++) {
-        free(data[i]);
-        data[i] = NULL;
-    }
+    for (size_t i = 0; data && i < n; i++)
+        s_adopted_drop(data, pooled, i);
     return rc;
 }

@@ -171,7 +171,7 @@ int titan_engine_call(titan_engine *e, const char *header_json, const titan_fram
 reply:
     /* The reply header and result frames move into the reply as they are: no copy. */
     if (out.hdr)
-        rc = titan_reply_adopt(&out.hdr, out.data, out.size, out.ndata, reply);
+        rc = titan_reply_adopt_pooled(&out.hdr, out.data, out.size, out.pooled, out.ndata, reply);
     else
         rc = -ENOMEM;
     titan_out_release(&out);

@@ -48,6 +48,7 @@ typedef struct {
     int tensor_orphan_ttl_s;   /* free the tensors of a client whose connection closed this long after; 0: never */
     int max_worker_tensors;    /* tensors all clients together may hold */
     uint64_t pool_cache_mb;    /* CUDA: free device memory the pool keeps for reuse; 0: a quarter of the device */
+    uint64_t host_pool_mb;     /* free host memory the host buffer pool keeps for reuse (hostpool.h); 0: none */
 } titan_config;
 
 /* Filled, checked and freed by settings.h, whose table gives each field its option, range and default. */

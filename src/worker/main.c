@@ -2,6 +2,8 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -12,6 +14,7 @@
 
 #include <zmq.h>
 
+#include "hostpool.h"
 #include "http.h"
 #include "jobs.h"
 #include "log.h"
@@ -236,6 +239,25 @@ static bool s_open_models(s_worker *app)
     return true;
 }
 
+/* Host memory for tensors (--host-pool-mb). Results and the CPU backend's tensors come from the host buffer
+ * pool (hostpool.h). The operands of binary requests are ZeroMQ's own receive buffers, from malloc: with
+ * glibc's defaults, a fresh worker maps each anew (and faults in its pages) for its first dozen products of
+ * a size, until glibc's dynamic thresholds settle. The worker owns its process's allocator, so it sets them
+ * from the start: buffers up to S_HEAP_MAX come from the heap, and up to the pool's cap of free heap is kept
+ * rather than given back. Larger ones stay mmap'ed: a heap that held the buffers a large JSON operand grows
+ * through would keep them all resident (test_tensors' header memory). --host-pool-mb 0 leaves glibc's
+ * defaults. The library (libtitan) sets only the pool, never the host program's allocator. */
+#define S_HEAP_MAX (8ULL << 20)
+static void s_host_memory(uint64_t cap)
+{
+    titan_hostpool_set_cap(cap);
+    if (!cap) return;
+    uint64_t mmap_at = cap < S_HEAP_MAX ? cap : S_HEAP_MAX;
+    uint64_t trim_at = cap < (uint64_t)INT_MAX ? cap : (uint64_t)INT_MAX;
+    if (!mallopt(M_MMAP_THRESHOLD, (int)mmap_at) || !mallopt(M_TRIM_THRESHOLD, (int)trim_at))
+        titan_log(TITAN_LOG_DEBUG, "mallopt refused the host memory thresholds; glibc's defaults stay");
+}
+
 /* Step 3: compute: the backend for --device, resident tensors, the ops, the models. */
 static bool s_open_compute(s_worker *app)
 {
@@ -244,6 +266,7 @@ static bool s_open_compute(s_worker *app)
     char why[512] = "", err[512];
     titan_cuda_opts copts = {.pool_cache_bytes = cfg->pool_cache_mb << 20, .executors = w->threads};
     bool why_warns = false;
+    s_host_memory(cfg->host_pool_mb << 20);
     int rc = titan_backend_select(cfg->device, w->blas_threads, &copts, &w->backend, why, sizeof(why), &why_warns,
                                   err, sizeof(err));
     if (rc == -EINVAL) return s_fail(app, "%s", err);

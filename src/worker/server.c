@@ -16,6 +16,7 @@
 
 #include "auth.h"
 #include "fairq.h"
+#include "hostpool.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
@@ -259,16 +260,29 @@ static void s_unread_release(s_unread *u)
     if (atomic_fetch_sub(&u->refs, 1) == 1) free(u);
 }
 
-/* ZeroMQ's free function of every reply frame: frees the buffer and uncounts it from its client. */
-static void s_free_counted(void *data, void *hint)
+/* Uncounts a frame that ZeroMQ has let go of from its client. */
+static void s_uncount(s_counted *c)
 {
-    free(data);
-    s_counted *c = hint;
     if (!c) return;
     atomic_fetch_sub(&c->u->bytes, c->bytes);
     if (c->small) atomic_fetch_sub(&c->u->small, c->bytes);
     s_unread_release(c->u);
     free(c);
+}
+
+/* ZeroMQ's free function of every reply frame: frees the buffer and uncounts it from its client. */
+static void s_free_counted(void *data, void *hint)
+{
+    free(data);
+    s_uncount(hint);
+}
+
+/* The same for a frame from the host buffer pool (a result: hostpool.h), on whichever thread ZeroMQ
+ * lets it go: the buffer goes back to the pool. */
+static void s_free_counted_pooled(void *data, void *hint)
+{
+    titan_hostbuf_free(data);
+    s_uncount(hint);
 }
 
 /* The client key of j, as the fair queue uses it: its routing id, or "?" when it has no usable one. */
@@ -361,7 +375,8 @@ static uint64_t s_unread_bytes(titan_server *s, const titan_job *j)
 /* Makes m a frame of `size` bytes at data (owned by m from now on: freed once written), counted as
  * `count` bytes unread by u's client (and as small ones when `small`). Returns 0, or -ENOMEM with data
  * still the caller's. */
-static int s_msg_counted(zmq_msg_t *m, void *data, size_t size, s_unread *u, uint64_t count, bool small)
+static int s_msg_counted(zmq_msg_t *m, void *data, size_t size, bool pooled, s_unread *u, uint64_t count,
+                         bool small)
 {
     s_counted *c = NULL;
     if (u) {
@@ -374,7 +389,7 @@ static int s_msg_counted(zmq_msg_t *m, void *data, size_t size, s_unread *u, uin
         atomic_fetch_add(&u->bytes, count);
         if (small) atomic_fetch_add(&u->small, count);
     }
-    if (zmq_msg_init_data(m, data, size, s_free_counted, c) != 0) {
+    if (zmq_msg_init_data(m, data, size, pooled ? s_free_counted_pooled : s_free_counted, c) != 0) {
         if (c) free(c);
         if (u) {
             atomic_fetch_sub(&u->bytes, count);
@@ -429,8 +444,11 @@ static void s_reply(titan_server *s, titan_job *j)
             if (rc < 0) zmq_msg_close(&m);
             whole = rc >= 0 && !j->out.ndata;
             for (size_t i = 0; i < j->out.ndata && rc >= 0; i++) {
-                if (s_msg_counted(&m, j->out.data[i], j->out.size[i], u, j->out.size[i], !j->dispatched)) break;
+                if (s_msg_counted(&m, j->out.data[i], j->out.size[i], j->out.pooled[i], u, j->out.size[i],
+                                  !j->dispatched))
+                    break;
                 j->out.data[i] = NULL;
+                j->out.pooled[i] = false;
                 rc = zmq_msg_send(&m, s->router, (i + 1 < j->out.ndata ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
                 if (rc < 0) zmq_msg_close(&m);
                 whole = rc >= 0 && i + 1 == j->out.ndata;

@@ -145,6 +145,11 @@ static const titan_setting s_table[] = {
      .unit = "MiB", .def = "0", .metavar = "N",
      .help = "CUDA: free device memory kept for reuse, so that steady state does\n"
              "not allocate (default 0: a quarter of the GPU's memory)"},
+    {.name = "host-pool-mb", .type = TITAN_SETTING_U64, .offset = S_AT(host_pool_mb), .lo = 0, .hi = 1ULL << 30,
+     .unit = "MiB", .def = "256", .metavar = "N",
+     .help = "free host memory kept for tensor buffers (results, operands),\n"
+             "so that steady state does not fault in fresh pages (default 256;\n"
+             "0: none, every buffer is allocated and freed)"},
 };
 // clang-format on
 

@@ -10,6 +10,7 @@
 #include <cblas.h>
 
 #include "backend.h"
+#include "hostpool.h"
 #include "request.h"
 #include "sysinfo.h"
 
@@ -54,7 +55,7 @@ static int s_matmul(titan_backend *be, titan_dtype dt, size_t m, size_t k, size_
 static int s_mem_alloc(titan_backend *be, size_t bytes, void **dev, titan_error *err)
 {
     (void)be;
-    void *p = aligned_alloc(64, ((bytes ? bytes : 1) + 63) & ~(size_t)63);
+    void *p = titan_hostbuf_alloc(bytes);
     if (!p) {
         titan_fail(err, "too_large", "out of host memory: could not allocate %zu bytes for a resident tensor",
                    bytes);
@@ -68,7 +69,7 @@ static void s_mem_free(titan_backend *be, void *dev, size_t bytes)
 {
     (void)be;
     (void)bytes;
-    free(dev);
+    titan_hostbuf_free(dev);
 }
 
 static int s_copy(titan_backend *be, void *dst, const void *src, size_t bytes, titan_error *err)
