@@ -438,7 +438,7 @@ static void s_reply(titan_server *s, titan_job *j)
         uint64_t count = j->out.hdr_len + UNREAD_MSG_OVERHEAD;
         for (size_t i = 0; i < j->env; i++) count += zmq_msg_size(&j->frames[i]);
         bool whole = false;
-        if (s_msg_counted(&m, j->out.hdr, j->out.hdr_len, u, count, !j->dispatched) == 0) {
+        if (s_msg_counted(&m, j->out.hdr, j->out.hdr_len, false, u, count, !j->dispatched) == 0) {
             j->out.hdr = NULL;
             rc = zmq_msg_send(&m, s->router, (j->out.ndata ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
             if (rc < 0) zmq_msg_close(&m);
