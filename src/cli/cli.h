@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 
+#include "clock.h"
 #include "titan/titan.h"
 
 #define CLI_DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
@@ -136,8 +137,6 @@ int cli_print_json(json_t *obj);
 
 /* Helpers (cmd_basic.c). */
 
-/* Returns the monotonic time in seconds. */
-double cli_now(void);
 /* Fills `count` elements of dtype `dt` at `buf` with uniform values in [-1, 1) drawn
  * from the splitmix64 stream at *state (advanced). */
 void cli_fill_random(titan_dtype dt, void *buf, size_t count, uint64_t *state);

@@ -10,13 +10,6 @@
 
 #include "cli.h"
 
-double cli_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Returns the next value of the splitmix64 stream at *state. */
 static uint64_t s_splitmix64(uint64_t *state)
 {
@@ -81,9 +74,9 @@ int cli_cmd_ping(cli_globals *g, int argc, char **argv)
     char *device = NULL;
     int rc = s_only_globals("ping", g, argc, argv);
     if (rc != CLI_EXIT_OK || (rc = cli_client_new(g, &c)) != CLI_EXIT_OK) return rc;
-    double t0 = cli_now();
+    double t0 = titan_clock_mono_s();
     int err = titan_client_ping(c, &device);
-    double ms = (cli_now() - t0) * 1e3;
+    double ms = (titan_clock_mono_s() - t0) * 1e3;
     if (err) {
         rc = cli_report_failure(g, c, err, "ping");
     } else if (g->json) {
@@ -339,11 +332,11 @@ int cli_cmd_matmul(cli_globals *g, int argc, char **argv)
     cli_fill_random(dt, b, k * n, &state);
     if ((rc = g->backends ? cli_router_new(g, &router) : cli_client_new(g, &c)) != CLI_EXIT_OK) goto out;
 
-    double t0 = cli_now();
+    double t0 = titan_clock_mono_s();
     int err = router ? split ? titan_router_matmul_split(router, dt, m, k, n, a, b, &out, &ri)
                              : titan_router_matmul(router, dt, m, k, n, a, b, &out, &ri)
                      : titan_client_matmul(c, dt, m, k, n, a, b, &out);
-    double secs = cli_now() - t0;
+    double secs = titan_clock_mono_s() - t0;
     if (err) {
         rc = router ? cli_report_route_failure(g, err, &ri, "matrix_multiply request")
                     : cli_report_failure(g, c, err, "matrix_multiply request");

@@ -798,7 +798,7 @@ static int s_wait_progress(const char *id, titan_job_state state, size_t ended, 
     if (v->json) return 0;
     if (v->tty) {
         /* Redraw at most 20 times a second, and always at the end. */
-        double now = cli_now();
+        double now = titan_clock_mono_s();
         if (ended == total || now - v->last_draw >= 0.05) {
             s_draw_bar(v, ended, total, false);
             v->last_draw = now;

@@ -130,22 +130,6 @@ void cli_help_serve(FILE *f)
             S_DEFAULT_LISTEN, S_DEFAULT_INTERVAL_MS, S_DEFAULT_HISTORY_S, S_MAX_SAMPLES);
 }
 
-/* ---- clocks ---- */
-
-static double s_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static int64_t s_unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- backend health ---- */
 
 static const char *s_health_name(s_health h)
@@ -226,9 +210,9 @@ static void s_poll(s_serve *s, size_t i)
     titan_route_info info;
     char why[300] = "";
     json_t *gi = NULL;
-    double t0 = s_mono_ms();
+    double t0 = titan_clock_mono_ms();
     int rc = titan_router_call_on(s->router, i, S_GPU_INFO, NULL, 0, &rep, &info);
-    double ms = s_mono_ms() - t0;
+    double ms = titan_clock_mono_ms() - t0;
     if (rc == 0) {
         rc = s_parse_gpu_info(rep, &gi, why, sizeof(why));
     } else {
@@ -243,7 +227,7 @@ static void s_poll(s_serve *s, size_t i)
     titan_breaker_state state = TITAN_BREAKER_CLOSED;
     if (titan_router_backend_status(s->router, i, &st) == 0) state = st.state;
 
-    s_sample smp = {.t_ms = s_unix_ms(),
+    s_sample smp = {.t_ms = titan_clock_wall_ms(),
                     .ms = rc == 0 ? ms : NAN,
                     .ok = rc == 0,
                     .state = state,
@@ -261,7 +245,7 @@ static void s_poll(s_serve *s, size_t i)
         smp.queue_depth = s_int_field(gi, "queue_depth");
         smp.inflight = s_int_field(gi, "inflight");
     }
-    double now = s_mono_ms();
+    double now = titan_clock_mono_ms();
     pthread_mutex_lock(&s->lock);
     b->polls++;
     b->last_ok = rc == 0;
@@ -298,15 +282,9 @@ static void *s_poller(void *arg)
     pthread_mutex_lock(&s->lock);
     while (!s->stop) {
         pthread_mutex_unlock(&s->lock);
-        struct timespec due;
-        clock_gettime(CLOCK_MONOTONIC, &due);
+        /* due an interval after this poll began */
+        struct timespec due = titan_clock_mono_in((int64_t)s->interval_ms * 1000000);
         s_poll(s, b->index);
-        due.tv_sec += s->interval_ms / 1000;
-        due.tv_nsec += (long)(s->interval_ms % 1000) * 1000000L;
-        if (due.tv_nsec >= 1000000000L) {
-            due.tv_sec++;
-            due.tv_nsec -= 1000000000L;
-        }
         pthread_mutex_lock(&s->lock);
         while (!s->stop && pthread_cond_timedwait(&s->wake, &s->lock, &due) != ETIMEDOUT) {
         }
@@ -353,7 +331,7 @@ static json_t *s_backend_json(s_serve *s, size_t i, int64_t now_ms, s_sample *sc
     pthread_mutex_lock(&s->lock);
     json_t *gi = b->gpu_info ? json_deep_copy(b->gpu_info) : json_null();
     int64_t gi_ms = b->gpu_info_ms;
-    s_health h = s_health_of(s, b, st.state, s_mono_ms());
+    s_health h = s_health_of(s, b, st.state, titan_clock_mono_ms());
     char poll_error[sizeof b->poll_error];
     memcpy(poll_error, b->poll_error, sizeof poll_error);
     uint64_t polls = b->polls;
@@ -398,7 +376,7 @@ static json_t *s_backends_json(s_serve *s)
         if (s->b[i].cap > maxcap) maxcap = s->b[i].cap;
     s_sample *scratch = malloc(maxcap * sizeof(*scratch));
     json_t *arr = json_array();
-    int64_t now = s_unix_ms();
+    int64_t now = titan_clock_wall_ms();
     for (size_t i = 0; scratch && arr && i < s->n; i++) {
         json_t *one = s_backend_json(s, i, now, scratch);
         if (!one || json_array_append_new(arr, one) != 0) {
@@ -431,7 +409,7 @@ static json_t *s_health_json(s_serve *s, unsigned *status)
         titan_breaker_state state = TITAN_BREAKER_CLOSED;
         if (titan_router_backend_status(s->router, i, &st) == 0) state = st.state;
         pthread_mutex_lock(&s->lock);
-        s_health h = s_health_of(s, b, state, s_mono_ms());
+        s_health h = s_health_of(s, b, state, titan_clock_mono_ms());
         if (h == H_HEALTHY) {
             json_t *o = json_pack("{s:s}", "status", "healthy");
             const char *key;

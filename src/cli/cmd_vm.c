@@ -431,9 +431,9 @@ static int s_stop(s_out *o, const s_args *a, virConnectPtr conn, titan_vmconf *c
     (void)c;
     char err[2048];
     titan_vm_stop_result res = TITAN_VM_WAS_OFF;
-    double t0 = cli_now();
+    double t0 = titan_clock_mono_s();
     int r = titan_vm_stop(conn, a->pos[0], a->timeout_s * 1000, s_say, o, &res, err, sizeof err);
-    double secs = cli_now() - t0;
+    double secs = titan_clock_mono_s() - t0;
     if (r < 0) return s_report(o, a->pos[0], r, err);
     int rc = res == TITAN_VM_DESTROYED ? S_EXIT_DESTROYED : CLI_EXIT_OK;
     const char *what = res == TITAN_VM_STOPPED_CLEANLY ? "stopped"

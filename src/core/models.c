@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "clock.h"
 #include "models.h"
 
 #define S_MAX_MODELS 256
@@ -418,9 +419,7 @@ int titan_models_infer(titan_models *m, titan_request *req, titan_out *out, tita
         in = md->inst;
         in->refs++;
         md->tick = ++m->tick;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        md->last_used = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+        md->last_used = titan_clock_wall_s();
     }
     pthread_mutex_unlock(&m->mu);
     if (!in) goto out;

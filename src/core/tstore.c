@@ -9,6 +9,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "clock.h"
 #include "request.h"
 #include "tstore.h"
 
@@ -66,15 +67,15 @@ struct titan_tstore {
     bool sweeper_started, stopping;
 };
 
+/* The store's clock unless a test sets its own (titan_tstore_set_clock). */
 static double s_monotonic(void *arg)
 {
     (void)arg;
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+    return titan_clock_mono_s();
 }
 
-static double s_now(titan_tstore *ts)
+/* Now by the store's clock. */
+static double s_clock(titan_tstore *ts)
 {
     return ts->clock(ts->clock_arg);
 }
@@ -374,7 +375,7 @@ int titan_tstore_sweep(titan_tstore *ts)
 {
     s_entry *dead = NULL;
     pthread_mutex_lock(&ts->lock);
-    int n = s_sweep(ts, s_now(ts), &dead);
+    int n = s_sweep(ts, s_clock(ts), &dead);
     pthread_mutex_unlock(&ts->lock);
     s_bury(ts, dead);
     return n;
@@ -398,7 +399,7 @@ static void *s_sweeper_main(void *arg)
     pthread_mutex_lock(&ts->lock);
     while (!ts->stopping) {
         s_entry *dead = NULL;
-        double now = s_now(ts);
+        double now = s_clock(ts);
         s_sweep(ts, now, &dead);
         if (dead) {
             pthread_mutex_unlock(&ts->lock);
@@ -408,11 +409,7 @@ static void *s_sweeper_main(void *arg)
         }
         /* Wake when the next one is due, and at least once a second (the clock of a test may jump). */
         double due = s_next_due(ts), wait = due > now && due - now < 1.0 ? due - now + 0.001 : 1.0;
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        long long ns = (long long)t.tv_nsec + (long long)(wait * 1e9);
-        t.tv_sec += (time_t)(ns / 1000000000);
-        t.tv_nsec = (long)(ns % 1000000000);
+        struct timespec t = titan_clock_mono_in((int64_t)(wait * 1e9));
         pthread_cond_timedwait(&ts->wake, &ts->lock, &t);
     }
     pthread_mutex_unlock(&ts->lock);
@@ -465,7 +462,7 @@ int titan_tstore_create(titan_tstore *ts, const char *owner, titan_dtype dtype, 
 
     s_entry *dead = NULL;
     pthread_mutex_lock(&ts->lock);
-    e->created = e->used = s_now(ts);
+    e->created = e->used = s_clock(ts);
     s_sweep(ts, e->created, &dead); /* what is due goes before the quotas are checked */
     s_owner *o = s_owner_find(ts, owner ? owner : "anonymous", true);
     int rc = -1;
@@ -536,7 +533,7 @@ void titan_tstore_commit(titan_tstore *ts, titan_tensor_entry *pub)
     pthread_mutex_lock(&ts->lock);
     e->listed = true;
     e->refs++; /* the table's reference */
-    e->used = s_now(ts);
+    e->used = s_clock(ts);
     size_t b = s_hash(e->pub.handle) & ts->hmask;
     e->hnext = ts->handles[b];
     ts->handles[b] = e;
@@ -578,7 +575,7 @@ static s_entry *s_lookup(titan_tstore *ts, const char *owner, const char *handle
 /* Marks a listed entry as used now: last in the idle order. */
 static void s_touch(titan_tstore *ts, s_entry *e)
 {
-    e->used = s_now(ts);
+    e->used = s_clock(ts);
     s_lru_unlink(ts, e);
     s_lru_append(ts, e);
 }
@@ -648,7 +645,7 @@ json_t *titan_tstore_list(titan_tstore *ts, const char *owner)
     json_t *list = json_array();
     if (!list) return NULL;
     pthread_mutex_lock(&ts->lock);
-    double now = s_now(ts);
+    double now = s_clock(ts);
     uint64_t bytes = 0, charged = 0, count = 0;
     s_owner *o = s_owner_find(ts, owner ? owner : "anonymous", false);
     for (s_entry *e = o ? o->tensors : NULL; e; e = e->onext) {
@@ -714,7 +711,7 @@ void titan_tstore_conn_seen(titan_tstore *ts, int conn, const char *owner)
     if (!owner) owner = "anonymous";
     pthread_mutex_lock(&ts->lock);
     ts->tracking = true;
-    double now = s_now(ts);
+    double now = s_clock(ts);
     if (conn >= 0 && conn < S_MAX_CONN && (size_t)conn >= ts->nconns) {
         size_t n = ts->nconns ? ts->nconns : 64;
         while (n <= (size_t)conn)
@@ -750,7 +747,7 @@ void titan_tstore_conn_closed(titan_tstore *ts, int conn)
     if (conn >= 0 && (size_t)conn < ts->nconns && ts->conns[conn]) {
         char *name = ts->conns[conn];
         ts->conns[conn] = NULL;
-        s_conn_gone(ts, conn, name, s_now(ts));
+        s_conn_gone(ts, conn, name, s_clock(ts));
         free(name);
     }
     pthread_mutex_unlock(&ts->lock);

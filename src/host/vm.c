@@ -15,6 +15,7 @@
 
 #include <libvirt/virterror.h>
 
+#include "clock.h"
 #include "vm.h"
 
 #define S_POLL_MS 100    /* state polling period where events are not available */
@@ -49,13 +50,6 @@ static void s_say(titan_vm_say_fn say, void *arg, bool warning, const char *fmt,
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     say(arg, warning, line);
-}
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* The -errno for libvirt error code `code`. */
@@ -694,7 +688,7 @@ int titan_vm_stop(virConnectPtr conn, const char *name, int timeout_ms, titan_vm
         s_say(say, arg, false, "asked %s to shut down (%s); waiting up to %s%s", name,
               s_method_name(methods[used]), limit, use_events ? "" : " (polling)");
 
-    double deadline = s_now() + timeout_ms / 1000.0;
+    double deadline = titan_clock_mono_s() + timeout_ms / 1000.0;
     for (;;) {
         active = virDomainIsActive(dom);
         if (active == 0) {
@@ -705,7 +699,7 @@ int titan_vm_stop(virConnectPtr conn, const char *name, int timeout_ms, titan_vm
             rc = s_fail(err, errcap, name, "cannot read the state of %s", name);
             goto out;
         }
-        double left_ms = (deadline - s_now()) * 1000.0;
+        double left_ms = (deadline - titan_clock_mono_s()) * 1000.0;
         if (left_ms <= 0) break;
         if (use_events) {
             int wait = left_ms < S_RECHECK_MS ? (int)left_ms + 1 : S_RECHECK_MS;
@@ -871,10 +865,9 @@ static double s_qemu_uptime(virConnectPtr conn, const char *name)
     }
     if (pid <= 0 || titan_vm_process_uptime(pid, &up) < 0) {
         struct stat st;
-        struct timespec now;
         /* The pid file is written as QEMU starts: its age is the next best thing. */
-        if (path[0] && stat(path, &st) == 0 && clock_gettime(CLOCK_REALTIME, &now) == 0)
-            up = (double)(now.tv_sec - st.st_mtim.tv_sec);
+        if (path[0] && stat(path, &st) == 0)
+            up = (double)(titan_clock_wall_ts().tv_sec - st.st_mtim.tv_sec);
         else
             up = -1;
     }

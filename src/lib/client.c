@@ -15,6 +15,7 @@
 #include <jansson.h>
 #include <zmq.h>
 
+#include "clock.h"
 #include "hostpool.h"
 #include "titan/client.h"
 #include "reply_internal.h"
@@ -108,14 +109,6 @@ static void s_reset_last(titan_client *c)
     c->last_code[0] = '\0';
     c->last_error[0] = '\0';
     c->last_retries = 0;
-}
-
-/* Returns the monotonic clock in milliseconds. */
-static int64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Closes the socket of `c`, dropping anything unsent (linger 0); takes a closed one. */
@@ -239,12 +232,12 @@ static int s_send_request(titan_client *c, const char *header, size_t hlen, cons
     return rc == -EAGAIN ? -ETIMEDOUT : rc;
 }
 
-/* Waits until the socket of `c` has a message or `deadline` (s_now_ms) passes.
+/* Waits until the socket of `c` has a message or `deadline` (titan_clock_mono_ms64) passes.
  * Returns 0 when readable, -ETIMEDOUT, or -errno. */
 static int s_wait_readable(titan_client *c, int64_t deadline)
 {
     for (;;) {
-        int64_t left = deadline - s_now_ms();
+        int64_t left = deadline - titan_clock_mono_ms64();
         if (left <= 0) return -ETIMEDOUT;
         zmq_pollitem_t item = {.socket = c->sock, .events = ZMQ_POLLIN};
         int rc = zmq_poll(&item, 1, (long)left);
@@ -372,7 +365,7 @@ static int s_call(titan_client *c, const char *header, const titan_frame *frames
     for (int attempt = 0;; attempt++) {
         c->last_retries = attempt;
         if (!c->sock && (rc = s_open_socket(c)) != 0) break;
-        int64_t deadline = s_now_ms() + c->timeout_ms;
+        int64_t deadline = titan_clock_mono_ms64() + c->timeout_ms;
         rc = s_send_request(c, header, hlen, frames, nframes);
         do {
             if (rc == 0 || rc == -EAGAIN) rc = s_wait_readable(c, deadline);
@@ -473,7 +466,8 @@ TITAN_API titan_client *titan_client_new(const char *endpoint, const titan_clien
         c->identity_len = n;
         /* Another client object may have used this identity before (a restarted process): start the
          * tags somewhere else than its, so that its late replies cannot match. */
-        if (getrandom(&c->tag, sizeof c->tag, 0) != (ssize_t)sizeof c->tag) c->tag = (unsigned)s_now_ms();
+        if (getrandom(&c->tag, sizeof c->tag, 0) != (ssize_t)sizeof c->tag)
+            c->tag = (unsigned)titan_clock_mono_ms64();
     }
     if ((rc = s_setup_curve(c, &o)) != 0) goto fail;
     rc = -ENOMEM;

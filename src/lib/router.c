@@ -24,6 +24,7 @@
 #include <zmq.h>
 
 #include "backends_conf.h"
+#include "clock.h"
 #include "engine.h"
 #include "jsonscan.h"
 #include "titan/router.h"
@@ -62,20 +63,6 @@ struct titan_router {
     int breaker_failures, cooldown_ms, max_cooldown_ms;
     char *warnings;
 };
-
-static double s_mono_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
-
-static int64_t s_wall_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
 
 /* ---- construction ---- */
 
@@ -239,7 +226,7 @@ static void s_set_error(s_backend *b, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(b->last_error, sizeof(b->last_error), fmt, ap);
     va_end(ap);
-    b->last_error_ms = s_wall_ms();
+    b->last_error_ms = titan_clock_wall_ms();
 }
 
 static void s_latency(s_backend *b, double ms)
@@ -267,7 +254,7 @@ static void s_failed(titan_router *r, s_backend *b, bool probe)
     }
     if (probe || b->failures_in_row >= r->breaker_failures) {
         b->state = TITAN_BREAKER_OPEN;
-        b->open_until = s_mono_ms() + b->cooldown_ms;
+        b->open_until = titan_clock_mono_ms() + b->cooldown_ms;
     }
 }
 
@@ -359,7 +346,7 @@ typedef enum { R_ANSWERED, R_UNSUPPORTED, R_BUSY, R_FAILED } s_result;
 static s_result s_send(titan_router *r, s_backend *b, const char *header, const titan_frame *frames,
                        size_t nframes, titan_reply **reply, char *why, size_t whycap, double *ms)
 {
-    double t0 = s_mono_ms();
+    double t0 = titan_clock_mono_ms();
     int rc;
     titan_reply *rep = NULL;
     if (b->c.type == TITAN_CONF_LOCAL) {
@@ -389,7 +376,7 @@ static s_result s_send(titan_router *r, s_backend *b, const char *header, const 
         }
         s_client_give(r, b, &c, true);
     }
-    *ms = s_mono_ms() - t0;
+    *ms = titan_clock_mono_ms() - t0;
     char code[32];
     s_reply_code(rep, code, sizeof(code), why, whycap);
     if (strcmp(code, "busy") == 0) {
@@ -408,7 +395,7 @@ static s_result s_send(titan_router *r, s_backend *b, const char *header, const 
 /* Pings backend b (a half-open probe or titan_router_probe). Returns true when it answered. */
 static bool s_ping(titan_router *r, s_backend *b, char *why, size_t whycap, double *ms)
 {
-    double t0 = s_mono_ms();
+    double t0 = titan_clock_mono_ms();
     if (b->c.type == TITAN_CONF_LOCAL) {
         titan_engine *e = NULL;
         if (s_engine(r, b, &e, why, whycap) != 0) return false;
@@ -416,7 +403,7 @@ static bool s_ping(titan_router *r, s_backend *b, char *why, size_t whycap, doub
         int rc = titan_engine_call(e, "{\"op\":\"ping\"}", NULL, 0, &rep);
         titan_reply_destroy(&rep);
         if (rc) snprintf(why, whycap, "local %.100s: %.100s", b->c.device, strerror(-rc));
-        *ms = s_mono_ms() - t0;
+        *ms = titan_clock_mono_ms() - t0;
         return rc == 0;
     }
     int tmo = b->c.timeout_ms < PROBE_TIMEOUT_MS ? b->c.timeout_ms : PROBE_TIMEOUT_MS;
@@ -426,7 +413,7 @@ static bool s_ping(titan_router *r, s_backend *b, char *why, size_t whycap, doub
         return false;
     }
     int rc = titan_client_ping(c, NULL);
-    *ms = s_mono_ms() - t0;
+    *ms = titan_clock_mono_ms() - t0;
     if (rc == 0) {
         titan_client_destroy(&c);
         return true;
@@ -472,7 +459,7 @@ enum { PICK_SKIP_FAILED = -1, PICK_SKIP_BUSY = -2, PICK_PROBE = -3, PICK_OK = 0 
 static int s_pick(titan_router *r, s_backend *b)
 {
     if (b->state == TITAN_BREAKER_OPEN) {
-        if (s_mono_ms() < b->open_until) return PICK_SKIP_FAILED;
+        if (titan_clock_mono_ms() < b->open_until) return PICK_SKIP_FAILED;
         b->state = TITAN_BREAKER_HALF_OPEN;
     }
     if (b->state == TITAN_BREAKER_HALF_OPEN) {
@@ -800,7 +787,7 @@ TITAN_API int titan_router_matmul_split(titan_router *r, titan_dtype dt, size_t 
     int np = 0;
     double gsum = 0, wsum = 0;
     int measured = 0;
-    double now = s_mono_ms();
+    double now = titan_clock_mono_ms();
     pthread_mutex_lock(&r->lock);
     for (int q = 0; q < r->n; q++) {
         int i = r->order[q];
@@ -1010,7 +997,8 @@ TITAN_API int titan_router_backend_status(titan_router *r, size_t i, titan_backe
     s.max_inflight = b->c.max_inflight;
     s.timeout_ms = b->c.timeout_ms;
     s.state = b->state;
-    if (s.state == TITAN_BREAKER_OPEN && s_mono_ms() >= b->open_until) s.state = TITAN_BREAKER_HALF_OPEN;
+    if (s.state == TITAN_BREAKER_OPEN && titan_clock_mono_ms() >= b->open_until)
+        s.state = TITAN_BREAKER_HALF_OPEN;
     s.inflight = b->inflight;
     s.requests = b->requests;
     s.ok = b->ok;

@@ -23,6 +23,7 @@
 #include <zmq.h>
 
 #include "auth.h"
+#include "clock.h"
 #include "zpl.h"
 #include "log.h"
 
@@ -63,14 +64,6 @@ struct titan_auth {
     int logged_in_window;
     unsigned long long unlogged;
 };
-
-/* Returns the monotonic clock in milliseconds. */
-static int64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Returns true when `host` (no brackets, no port) names only this machine. */
 static bool s_host_is_loopback(const char *host)
@@ -247,7 +240,7 @@ static void s_load_keys(titan_auth *a, uint64_t sig)
  * removed or renamed), else at most every S_RESCAN_MS (a file rewritten in place). */
 static void s_refresh_keys(titan_auth *a)
 {
-    int64_t now = s_now_ms();
+    int64_t now = titan_clock_mono_ms64();
     struct stat st;
     struct timespec mtime = {0};
     if (stat(a->allow_dir, &st) == 0) mtime = st.st_mtim;
@@ -263,7 +256,7 @@ static void s_refresh_keys(titan_auth *a)
 __attribute__((format(printf, 2, 3))) static void s_refused(titan_auth *a, const char *fmt, ...)
 {
     atomic_fetch_add(&a->refused, 1);
-    int64_t now = s_now_ms();
+    int64_t now = titan_clock_mono_ms64();
     if (now - a->log_window_ms >= 1000) {
         a->log_window_ms = now;
         a->logged_in_window = 0;

@@ -15,6 +15,7 @@
 
 #include <microhttpd.h>
 
+#include "clock.h"
 #include "http.h"
 #include "log.h"
 
@@ -199,13 +200,6 @@ static void s_mhd_log(void *cls, const char *fmt, va_list ap)
         titan_log(TITAN_LOG_WARN, "http: %s", msg);
 }
 
-static int64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The key that the per-address limit counts by. An IPv6 client usually holds a whole /64, so that
  * is its address here; an IPv4 address mapped into IPv6 counts as the IPv4 address. */
 static void s_peer_key(const struct sockaddr *sa, struct s_conn *c)
@@ -287,7 +281,7 @@ static void s_admit(titan_http *h, struct MHD_Connection *conn, void **socket_co
     c->used = true;
     c->fd = fdi->connect_fd;
     s_peer_key(ai ? ai->client_addr : NULL, c);
-    c->since_ms = s_now_ms();
+    c->since_ms = titan_clock_mono_ms64();
     c->seq = ++h->seq;
     *socket_context = c;
     if (s_count(h, c) > HTTP_PER_ADDRESS) s_shut(s_oldest_waiting(h, c));
@@ -319,7 +313,7 @@ static void s_set_answering(titan_http *h, struct MHD_Connection *conn, bool ans
     if (c && c->used && c->answering != answering) {
         c->answering = answering;
         if (!answering) {
-            c->since_ms = s_now_ms();
+            c->since_ms = titan_clock_mono_ms64();
             c->seq = ++h->seq;
         }
     }
@@ -342,13 +336,9 @@ static void *s_watchdog(void *arg)
     titan_http *h = arg;
     pthread_mutex_lock(&h->lock);
     while (!h->stopping) {
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += (long)HTTP_SWEEP_MS * 1000000L;
-        until.tv_sec += until.tv_nsec / 1000000000L;
-        until.tv_nsec %= 1000000000L;
+        struct timespec until = titan_clock_mono_in((int64_t)HTTP_SWEEP_MS * 1000000);
         pthread_cond_timedwait(&h->wake, &h->lock, &until);
-        int64_t now = s_now_ms();
+        int64_t now = titan_clock_mono_ms64();
         for (size_t i = 0; i < HTTP_SLOTS && !h->stopping; i++) {
             struct s_conn *c = &h->slots[i];
             if (c->used && !c->answering && now - c->since_ms >= HTTP_HEADER_DEADLINE_MS) s_shut(c);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "log.h"
 
 /* The program's log level: set once at start-up, read by every thread. */
@@ -60,8 +61,7 @@ static void s_vlog(titan_log_level level, const char *suffix, const char *fmt, v
     char text[1024], esc[1200];
     vsnprintf(text, sizeof(text), fmt, ap);
     s_escape(text, esc, sizeof(esc));
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    struct timespec ts = titan_clock_wall_ts();
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     /* One write per line keeps lines from different threads whole. */
@@ -72,9 +72,7 @@ static void s_vlog(titan_log_level level, const char *suffix, const char *fmt, v
 void titan_log_limited(titan_log_limit *l, titan_log_level level, const char *fmt, ...)
 {
     if (level > s_level) return;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    long long now = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    long long now = titan_clock_mono_ms64();
     if (now - l->window_ms >= 1000) {
         l->window_ms = now;
         l->in_window = 0;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "metrics.h"
 #include "titan/titan.h"
 
@@ -57,8 +58,8 @@ struct titan_metrics {
     atomic_int executors, queue_capacity;
     _Atomic(titan_backend *) backend;
     _Atomic(titan_tstore *) tensors;
-    struct timespec t_start; /* CLOCK_MONOTONIC */
-    double start_unix;       /* CLOCK_REALTIME seconds at creation */
+    int64_t t_start;   /* titan_clock_mono_ns at creation */
+    double start_unix; /* CLOCK_REALTIME seconds at creation */
 };
 
 titan_metrics *titan_metrics_new(void)
@@ -70,10 +71,8 @@ titan_metrics *titan_metrics_new(void)
     atomic_init(&m->jobs_redis, -1);
     atomic_init(&m->backend, NULL);
     atomic_init(&m->tensors, NULL);
-    clock_gettime(CLOCK_MONOTONIC, &m->t_start);
-    struct timespec rt;
-    clock_gettime(CLOCK_REALTIME, &rt);
-    m->start_unix = (double)rt.tv_sec + (double)rt.tv_nsec / 1e9;
+    m->t_start = titan_clock_mono_ns();
+    m->start_unix = titan_clock_wall_s();
     return m;
 }
 
@@ -179,9 +178,7 @@ void titan_metrics_job(titan_metrics *m, titan_job_outcome outcome)
 
 static double s_uptime(const titan_metrics *m)
 {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)(t.tv_sec - m->t_start.tv_sec) + (double)(t.tv_nsec - m->t_start.tv_nsec) / 1e9;
+    return titan_clock_ms_since(m->t_start) / 1e3;
 }
 
 bool titan_metrics_ready(const titan_metrics *m, char *why, size_t cap)

@@ -15,6 +15,7 @@
 #include <zmq.h>
 
 #include "auth.h"
+#include "clock.h"
 #include "fairq.h"
 #include "hostpool.h"
 #include "log.h"
@@ -42,7 +43,7 @@ typedef struct titan_job {
     json_t *peek_id; /* the "id" of a request refused before it was parsed; owned */
     char owner[TITAN_OWNER_MAX]; /* who sent it, for resident tensors (req.client) */
     bool dispatched;             /* handed to an executor: its reply is never dropped for --max-unread-mb */
-    struct timespec t_recv;
+    int64_t t_recv;              /* titan_clock_mono_ns */
     struct titan_job *next;
 } titan_job;
 
@@ -80,21 +81,6 @@ struct titan_server {
     char endpoints[2048];
     unsigned long long served, errors, dropped;
 };
-
-static double s_ms_since(const struct timespec *t0)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
-}
-
-static uint64_t s_ns_since(const struct timespec *t0)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    int64_t ns = (int64_t)(t.tv_sec - t0->tv_sec) * 1000000000 + (t.tv_nsec - t0->tv_nsec);
-    return ns > 0 ? (uint64_t)ns : 0;
-}
 
 /* Publishes the queue and what runs, for /metrics and gpu_info; called wherever they change. */
 static void s_gauges(titan_server *s)
@@ -222,7 +208,7 @@ static void s_job_execute(titan_server *s, titan_job *j)
     if (!j->parsed && !s_job_parse(s, j)) return;
     if (j->failed) return;
     if (j->req.deadline_ms > 0) {
-        double waited = s_ms_since(&j->t_recv);
+        double waited = titan_clock_ms_since(j->t_recv);
         if (waited > (double)j->req.deadline_ms) {
             s_job_error(j, "timeout", "waited %.0f ms in the queue, past its deadline_ms of %lld; retry or use a "
                         "less busy backend", waited, (long long)j->req.deadline_ms);
@@ -413,7 +399,7 @@ static void s_reply(titan_server *s, titan_job *j)
                           j->req.op ? j->req.op : "?", j->err.code ? j->err.code : "internal", j->err.msg);
     } else if (titan_log_enabled(TITAN_LOG_DEBUG)) {
         titan_log(TITAN_LOG_DEBUG, "request op=%s bytes=%zu reply_frames=%zu %.3f ms", j->req.op, j->bytes,
-                  j->out.ndata, s_ms_since(&j->t_recv));
+                  j->out.ndata, titan_clock_ms_since(j->t_recv));
     }
     if (!j->out.hdr) s_job_error(j, "internal", "the operation produced no reply");
     uint64_t sent = j->out.hdr_len; /* counted now: sending hands the buffers to ZeroMQ */
@@ -477,8 +463,8 @@ static void s_reply(titan_server *s, titan_job *j)
                               e == EAGAIN ? "the client is not reading its replies (send queue full)"
                                           : zmq_strerror(e));
     }
-    titan_metrics_replied(s->metrics, j->req.op, j->failed ? j->err.code : NULL, s_ns_since(&j->t_recv), sent,
-                          rc >= 0);
+    titan_metrics_replied(s->metrics, j->req.op, j->failed ? j->err.code : NULL,
+                          titan_clock_ns_since(j->t_recv), sent, rc >= 0);
     s_job_free(j);
 }
 
@@ -541,7 +527,7 @@ static void s_dispatch(titan_server *s)
         }
         s->busy[idle] = true;
         s->running++;
-        titan_metrics_queued(s->metrics, s_ns_since(&j->t_recv));
+        titan_metrics_queued(s->metrics, titan_clock_ns_since(j->t_recv));
     }
     s_gauges(s);
 }
@@ -591,7 +577,7 @@ static titan_job *s_receive(titan_server *s)
         }
         if (!more) break;
     }
-    clock_gettime(CLOCK_MONOTONIC, &j->t_recv);
+    j->t_recv = titan_clock_mono_ns();
     j->env = s_envelope(j);
     for (size_t i = 0; i < j->env && i < j->nframes; i++) bytes -= zmq_msg_size(&j->frames[i]);
     titan_metrics_received(s->metrics, bytes);
@@ -846,11 +832,11 @@ void titan_server_counts(const titan_server *s, unsigned long long *served, unsi
 }
 
 /* Stops taking work: refuses every queued request and starts the drain clock. */
-static void s_start_drain(titan_server *s, struct timespec *t_drain)
+static void s_start_drain(titan_server *s, int64_t *t_drain)
 {
     s->draining = true;
     titan_metrics_set_state(s->metrics, TITAN_STATE_DRAINING);
-    clock_gettime(CLOCK_MONOTONIC, t_drain);
+    *t_drain = titan_clock_mono_ns();
     titan_notify_stopping();
     if (s->running || s->qlen) {
         titan_log(TITAN_LOG_INFO, "shutting down: refusing %d queued requests, finishing %d running for up to %d ms "
@@ -904,21 +890,20 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd)
     }
     int rc = 0;
     int wd_ms = titan_notify_watchdog_interval_ms();
-    struct timespec t_wd, t_drain;
-    clock_gettime(CLOCK_MONOTONIC, &t_wd);
+    int64_t t_wd = titan_clock_mono_ns(), t_drain = 0;
     /* Serve until stopped, then drain: new requests are answered "shutting_down" while the
      * running ones finish, for at most drain_timeout_ms. */
     for (;;) {
         if (*stop && !s->draining) s_start_drain(s, &t_drain);
-        if (s->draining && (s->running == 0 || s_ms_since(&t_drain) >= s->drain_timeout_ms)) break;
+        if (s->draining && (s->running == 0 || titan_clock_ms_since(t_drain) >= s->drain_timeout_ms)) break;
         long timeout = -1;
         if (wd_ms > 0) {
             /* wake for the next ping when it is due, not a whole interval after the last event */
-            double wd_left = wd_ms - s_ms_since(&t_wd);
+            double wd_left = wd_ms - titan_clock_ms_since(t_wd);
             timeout = wd_left > 0 ? (long)wd_left + 1 : 0;
         }
         if (s->draining) {
-            long left = (long)(s->drain_timeout_ms - s_ms_since(&t_drain)) + 1;
+            long left = (long)(s->drain_timeout_ms - titan_clock_ms_since(t_drain)) + 1;
             if (timeout < 0 || left < timeout) timeout = left;
         }
         int n = zmq_poll(items, nitems, timeout);
@@ -928,10 +913,10 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd)
             titan_log(TITAN_LOG_ERROR, "poll failed: %s", zmq_strerror(-rc));
             break;
         }
-        if (wd_ms > 0 && s_ms_since(&t_wd) >= wd_ms) {
+        if (wd_ms > 0 && titan_clock_ms_since(t_wd) >= wd_ms) {
             /* The loop is alive and turning: tell systemd's watchdog. */
             titan_notify_watchdog();
-            clock_gettime(CLOCK_MONOTONIC, &t_wd);
+            t_wd = titan_clock_mono_ns();
         }
         for (int i = 0; i < s->nexec; i++)
             if (items[1 + i].revents & ZMQ_POLLIN) s_collect(s, i);

@@ -10,6 +10,7 @@
 #include <cblas.h>
 
 #include "backend.h"
+#include "clock.h"
 #include "hostpool.h"
 #include "request.h"
 #include "sysinfo.h"
@@ -94,13 +95,6 @@ typedef struct {
     char thermal[4096]; /* the zone's temp file; empty: none */
 } s_cpu;
 
-static double s_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
 /* Takes a sample into c->last (c->lock held). */
 static void s_sample(s_cpu *c, double now)
 {
@@ -130,7 +124,7 @@ static void s_sample(s_cpu *c, double now)
 static void s_stats(titan_backend *be, titan_device_stats *out)
 {
     s_cpu *c = (s_cpu *)be;
-    double now = s_now();
+    double now = titan_clock_mono_s();
     pthread_mutex_lock(&c->lock);
     if (now - c->t_sample >= SAMPLE_INTERVAL_S) s_sample(c, now);
     *out = c->last;
@@ -170,7 +164,7 @@ int titan_backend_cpu_open(int blas_threads, titan_backend **out)
     be->destroy = s_destroy;
     if (titan_sysinfo_find_cpu_thermal("/sys/class/thermal", c->thermal, sizeof(c->thermal)) != 0)
         c->thermal[0] = '\0';
-    s_sample(c, s_now()); /* the first utilization window starts now */
+    s_sample(c, titan_clock_mono_s()); /* the first utilization window starts now */
     openblas_set_num_threads(blas_threads > 0 ? blas_threads : si.cores);
     *out = be;
     return 0;

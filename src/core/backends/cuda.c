@@ -16,6 +16,7 @@
 #include <cuda_runtime_api.h>
 
 #include "backend.h"
+#include "clock.h"
 #include "cuda_err.h"
 #include "devpool.h"
 #include "nvml.h"
@@ -86,13 +87,6 @@ typedef struct {
     double t_stats;
     titan_device_stats last;
 } s_cuda;
-
-static double s_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
 
 /* CUDA's current device is per thread, and executors, the tensor sweeper and the threads that read the
  * figures all call in: every path to the runtime binds the calling thread to this backend's device
@@ -548,7 +542,7 @@ out:
 static void s_stats(titan_backend *be, titan_device_stats *out)
 {
     s_cuda *c = (s_cuda *)be;
-    double now = s_now();
+    double now = titan_clock_mono_s();
     pthread_mutex_lock(&c->stats_lock);
     bool due = now - c->t_stats >= S_STATS_INTERVAL_S;
     if (due) c->t_stats = now; /* this caller samples; the others take the last figures meanwhile */
