@@ -43,6 +43,7 @@ typedef struct titan_job {
     json_t *peek_id; /* the "id" of a request refused before it was parsed; owned */
     char owner[TITAN_OWNER_MAX]; /* who sent it, for resident tensors (req.client) */
     bool dispatched;             /* handed to an executor: its reply is never dropped for --max-unread-mb */
+    atomic_bool refuse;          /* taken ahead by an executor, then the drain began: answer shutting_down */
     int64_t t_recv;              /* titan_clock_mono_ns */
     struct titan_job *next;
 } titan_job;
@@ -62,6 +63,9 @@ struct titan_server {
     void *pairs[MAX_EXECUTORS]; /* main thread's ends */
     s_executor execs[MAX_EXECUTORS];
     bool busy[MAX_EXECUTORS];
+    /* The job each busy executor took ahead, to start once its current one is done; NULL: none. Such a
+     * job still counts as queued (qlen, its client's share) until it starts. */
+    titan_job *next[MAX_EXECUTORS];
     int nexec;
     int queue_cap;
     int client_cap; /* most requests one client may have queued */
@@ -173,10 +177,13 @@ static void s_conn_events(titan_server *s)
 static void s_conn_seen(titan_server *s, titan_job *j)
 {
     if (!s->conn_mon) return;
-    s_conn_events(s);
-    s_job_owner(j);
     /* The frames from the peer carry its descriptor (the routing id frame that the ROUTER adds does not). */
-    titan_tstore_conn_seen(s->w->tensors, zmq_msg_get(&j->frames[j->nframes - 1], ZMQ_SRCFD), j->owner);
+    int fd = zmq_msg_get(&j->frames[j->nframes - 1], ZMQ_SRCFD);
+    /* Only a descriptor can be reused: a job of this process (inproc, -1) skips the monitor's socket,
+     * whose empty read costs two system calls. */
+    if (fd >= 0) s_conn_events(s);
+    s_job_owner(j);
+    titan_tstore_conn_seen(s->w->tensors, fd, j->owner);
 }
 
 /* Parses the body and finds the op; on failure the job holds the error reply. */
@@ -479,7 +486,12 @@ static void *s_executor_main(void *arg)
             break;
         }
         if (rc != sizeof(j) || !j) break; /* NULL job: shut down */
-        s_job_execute(e->srv, j);
+        if (atomic_load(&j->refuse)) {
+            s_job_peek_id(j);
+            s_job_error(j, "shutting_down", "the worker is shutting down; retry on another backend or after its restart");
+        } else {
+            s_job_execute(e->srv, j);
+        }
         while (zmq_send(e->sock, &j, sizeof(j), 0) < 0 && zmq_errno() == EINTR) {
         }
     }
@@ -507,6 +519,16 @@ static void s_dispatch(titan_server *s)
                 break;
             }
         }
+        /* No executor idle: one that runs a job takes the next one too, and starts it as soon as it is done,
+         * rather than after a round trip through this thread (two thread wake-ups and a dozen system calls,
+         * which small products, batch jobs above all, waited on longer than they computed). */
+        bool ahead = false;
+        for (int i = 0; idle < 0 && i < s->nexec; i++) {
+            if (!s->next[i]) {
+                idle = i;
+                ahead = true;
+            }
+        }
         if (idle < 0) break;
         titan_job *j = titan_fairq_pop(s->queue);
         if (!j) break;
@@ -525,8 +547,13 @@ static void s_dispatch(titan_server *s)
             s_reply(s, j);
             continue;
         }
-        s->busy[idle] = true;
-        s->running++;
+        if (ahead) {
+            s->next[idle] = j;
+            s->qlen++; /* queued until it starts */
+        } else {
+            s->busy[idle] = true;
+            s->running++;
+        }
         titan_metrics_queued(s->metrics, titan_clock_ns_since(j->t_recv));
     }
     s_gauges(s);
@@ -652,6 +679,10 @@ static void s_admit(titan_server *s, titan_job *j)
     size_t keylen = zmq_msg_size(&j->frames[0]);
     if (keylen == 0 || keylen > TITAN_FAIRQ_MAX_KEY) keylen = 0; /* no usable routing id: count as one */
     size_t mine = keylen ? titan_fairq_client_len(s->queue, key, keylen) : 0;
+    for (int i = 0; keylen && i < s->nexec; i++) /* jobs taken ahead are still queued */
+        if (s->next[i] && zmq_msg_size(&s->next[i]->frames[0]) == keylen &&
+            memcmp(zmq_msg_data(&s->next[i]->frames[0]), key, keylen) == 0)
+            mine++;
     bool over_share = !idle && (int)mine >= s->client_cap;
     if ((!idle && s->qlen >= s->queue_cap) || over_share ||
         (s->inflight_bytes + j->bytes > s->max_inflight_bytes && s->inflight_bytes > 0))
@@ -851,6 +882,10 @@ static void s_start_drain(titan_server *s, int64_t *t_drain)
         s_job_error(j, "shutting_down", "the worker is shutting down; retry on another backend or after its restart");
         s_reply(s, j);
     }
+    /* The jobs executors took ahead are queued too: each is refused when its executor comes to it (or runs,
+     * if it has just started). */
+    for (int i = 0; i < s->nexec; i++)
+        if (s->next[i]) atomic_store(&s->next[i]->refuse, true);
     s_gauges(s);
 }
 
@@ -859,8 +894,13 @@ static void s_collect(titan_server *s, int i)
     titan_job *j = NULL;
     int rc = zmq_recv(s->pairs[i], &j, sizeof(j), ZMQ_DONTWAIT);
     if (rc != sizeof(j) || !j) return;
-    s->busy[i] = false;
-    s->running--;
+    if (s->next[i]) { /* the job it took ahead has started */
+        s->next[i] = NULL;
+        s->qlen--;
+    } else {
+        s->busy[i] = false;
+        s->running--;
+    }
     s->inflight_bytes -= j->bytes;
     s_reply(s, j);
     s_gauges(s);
