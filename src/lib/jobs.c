@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "titan/jobs.h"
+#include "clock.h"
 #include "jsonscan.h"
 #include "redis.h"
 #include "reply_internal.h"
@@ -51,20 +52,6 @@ __attribute__((format(printf, 2, 3))) static void s_set_error(titan_jobs *j, con
     va_start(ap, fmt);
     vsnprintf(j->last_error, sizeof j->last_error, fmt, ap);
     va_end(ap);
-}
-
-static int64_t s_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t s_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void s_sleep_ms(int64_t ms)
@@ -433,7 +420,7 @@ static void s_submit_build(titan_jobs *j, const titan_job_request *r, const unsi
         s_key(j, c->kqueue, sizeof c->kqueue,
               r->priority == TITAN_JOB_HIGH ? TITAN_REDIS_KEY_QUEUE_HIGH : TITAN_REDIS_KEY_QUEUE, NULL);
     size_t lidem = key ? s_key(j, c->kidem, sizeof c->kidem, TITAN_REDIS_KEY_IDEM, key) : 0;
-    c->lcreated = (size_t)snprintf(c->created, sizeof c->created, "%lld", (long long)s_wall_ms());
+    c->lcreated = (size_t)snprintf(c->created, sizeof c->created, "%lld", (long long)titan_clock_wall_ms());
     int lnf = snprintf(c->nf, sizeof c->nf, "%zu", r->nframes);
 
     c->argc = 0;
@@ -795,7 +782,7 @@ TITAN_API int titan_jobs_cancel(titan_jobs *j, const char *id)
     char key[S_MAX_KEY], now[24], ttl[16];
     s_cmd c = {0};
     size_t klen = s_key(j, key, sizeof key, TITAN_REDIS_KEY_JOB, id);
-    snprintf(now, sizeof now, "%lld", (long long)s_wall_ms());
+    snprintf(now, sizeof now, "%lld", (long long)titan_clock_wall_ms());
     snprintf(ttl, sizeof ttl, "%d", j->result_ttl_s);
     titan_redis_script_args(NULL, TITAN_REDIS_SCRIPT_CANCEL, c.argv, c.lens);
     c.argc = 2;
@@ -882,7 +869,7 @@ TITAN_API int titan_jobs_wait(titan_jobs *j, const char *const *ids, size_t n, i
     titan_job_info *infos = calloc(S_BATCH, sizeof *infos);
     int rc = -ENOMEM;
     if (!seen || !pending || !slot || !infos) goto out;
-    int64_t deadline = timeout_ms >= 0 ? s_mono_ms() + timeout_ms : INT64_MAX;
+    int64_t deadline = timeout_ms >= 0 ? titan_clock_mono_ms64() + timeout_ms : INT64_MAX;
     int64_t pause = S_POLL_MIN_MS;
     size_t ended = 0;
     for (;;) {
@@ -916,7 +903,7 @@ TITAN_API int titan_jobs_wait(titan_jobs *j, const char *const *ids, size_t n, i
             }
         }
         if (ended == n) break;
-        int64_t now = s_mono_ms();
+        int64_t now = titan_clock_mono_ms64();
         if (now >= deadline) {
             s_set_error(j, "%zu of %zu jobs still pending after %d ms", n - ended, n, timeout_ms);
             rc = -ETIME;

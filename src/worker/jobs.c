@@ -35,9 +35,9 @@ bool jobs_draining(titan_jobs_consumer *c)
 /* Sleeps up to ms, in slices, returning early once stop is asked for. */
 void jobs_nap(titan_jobs_consumer *c, double ms)
 {
-    double end = jobs_mono_ms() + ms;
+    double end = titan_clock_mono_ms() + ms;
     for (;;) {
-        double left = end - jobs_mono_ms();
+        double left = end - titan_clock_mono_ms();
         if (left <= 0 || jobs_stopping(c)) return;
         if (left > 50) left = 50;
         struct timespec ts = {0, (long)(left * 1e6)};
@@ -75,7 +75,7 @@ static int s_reclaim(titan_jobs_consumer *c)
             snprintf(count, sizeof(count), "%d", jobs_room(c, -1));
             redisReply *r = jobs_cmdv(c, "XAUTOCLAIM", c->stream[s], c->group, c->consumer, idle,
                                       c->cursor[s], "COUNT", count, (char *)NULL);
-            double t_read = jobs_mono_ms();
+            double t_read = titan_clock_mono_ms();
             if (!r) return -1;
             if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || !jobs_is_str(r->element[0]) ||
                 r->element[1]->type != REDIS_REPLY_ARRAY) {
@@ -86,7 +86,7 @@ static int s_reclaim(titan_jobs_consumer *c)
                      * entries, and try the scan again later. */
                     titan_log(TITAN_LOG_WARN, "jobs: XAUTOCLAIM on %s failed: %s", c->stream[s],
                               r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-                    c->next_reclaim = jobs_mono_ms() + 10 * BACKOFF_MAX_MS;
+                    c->next_reclaim = titan_clock_mono_ms() + 10 * BACKOFF_MAX_MS;
                 }
                 freeReplyObject(r);
                 return -1;
@@ -107,7 +107,7 @@ static int s_reclaim(titan_jobs_consumer *c)
         int every = c->visibility_ms / 4;
         if (every < 50) every = 50;
         if (every > 1000) every = 1000;
-        c->next_reclaim = jobs_mono_ms() + every;
+        c->next_reclaim = titan_clock_mono_ms() + every;
         for (int s = 0; s < 2; s++) {
             c->scanned[s] = false;
             snprintf(c->cursor[s], sizeof(c->cursor[s]), "0-0");
@@ -128,12 +128,12 @@ static int s_read(titan_jobs_consumer *c, bool block)
         freeReplyObject(r);
         r = NULL;
     }
-    if (r && r->type == REDIS_REPLY_ARRAY) return jobs_take_read(c, r, jobs_mono_ms());
+    if (r && r->type == REDIS_REPLY_ARRAY) return jobs_take_read(c, r, titan_clock_mono_ms());
     if (r && r->type == REDIS_REPLY_NIL && block) {
         freeReplyObject(r);
         char count[16];
         snprintf(count, sizeof(count), "%d", room);
-        long wait = (long)(c->next_reclaim - jobs_mono_ms());
+        long wait = (long)(c->next_reclaim - titan_clock_mono_ms());
         if (wait > BLOCK_MS) wait = BLOCK_MS;
         if (wait < 1) wait = 1; /* BLOCK 0 would wait forever */
         char bl[16];
@@ -141,7 +141,7 @@ static int s_read(titan_jobs_consumer *c, bool block)
         r = jobs_cmdv(c, "XREADGROUP", "GROUP", c->group, c->consumer, "COUNT", count, "BLOCK", bl, "STREAMS",
                       c->stream[S_HIGH], c->stream[S_NORMAL], ">", ">", (char *)NULL);
     }
-    double t_read = jobs_mono_ms();
+    double t_read = titan_clock_mono_ms();
     if (!r) return 0;
     if (r->type == REDIS_REPLY_ERROR) {
         if (strstr(r->str, "NOGROUP")) { /* from the script too, whose error text may wrap it */
@@ -195,15 +195,16 @@ static void *s_main(void *arg)
         }
         int got = 0;
         int room = jobs_room(c, -1);
-        if (!draining && c->redis && room > 0 && jobs_mono_ms() >= c->next_reclaim) got = s_reclaim(c) > 0;
+        if (!draining && c->redis && room > 0 && titan_clock_mono_ms() >= c->next_reclaim)
+            got = s_reclaim(c) > 0;
         if (!got && !jobs_stopping(c) && !jobs_draining(c) && c->redis && room > 0 &&
-            (c->used == 0 || jobs_mono_ms() >= c->next_read)) {
+            (c->used == 0 || titan_clock_mono_ms() >= c->next_read)) {
             got = s_read(c, c->used == 0);
             /* Nothing new while jobs run: look again a little later, or when one ends. */
             if (got) {
                 c->idle_read_ms = IDLE_READ_MIN_MS;
             } else {
-                c->next_read = jobs_mono_ms() + c->idle_read_ms;
+                c->next_read = titan_clock_mono_ms() + c->idle_read_ms;
                 c->idle_read_ms =
                     c->idle_read_ms * 2 > IDLE_READ_MAX_MS ? IDLE_READ_MAX_MS : c->idle_read_ms * 2;
             }
@@ -214,7 +215,7 @@ static void *s_main(void *arg)
                 wait = 0;
             } else if (room > 0 && !jobs_draining(c)) {
                 double next = c->next_read < c->next_reclaim ? c->next_read : c->next_reclaim;
-                wait = next - jobs_mono_ms();
+                wait = next - titan_clock_mono_ms();
                 if (wait < 0) wait = 0;
             }
             jobs_pump(c, wait);
@@ -343,14 +344,7 @@ void titan_jobs_consumer_stop(titan_jobs_consumer **cp)
     titan_jobs_consumer *c = *cp;
     if (c->started) {
         atomic_store(&c->stop, 1);
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += STOP_GRACE_MS / 1000;
-        ts.tv_nsec += (long)(STOP_GRACE_MS % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = titan_clock_wall_in((int64_t)STOP_GRACE_MS * 1000000);
         if (pthread_timedjoin_np(c->thread, NULL, &ts) != 0) {
             /* A Redis call is stuck (a frozen server): cut its socket so that the call fails now. */
             pthread_mutex_lock(&c->lock);

@@ -24,7 +24,7 @@ void jobs_lost(titan_jobs_consumer *c, const char *why)
 {
     if (!c->outage) {
         c->outage = true;
-        c->outage_since = jobs_mono_ms();
+        c->outage_since = titan_clock_mono_ms();
         titan_log(TITAN_LOG_WARN, "jobs: redis %s is unavailable (%s); retrying until it is back",
                   c->url_text, why);
     }
@@ -119,7 +119,7 @@ int jobs_ensure_groups(titan_jobs_consumer *c)
 int jobs_connect(titan_jobs_consumer *c)
 {
     if (c->redis) return 0;
-    double now = jobs_mono_ms();
+    double now = titan_clock_mono_ms();
     if (now < c->next_connect) {
         jobs_nap(c, c->next_connect - now);
         if (jobs_stopping(c)) return -1;
@@ -153,13 +153,13 @@ int jobs_connect(titan_jobs_consumer *c)
     }
     if (why[0]) {
         jobs_lost(c, why);
-        c->next_connect = jobs_mono_ms() + c->backoff_ms;
+        c->next_connect = titan_clock_mono_ms() + c->backoff_ms;
         c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
         return -1;
     }
     if (c->outage)
         titan_log(TITAN_LOG_INFO, "jobs: redis %s is back after %.1f s", c->url_text,
-                  (jobs_mono_ms() - c->outage_since) / 1e3);
+                  (titan_clock_mono_ms() - c->outage_since) / 1e3);
     c->outage = false;
     titan_metrics_set_jobs_redis_up(c->metrics, true);
     c->backoff_ms = BACKOFF_MIN_MS;

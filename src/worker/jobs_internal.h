@@ -14,6 +14,7 @@
 #include <hiredis/hiredis.h>
 #include <zmq.h>
 
+#include "clock.h"
 #include "jobs.h"
 #include "metrics.h"
 #include "redis.h"
@@ -129,20 +130,6 @@ struct jobs_slot {
 };
 
 /* ---- small helpers, inline ---- */
-
-static inline double jobs_mono_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
-
-static inline long long jobs_unix_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
 
 static inline bool jobs_stopping(titan_jobs_consumer *c)
 {

@@ -155,7 +155,7 @@ void jobs_dispatch(titan_jobs_consumer *c, jobs_slot *sl)
         sl->state = SL_SENT;
     } else if (rc == -EAGAIN) {
         sl->state = SL_BUSY;
-        sl->retry_at = jobs_mono_ms() + BUSY_RETRY_MS;
+        sl->retry_at = titan_clock_mono_ms() + BUSY_RETRY_MS;
     } else {
         sl->state = SL_SENT; /* given up with the others in jobs_reset_dealer */
         jobs_reset_dealer(c, -rc);
@@ -222,7 +222,7 @@ static int s_collect(titan_jobs_consumer *c)
             /* busy: the entry stays pending (and ours) while the worker's queue is full */
             s_outcome_clear(o);
             sl->state = SL_BUSY;
-            sl->retry_at = jobs_mono_ms() + BUSY_RETRY_MS;
+            sl->retry_at = titan_clock_mono_ms() + BUSY_RETRY_MS;
         } else {
             sl->state = SL_DONE;
         }
@@ -283,7 +283,7 @@ static int s_classify(jobs_outcome *o)
  * drained): those jobs stay pending. */
 void jobs_pump(titan_jobs_consumer *c, double wait_ms)
 {
-    double now = jobs_mono_ms();
+    double now = titan_clock_mono_ms();
     for (int i = 0; i < c->nslots; i++) {
         jobs_slot *sl = &c->slots[i];
         if (sl->state != SL_BUSY || sl->retry_at > now) continue;

@@ -17,7 +17,7 @@
 void jobs_heartbeats(titan_jobs_consumer *c)
 {
     if (!c->redis) return;
-    double now = jobs_mono_ms();
+    double now = titan_clock_mono_ms();
     int n = 0;
     for (int i = 0; i < c->nslots; i++) {
         jobs_slot *sl = &c->slots[i];
@@ -66,7 +66,7 @@ static int s_append_store(titan_jobs_consumer *c, const int *order, int n)
     }
     char nkeys[16], now[32], ttl[16];
     snprintf(nkeys, sizeof(nkeys), "%d", 2 * n);
-    snprintf(now, sizeof(now), "%lld", jobs_unix_ms());
+    snprintf(now, sizeof(now), "%lld", (long long)titan_clock_wall_ms());
     snprintf(ttl, sizeof(ttl), "%d", c->ttl_s);
     int a = 0;
 #define ARG(p, l) (argv[a] = (p), lens[a++] = (l))
@@ -137,13 +137,13 @@ static void s_took_read(titan_jobs_consumer *c, redisReply *r)
     if (!r) return;
     if (titan_redis_scripts_missing(&c->scripts, r) || r->type != REDIS_REPLY_ARRAY) {
         if (r->type == REDIS_REPLY_NIL) {
-            c->next_read = jobs_mono_ms() + c->idle_read_ms;
+            c->next_read = titan_clock_mono_ms() + c->idle_read_ms;
             c->idle_read_ms = c->idle_read_ms * 2 > IDLE_READ_MAX_MS ? IDLE_READ_MAX_MS : c->idle_read_ms * 2;
         }
         freeReplyObject(r);
         return;
     }
-    jobs_take_read(c, r, jobs_mono_ms());
+    jobs_take_read(c, r, titan_clock_mono_ms());
 }
 
 /* Logs and records the outcome of every DONE slot, pipelined, then frees them: XACK only with the
@@ -214,7 +214,7 @@ void jobs_finish(titan_jobs_consumer *c, bool and_read)
              * round trip, and the server gets new jobs sooner. Not while a reclaim scan is due (the loop
              * in jobs.c does that first), nor once the worker is stopping. */
             bool read = and_read && c->redis && n + nstore == left && !jobs_stopping(c) &&
-                        !jobs_draining(c) && jobs_mono_ms() < c->next_reclaim &&
+                        !jobs_draining(c) && titan_clock_mono_ms() < c->next_reclaim &&
                         jobs_room(c, SL_RECORD) > 0 && jobs_append_read(c, jobs_room(c, SL_RECORD)) == 0;
             bool lost = false;
             for (int k = 0; k < n; k++) {
@@ -419,7 +419,7 @@ int jobs_append_read(titan_jobs_consumer *c, int room)
     char count[16], maxa[16], now[32], ttl[16], jobkeys[TITAN_REDIS_MAX_PREFIX + 16];
     snprintf(count, sizeof(count), "%d", chunk < 1 ? 1 : chunk < room ? chunk : room);
     snprintf(maxa, sizeof(maxa), "%d", c->max_attempts);
-    snprintf(now, sizeof(now), "%lld", jobs_unix_ms());
+    snprintf(now, sizeof(now), "%lld", (long long)titan_clock_wall_ms());
     snprintf(ttl, sizeof(ttl), "%d", c->ttl_s);
     titan_redis_key(jobkeys, sizeof(jobkeys), c->prefix, TITAN_REDIS_KEY_JOB, "");
     const char *argv[] = {NULL,
@@ -510,7 +510,7 @@ int jobs_start_entries(titan_jobs_consumer *c, int stream, const redisReply *ent
     }
     char maxa[16], now[32], ttl[16];
     snprintf(maxa, sizeof(maxa), "%d", c->max_attempts);
-    snprintf(now, sizeof(now), "%lld", jobs_unix_ms());
+    snprintf(now, sizeof(now), "%lld", (long long)titan_clock_wall_ms());
     snprintf(ttl, sizeof(ttl), "%d", c->ttl_s);
     int n = 0;
     for (size_t i = 0; i < entries->elements && c->redis; i++) {
