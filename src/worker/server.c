@@ -923,9 +923,15 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd)
         nitems++;
     }
     int mon = -1;
-    if (s->conn_mon) {
+    int mon_fd = -1;
+    size_t mon_fd_len = sizeof(mon_fd);
+    if (s->conn_mon && zmq_getsockopt(s->conn_mon, ZMQ_FD, &mon_fd, &mon_fd_len) == 0) {
+        /* Polled by its descriptor, which ZeroMQ makes readable when it has news for the socket, rather than
+         * as a socket: zmq_poll asks every socket for its events at each turn (two system calls), and
+         * disconnections are rare. s_conn_events reads until nothing is left, so the descriptor signals the
+         * next one. */
         mon = nitems++;
-        items[mon].socket = s->conn_mon;
+        items[mon].fd = mon_fd;
         items[mon].events = ZMQ_POLLIN;
     }
     int rc = 0;
