@@ -429,49 +429,49 @@ static const char s_cancel_lua[] =
  * cancelled one rather than run again. Two commands start a job: one HMGET reads the record with every
  * frame a request may have, one HSET marks it running (each command a script runs costs Redis more
  * than the work it does for a small job). */
-#define S_LUA_START_FN                                                                                         \
-    "local frames = {}\n"                                                                                      \
-    "for i = 1, 15 do frames[i] = 'frame:' .. i end\n"                                                         \
-    "local function start(job, stream, entry, id, check)\n"                                                    \
-    "  if check then\n"                                                                                        \
-    "    local mine = redis.call('XPENDING', stream, group, entry, entry, 1, worker)\n"                        \
-    "    if #mine == 0 then return {'skip', 'no longer pending on this consumer'} end\n"                       \
-    "  end\n"                                                                                                  \
-    "  local rec = redis.call('HMGET', job, 'state', 'attempts', 'header', 'nframes', unpack(frames))\n"       \
-    "  local st = rec[1]\n"                                                                                    \
-    "  if not st then\n"                                                                                       \
-    "    redis.call('XACK', stream, group, entry)\n"                                                           \
-    "    return {'skip', 'missing'}\n"                                                                         \
-    "  end\n"                                                                                                  \
-    "  if st == 'cancelled' or st == 'done' or st == 'failed' then\n"                                          \
-    "    if st == 'cancelled' then\n"                                                                          \
-    "      redis.call('HDEL', job, unpack(frames))\n"                                                          \
-    "      if redis.call('TTL', job) < 0 then redis.call('EXPIRE', job, ttl) end\n"                            \
-    "    end\n"                                                                                                \
-    "    redis.call('XACK', stream, group, entry)\n"                                                           \
-    "    return {'skip', st}\n"                                                                                \
-    "  end\n"                                                                                                  \
-    "  local n = (tonumber(rec[2]) or 0) + 1\n"                                                                \
-    "  if n > maxa then\n"                                                                                     \
-    "    local last = redis.call('HGET', job, 'error')\n"                                                      \
-    "    local code = redis.call('HGET', job, 'code') or 'internal'\n"                                         \
-    "    local text = 'gave up after ' .. (n - 1) .. ' attempts: ' .. (last or "                               \
-    "'no attempt ended (the worker running it stopped or crashed)')\n"                                         \
-    "    redis.call('HSET', job, 'attempts', n - 1, 'state', 'failed', 'finished_ms', now, 'error', text, "    \
-    "'code', code)\n"                                                                                          \
-    "    redis.call('HDEL', job, unpack(frames))\n"                                                            \
-    "    redis.call('EXPIRE', job, ttl)\n"                                                                     \
-    "    redis.call('XADD', dead, '*', 'id', id, 'error', text, 'attempts', n - 1)\n"                          \
-    "    redis.call('XACK', stream, group, entry)\n"                                                           \
-    "    return {'dead', tostring(n - 1), text}\n"                                                             \
-    "  end\n"                                                                                                  \
-    "  redis.call('HSET', job, 'attempts', n, 'state', 'running', 'started_ms', now, 'worker', worker)\n"     \
-    "  local out = {'run', tostring(n), rec[3] or false, rec[4] or false}\n"                                   \
-    "  local k = tonumber(rec[4])\n"                                                                           \
-    "  if k and k >= 1 and k <= 15 and k == math.floor(k) then\n"                                              \
-    "    for i = 1, k do out[#out + 1] = rec[4 + i] or false end\n"                                            \
-    "  end\n"                                                                                                  \
-    "  return out\n"                                                                                           \
+#define S_LUA_START_FN                                                                                       \
+    "local frames = {}\n"                                                                                    \
+    "for i = 1, 15 do frames[i] = 'frame:' .. i end\n"                                                       \
+    "local function start(job, stream, entry, id, check)\n"                                                  \
+    "  if check then\n"                                                                                      \
+    "    local mine = redis.call('XPENDING', stream, group, entry, entry, 1, worker)\n"                      \
+    "    if #mine == 0 then return {'skip', 'no longer pending on this consumer'} end\n"                     \
+    "  end\n"                                                                                                \
+    "  local rec = redis.call('HMGET', job, 'state', 'attempts', 'header', 'nframes', unpack(frames))\n"     \
+    "  local st = rec[1]\n"                                                                                  \
+    "  if not st then\n"                                                                                     \
+    "    redis.call('XACK', stream, group, entry)\n"                                                         \
+    "    return {'skip', 'missing'}\n"                                                                       \
+    "  end\n"                                                                                                \
+    "  if st == 'cancelled' or st == 'done' or st == 'failed' then\n"                                        \
+    "    if st == 'cancelled' then\n"                                                                        \
+    "      redis.call('HDEL', job, unpack(frames))\n"                                                        \
+    "      if redis.call('TTL', job) < 0 then redis.call('EXPIRE', job, ttl) end\n"                          \
+    "    end\n"                                                                                              \
+    "    redis.call('XACK', stream, group, entry)\n"                                                         \
+    "    return {'skip', st}\n"                                                                              \
+    "  end\n"                                                                                                \
+    "  local n = (tonumber(rec[2]) or 0) + 1\n"                                                              \
+    "  if n > maxa then\n"                                                                                   \
+    "    local last = redis.call('HGET', job, 'error')\n"                                                    \
+    "    local code = redis.call('HGET', job, 'code') or 'internal'\n"                                       \
+    "    local text = 'gave up after ' .. (n - 1) .. ' attempts: ' .. (last or "                             \
+    "'no attempt ended (the worker running it stopped or crashed)')\n"                                       \
+    "    redis.call('HSET', job, 'attempts', n - 1, 'state', 'failed', 'finished_ms', now, 'error', text, "  \
+    "'code', code)\n"                                                                                        \
+    "    redis.call('HDEL', job, unpack(frames))\n"                                                          \
+    "    redis.call('EXPIRE', job, ttl)\n"                                                                   \
+    "    redis.call('XADD', dead, '*', 'id', id, 'error', text, 'attempts', n - 1)\n"                        \
+    "    redis.call('XACK', stream, group, entry)\n"                                                         \
+    "    return {'dead', tostring(n - 1), text}\n"                                                           \
+    "  end\n"                                                                                                \
+    "  redis.call('HSET', job, 'attempts', n, 'state', 'running', 'started_ms', now, 'worker', worker)\n"    \
+    "  local out = {'run', tostring(n), rec[3] or false, rec[4] or false}\n"                                 \
+    "  local k = tonumber(rec[4])\n"                                                                         \
+    "  if k and k >= 1 and k <= 15 and k == math.floor(k) then\n"                                            \
+    "    for i = 1, k do out[#out + 1] = rec[4 + i] or false end\n"                                          \
+    "  end\n"                                                                                                \
+    "  return out\n"                                                                                         \
     "end\n"
 
 /* Step 3 up to running the request, for a batch of entries already in hand (reclaimed, or read by
@@ -481,8 +481,8 @@ static const char s_cancel_lua[] =
  * order. */
 static const char s_start_lua[] =
     "local dead = KEYS[1]\n"
-    "local group, maxa, now, worker, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]\n" S_LUA_START_FN
-    "local res = {}\n"
+    "local group, maxa, now, worker, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], "
+    "ARGV[5]\n" S_LUA_START_FN "local res = {}\n"
     "for i = 2, #KEYS, 2 do\n"
     "  res[#res + 1] = start(KEYS[i], KEYS[i + 1], ARGV[5 + i - 1], ARGV[5 + i], true)\n"
     "end\n"
@@ -502,7 +502,8 @@ static const char s_read_start_lua[] =
     "local read = {}\n"
     "for s = 1, 2 do\n"
     "  if count > 0 then\n"
-    "    local r = redis.call('XREADGROUP', 'GROUP', group, worker, 'COUNT', count, 'STREAMS', KEYS[s], '>')\n"
+    "    local r = redis.call('XREADGROUP', 'GROUP', group, worker, 'COUNT', count, 'STREAMS', KEYS[s], "
+    "'>')\n"
     "    if r then read[#read + 1] = {s, r[1][2]}; count = count - #r[1][2] end\n"
     "  end\n"
     "end\n"
@@ -525,26 +526,29 @@ static const char s_read_start_lua[] =
 
 /* The outcomes of a batch of jobs in one step, then their XACKs, one per stream. KEYS: job, stream
  * for each. ARGV: group, now ms, ttl, then for each: entry, state, result header ("" for none), error
- * ("" for none), code, result frame count, frames... Replies one number per job: 1 stored, 0 the record
- * was gone (the entry is acknowledged all the same). */
+ * ("" for none), code, request frames to delete (its nframes: 0..15), result frame count, frames...
+ * Only fields that can be there are deleted (each argument a script passes costs Redis a string): the
+ * request's frames, and a result header a concurrent run of the same job may have stored (its frames
+ * past result_nframes, if any, are never read). Replies one number per job: 1 stored, 0 the record was
+ * gone (the entry is acknowledged all the same). */
 static const char s_store_lua[] =
     "local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]\n"
-    "local del = {'result_header', 'result_nframes'}\n"
-    "for i = 1, 15 do del[#del + 1] = 'frame:' .. i; del[#del + 1] = 'result:' .. i end\n"
+    "local frames = {}\n"
+    "for i = 1, 15 do frames[i] = 'frame:' .. i end\n"
     "local res, a, acks = {}, 4, {}\n"
     "for j = 1, #KEYS, 2 do\n"
     "  local job, stream = KEYS[j], KEYS[j + 1]\n"
     "  local entry, state, rhdr, err, code = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]\n"
-    "  local rn = tonumber(ARGV[a + 5])\n"
-    "  local base = a + 5\n"
-    "  a = a + 6 + rn\n"
+    "  local qn, rn = math.min(math.max(tonumber(ARGV[a + 5]) or 15, 0), 15), tonumber(ARGV[a + 6])\n"
+    "  local base = a + 6\n"
+    "  a = a + 7 + rn\n"
     "  if not acks[stream] then acks[stream] = {} end\n"
     "  local ack = acks[stream]\n"
     "  ack[#ack + 1] = entry\n"
     "  if redis.call('EXISTS', job) == 0 then\n"
     "    res[#res + 1] = 0\n"
     "  else\n"
-    "    redis.call('HDEL', job, unpack(del))\n"
+    "    redis.call('HDEL', job, 'result_header', 'result_nframes', unpack(frames, 1, qn))\n"
     "    local set = {'state', state, 'finished_ms', now}\n"
     "    if rhdr ~= '' then\n"
     "      set[#set + 1] = 'result_header'; set[#set + 1] = rhdr\n"
@@ -581,9 +585,12 @@ static const struct {
     size_t len;
 } s_scripts[TITAN_REDIS_NSCRIPTS] = {
 #define S_SCRIPT(id, s) [id] = {s, sizeof s - 1}
-    S_SCRIPT(TITAN_REDIS_SCRIPT_SUBMIT, s_submit_lua), S_SCRIPT(TITAN_REDIS_SCRIPT_CANCEL, s_cancel_lua),
-    S_SCRIPT(TITAN_REDIS_SCRIPT_READ_START, s_read_start_lua),     S_SCRIPT(TITAN_REDIS_SCRIPT_START, s_start_lua),
-    S_SCRIPT(TITAN_REDIS_SCRIPT_STORE, s_store_lua),   S_SCRIPT(TITAN_REDIS_SCRIPT_RETRY, s_retry_lua),
+    S_SCRIPT(TITAN_REDIS_SCRIPT_SUBMIT, s_submit_lua),
+    S_SCRIPT(TITAN_REDIS_SCRIPT_CANCEL, s_cancel_lua),
+    S_SCRIPT(TITAN_REDIS_SCRIPT_READ_START, s_read_start_lua),
+    S_SCRIPT(TITAN_REDIS_SCRIPT_START, s_start_lua),
+    S_SCRIPT(TITAN_REDIS_SCRIPT_STORE, s_store_lua),
+    S_SCRIPT(TITAN_REDIS_SCRIPT_RETRY, s_retry_lua),
     S_SCRIPT(TITAN_REDIS_SCRIPT_REVERT, s_revert_lua),
 #undef S_SCRIPT
 };

@@ -53,10 +53,10 @@ static int s_append_requeue(titan_jobs_consumer *c, jobs_slot *sl)
  * order[0..n). Returns 0 or -1. */
 static int s_append_store(titan_jobs_consumer *c, const int *order, int n)
 {
-    size_t cap = 3 + 2 * (size_t)n + 3 + (size_t)n * (6 + MAX_REPLY_FRAMES);
+    size_t cap = 3 + 2 * (size_t)n + 3 + (size_t)n * (7 + MAX_REPLY_FRAMES);
     const char **argv = malloc(cap * sizeof(*argv));
     size_t *lens = malloc(cap * sizeof(*lens));
-    char(*rn)[12] = malloc((size_t)n * sizeof(*rn));
+    char(*rn)[24] = malloc((size_t)n * sizeof(*rn));
     if (!argv || !lens || !rn) {
         free(argv);
         free(lens);
@@ -86,7 +86,10 @@ static int s_append_store(titan_jobs_consumer *c, const int *order, int n)
         jobs_slot *sl = &c->slots[order[k]];
         jobs_outcome *o = &sl->o;
         bool done = o->kind == O_DONE;
-        snprintf(rn[k], sizeof(rn[k]), "%d", o->nframes > 0 ? o->nframes - 1 : 0);
+        /* The request's frames still in the record: its nframes, known once it started (15: all of them). */
+        int qn = snprintf(rn[k], sizeof(rn[k]), "%d", sl->nparts > 0 ? sl->nparts - 1 : MAX_JOB_FRAMES);
+        int rl = snprintf(rn[k] + qn + 1, sizeof(rn[k]) - (size_t)qn - 1, "%d",
+                          o->nframes > 0 ? o->nframes - 1 : 0);
         ARGS(sl->entry);
         ARGS(done ? "done" : "failed");
         if (o->nframes > 0)
@@ -95,7 +98,8 @@ static int s_append_store(titan_jobs_consumer *c, const int *order, int n)
             ARGS("");
         ARGS(done ? "" : o->error);
         ARGS(done ? "" : o->code);
-        ARGS(rn[k]);
+        ARG(rn[k], (size_t)qn);
+        ARG(rn[k] + qn + 1, (size_t)rl);
         for (int i = 1; i < o->nframes; i++)
             ARG(zmq_msg_data(&o->frames[i]), zmq_msg_size(&o->frames[i]));
     }
