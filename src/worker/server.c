@@ -519,11 +519,15 @@ static void s_dispatch(titan_server *s)
                 break;
             }
         }
-        /* No executor idle: one that runs a job takes the next one too, and starts it as soon as it is done,
-         * rather than after a round trip through this thread (two thread wake-ups and a dozen system calls,
-         * which small products, batch jobs above all, waited on longer than they computed). */
+        /* No executor idle: for a batch job (from this process's consumer), one that runs a job takes the next
+         * one too, and starts it as soon as it is done, rather than after a round trip through this thread
+         * (two thread wake-ups and a dozen system calls, which small batch products waited on longer than
+         * they computed). Not for a client's request: taken ahead, it would wait behind that executor's
+         * product even when another executor frees up first, however long the product. */
         bool ahead = false;
-        for (int i = 0; idle < 0 && i < s->nexec; i++) {
+        const titan_job *head = titan_fairq_peek(s->queue);
+        bool batch = head && zmq_msg_get(&head->frames[head->nframes - 1], ZMQ_SRCFD) < 0;
+        for (int i = 0; idle < 0 && batch && i < s->nexec; i++) {
             if (!s->next[i]) {
                 idle = i;
                 ahead = true;

@@ -469,10 +469,62 @@ def cli_errors():
     tap.ok(p.returncode == 0 and "titan-worker" in p.stdout, "--version", p.stdout)
 
 
+def no_head_of_line():
+    """A client's request waits in the queue for the first executor that frees up, never behind one
+    executor's product while another frees first: with two executors busy on a long and a medium product, a
+    small requests sent then are both answered before the long product (executors that took them ahead, one
+    each, would hold one until the long product ends). Ordering, not timing: the long product is 8 times the
+    medium one, and the small ones are 32x32."""
+    wk = Worker(BIN, "--threads", "2", "--blas-threads", "1", "--queue", "8")
+    info = req_socket(wk.endpoint)
+
+    def state():
+        r, _ = call(info, {"op": "gpu_info"})
+        return r.get("inflight"), r.get("queue_depth")
+
+    def wait_running(n):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if state() == (n, 0):
+                return True
+            time.sleep(0.005)
+        return False
+
+    socks = []
+    for name, n, dt in (("long", 1600, np.float64), ("medium", 800, np.float64), ("small1", 32, np.float32),
+                        ("small2", 32, np.float32)):
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.connect(wk.endpoint)
+        a = np.ones((n, n), dtype=dt)
+        d.send_multipart([b"", json.dumps({"op": "matrix_multiply", "id": name, "a": desc(a, 1),
+                                           "b": desc(a, 2)}).encode(), a.tobytes(), a.tobytes()])
+        socks.append(d)
+        if not name.startswith("small"):
+            running = wait_running(len(socks))
+    order = []
+    poller = zmq.Poller()
+    for d in socks:
+        poller.register(d, zmq.POLLIN)
+    deadline = time.monotonic() + 300
+    while len(order) < 4 and time.monotonic() < deadline:
+        for d, _ in poller.poll(1000):
+            parts = d.recv_multipart()
+            order.append(json.loads(parts[1]).get("id"))
+    for d in socks:
+        d.close()
+    info.close()
+    tap.ok(running and len(order) == 4 and max(order.index("small1"), order.index("small2")) < order.index("long"),
+           f"two small requests sent while two executors run a long and a medium product are answered before the "
+           f"long one (order {order})", order)
+    wk.stop()
+
+
 for name, fn in [("design forms", design_forms), ("json numerics", json_numerics), ("binary", binary_forms),
                  ("bad inputs", bad_inputs), ("bad frames", bad_frames), ("ids and dealers", ids_and_dealers),
                  ("caps, busy, deadlines", size_cap_busy_deadline), ("logs", logs_and_shutdown), ("log injection", log_injection_and_flood),
-                 ("second signal", second_signal), ("config file", config_file), ("cli", cli_errors)]:
+                 ("second signal", second_signal), ("config file", config_file), ("cli", cli_errors),
+                 ("no head-of-line blocking", no_head_of_line)]:
     tap.run(name, fn)
 res = Worker.stop_all()
 tap.ok(all(rc == 0 and not san for _, rc, san in res), "every worker exited 0 with no sanitizer report", res)
