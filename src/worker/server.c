@@ -43,7 +43,6 @@ typedef struct titan_job {
     json_t *peek_id; /* the "id" of a request refused before it was parsed; owned */
     char owner[TITAN_OWNER_MAX]; /* who sent it, for resident tensors (req.client) */
     bool dispatched;             /* handed to an executor: its reply is never dropped for --max-unread-mb */
-    atomic_bool refuse;          /* taken ahead by an executor, then the drain began: answer shutting_down */
     int64_t t_recv;              /* titan_clock_mono_ns */
     struct titan_job *next;
 } titan_job;
@@ -63,9 +62,6 @@ struct titan_server {
     void *pairs[MAX_EXECUTORS]; /* main thread's ends */
     s_executor execs[MAX_EXECUTORS];
     bool busy[MAX_EXECUTORS];
-    /* The job each busy executor took ahead, to start once its current one is done; NULL: none. Such a
-     * job still counts as queued (qlen, its client's share) until it starts. */
-    titan_job *next[MAX_EXECUTORS];
     int nexec;
     int queue_cap;
     int client_cap; /* most requests one client may have queued */
@@ -486,12 +482,7 @@ static void *s_executor_main(void *arg)
             break;
         }
         if (rc != sizeof(j) || !j) break; /* NULL job: shut down */
-        if (atomic_load(&j->refuse)) {
-            s_job_peek_id(j);
-            s_job_error(j, "shutting_down", "the worker is shutting down; retry on another backend or after its restart");
-        } else {
-            s_job_execute(e->srv, j);
-        }
+        s_job_execute(e->srv, j);
         while (zmq_send(e->sock, &j, sizeof(j), 0) < 0 && zmq_errno() == EINTR) {
         }
     }
@@ -519,20 +510,6 @@ static void s_dispatch(titan_server *s)
                 break;
             }
         }
-        /* No executor idle: for a batch job (from this process's consumer), one that runs a job takes the next
-         * one too, and starts it as soon as it is done, rather than after a round trip through this thread
-         * (two thread wake-ups and a dozen system calls, which small batch products waited on longer than
-         * they computed). Not for a client's request: taken ahead, it would wait behind that executor's
-         * product even when another executor frees up first, however long the product. */
-        bool ahead = false;
-        const titan_job *head = titan_fairq_peek(s->queue);
-        bool batch = head && zmq_msg_get(&head->frames[head->nframes - 1], ZMQ_SRCFD) < 0;
-        for (int i = 0; idle < 0 && batch && i < s->nexec; i++) {
-            if (!s->next[i]) {
-                idle = i;
-                ahead = true;
-            }
-        }
         if (idle < 0) break;
         titan_job *j = titan_fairq_pop(s->queue);
         if (!j) break;
@@ -551,13 +528,8 @@ static void s_dispatch(titan_server *s)
             s_reply(s, j);
             continue;
         }
-        if (ahead) {
-            s->next[idle] = j;
-            s->qlen++; /* queued until it starts */
-        } else {
-            s->busy[idle] = true;
-            s->running++;
-        }
+        s->busy[idle] = true;
+        s->running++;
         titan_metrics_queued(s->metrics, titan_clock_ns_since(j->t_recv));
     }
     s_gauges(s);
@@ -683,10 +655,6 @@ static void s_admit(titan_server *s, titan_job *j)
     size_t keylen = zmq_msg_size(&j->frames[0]);
     if (keylen == 0 || keylen > TITAN_FAIRQ_MAX_KEY) keylen = 0; /* no usable routing id: count as one */
     size_t mine = keylen ? titan_fairq_client_len(s->queue, key, keylen) : 0;
-    for (int i = 0; keylen && i < s->nexec; i++) /* jobs taken ahead are still queued */
-        if (s->next[i] && zmq_msg_size(&s->next[i]->frames[0]) == keylen &&
-            memcmp(zmq_msg_data(&s->next[i]->frames[0]), key, keylen) == 0)
-            mine++;
     bool over_share = !idle && (int)mine >= s->client_cap;
     if ((!idle && s->qlen >= s->queue_cap) || over_share ||
         (s->inflight_bytes + j->bytes > s->max_inflight_bytes && s->inflight_bytes > 0))
@@ -886,10 +854,6 @@ static void s_start_drain(titan_server *s, int64_t *t_drain)
         s_job_error(j, "shutting_down", "the worker is shutting down; retry on another backend or after its restart");
         s_reply(s, j);
     }
-    /* The jobs executors took ahead are queued too: each is refused when its executor comes to it (or runs,
-     * if it has just started). */
-    for (int i = 0; i < s->nexec; i++)
-        if (s->next[i]) atomic_store(&s->next[i]->refuse, true);
     s_gauges(s);
 }
 
@@ -898,13 +862,8 @@ static void s_collect(titan_server *s, int i)
     titan_job *j = NULL;
     int rc = zmq_recv(s->pairs[i], &j, sizeof(j), ZMQ_DONTWAIT);
     if (rc != sizeof(j) || !j) return;
-    if (s->next[i]) { /* the job it took ahead has started */
-        s->next[i] = NULL;
-        s->qlen--;
-    } else {
-        s->busy[i] = false;
-        s->running--;
-    }
+    s->busy[i] = false;
+    s->running--;
     s->inflight_bytes -= j->bytes;
     s_reply(s, j);
     s_gauges(s);

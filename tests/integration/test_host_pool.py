@@ -101,9 +101,12 @@ def steady_state():
            (p1, p2))
     tap.ok(p2["hits"] >= p1["hits"] + 10, "each is served from the pool", (p1, p2))
     # One 1024x1024 float32 buffer fresh from the OS is 1024 pages; the two operands ZeroMQ receives and the
-    # result are 3072 a product (glibc's thresholds are set by the worker for ZeroMQ's buffers).
-    tap.ok(faults < 1024, f"and they fault in no fresh buffer: {faults} minor faults in 10 products "
-           "(< 1024, one result's pages)", faults)
+    # result are 3072 a product (glibc's thresholds are set by the worker for ZeroMQ's buffers). Under ASan,
+    # malloc is ASan's (its quarantine hands out fresh memory and ignores glibc's thresholds), so ZeroMQ's
+    # operands fault there whatever the pool does: the pool's own figures above are the check in that build.
+    sanitized = b"__asan_init" in open(BIN, "rb").read()
+    tap.ok(faults < 1024 or sanitized, f"and they fault in no fresh buffer: {faults} minor faults in 10 products "
+           f"(< 1024, one result's pages){'; not judged under ASan' if sanitized else ''}", faults)
     tap.ok(p2["cached_bytes"] >= n * n * 4 and p2["in_use_bytes"] == 0,
            "between requests the result buffers wait in the cache, none in use", p2)
 
