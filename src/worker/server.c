@@ -522,9 +522,14 @@ static void s_dispatch(titan_server *s)
             continue;
         }
         j->dispatched = true;
-        if (zmq_send(s->pairs[idle], &j, sizeof(j), 0) != sizeof(j)) {
+        int sent;
+        /* A signal may interrupt the send (the soak's restarts showed one in 60,000 under ASan): try again. */
+        while ((sent = zmq_send(s->pairs[idle], &j, sizeof(j), 0)) < 0 && zmq_errno() == EINTR) {
+        }
+        if (sent != (int)sizeof(j)) {
+            int why = sent < 0 ? zmq_errno() : EIO;
             s->inflight_bytes -= j->bytes;
-            s_job_error(j, "internal", "could not hand the request to an executor");
+            s_job_error(j, "internal", "could not hand the request to an executor: %s", zmq_strerror(why));
             s_reply(s, j);
             continue;
         }
