@@ -2,10 +2,11 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import * as http from "node:http";
+import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import { TitanClient } from "../src/index";
 import { createApp } from "../examples/health";
-import { Worker, freePort } from "./helpers";
+import { Worker } from "./helpers";
 
 function get(port: number, p: string): Promise<{ status: number; body: any }> {
   return new Promise((resolve, reject) => {
@@ -52,7 +53,12 @@ test("GET /api/titan/health: 200 healthy with the worker's gpu_info", async () =
 });
 
 test("GET /api/titan/health: 503 unhealthy with an error when the worker is gone", async () => {
-  const client = new TitanClient(`tcp://127.0.0.1:${await freePort()}`, { timeoutMs: 300, retries: 0 });
+  // A port held by a listener that never speaks ZeroMQ: a "free" port could be taken meanwhile by a worker of
+  // a test running beside this one (make test runs two at once), which would then answer.
+  const silent = net.createServer(() => {}).listen(0, "127.0.0.1");
+  await new Promise((r) => silent.once("listening", r));
+  const port = (silent.address() as AddressInfo).port;
+  const client = new TitanClient(`tcp://127.0.0.1:${port}`, { timeoutMs: 300, retries: 0 });
   const s = await serve(client);
   try {
     const r = await get(s.port, "/api/titan/health");
@@ -62,5 +68,6 @@ test("GET /api/titan/health: 503 unhealthy with an error when the worker is gone
   } finally {
     await s.close();
     client.close();
+    silent.close();
   }
 });
