@@ -36,6 +36,7 @@ logs+=("$first/meson-logs/blas-flipped.json")
 import json, os, re, sys
 passed = failed = skipped = 0
 skipped_names = []
+failures = []  # (build log, test name, its first failing test points)
 for path in sys.argv[2:]:
     if not os.path.exists(path):
         failed += 1
@@ -54,11 +55,20 @@ for path in sys.argv[2:]:
         if skips:
             skipped += skips
             skipped_names.append(t.get("name", "?"))
+        name = t.get("name", "?")
+        where = os.path.basename(os.path.dirname(os.path.dirname(path)))
+        if not path.endswith("testlog.json"):
+            where += " (" + os.path.basename(path).rsplit(".", 1)[0] + ")"
         if oks + bad + skips:
             passed += oks
             failed += bad
+            if bad:
+                lines = [l for l in re.findall(r"^not ok \d+[^\n]*", out, re.M)
+                         if not re.search(r"#\s*skip", l, re.I)]
+                failures.append((where, name, lines[:3]))
             if res not in ("OK", "SKIP", "EXPECTEDFAIL") and bad == 0:
                 failed += 1  # crashed or timed out after its last test point
+                failures.append((where, name, [f"{res} after its last test point"]))
         elif res in ("OK", "EXPECTEDFAIL"):
             passed += 1
         elif res == "SKIP":
@@ -66,6 +76,12 @@ for path in sys.argv[2:]:
             skipped_names.append(t.get("name", "?"))
         else:
             failed += 1
+            failures.append((where, name, [str(res)]))
+# The failures again, just above the count, so that a log's tail names them.
+for where, name, lines in failures:
+    print(f"FAILED in {where}: {name}")
+    for l in lines:
+        print(f"    {l[:300]}")
 if skipped:
     print(f"{skipped} skipped: {', '.join(sorted(set(skipped_names)))}")
 print(f"{passed} passed, {failed} failed")
