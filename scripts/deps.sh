@@ -3,7 +3,7 @@
 # Usage: scripts/deps.sh build|test|bench|run
 set -euo pipefail
 
-build_pkgs="gcc make meson ninja-build pkg-config libzmq3-dev libczmq-dev libsystemd-dev libjansson-dev libopenblas-dev libhiredis-dev libyaml-dev libmicrohttpd-dev libpci-dev libvirt-dev"
+build_pkgs="gcc make meson ninja-build pkg-config libutf8proc-dev libzmq3-dev libczmq-dev libsystemd-dev libjansson-dev libopenblas-dev libhiredis-dev libyaml-dev libmicrohttpd-dev libpci-dev libvirt-dev"
 # clang and libclang-rt-14-dev (libFuzzer): make test runs each fuzz target for 60 s.
 # redis-server and python3-redis: the job tests run their own Redis.
 # chromium renders titan serve's status page in a test. promtool (which checks /metrics) comes
@@ -46,18 +46,22 @@ fetch_promtool() {
 }
 [ "${1:-build}" = test ] && fetch_promtool
 
-# clients/node's test needs node, npm and its node_modules: `npm ci` (the npm registry only; zeromq's
-# npm tarball carries its prebuilt linux-x64 addon) whenever node_modules is missing or older than
-# package-lock.json. Runs after the Debian packages below are in place (nodejs npm when missing).
+# clients/node's test needs node, npm and its node_modules, and so do the reference tests in tests/ref
+# (HuggingFace's tokenizers, ONNX Runtime, the openai client): `npm ci` (the npm registry only; the addons'
+# npm tarballs carry their prebuilt linux-x64 binaries; tests/ref/.npmrc tells onnxruntime-node not to
+# fetch its optional CUDA files) whenever node_modules is missing or older than package-lock.json. Runs
+# after the Debian packages below are in place (nodejs npm when missing).
 node_client_deps() {
-  local dir="$root/clients/node"
-  [ -f "$dir/package-lock.json" ] || return 0
-  if [ -d "$dir/node_modules" ] && [ ! "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
-    return 0
-  fi
-  echo "titan: npm ci in clients/node" >&2
-  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2) && touch "$dir/node_modules" ||
-    echo "titan: npm ci failed in clients/node; the node_client test will say so" >&2
+  local dir
+  for dir in "$root/clients/node" "$root/tests/ref"; do
+    [ -f "$dir/package-lock.json" ] || continue
+    if [ -d "$dir/node_modules" ] && [ ! "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+      continue
+    fi
+    echo "titan: npm ci in ${dir#"$root"/}" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2) && touch "$dir/node_modules" ||
+      echo "titan: npm ci failed in ${dir#"$root"/}; the tests that need it will say so" >&2
+  done
 }
 # node and npm may come from elsewhere than Debian (nvm, NodeSource): ask for the packages only when missing.
 if [ "${1:-build}" = test ]; then
