@@ -73,7 +73,7 @@ check-legacy-cuda:
 # Each target keeps a scratch corpus in $(BUILD)/fuzz-corpus/NAME (libFuzzer adds to it) and
 # reads its seeds from fuzz/corpus/NAME; every target runs, and the target fails if any crashed.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = request reply
+FUZZ_TARGETS = request reply safetensors
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -std=gnu11 -D_GNU_SOURCE \
   -Wall -Wextra -Wno-unused-parameter -Iinclude -Isrc/core
 fuzz:
@@ -83,6 +83,7 @@ fuzz:
 	  -ljansson -lm -o $(BUILD)/fuzz/fuzz_request
 	clang $(FUZZ_CFLAGS) fuzz/fuzz_reply.c src/core/request.c src/core/jsonscan.c src/core/numfmt.c src/core/tensor.c \
 	  -lzmq -ljansson -lm -lpthread -o $(BUILD)/fuzz/fuzz_reply
+	clang $(FUZZ_CFLAGS) fuzz/fuzz_safetensors.c src/core/encoder/safetensors.c -ljansson -lm -o $(BUILD)/fuzz/fuzz_safetensors
 	@rc=0; for t in $(FUZZ_TARGETS); do \
 	  fuzz/run.sh $(BUILD)/fuzz/fuzz_$$t $(FUZZ_SECONDS) $(BUILD)/fuzz-corpus/$$t fuzz/corpus/$$t || rc=1; \
 	done; exit $$rc
