@@ -60,7 +60,9 @@ struct titan_bert {
     const float *pool_w, *pool_b; /* pooler.dense [H,H], [H]; NULL when absent (needed by cross-encoders) */
     const float *cls_w, *cls_b;   /* classifier [num_labels, H], [num_labels]; cross-encoders only */
     uint64_t weight_bytes;        /* float32 bytes of all the weights */
-    void *priv;                   /* the loader's: the mapping, converted buffers */
+    void *priv;                   /* the loader's: the mapping (aligned F32 weights point into it, read-only:
+                                   * a model.safetensors rewritten in place while loaded may fault; replace it
+                                   * by rename), converted buffers */
 };
 
 /* Parses config.json's text (`len` bytes) into *cfg (pooling mean, normalize false, max_seq = max_positions).
