@@ -40,6 +40,10 @@ typedef struct {
     int max_models;           /* models loaded at once */
     uint64_t model_memory_mb; /* budget of the loaded models' file sizes */
     char *http;               /* [ADDR:]PORT of /healthz, /readyz, /metrics; NULL: no HTTP */
+    int http_max_body_kb;     /* one /v1 request body, at most, in KiB */
+    int http_max_inflight;    /* /v1 requests with the server at once */
+    char *http_token;         /* file of bearer tokens for /v1; NULL: none */
+    bool insecure_http;       /* serve /v1 beyond loopback without a token */
     /* Resident tensors (tensor_put...). */
     uint64_t tensor_memory_mb; /* all clients together; 0: half the device's memory (a quarter of RAM on the CPU) */
     uint64_t tensor_quota_mb;  /* one client's; 0: the same as tensor_memory_mb */

@@ -1,5 +1,7 @@
 /* http.c - /healthz, /readyz and /metrics over HTTP/1.1, served by libmicrohttpd's own polling
- * thread; it reads the worker's state only through titan_metrics, never the server's. */
+ * thread, which reads the worker's state only through titan_metrics; and the connection side of the
+ * /v1 API: bodies, limits, who may call, and connections suspended while the bridge (http_bridge.c)
+ * has their request with the server. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -10,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -17,7 +20,10 @@
 
 #include "clock.h"
 #include "http.h"
+#include "http_auth.h"
+#include "http_bridge.h"
 #include "log.h"
+#include "server.h"
 
 /* Slowloris (issue 17): libmicrohttpd's timeout counts idleness, and every byte resets it, so a
  * client that sends one header line every few seconds holds its connection for ever; a few dozen
@@ -35,6 +41,9 @@
  *   header. A probe sends its whole request at once, so it stops being a candidate within a
  *   millisecond of connecting, and an attacker from its own address only pushes out its own
  *   half-sent requests;
+ * - a body deadline: a /v1 request body must be complete within HTTP_BODY_DEADLINE_MS of its header,
+ *   however steadily it trickles, or the connection is closed; until then the connection counts as
+ *   waiting, and the limits below may close it like one waiting for its header;
  * - HTTP_TIMEOUT_S of idleness still closes a connection stalled anywhere else.
  * "Closed" is shutdown(2) of the socket: libmicrohttpd's poll() then sees the end of the stream
  * and frees the connection the usual way. libmicrohttpd calls a connection's CLOSED notification
@@ -48,26 +57,45 @@
 #define HTTP_TIMEOUT_S 10             /* an idle or stalled connection is closed after this */
 #define HTTP_MEMORY (32 * 1024)       /* per connection: request headers; nothing else is read */
 #define HTTP_SWEEP_MS 250             /* the watchdog's period: deadlines hold to within this */
+#define HTTP_BODY_DEADLINE_MS 30000   /* documented: "30 s" */
+/* All /v1 bodies held at once, from their header until their answer is sent: this many of the largest
+ * (--http-max-body-kb), so that 128 connections cannot hold 128 of them; documented. */
+#define HTTP_BODIES_HELD 8
+/* A /v1 request whose reply has not come this long after it went to the server is answered 504. */
+#define HTTP_REPLY_TIMEOUT_MS 600000  /* documented: "10 minutes" */
 /* libmicrohttpd's own limits refuse rather than evict, so they sit above ours, as a backstop: a
  * connection shut here still counts for it until its next turn has reaped it. */
 #define HTTP_CLOSING_SLACK 16
 #define HTTP_SLOTS (HTTP_CONNECTIONS + HTTP_CLOSING_SLACK)
 
+/* Where a connection's current request stands. */
+typedef enum {
+    S_HEADER, /* waiting for its header: the header deadline applies */
+    S_BODY,   /* header in, waiting for its body: the body deadline applies */
+    S_DONE,   /* the request is in: no deadline (answered, or with the server) */
+} s_phase;
+
 /* One accepted connection, from NOTIFY_STARTED to NOTIFY_CLOSED; guarded by titan_http.lock. */
 struct s_conn {
     bool used;
-    bool answering; /* its request header is complete: the access handler has run */
+    s_phase phase;
     bool closing;   /* shut by us; counts for no limit any more */
     int fd;
     sa_family_t family;
     unsigned char peer[16]; /* the address (IPv4: 4 bytes; IPv6: its /64), the rest zero */
     int64_t since_ms;       /* when it began waiting for the current request header */
+    int64_t body_since_ms;  /* S_BODY: when its header was complete */
     uint64_t seq;           /* the order in which it began waiting: the oldest goes first */
 };
 
 struct titan_http {
     struct MHD_Daemon *d;
     titan_metrics *m; /* borrowed */
+    titan_http_opts opts;
+    titan_http_tokens *tokens;            /* --http-token; NULL: none */
+    _Atomic(titan_http_bridge *) bridge;  /* NULL until attached; closed (not freed) once detached */
+    uint64_t bodies_max;                  /* HTTP_BODIES_HELD x the largest body */
+    _Atomic uint64_t bodies_held;         /* bytes of /v1 bodies reserved now */
     char url[80];
     bool public;
     char start_error[256]; /* libmicrohttpd's message while starting */
@@ -194,10 +222,14 @@ static void s_mhd_log(void *cls, const char *fmt, va_list ap)
     char msg[256];
     vsnprintf(msg, sizeof(msg), fmt, ap);
     msg[strcspn(msg, "\n")] = '\0';
-    if (h->starting)
+    if (h->starting) {
         snprintf(h->start_error, sizeof(h->start_error), "%s", msg);
-    else
-        titan_log(TITAN_LOG_WARN, "http: %s", msg);
+    } else {
+        /* Clients cause most of these (one that left before its answer was sent): a few lines a second. Only
+         * libmicrohttpd's thread logs here once it runs. */
+        static titan_log_limit limit = {.per_sec = 5};
+        titan_log_limited(&limit, TITAN_LOG_WARN, "http: %s", msg);
+    }
 }
 
 /* The key that the per-address limit counts by. An IPv6 client usually holds a whole /64, so that
@@ -238,14 +270,14 @@ static unsigned s_count(const titan_http *h, const struct s_conn *peer)
     return n;
 }
 
-/* The connection (of peer's address, or of any) that has waited longest for its request header,
- * or NULL when none waits. Called with h->lock held. */
+/* The connection (of peer's address, or of any) that has waited longest for its request (its
+ * header, or its body), or NULL when none waits. Called with h->lock held. */
 static struct s_conn *s_oldest_waiting(titan_http *h, const struct s_conn *peer)
 {
     struct s_conn *best = NULL;
     for (size_t i = 0; i < HTTP_SLOTS; i++) {
         struct s_conn *c = &h->slots[i];
-        if (!c->used || c->closing || c->answering) continue;
+        if (!c->used || c->closing || c->phase == S_DONE) continue;
         if (peer && !s_same_peer(c, peer)) continue;
         if (!best || c->seq < best->seq) best = c;
     }
@@ -303,34 +335,44 @@ static void s_notify(void *cls, struct MHD_Connection *conn, void **socket_conte
     pthread_mutex_unlock(&h->lock);
 }
 
-/* Marks the connection's request header as complete (answering) or, after an answer on a
- * kept-alive connection, as waiting again, with a new deadline. */
-static void s_set_answering(titan_http *h, struct MHD_Connection *conn, bool answering)
+/* Moves the connection's request to phase: its body awaited (with the body deadline from now), all
+ * in, or, after an answer on a kept-alive connection, waiting for the next header with a new deadline. */
+static void s_set_phase(titan_http *h, struct MHD_Connection *conn, s_phase phase)
 {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     pthread_mutex_lock(&h->lock);
     struct s_conn *c = ci ? ci->socket_context : NULL;
-    if (c && c->used && c->answering != answering) {
-        c->answering = answering;
-        if (!answering) {
+    if (c && c->used && c->phase != phase) {
+        c->phase = phase;
+        if (phase == S_HEADER) {
             c->since_ms = titan_clock_mono_ms64();
             c->seq = ++h->seq;
+        } else if (phase == S_BODY) {
+            c->body_since_ms = titan_clock_mono_ms64();
         }
     }
     pthread_mutex_unlock(&h->lock);
 }
 
+struct s_req;
+static void s_req_free(titan_http *h, struct s_req *r);
+
 static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                         enum MHD_RequestTerminationCode toe)
 {
-    (void)con_cls;
     (void)toe;
-    s_set_answering(cls, conn, false);
+    /* A /v1 request's state goes with it: it is never with the bridge now (a suspended connection is
+     * not completed before the bridge resumes it). */
+    if (con_cls && *con_cls) {
+        s_req_free(cls, *con_cls);
+        *con_cls = NULL;
+    }
+    s_set_phase(cls, conn, S_HEADER);
 }
 
-/* The header deadline: every HTTP_SWEEP_MS, closes each connection that has waited longer than
- * HTTP_HEADER_DEADLINE_MS for its request header. The access handler cannot: libmicrohttpd calls
- * it only once the header is complete. */
+/* The deadlines: every HTTP_SWEEP_MS, closes each connection that has waited longer than
+ * HTTP_HEADER_DEADLINE_MS for its request header, or HTTP_BODY_DEADLINE_MS since its header for its
+ * body. The access handler cannot: libmicrohttpd calls it only when bytes come. */
 static void *s_watchdog(void *arg)
 {
     titan_http *h = arg;
@@ -341,15 +383,26 @@ static void *s_watchdog(void *arg)
         int64_t now = titan_clock_mono_ms64();
         for (size_t i = 0; i < HTTP_SLOTS && !h->stopping; i++) {
             struct s_conn *c = &h->slots[i];
-            if (c->used && !c->answering && now - c->since_ms >= HTTP_HEADER_DEADLINE_MS) s_shut(c);
+            if (!c->used) continue;
+            if ((c->phase == S_HEADER && now - c->since_ms >= HTTP_HEADER_DEADLINE_MS) ||
+                (c->phase == S_BODY && now - c->body_since_ms >= HTTP_BODY_DEADLINE_MS))
+                s_shut(c);
         }
     }
     pthread_mutex_unlock(&h->lock);
     return NULL;
 }
 
+/* What an answer carries besides its type and body. */
+typedef struct {
+    const char *allow;  /* a 405's Allow (the health paths': "GET, HEAD") */
+    int retry_after_s;  /* > 0: Retry-After */
+    bool close;         /* Connection: close (a /v1 answer: one request per connection) */
+    bool bearer;        /* a 401's WWW-Authenticate */
+} s_extra;
+
 static enum MHD_Result s_respond(struct MHD_Connection *conn, unsigned status, const char *ctype, char *body,
-                                 size_t len)
+                                 size_t len, const s_extra *x)
 {
     /* body is malloc'd; the response frees it once sent */
     struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback(len, body, free);
@@ -359,7 +412,15 @@ static enum MHD_Result s_respond(struct MHD_Connection *conn, unsigned status, c
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    if (status == MHD_HTTP_METHOD_NOT_ALLOWED) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+    if (x && x->allow) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, x->allow);
+    else if (status == MHD_HTTP_METHOD_NOT_ALLOWED) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+    if (x && x->retry_after_s > 0) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%d", x->retry_after_s);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    }
+    if (x && x->close) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (x && x->bearer) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"titan\"");
     enum MHD_Result rc = MHD_queue_response(conn, status, r);
     MHD_destroy_response(r);
     return rc;
@@ -375,7 +436,248 @@ static enum MHD_Result s_text(struct MHD_Connection *conn, unsigned status, cons
     int n = vasprintf(&body, fmt, ap);
     va_end(ap);
     if (n < 0) return MHD_NO;
-    return s_respond(conn, status, "text/plain; charset=utf-8", body, (size_t)n);
+    return s_respond(conn, status, "text/plain; charset=utf-8", body, (size_t)n, NULL);
+}
+
+/* ---- the /v1 routes: the connection's side (translations: http_api.c; the server: http_bridge.c) ---- */
+
+#define S_JSON "application/json"
+static const char s_oom_json[] =
+    "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":\"internal\"}}\n";
+
+/* A /v1 request, from its header until its connection completes. */
+struct s_req {
+    titan_http_work work; /* work.arg: the connection */
+    char *body;
+    size_t len, cap; /* bytes in, and its Content-Length */
+    uint64_t held;   /* its bytes of h->bodies_held */
+    bool submitted;  /* with the bridge, or answered by it */
+};
+
+static void s_req_free(titan_http *h, struct s_req *r)
+{
+    if (r->held) atomic_fetch_sub(&h->bodies_held, r->held);
+    free(r->body);
+    free(r->work.answer);
+    free(r);
+}
+
+/* The bridge's answer is in: libmicrohttpd takes the connection up again and calls s_handle. */
+static void s_work_done(titan_http_work *w)
+{
+    MHD_resume_connection(w->arg);
+}
+
+static enum MHD_Result s_json(struct MHD_Connection *conn, unsigned status, char *body, size_t len,
+                              const s_extra *x)
+{
+    if (!body) {
+        body = strdup(s_oom_json);
+        if (!body) return MHD_NO;
+        len = strlen(body);
+        status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    return s_respond(conn, status, S_JSON, body, len, x);
+}
+
+static enum MHD_Result s_v1_error(struct MHD_Connection *conn, const titan_http_error *e, const char *allow)
+{
+    size_t len = 0;
+    char *body = titan_http_error_body(e, &len);
+    s_extra x = {.allow = allow, .retry_after_s = e->retry_after_s, .close = true, .bearer = e->status == 401};
+    return s_json(conn, e->status, body, len, &x);
+}
+
+static enum MHD_Result s_v1_fail(struct MHD_Connection *conn, const char *code, const char *allow, const char *fmt,
+                                 ...) __attribute__((format(printf, 4, 5)));
+static enum MHD_Result s_v1_fail(struct MHD_Connection *conn, const char *code, const char *allow, const char *fmt,
+                                 ...)
+{
+    titan_http_error e;
+    char msg[sizeof(e.message)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    titan_http_fail(&e, code, "%s", msg);
+    return s_v1_error(conn, &e, allow);
+}
+
+static const struct {
+    const char *path;
+    titan_http_route route;
+    const char *allow; /* the methods it takes */
+} s_routes[] = {
+    {"/v1/embeddings", TITAN_HTTP_EMBEDDINGS, "POST"},
+    {"/v1/rerank", TITAN_HTTP_RERANK, "POST"},
+    {"/v1/models", TITAN_HTTP_MODELS, "GET, HEAD"},
+};
+
+/* Reserves n bytes of the bodies' budget; false when it is spent. */
+static bool s_hold(titan_http *h, uint64_t n)
+{
+    uint64_t cur = atomic_load(&h->bodies_held);
+    do {
+        if (cur > h->bodies_max || n > h->bodies_max - cur) return false;
+    } while (!atomic_compare_exchange_weak(&h->bodies_held, &cur, cur + n));
+    return true;
+}
+
+/* True for "application/json", with parameters, a charset only of UTF-8. */
+static bool s_json_type(const char *ct)
+{
+    if (!ct) return false;
+    while (*ct == ' ' || *ct == '\t') ct++;
+    size_t n = strlen("application/json");
+    if (strncasecmp(ct, "application/json", n) != 0) return false;
+    const char *p = ct + n;
+    while (*p == ' ' || *p == '\t') p++;
+    if (!*p) return true;
+    if (*p != ';') return false;
+    const char *cs = strcasestr(p, "charset=");
+    if (!cs) return true;
+    cs += strlen("charset=");
+    if (*cs == '"') cs++;
+    return strncasecmp(cs, "utf-8", 5) == 0 && (cs[5] == '\0' || cs[5] == '"' || cs[5] == ';' || cs[5] == ' ');
+}
+
+/* Hands r to the bridge: the connection sleeps (libmicrohttpd's thread goes on with the others) until the answer
+ * is in. More than --http-max-inflight at once are answered 429. */
+static enum MHD_Result s_v1_submit(titan_http *h, struct MHD_Connection *conn, struct s_req *r)
+{
+    titan_http_bridge *b = atomic_load(&h->bridge);
+    int rc = b ? titan_http_bridge_reserve(b) : -ESHUTDOWN;
+    if (rc == -EBUSY)
+        return s_v1_fail(conn, "busy", NULL,
+                         "worker busy: %d /v1 requests are in hand, its limit (--http-max-inflight); retry later",
+                         h->opts.max_inflight);
+    if (rc)
+        return s_v1_fail(conn, "shutting_down", NULL,
+                         "the worker is shutting down; retry on another worker or after its restart");
+    r->work.body = r->body;
+    r->work.len = r->len;
+    r->submitted = true;
+    /* Suspended first, then handed over: the bridge may resume it as soon as it has it. */
+    MHD_suspend_connection(conn);
+    titan_http_bridge_submit(b, &r->work);
+    return MHD_YES;
+}
+
+/* A /v1 request whose header is complete: who may call, the route, readiness and the body's limits are checked
+ * before any of the body is read; then a body is awaited (POST) or the request goes (GET). */
+static enum MHD_Result s_v1_start(titan_http *h, struct MHD_Connection *conn, const char *url, const char *method,
+                                  void **con_cls)
+{
+    const union MHD_ConnectionInfo *ai = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    bool loopback = titan_http_peer_is_loopback(ai ? ai->client_addr : NULL);
+    bool token_ok = false;
+    if (h->tokens) {
+        const char *tok;
+        size_t tlen;
+        const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+        token_ok = titan_http_bearer(auth, &tok, &tlen) == 0 && titan_http_tokens_check(h->tokens, tok, tlen);
+    }
+    switch (titan_http_access_rule(loopback, h->tokens != NULL, token_ok, h->opts.insecure)) {
+    case TITAN_HTTP_ACCESS_UNAUTHORIZED:
+        return s_v1_fail(conn, "unauthorized", NULL,
+                         "send 'Authorization: Bearer TOKEN' with a token of this worker's --http-token file");
+    case TITAN_HTTP_ACCESS_FORBIDDEN:
+        return s_v1_fail(conn, "forbidden", NULL,
+                         "this worker serves /v1 to loopback clients only: start it with --http-token FILE (bearer "
+                         "tokens) to serve other machines, or --insecure-http on a trusted network");
+    case TITAN_HTTP_ACCESS_OK:
+        break;
+    }
+    size_t ri = 0;
+    while (ri < sizeof(s_routes) / sizeof(s_routes[0]) && strcmp(url, s_routes[ri].path) != 0) ri++;
+    if (ri == sizeof(s_routes) / sizeof(s_routes[0]))
+        return s_v1_fail(conn, "not_found", NULL,
+                         "no route %.64s: this worker serves POST /v1/embeddings, POST /v1/rerank and GET /v1/models",
+                         url);
+    titan_http_route route = s_routes[ri].route;
+    bool post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+    bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+    if (route == TITAN_HTTP_MODELS ? !get : !post)
+        return s_v1_fail(conn, "method_not_allowed", s_routes[ri].allow, "method %.16s is not allowed on %s: use %s",
+                         method, url, s_routes[ri].allow);
+    char why[160];
+    if (!atomic_load(&h->bridge)) {
+        return s_v1_fail(conn, "not_ready", NULL, "the worker is starting: the backend and the sockets are not up yet");
+    } else if (!titan_metrics_ready(h->m, why, sizeof(why))) {
+        return s_v1_fail(conn, strncmp(why, "draining", 8) == 0 ? "shutting_down" : "not_ready", NULL, "%s", why);
+    }
+    struct s_req *r;
+    if (route == TITAN_HTTP_MODELS) {
+        r = calloc(1, sizeof(*r));
+        if (!r) return s_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, 0, NULL);
+    } else {
+        if (!s_json_type(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE)))
+            return s_v1_fail(conn, "unsupported_media_type", NULL, "send the body as JSON: Content-Type: %s", S_JSON);
+        if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+            return s_v1_fail(conn, "length_required", NULL,
+                             "send the body with a Content-Length (no Transfer-Encoding: chunked bodies are not taken)");
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (!cl) return s_v1_fail(conn, "length_required", NULL, "send the body with a Content-Length");
+        char *end;
+        errno = 0;
+        unsigned long long len = strtoull(cl, &end, 10);
+        if (errno || end == cl || *end || cl[0] == '-' || cl[0] == '+')
+            return s_v1_fail(conn, "bad_request", NULL, "Content-Length '%.32s' is not a number of bytes", cl);
+        if (len > h->opts.max_body_bytes)
+            return s_v1_fail(conn, "too_large", NULL,
+                             "the body is %llu bytes, over this worker's limit of %llu (--http-max-body-kb); split the "
+                             "request",
+                             len, (unsigned long long)h->opts.max_body_bytes);
+        if (len == 0) return s_v1_fail(conn, "bad_request", NULL, "the body is empty: send a JSON object");
+        if (!s_hold(h, len))
+            return s_v1_fail(conn, "busy", NULL,
+                             "worker busy: the HTTP request bodies in hand take %llu of their %llu bytes "
+                             "(%d x --http-max-body-kb); retry later",
+                             (unsigned long long)atomic_load(&h->bodies_held), (unsigned long long)h->bodies_max,
+                             HTTP_BODIES_HELD);
+        r = calloc(1, sizeof(*r));
+        char *body = r ? malloc((size_t)len) : NULL;
+        if (!body) {
+            free(r);
+            atomic_fetch_sub(&h->bodies_held, len);
+            return s_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, 0, NULL);
+        }
+        r->body = body;
+        r->cap = (size_t)len;
+        r->held = len;
+    }
+    r->work.route = route;
+    r->work.done = s_work_done;
+    r->work.arg = conn;
+    *con_cls = r;
+    if (route != TITAN_HTTP_MODELS) {
+        s_set_phase(h, conn, S_BODY);
+        return MHD_YES; /* the body comes in the next calls (after "100 Continue" when the client asks for it) */
+    }
+    return s_v1_submit(h, conn, r);
+}
+
+/* The next calls of a /v1 request: its body, its end, and its answer once the bridge has resumed it. */
+static enum MHD_Result s_v1_more(titan_http *h, struct MHD_Connection *conn, struct s_req *r, const char *data,
+                                 size_t *size)
+{
+    if (r->submitted) {
+        char *body = r->work.answer;
+        r->work.answer = NULL;
+        s_extra x = {.retry_after_s = r->work.retry_after_s, .close = true};
+        return s_json(conn, r->work.status ? r->work.status : MHD_HTTP_INTERNAL_SERVER_ERROR, body,
+                      r->work.answer_len, &x);
+    }
+    if (*size) {
+        /* libmicrohttpd never passes more than the Content-Length; kept to it all the same */
+        size_t n = *size < r->cap - r->len ? *size : r->cap - r->len;
+        memcpy(r->body + r->len, data, n);
+        r->len += n;
+        *size = 0;
+        return MHD_YES;
+    }
+    s_set_phase(h, conn, S_DONE);
+    return s_v1_submit(h, conn, r);
 }
 
 static enum MHD_Result s_handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
@@ -384,10 +686,9 @@ static enum MHD_Result s_handle(void *cls, struct MHD_Connection *conn, const ch
 {
     titan_http *h = cls;
     (void)version;
-    (void)upload_data;
-    (void)upload_data_size;
-    (void)con_cls;
-    s_set_answering(h, conn, true); /* the header is complete: no deadline any more */
+    if (*con_cls) return s_v1_more(h, conn, *con_cls, upload_data, upload_data_size);
+    s_set_phase(h, conn, S_DONE); /* the header is complete: no header deadline any more */
+    if (strcmp(url, "/v1") == 0 || strncmp(url, "/v1/", 4) == 0) return s_v1_start(h, conn, url, method, con_cls);
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
         return s_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method %.16s not allowed: use GET\n", method);
     if (strcmp(url, "/healthz") == 0) return s_text(conn, MHD_HTTP_OK, "ok\n");
@@ -402,12 +703,15 @@ static enum MHD_Result s_handle(void *cls, struct MHD_Connection *conn, const ch
         size_t len;
         if (titan_metrics_render(h->m, &text, &len) != 0)
             return s_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
-        return s_respond(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", text, len);
+        return s_respond(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL);
     }
-    return s_text(conn, MHD_HTTP_NOT_FOUND, "not found: this worker serves /healthz, /readyz and /metrics\n");
+    return s_text(conn, MHD_HTTP_NOT_FOUND,
+                  "not found: this worker serves /healthz, /readyz, /metrics and the API under /v1 "
+                  "(/v1/embeddings, /v1/rerank, /v1/models)\n");
 }
 
-titan_http *titan_http_start(const char *spec, titan_metrics *m, char *err, size_t errcap)
+titan_http *titan_http_start(const char *spec, const titan_http_opts *opts, titan_metrics *m, char *err,
+                             size_t errcap)
 {
     struct sockaddr_storage addr;
     if (titan_http_parse_listen(spec, &addr, err, errcap) != 0) return NULL;
@@ -417,6 +721,15 @@ titan_http *titan_http_start(const char *spec, titan_metrics *m, char *err, size
         return NULL;
     }
     h->m = m;
+    h->opts = *opts;
+    h->opts.token_file = NULL; /* the caller's; read here */
+    h->bodies_max = opts->max_body_bytes * HTTP_BODIES_HELD;
+    atomic_init(&h->bodies_held, 0);
+    atomic_init(&h->bridge, NULL);
+    if (opts->token_file && !(h->tokens = titan_http_tokens_open(opts->token_file, err, errcap))) {
+        free(h);
+        return NULL;
+    }
     pthread_condattr_t ca;
     bool cond_ok = false;
     if (pthread_condattr_init(&ca) == 0) {
@@ -427,11 +740,13 @@ titan_http *titan_http_start(const char *spec, titan_metrics *m, char *err, size
     if (!cond_ok || pthread_mutex_init(&h->lock, NULL) != 0) {
         snprintf(err, errcap, "cannot serve HTTP: cannot set up the header watchdog");
         if (cond_ok) pthread_cond_destroy(&h->wake);
+        titan_http_tokens_destroy(&h->tokens);
         free(h);
         return NULL;
     }
     h->lock_ready = true;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_POLL;
+    /* Suspend and resume: a /v1 connection sleeps while its request is with the server. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME;
     if (addr.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     char where[INET6_ADDRSTRLEN + 16];
     unsigned port = s_addr_text(&addr, where, sizeof(where));
@@ -472,6 +787,25 @@ titan_http *titan_http_start(const char *spec, titan_metrics *m, char *err, size
     return h;
 }
 
+int titan_http_attach(titan_http *h, void *zmq_ctx, char *err, size_t errcap)
+{
+    if (atomic_load(&h->bridge)) {
+        snprintf(err, errcap, "the HTTP API is already attached");
+        return -EALREADY;
+    }
+    titan_http_bridge *b =
+        titan_http_bridge_new(zmq_ctx, TITAN_SERVER_INPROC, h->opts.max_inflight, HTTP_REPLY_TIMEOUT_MS, err, errcap);
+    if (!b) return -ENOMEM;
+    atomic_store(&h->bridge, b);
+    return 0;
+}
+
+void titan_http_detach(titan_http *h)
+{
+    /* Closed, not freed: libmicrohttpd's thread may still look at it, and is answered 503 by it. */
+    if (h) titan_http_bridge_close(atomic_load(&h->bridge));
+}
+
 const char *titan_http_url(const titan_http *h)
 {
     return h->url;
@@ -486,6 +820,8 @@ void titan_http_stop(titan_http **hp)
 {
     if (!hp || !*hp) return;
     titan_http *h = *hp;
+    /* Every suspended connection must be resumed before libmicrohttpd stops: closing the bridge answers them. */
+    titan_http_detach(h);
     if (h->watchdog_running) {
         pthread_mutex_lock(&h->lock);
         h->stopping = true;
@@ -495,6 +831,9 @@ void titan_http_stop(titan_http **hp)
     }
     /* libmicrohttpd's CLOSED notifications still take the lock: it goes only after them. */
     if (h->d) MHD_stop_daemon(h->d);
+    titan_http_bridge *b = atomic_load(&h->bridge);
+    titan_http_bridge_destroy(&b);
+    titan_http_tokens_destroy(&h->tokens);
     if (h->lock_ready) {
         pthread_mutex_destroy(&h->lock);
         pthread_cond_destroy(&h->wake);

@@ -201,16 +201,25 @@ static bool s_start_health(s_worker *app)
     if (!app->cfg.http) return true;
     char err[512];
     sigset_t old;
+    titan_http_opts hopts = {.max_body_bytes = (uint64_t)app->cfg.http_max_body_kb << 10,
+                             .max_inflight = app->cfg.http_max_inflight,
+                             .token_file = app->cfg.http_token,
+                             .insecure = app->cfg.insecure_http};
     s_block_signals(&old);
-    app->http = titan_http_start(app->cfg.http, app->metrics, err, sizeof(err));
+    app->http = titan_http_start(app->cfg.http, &hopts, app->metrics, err, sizeof(err));
     s_restore_signals(&old);
     if (!app->http) return s_fail(app, "%s", err);
     if (titan_http_public(app->http))
         titan_log(TITAN_LOG_WARN,
                   "HTTP on %s is reachable beyond loopback, without authentication: /metrics is "
                   "read-only but tells the load, the device and the version; firewall it to your "
-                  "Prometheus",
-                  titan_http_url(app->http));
+                  "Prometheus. The /v1 API %s",
+                  titan_http_url(app->http),
+                  app->cfg.http_token      ? "needs a bearer token (--http-token)"
+                  : app->cfg.insecure_http ? "is open to every client that reaches it (--insecure-http)"
+                                           : "answers loopback clients only (403 to others: use --http-token)");
+    else if (app->cfg.insecure_http && !app->cfg.http_token)
+        titan_log(TITAN_LOG_INFO, "--insecure-http: HTTP listens on loopback only, where /v1 is open anyway");
     return true;
 }
 
@@ -308,8 +317,11 @@ static bool s_start_services(s_worker *app)
     sigset_t old;
     s_block_signals(&old);
     app->srv = titan_server_new(cfg, &app->w, app->metrics, err, sizeof(err));
+    /* The /v1 API goes through the server like any client, over its inproc endpoint. */
+    bool api_ok = !app->srv || !app->http || titan_http_attach(app->http, titan_server_zmq_ctx(app->srv), err,
+                                                              sizeof(err)) == 0;
     s_restore_signals(&old);
-    if (!app->srv) return s_fail(app, "%s", err);
+    if (!app->srv || !api_ok) return s_fail(app, "%s", err);
 
     if (pipe2(s_wake, O_NONBLOCK | O_CLOEXEC) != 0) s_wake[0] = s_wake[1] = -1;
     struct sigaction sa;
@@ -332,7 +344,13 @@ static bool s_start_services(s_worker *app)
               w->queue, (unsigned long long)w->limits.max_request_bytes, (unsigned long long)(q->worker_bytes >> 20),
               (unsigned long long)(q->client_bytes >> 20), q->client_tensors,
               cfg->tensor_ttl_s ? ", idle ones freed at --tensor-ttl" : "");
-    if (app->http) titan_log(TITAN_LOG_INFO, "HTTP /healthz, /readyz and /metrics on %s", titan_http_url(app->http));
+    if (app->http)
+        titan_log(TITAN_LOG_INFO,
+                  "HTTP /healthz, /readyz and /metrics on %s; /v1/embeddings, /v1/rerank and /v1/models %s",
+                  titan_http_url(app->http),
+                  app->cfg.http_token      ? "with bearer tokens (--http-token)"
+                  : app->cfg.insecure_http ? "open to any client (--insecure-http)"
+                                           : "for loopback clients");
 
     /* Jobs go through the same admission as ZeroMQ requests, so the consumer starts once the
      * server is up. On SIGTERM it starts no new job, the server drains the one in hand (a job
@@ -372,6 +390,9 @@ static void s_shut_down(s_worker *app)
 {
     /* The consumer started no job since the signal, and the server has drained the ones in hand. */
     titan_jobs_consumer_stop(&app->jobs);
+    /* The /v1 requests still in hand are answered 503, and the bridge's socket closes before the server's context
+     * ends; /healthz, /readyz and /metrics go on until titan_http_stop. */
+    titan_http_detach(app->http);
     if (app->srv) {
         unsigned long long served, errors, dropped, refused;
         titan_server_counts(app->srv, &served, &errors, &dropped, &refused);

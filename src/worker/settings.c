@@ -78,9 +78,24 @@ static const titan_setting s_table[] = {
      .help = "write the bound endpoints here once ready (for scripts and tests)"},
     {.name = "http", .type = TITAN_SETTING_TEXT, .offset = S_AT(http), .check = s_check_http,
      .metavar = "[ADDR:]PORT",
-     .help = "serve /healthz, /readyz and /metrics (Prometheus) over HTTP; off by\n"
-             "default; PORT alone listens on 127.0.0.1, ADDR is IPv4 or [IPv6];\n"
-             "port 0 picks a free one (logged and in --endpoint-file)"},
+     .help = "serve /healthz, /readyz, /metrics (Prometheus) and the /v1 API\n"
+             "over HTTP; off by default; PORT alone listens on 127.0.0.1, ADDR is\n"
+             "IPv4 or [IPv6]; port 0 picks a free one (logged and in --endpoint-file)"},
+    /* The /v1 API (docs/OPERATIONS.md, "HTTP API"); the token file is read when HTTP starts (exit status 1). */
+    {.name = "http-max-body-kb", .type = TITAN_SETTING_INT, .offset = S_AT(http_max_body_kb), .lo = 1,
+     .hi = 1048576, .unit = "KiB", .def = "8192", .metavar = "N",
+     .help = "largest /v1 request body, in KiB (default 8192); the bodies held\n"
+             "at once take at most 8 times it"},
+    {.name = "http-max-inflight", .type = TITAN_SETTING_INT, .offset = S_AT(http_max_inflight), .lo = 1,
+     .hi = 1024, .def = "64", .metavar = "N",
+     .help = "/v1 requests with the server at once; more are answered 429\n"
+             "(default 64)"},
+    {.name = "http-token", .type = TITAN_SETTING_TEXT, .offset = S_AT(http_token), .metavar = "FILE",
+     .help = "every /v1 request needs Authorization: Bearer with one of FILE's\n"
+             "tokens (one a line; re-read when it changes); needed to serve /v1\n"
+             "beyond loopback"},
+    {.name = "insecure-http", .type = TITAN_SETTING_FLAG, .offset = S_AT(insecure_http), .def = "false",
+     .help = "serve /v1 to clients beyond loopback without a token (warns)"},
     /* The URL is checked with the job consumer's own parser (titan_jobs_consumer_check, in main.c). */
     {.name = "redis", .type = TITAN_SETTING_TEXT, .offset = S_AT(redis_url), .metavar = "URL",
      .help = "also run batch jobs from Redis Streams (docs/JOBS.md):\n"
