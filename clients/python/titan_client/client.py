@@ -3,6 +3,7 @@
 One TitanClient owns one ZeroMQ DEALER socket and is not thread-safe: use one client per thread.
 Resident tensors (PROTOCOL.md §4.2, §5.7): tensor_put/tensor_get/tensor_free/tensor_list and matmul with
 handle operands; give the client an `identity` so that its tensors stay its own across reconnects.
+Encoder models (PROTOCOL.md §5.8): embed (a float32 numpy array, always over the binary form) and rerank.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "Reply", "TitanClient", "TitanError", "TitanBusy", "TitanTimeout", "TitanDeadline", "TitanBadRequest",
     "TitanUnknownOp", "TitanUnsupported", "TitanTooLarge", "TitanShuttingDown", "TitanUnauthorized",
-    "TitanQuotaExceeded", "TitanNotFound", "TitanProtocolError",
+    "TitanQuotaExceeded", "TitanNotFound", "TitanProtocolError", "RerankResult", "Ranking",
 ]
 
 Frame = Union[bytes, bytearray, memoryview, Any]  # anything with the buffer protocol (numpy arrays too)
@@ -132,6 +133,44 @@ class Reply(NamedTuple):
         return self
 
 
+class RerankResult(NamedTuple):
+    """One document of a rerank answer: its `index` in the request's documents, the cross-encoder's raw
+    logit `score`, and `relevance_score`, its sigmoid (0 to 1)."""
+
+    index: int
+    score: float
+    relevance_score: float
+
+
+class Ranking(list):
+    """rerank's answer: a list of RerankResult, best first (ties in the documents' order), holding only the
+    best `top_n` when that was asked. The same figures as numpy arrays, in that order: `indices`, `scores`,
+    `relevance_scores`; `model` and `usage` ({"prompt_tokens", "total_tokens"}) are the reply's."""
+
+    def __init__(self, results: Iterable[RerankResult], model: Optional[str], usage: dict):
+        super().__init__(results)
+        self.model = model
+        self.usage = usage
+
+    @property
+    def indices(self) -> "np.ndarray":
+        """The documents' indices, best first (int64)."""
+        return np.array([r.index for r in self], dtype=np.int64)
+
+    @property
+    def scores(self) -> "np.ndarray":
+        """The raw logits, best first (float64: the worker writes them as doubles)."""
+        return np.array([r.score for r in self], dtype=np.float64)
+
+    @property
+    def relevance_scores(self) -> "np.ndarray":
+        """The logits' sigmoids, best first (float64)."""
+        return np.array([r.relevance_score for r in self], dtype=np.float64)
+
+    def __repr__(self) -> str:
+        return f"Ranking({list.__repr__(self)}, model={self.model!r}, usage={self.usage!r})"
+
+
 def _key(value: Union[str, bytes, None], what: str) -> Optional[bytes]:
     if value is None:
         return None
@@ -184,10 +223,11 @@ def _float_array(x: Any, what: str, ranks: Sequence[int]) -> "np.ndarray":
 
 
 def _tensor_from(r: "Reply", what: str, shape: Optional[Sequence[Optional[int]]] = None,
-                 dtype: Optional[str] = None) -> "np.ndarray":
-    """The binary result of `r` ({"result": {"dtype", "shape", "frame": 1}} and one frame) as a new array
-    in native byte order; `shape` (None for "any") and `dtype`, when given, are what it must be."""
-    res = r.header.get("result")
+                 dtype: Optional[str] = None, key: str = "result") -> "np.ndarray":
+    """The binary result of `r` ({"result": {"dtype", "shape", "frame": 1}} and one frame; the descriptor
+    under `key`) as a new array in native byte order; `shape` (None for "any") and `dtype`, when given, are
+    what it must be."""
+    res = r.header.get(key)
     ok = isinstance(res, dict) and res.get("dtype") in ("float32", "float64") and res.get("frame") == 1
     dims = res.get("shape") if ok else None
     ok = ok and isinstance(dims, list) and 1 <= len(dims) <= MAX_RANK and \
@@ -279,6 +319,8 @@ class TitanClient:
         self._closed = False
         #: how many retries the last call needed (0: the first attempt answered)
         self.last_retries = 0
+        #: the last embed's or rerank's "usage": {"prompt_tokens": N, "total_tokens": N} (None before one)
+        self.last_usage: Optional[dict] = None
         #: how many replies this client has dropped as stale, in all: replies to an earlier attempt (another
         #: tag, with an identity) and replies carrying another request's "id"
         self.dropped_replies = 0
@@ -568,9 +610,135 @@ class TitanClient:
             raise TitanProtocolError("protocol", "tensor_list reply lacks \"tensors\" and \"count\"", h)
         return h
 
+    # --- encoder models (PROTOCOL.md §5.8) ---
+
+    def embed(self, model: str, input: Any, *, normalize: Optional[bool] = None, truncate: bool = False,
+              dimensions: Optional[int] = None) -> "np.ndarray":
+        """Embeds texts or token ids with a bi-encoder served by `--models`; returns a new float32 array
+        [n, dims], one row per input in the request's order (a single string or a flat list of ids is n = 1).
+
+        input: a str, a list of str, a list of token ids (one input, [CLS] ... [SEP] included), or a list of
+        lists of ids; numpy integer arrays (1-D or 2-D) and numpy integers are taken too. What the input
+        holds is the worker's to judge (an empty list, a mix, an id outside the vocabulary: TitanBadRequest).
+        normalize: L2-normalise each row (default: the model's own choice). truncate: cut inputs over the
+        model's max_tokens instead of refusing them. dimensions: a smaller size the model's manifest lists
+        (Matryoshka). The embeddings always come back in the binary form (one float32 frame), never as JSON
+        numbers. The reply's token counts are left in `last_usage`.
+
+        Raises TitanNotFound (no such model), TitanUnsupported (a cross-encoder: use rerank), TitanBadRequest,
+        TitanTooLarge, TitanBusy (the model's queue is full), ValueError for a bad option (nothing sent)."""
+        if np is None:  # pragma: no cover
+            raise TitanError("local", "embed needs numpy")
+        header: dict = {"op": "embed", "model": _model(model), "input": _embed_input(input), "binary": True}
+        if normalize is not None:
+            header["normalize"] = _flag(normalize, "normalize")
+        if _flag(truncate, "truncate"):
+            header["truncate"] = True
+        if dimensions is not None:
+            header["dimensions"] = _positive(dimensions, "dimensions")
+        r = self.call(header)
+        x = header["input"]
+        n = 1 if isinstance(x, str) or (x and not isinstance(x[0], (list, str))) else len(x)
+        dims = r.header.get("dims")
+        out = _tensor_from(r, "embed", shape=(n, dims if type(dims) is int else -1), dtype="float32",
+                           key="embeddings")
+        if dimensions is not None and out.shape[1] != dimensions:
+            raise TitanProtocolError("protocol", f"embed asked for {dimensions} dimensions and got {out.shape[1]}",
+                                     r.header)
+        self.last_usage = _usage(r.header, "embed")
+        return out
+
+    def rerank(self, model: str, query: str, documents: Sequence[str], *, top_n: Optional[int] = None,
+               truncate: bool = False) -> Ranking:
+        """Scores each document against the query with a cross-encoder served by `--models`; returns a
+        Ranking: a list of RerankResult(index, score, relevance_score), best first, with the same as numpy
+        arrays (`indices`, `scores`, `relevance_scores`). top_n: only the best n. truncate: cut each
+        (query, document) pair over max_tokens instead of refusing it. The token counts are also left in
+        `last_usage`.
+
+        Raises TitanNotFound, TitanUnsupported (a bi-encoder, or a cross-encoder with more than one label),
+        TitanBadRequest (e.g. no documents), TitanTooLarge, TitanBusy; ValueError for a bad option."""
+        if np is None:  # pragma: no cover
+            raise TitanError("local", "rerank needs numpy")
+        docs = documents if isinstance(documents, (str, bytes)) else list(documents)
+        header: dict = {"op": "rerank", "model": _model(model), "query": query, "documents": docs}
+        if top_n is not None:
+            header["top_n"] = _positive(top_n, "top_n")
+        if _flag(truncate, "truncate"):
+            header["truncate"] = True
+        h = self.call(header).header
+        res = h.get("results")
+        want = min(len(docs), top_n if top_n is not None else len(docs)) if isinstance(docs, list) else -1
+        if not isinstance(res, list) or len(res) != want:
+            raise TitanProtocolError("protocol", f"rerank reply lacks \"results\" for its {want} document(s)", h)
+        out, seen = [], set()
+        for x in res:
+            ok = isinstance(x, dict) and type(x.get("index")) is int and 0 <= x["index"] < len(docs) and \
+                x["index"] not in seen and all(type(x.get(k)) in (int, float) for k in ("score", "relevance_score"))
+            if not ok:
+                raise TitanProtocolError("protocol", f"malformed rerank result {x!r}", h)
+            seen.add(x["index"])
+            out.append(RerankResult(x["index"], float(x["score"]), float(x["relevance_score"])))
+        self.last_usage = _usage(h, "rerank")
+        return Ranking(out, h.get("model") if isinstance(h.get("model"), str) else None, self.last_usage)
+
 
 def _plain(x: Any) -> Any:
     """Nested sequences (numpy arrays too) as nested lists of floats, for the JSON form."""
     if np is not None and isinstance(x, np.ndarray):
         return x.tolist()
     return [_plain(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+def _model(x: Any) -> str:
+    if not isinstance(x, str) or not x:
+        raise ValueError(f"model must be a model's name (a non-empty str; list_models names them), got {x!r}")
+    return x
+
+
+def _flag(x: Any, what: str) -> bool:
+    if not isinstance(x, bool):
+        raise ValueError(f"{what} must be True or False, got {x!r}")
+    return x
+
+
+def _positive(x: Any, what: str) -> int:
+    if np is not None and isinstance(x, np.integer):
+        x = int(x)
+    if type(x) is not int or x < 1:
+        raise ValueError(f"{what} must be a positive integer, got {x!r}")
+    return x
+
+
+def _ids(x: Any) -> Any:
+    """One input's token ids as plain ints where they are numpy's (anything else goes as it is)."""
+    if np is not None and isinstance(x, np.ndarray):
+        if x.dtype.kind not in "iu":
+            raise ValueError(f"token ids must be integers, got a {x.dtype} array")
+        return x.tolist()
+    if isinstance(x, (list, tuple)):
+        return [int(v) if np is not None and isinstance(v, np.integer) else v for v in x]
+    return int(x) if np is not None and isinstance(x, np.integer) else x
+
+
+def _embed_input(x: Any) -> Any:
+    """embed's input as plain JSON values: a str, or a list of str, ids or lists of ids (numpy arrays and
+    integers made lists and ints). Whether it is a valid input (not empty, not mixed) the worker says."""
+    if isinstance(x, str):
+        return x
+    if np is not None and isinstance(x, np.ndarray):
+        if x.ndim not in (1, 2):
+            raise ValueError(f"token ids must be a 1-D or 2-D array, got {x.ndim}-D")
+        return _ids(x)
+    if isinstance(x, (list, tuple)):
+        return [v if isinstance(v, str) else _ids(v) for v in x]
+    raise ValueError("input must be a str, a list of str, a list of token ids or a list of lists of token ids, "
+                     f"got {type(x).__name__}")
+
+
+def _usage(h: dict, what: str) -> dict:
+    u = h.get("usage")
+    if not isinstance(u, dict) or any(type(u.get(k)) is not int or u[k] < 0
+                                      for k in ("prompt_tokens", "total_tokens")):
+        raise TitanProtocolError("protocol", f"{what} reply lacks \"usage\" with prompt_tokens and total_tokens", h)
+    return {"prompt_tokens": u["prompt_tokens"], "total_tokens": u["total_tokens"]}
