@@ -48,6 +48,65 @@ export interface MatmulResidentOptions {
   keep?: boolean;
 }
 
+/** One input's token ids (the model's whole input, `[CLS] … [SEP]` included): numbers or an integer typed array. */
+export type TokenIds = number[] | Int8Array | Uint8Array | Int16Array | Uint16Array | Int32Array | Uint32Array;
+
+/** `embed`'s input: a text, several texts, one input's token ids, or several inputs' ids (PROTOCOL.md §5.8). */
+export type EmbedInput = string | string[] | TokenIds | TokenIds[];
+
+/** Options of embed (PROTOCOL.md §5.8). */
+export interface EmbedOptions {
+  /** L2-normalise each embedding. Default: the model's own choice (a sentence-transformers Normalize module). */
+  normalize?: boolean;
+  /** Cut an input over the model's max_tokens instead of refusing it (`bad_request`). Default false. */
+  truncate?: boolean;
+  /** A smaller embedding size, one the model's manifest lists (Matryoshka models). */
+  dimensions?: number;
+}
+
+/** Tokens an `embed` or `rerank` request ran, special tokens included (the reply's `usage`). */
+export interface EncoderUsage {
+  promptTokens: number;
+  totalTokens: number;
+}
+
+/**
+ * What embed resolves with: the embeddings as one row-major Float32Array `data` of `shape` [n, dims]
+ * (n inputs, in the request's order), the same rows as `embeddings` (views into `data`, not copies),
+ * the model's name, `dims` and the tokens run.
+ */
+export interface Embeddings extends Tensor<Float32Array> {
+  embeddings: Float32Array[];
+  model: string;
+  dims: number;
+  usage: EncoderUsage;
+}
+
+/** Options of rerank. */
+export interface RerankOptions {
+  /** Answer only the best n documents. */
+  topN?: number;
+  /** Cut a (query, document) pair over max_tokens instead of refusing it. Default false. */
+  truncate?: boolean;
+}
+
+/** One document of a rerank answer. */
+export interface RerankResult {
+  /** Its index in the request's documents. */
+  index: number;
+  /** The cross-encoder's raw logit. */
+  score: number;
+  /** The logit's sigmoid, from 0 to 1. */
+  relevanceScore: number;
+}
+
+/** What rerank resolves with: the results best first (ties in the documents' order), the model, the tokens run. */
+export interface Ranking {
+  results: RerankResult[];
+  model: string;
+  usage: EncoderUsage;
+}
+
 const Z85 = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
 /** Printable ASCII without the space: what an identity (a routing id) may hold. */
 const IDENTITY = /^[\x21-\x7e]{1,64}$/;
@@ -343,6 +402,60 @@ export class TitanClient {
     return this.tensorFromReply(reply, undefined, 2) as Tensor<FloatArray>;
   }
 
+  /**
+   * `embed` (PROTOCOL.md §5.8): embeds texts or token ids with a bi-encoder of a worker started with
+   * `--models DIR`. Always asks for the binary form, so the values arrive as float32 bytes, never as
+   * JSON numbers. What the input holds (not empty, not mixed, ids within the vocabulary, within
+   * max_tokens) is the worker's to judge: it rejects with TitanError `bad_request`; `not_found` for a
+   * model it does not serve, `unsupported` for a cross-encoder (use rerank), TitanBusyError when the
+   * model's queue is full. Bad options throw TypeError before anything is sent.
+   */
+  async embed(model: string, input: EmbedInput, opts: EmbedOptions = {}): Promise<Embeddings> {
+    const plain = embedInput(input);
+    const header: Record<string, unknown> = { op: "embed", model: checkModel(model), input: plain, binary: true };
+    if (opts.normalize !== undefined) header.normalize = checkBool("normalize", opts.normalize);
+    if (opts.truncate !== undefined && checkBool("truncate", opts.truncate)) header.truncate = true;
+    if (opts.dimensions !== undefined) header.dimensions = checkPositive("dimensions", opts.dimensions);
+    const reply = await this.request(header);
+    const h = reply.header;
+    const t = this.tensorFromReply(reply, "float32", 2, "embeddings");
+    const [n, d] = t.shape;
+    // A string or a flat list of ids is one input; otherwise one row per element.
+    const want = typeof plain === "string" || (plain.length > 0 && typeof plain[0] === "number") ? 1 : plain.length;
+    if (n !== want || d !== h.dims || (opts.dimensions !== undefined && d !== opts.dimensions) || typeof h.model !== "string")
+      throw new TitanError("protocol", `an embed reply that does not fit its ${want} input(s): ${JSON.stringify(h)}`, h);
+    const data = t.data as Float32Array;
+    const embeddings = Array.from({ length: n }, (_, i) => data.subarray(i * d, (i + 1) * d));
+    return { data, shape: [n, d], embeddings, model: h.model, dims: d, usage: usageFrom(h, "embed") };
+  }
+
+  /**
+   * `rerank` (PROTOCOL.md §5.8): scores each document against the query with a cross-encoder and
+   * resolves with the results best first (only the best `topN` when given). Rejects with TitanError
+   * `not_found`, `unsupported` (a bi-encoder, or a cross-encoder with several labels), `bad_request`
+   * (no documents…), or TitanBusyError; bad options throw TypeError before anything is sent.
+   */
+  async rerank(model: string, query: string, documents: string[], opts: RerankOptions = {}): Promise<Ranking> {
+    const header: Record<string, unknown> = { op: "rerank", model: checkModel(model), query, documents };
+    if (opts.topN !== undefined) header.top_n = checkPositive("topN", opts.topN);
+    if (opts.truncate !== undefined && checkBool("truncate", opts.truncate)) header.truncate = true;
+    const h = (await this.request(header)).header;
+    const count = Array.isArray(documents) ? documents.length : -1;
+    const want = Math.min(count, opts.topN ?? count);
+    const bad = (why: string) => new TitanError("protocol", `${why}: ${JSON.stringify(h)}`, h);
+    if (!Array.isArray(h.results) || h.results.length !== want || typeof h.model !== "string")
+      throw bad(`a rerank reply without "results" for its ${want} document(s)`);
+    const seen = new Set<number>();
+    const results = h.results.map((x: any): RerankResult => {
+      if (!x || typeof x !== "object" || !Number.isInteger(x.index) || x.index < 0 || x.index >= count || seen.has(x.index) ||
+          typeof x.score !== "number" || typeof x.relevance_score !== "number")
+        throw bad("a malformed rerank result");
+      seen.add(x.index);
+      return { index: x.index, score: x.score, relevanceScore: x.relevance_score };
+    });
+    return { results, model: h.model, usage: usageFrom(h, "rerank") };
+  }
+
   /** The handle in `obj.ref` of a reply, checked. */
   private handleFromReply(reply: TitanReply, obj: any): string {
     const ref = obj && typeof obj === "object" ? obj.ref : undefined;
@@ -351,9 +464,11 @@ export class TitanClient {
     return ref;
   }
 
-  /** Decodes a binary result (`{"result": {dtype, shape, frame}}` and its frame) into a fresh array. */
-  private tensorFromReply(reply: TitanReply, dtype: string | undefined, rank: number | undefined): Tensor<FloatArray, number[]> {
-    const r = reply.header.result;
+  /** Decodes a binary result (`{"result": {dtype, shape, frame}}` and its frame; the descriptor under `key`)
+   * into a fresh array. */
+  private tensorFromReply(reply: TitanReply, dtype: string | undefined, rank: number | undefined,
+                          key = "result"): Tensor<FloatArray, number[]> {
+    const r = reply.header[key];
     const bad = (why: string) => new TitanError("protocol", `${why}: ${JSON.stringify(reply.header)}`, reply.header);
     if (!r || typeof r !== "object" || Array.isArray(r)) throw bad("unexpected result");
     if ((r.dtype !== "float32" && r.dtype !== "float64") || (dtype !== undefined && r.dtype !== dtype))
@@ -491,6 +606,49 @@ export class TitanClient {
       attempts,
     );
   }
+}
+
+const INT_ARRAYS = [Int8Array, Uint8Array, Int16Array, Uint16Array, Int32Array, Uint32Array];
+
+function isIntArray(x: unknown): x is Exclude<TokenIds, number[]> {
+  return INT_ARRAYS.some((T) => x instanceof T);
+}
+
+/**
+ * embed's input as plain JSON values: integer typed arrays become arrays of numbers. Whether it is a
+ * valid input (not empty, not mixed, integers) is the worker's to say; only what JSON cannot carry
+ * as meant is refused here.
+ */
+function embedInput(x: unknown): string | unknown[] {
+  if (typeof x === "string") return x;
+  if (isIntArray(x)) return Array.from(x);
+  if (Array.isArray(x)) return x.map((v) => (isIntArray(v) ? Array.from(v) : v));
+  throw new TypeError("input must be a string, an array of strings, token ids (numbers or an integer typed array) or an array of them");
+}
+
+function checkModel(model: unknown): string {
+  if (typeof model !== "string" || model.length === 0)
+    throw new TypeError(`model must be a model's name (a non-empty string; list_models names them), got ${JSON.stringify(model)}`);
+  return model;
+}
+
+function checkBool(name: string, x: unknown): boolean {
+  if (typeof x !== "boolean") throw new TypeError(`${name} must be a boolean`);
+  return x;
+}
+
+function checkPositive(name: string, x: unknown): number {
+  if (!Number.isSafeInteger(x) || (x as number) < 1) throw new TypeError(`${name} must be a positive integer, got ${JSON.stringify(x)}`);
+  return x as number;
+}
+
+/** The reply's `usage`, checked, in this client's camelCase. */
+function usageFrom(h: any, what: string): EncoderUsage {
+  const u = h.usage;
+  const ok = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
+  if (!u || typeof u !== "object" || !ok(u.prompt_tokens) || !ok(u.total_tokens))
+    throw new TitanError("protocol", `${what}'s reply lacks "usage" with prompt_tokens and total_tokens: ${JSON.stringify(h)}`, h);
+  return { promptTokens: u.prompt_tokens, totalTokens: u.total_tokens };
 }
 
 /** Checks a tensor shape: 1 to 8 positive integers. */
