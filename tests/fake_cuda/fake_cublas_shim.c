@@ -13,6 +13,7 @@ extern __typeof__(cublasSetStream_v2) fake_cublasSetStream_v2;
 extern __typeof__(cublasSgemm_v2) fake_cublasSgemm_v2;
 extern __typeof__(cublasDgemm_v2) fake_cublasDgemm_v2;
 extern __typeof__(cublasGetVersion_v2) fake_cublasGetVersion_v2;
+extern __typeof__(cublasSgemmStridedBatched) fake_cublasSgemmStridedBatched;
 
 cublasStatus_t cublasCreate_v2(cublasHandle_t *handle)
 {
@@ -55,4 +56,13 @@ cublasStatus_t cublasDgemm_v2(cublasHandle_t handle, cublasOperation_t transa, c
                               int ldb, const double *beta, double *C, int ldc)
 {
     return fake_cublasDgemm_v2(handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
+                                         int m, int n, int k, const float *alpha, const float *A, int lda,
+                                         long long strideA, const float *B, int ldb, long long strideB,
+                                         const float *beta, float *C, int ldc, long long strideC, int batchCount)
+{
+    return fake_cublasSgemmStridedBatched(handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB,
+                                          beta, C, ldc, strideC, batchCount);
 }

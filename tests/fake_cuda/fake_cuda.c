@@ -57,6 +57,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include "cuda_bert.h"
+
 #define FAKE_LOCKDEP_NO_WRAP /* the fake's own locks are not checked */
 #include "fake_lockdep.h"
 
@@ -119,7 +121,7 @@ typedef struct s_alloc {
     struct s_alloc *next;
 } s_alloc;
 
-typedef enum { S_OP_COPY, S_OP_GEMM, S_OP_PROBE } s_op_kind;
+typedef enum { S_OP_COPY, S_OP_GEMM, S_OP_PROBE, S_OP_BERT } s_op_kind;
 
 typedef struct {
     s_op_kind kind;
@@ -128,6 +130,7 @@ typedef struct {
     size_t bytes;
     /* GEMM */
     bool f64;
+    bool ta, tb; /* A, B read transposed (CUBLAS_OP_T) */
     int m, n, k, lda, ldb, ldc;
     double alpha, beta;
     const void *A, *B;
@@ -135,6 +138,9 @@ typedef struct {
     /* probe */
     unsigned *buf;
     unsigned count;
+    /* an encoder kernel (cuda_bert.h): its items, run one after another */
+    int bert_kind;
+    titan_cuda_bk bert;
 } s_op;
 
 struct CUstream_st {
@@ -165,7 +171,7 @@ static uint64_t s_used[S_MAX_DEVICES], s_peak; /* s_peak: the most any one devic
 static long s_dev_live[S_MAX_DEVICES], s_dev_allocs_total[S_MAX_DEVICES];
 static long s_pinned_live, s_pinned_peak, s_streams_live, s_events_live, s_handles_live;
 static long s_oom_count;
-static atomic_long s_invalid, s_gemms, s_mallocs, s_locked_waits, s_cross_device;
+static atomic_long s_invalid, s_gemms, s_mallocs, s_locked_waits, s_cross_device, s_batched, s_bert_launches;
 static atomic_bool s_sticky;
 static __thread cudaError_t t_last;
 static __thread int t_dev; /* the calling thread's current device (cudaSetDevice) */
@@ -267,12 +273,17 @@ static void s_run_op(const s_op *o)
     case S_OP_GEMM:
         if (o->m == 0 || o->n == 0) break;
         if (o->f64)
-            cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, o->m, o->n, o->k, o->alpha, o->A, o->lda, o->B,
-                        o->ldb, o->beta, o->C, o->ldc);
+            cblas_dgemm(CblasColMajor, o->ta ? CblasTrans : CblasNoTrans, o->tb ? CblasTrans : CblasNoTrans, o->m,
+                        o->n, o->k, o->alpha, o->A, o->lda, o->B, o->ldb, o->beta, o->C, o->ldc);
         else
-            cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, o->m, o->n, o->k, (float)o->alpha, o->A, o->lda,
-                        o->B, o->ldb, (float)o->beta, o->C, o->ldc);
+            cblas_sgemm(CblasColMajor, o->ta ? CblasTrans : CblasNoTrans, o->tb ? CblasTrans : CblasNoTrans, o->m,
+                        o->n, o->k, (float)o->alpha, o->A, o->lda, o->B, o->ldb, (float)o->beta, o->C, o->ldc);
         break;
+    case S_OP_BERT: {
+        long long items = titan_cuda_bk_items(o->bert_kind, &o->bert);
+        for (long long i = 0; i < items; i++) titan_cuda_bk_item(o->bert_kind, &o->bert, i);
+        break;
+    }
     }
 }
 
@@ -786,6 +797,75 @@ cudaError_t titan_cuda_probe_launch(cudaStream_t stream, unsigned *buf, unsigned
     return s_enqueue(stream, &o);
 }
 
+/* The encoder's kernels (cuda_bert.cu): each item of the same code (cuda_bert.h), run on the CPU in order when the
+ * stream runs. Every buffer the kernel touches must lie in one live device allocation on the stream's device. */
+static bool s_bert_buf(const char *what, int kind, const void *p, long long count, size_t es, int dev)
+{
+    if (count <= 0) return true;
+    if (!p || !s_in(p, (size_t)count * es, true)) {
+        s_bad("encoder kernel %d: %s %p + %lld elements is not inside one device allocation", kind, what, p, count);
+        return false;
+    }
+    if (s_dev_of(p) != dev) {
+        s_cross("encoder kernel %d: %s %p lies on device %d, the stream on device %d", kind, what, p, s_dev_of(p),
+                dev);
+        return false;
+    }
+    return true;
+}
+
+cudaError_t titan_cuda_bert_launch(cudaStream_t stream, int kind, const titan_cuda_bk *a)
+{
+    S_INIT();
+    if (atomic_load(&s_sticky)) return cudaErrorIllegalAddress;
+    if (s_no_kernel) return cudaErrorNoKernelImageForDevice;
+    if (!s_stream_ok(stream)) {
+        s_bad("encoder kernel launch: %p is not a stream", (void *)stream);
+        return cudaErrorInvalidResourceHandle;
+    }
+    if (kind < 0 || kind >= TITAN_BK_COUNT || !a) {
+        s_bad("encoder kernel launch: kind %d", kind);
+        return cudaErrorInvalidValue;
+    }
+    int dev = s_stream_dev(stream);
+    long long rc = (long long)a->rows * a->cols, T = (long long)a->nseq * a->seqlen, H = a->cols;
+    bool ok = true;
+    switch (kind) {
+    case TITAN_BK_EMBED_LN:
+        ok = a->rows == T && s_bert_buf("y", kind, a->y, rc, 4, dev) && s_bert_buf("ids", kind, a->ids, T, 4, dev) &&
+             s_bert_buf("types", kind, a->types, T, 4, dev) && s_bert_buf("gamma", kind, a->gamma, H, 4, dev) &&
+             s_bert_buf("beta", kind, a->beta, H, 4, dev) && s_bert_buf("word", kind, a->word, H, 4, dev) &&
+             s_bert_buf("pos", kind, a->pos, (long long)a->seqlen * H, 4, dev) &&
+             s_bert_buf("type", kind, a->type, H, 4, dev);
+        break;
+    case TITAN_BK_BIAS:
+    case TITAN_BK_BIAS_ACT:
+    case TITAN_BK_BIAS_TANH:
+        ok = s_bert_buf("y", kind, a->y, rc, 4, dev) && s_bert_buf("bias", kind, a->bias, H, 4, dev);
+        break;
+    case TITAN_BK_RESIDUAL_LN:
+        ok = s_bert_buf("y", kind, a->y, rc, 4, dev) && s_bert_buf("z", kind, a->z, rc, 4, dev) &&
+             s_bert_buf("bias", kind, a->bias, H, 4, dev) && s_bert_buf("gamma", kind, a->gamma, H, 4, dev) &&
+             s_bert_buf("beta", kind, a->beta, H, 4, dev);
+        break;
+    case TITAN_BK_SOFTMAX:
+        ok = s_bert_buf("scores", kind, a->y, T * a->heads * a->seqlen, 4, dev) &&
+             s_bert_buf("lens", kind, a->lens, a->nseq, 4, dev);
+        break;
+    case TITAN_BK_POOL:
+        ok = s_bert_buf("y", kind, a->y, (long long)a->nseq * H, 4, dev) && s_bert_buf("x", kind, a->x, T * H, 4, dev) &&
+             s_bert_buf("lens", kind, a->lens, a->nseq, 4, dev);
+        break;
+    case TITAN_BK_L2NORM:
+        ok = s_bert_buf("y", kind, a->y, rc, 4, dev);
+        break;
+    }
+    if (!ok) return cudaErrorInvalidValue;
+    atomic_fetch_add(&s_bert_launches, 1);
+    s_op o = {.kind = S_OP_BERT, .bert_kind = kind, .bert = *a};
+    return s_enqueue(stream, &o);
+}
+
 /* ---- cuBLAS ---- */
 
 cublasStatus_t cublasCreate_v2(cublasHandle_t *h)
@@ -880,8 +960,12 @@ static cublasStatus_t s_gemm(bool f64, cublasHandle_t h, cublasOperation_t ta, c
         return CUBLAS_STATUS_NOT_INITIALIZED;
     }
     if (atomic_load(&s_sticky)) return CUBLAS_STATUS_EXECUTION_FAILED;
-    if (ta != CUBLAS_OP_N || tb != CUBLAS_OP_N) return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (m < 0 || n < 0 || k < 0 || lda < (m > 1 ? m : 1) || ldb < (k > 1 ? k : 1) || ldc < (m > 1 ? m : 1)) {
+    if ((ta != CUBLAS_OP_N && ta != CUBLAS_OP_T) || (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    bool at = ta == CUBLAS_OP_T, bt = tb == CUBLAS_OP_T;
+    /* A is stored m x k (k x m transposed), B k x n (n x k), column-major. */
+    int ar = at ? k : m, ac = at ? m : k, br = bt ? n : k, bc = bt ? k : n;
+    if (m < 0 || n < 0 || k < 0 || lda < (ar > 1 ? ar : 1) || ldb < (br > 1 ? br : 1) || ldc < (m > 1 ? m : 1)) {
         s_bad("%s: m %d n %d k %d lda %d ldb %d ldc %d", fn, m, n, k, lda, ldb, ldc);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
@@ -900,7 +984,7 @@ static cublasStatus_t s_gemm(bool f64, cublasHandle_t h, cublasOperation_t ta, c
         return CUBLAS_STATUS_EXECUTION_FAILED;
     }
     size_t es = f64 ? sizeof(double) : sizeof(float);
-    if (!s_matrix_ok(A, m, k, lda, es) || !s_matrix_ok(B, k, n, ldb, es) || !s_matrix_ok(C, m, n, ldc, es)) {
+    if (!s_matrix_ok(A, ar, ac, lda, es) || !s_matrix_ok(B, br, bc, ldb, es) || !s_matrix_ok(C, m, n, ldc, es)) {
         s_bad("%s: an operand (A %p %dx%d lda %d, B %p %dx%d ldb %d, C %p %dx%d ldc %d) is not inside one device "
               "allocation",
               fn, A, m, k, lda, B, k, n, ldb, C, m, n, ldc);
@@ -919,9 +1003,27 @@ static cublasStatus_t s_gemm(bool f64, cublasHandle_t h, cublasOperation_t ta, c
             }
         }
     }
-    s_op o = {.kind = S_OP_GEMM, .f64 = f64, .m = m, .n = n, .k = k, .lda = lda, .ldb = ldb, .ldc = ldc,
-              .alpha = alpha, .beta = beta, .A = A, .B = B, .C = C};
+    s_op o = {.kind = S_OP_GEMM, .f64 = f64, .ta = at, .tb = bt, .m = m, .n = n, .k = k, .lda = lda, .ldb = ldb,
+              .ldc = ldc, .alpha = alpha, .beta = beta, .A = A, .B = B, .C = C};
     return s_enqueue(h->stream, &o) == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
+}
+
+/* cublasSgemmStridedBatched: batchCount GEMMs, operand i at A + i strideA (B, C alike), each checked as one; one
+ * call for FAKE_CUDA_STICKY_AFTER's count (s_gemm counts each, so the count is taken back). */
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                         int k, const float *alpha, const float *A, int lda, long long strideA,
+                                         const float *B, int ldb, long long strideB, const float *beta, float *C,
+                                         int ldc, long long strideC, int batchCount)
+{
+    if (!alpha || !beta || batchCount < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    for (int i = 0; i < batchCount; i++) {
+        cublasStatus_t st = s_gemm(false, h, ta, tb, m, n, k, *alpha, *beta, A + i * strideA, lda, B + i * strideB,
+                                   ldb, C + i * strideC, ldc);
+        if (st != CUBLAS_STATUS_SUCCESS) return st;
+        if (i > 0) atomic_fetch_sub(&s_gemms, 1);
+    }
+    atomic_fetch_add(&s_batched, 1);
+    return CUBLAS_STATUS_SUCCESS;
 }
 
 cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
@@ -967,11 +1069,13 @@ __attribute__((destructor)) static void s_report(void)
             "{\"devices\":%d,\"device_bytes_in_use\":%llu,\"device_allocs_live\":%ld,\"pinned_live\":%ld,"
             "\"pinned_peak\":%ld,\"streams_live\":%ld,\"events_live\":%ld,\"handles_live\":%ld,"
             "\"device_allocs_total\":%ld,\"peak_bytes\":%llu,\"oom\":%ld,\"gemm_calls\":%ld,\"malloc_calls\":%ld,"
-            "\"invalid_calls\":%ld,\"cross_device\":%ld,\"locked_waits\":%ld,\"sticky\":%s",
+            "\"invalid_calls\":%ld,\"cross_device\":%ld,\"locked_waits\":%ld,\"sticky\":%s,"
+            "\"gemm_batched_calls\":%ld,\"bert_launches\":%ld",
             s_ndev, (unsigned long long)used, live, s_pinned_live, s_pinned_peak, s_streams_live, s_events_live,
             s_handles_live, total, (unsigned long long)s_peak, s_oom_count, atomic_load(&s_gemms),
             atomic_load(&s_mallocs), atomic_load(&s_invalid), atomic_load(&s_cross_device),
-            atomic_load(&s_locked_waits), atomic_load(&s_sticky) ? "true" : "false");
+            atomic_load(&s_locked_waits), atomic_load(&s_sticky) ? "true" : "false", atomic_load(&s_batched),
+            atomic_load(&s_bert_launches));
     s_json_longs(f, "device_allocs_total_by_device", s_dev_allocs_total);
     s_json_longs(f, "device_allocs_live_by_device", s_dev_live);
     /* null where fake_lockdep.c is not linked in: nothing was checked */

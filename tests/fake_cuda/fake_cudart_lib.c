@@ -14,7 +14,9 @@
  *     __cudaUnregisterFatBinary, __cudaRegisterFunction, __cudaPush/PopCallConfiguration, __cudaGetKernel and
  *     __cudaLaunchKernel (CUDA 13's stubs), cudaLaunchKernel (CUDA 11 and 12's). The one kernel the module
  *     carries, s_probe (cuda_kernels.cu: buf[i] = i * 3 + 1 for i < n), is recognised by its registered
- *     device name and run by fake_cuda.c's probe; any other kernel fails with cudaErrorInvalidDeviceFunction.
+ *     device name and run by fake_cuda.c's probe, and so are cuda_bert.cu's encoder kernels (extern "C" names,
+ *     cuda_bert.h's TITAN_BK_NAMES, one titan_cuda_bk argument), run by fake_cuda.c's titan_cuda_bert_launch
+ *     (cuda_bert.h's items on the CPU); any other kernel fails with cudaErrorInvalidDeviceFunction.
  *     The fatbinary itself is not read: the probe runs whatever architectures the module was built for;
  *   - cudaGetLastError and cudaPeekAtLastError, which also report a failed launch, as the real ones do;
  *   - what bench_gpu calls: cudaMemcpy, cudaMemset, cublasGetVersion_v2, and cudaDeviceSynchronize around
@@ -34,6 +36,8 @@
 #define cudaPeekAtLastError s_inner_peek_last_error
 #define cudaDeviceSynchronize s_inner_device_synchronize
 #define titan_cuda_probe_launch s_inner_probe_launch
+#define titan_cuda_bert_launch s_inner_bert_launch
+#define cublasSgemmStridedBatched fake_cublasSgemmStridedBatched
 #define titan_cuda_archs fake_cudart_archs_unused
 #include "fake_cuda.c"
 #undef cublasCreate_v2
@@ -45,6 +49,8 @@
 #undef cudaPeekAtLastError
 #undef cudaDeviceSynchronize
 #undef titan_cuda_probe_launch
+#undef titan_cuda_bert_launch
+#undef cublasSgemmStridedBatched
 #undef titan_cuda_archs
 
 #include <unistd.h>
@@ -198,9 +204,24 @@ static cudaError_t s_launch(const struct CUkern_st *k, dim3 grid, dim3 block, vo
         fprintf(stderr, "fake_cudart: launch of a kernel that was never registered\n");
         return s_launch_err(cudaErrorInvalidDeviceFunction);
     }
+    static const char *const bert_names[TITAN_BK_COUNT] = TITAN_BK_NAMES;
+    for (int kind = 0; kind < TITAN_BK_COUNT; kind++) {
+        if (strcmp(k->name, bert_names[kind]) != 0) continue;
+        /* cuda_bert.cu's kernels take one titan_cuda_bk; the grid must cover every item, as the kernel's
+         * launch computes it. */
+        if (!args || !args[0]) return s_launch_err(cudaErrorInvalidValue);
+        const titan_cuda_bk *a = args[0];
+        unsigned long long threads = (unsigned long long)grid.x * grid.y * grid.z * block.x * block.y * block.z;
+        if ((long long)threads < titan_cuda_bk_items(kind, a)) {
+            fprintf(stderr, "fake_cudart: kernel %s launched with %llu threads for %lld items\n", k->name, threads,
+                    titan_cuda_bk_items(kind, a));
+            return s_launch_err(cudaErrorInvalidConfiguration);
+        }
+        return s_launch_err(s_inner_bert_launch(stream, kind, a));
+    }
     if (strcmp(k->name, S_PROBE_NAME) != 0) {
-        fprintf(stderr, "fake_cudart: no emulation for kernel %s (only %s, cuda_kernels.cu's probe)\n", k->name,
-                S_PROBE_NAME);
+        fprintf(stderr, "fake_cudart: no emulation for kernel %s (only %s, cuda_kernels.cu's probe, and cuda_bert.cu's "
+                "kernels)\n", k->name, S_PROBE_NAME);
         return s_launch_err(cudaErrorInvalidDeviceFunction);
     }
     if (!args || !args[0] || !args[1]) return s_launch_err(cudaErrorInvalidValue);

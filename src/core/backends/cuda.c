@@ -21,6 +21,7 @@
 #include "devpool.h"
 #include "nvml.h"
 #include "select.h"
+#include "cuda_internal.h"
 
 /* cuda_err.c restates these numbers for machines without CUDA: check them against the headers. */
 _Static_assert(cudaErrorMemoryAllocation == 2, "cudaErrorMemoryAllocation");
@@ -54,39 +55,6 @@ static size_t s_workspace_bytes(int major, uint64_t total)
     size_t ws = (size_t)(major >= 9 ? 32 : 4) << 20;
     return total / 64 < ws ? (size_t)(total / 64) & ~(size_t)255 : ws;
 }
-
-typedef struct s_exec {
-    cudaStream_t stream[2];
-    /* One cuBLAS handle per stream, bound once: a handle's workspace is not safe to share between
-     * two streams whose work overlaps. */
-    cublasHandle_t blas[2];
-    void *ws[2];                      /* each handle's workspace, from the pool (NULL: cuBLAS's own) */
-    size_t ws_counted;                /* workspace bytes this executor adds to c->ws_bytes */
-    void *stage_in[2], *stage_out[2]; /* pinned */
-    size_t stage_bytes;
-    struct s_exec *next;
-} s_exec;
-
-/* Locks: `lock` and `stats_lock` are leaves. Nothing else is taken, and no CUDA call made, while either
- * is held (the pool's own lock is also a leaf: devpool.c calls cudaMalloc and cudaFree without it). */
-typedef struct {
-    titan_backend be; /* first: the backend's pointer is this object's */
-    int dev;
-    uint64_t total_bytes;
-    titan_devpool *pool;
-    pthread_key_t exec_key;
-    size_t stage_bytes;
-    size_t ws_bytes_per_handle;
-    atomic_uint_least64_t ws_bytes; /* the executors' cuBLAS workspaces, set or cuBLAS's own */
-    pthread_mutex_t lock;           /* execs, poison */
-    s_exec *execs;
-    atomic_bool poisoned;
-    char poison[256];
-    titan_nvml *nvml;
-    pthread_mutex_t stats_lock; /* t_stats, last */
-    double t_stats;
-    titan_device_stats last;
-} s_cuda;
 
 /* CUDA's current device is per thread, and executors, the tensor sweeper and the threads that read the
  * figures all call in: every path to the runtime binds the calling thread to this backend's device
@@ -588,6 +556,7 @@ static bool s_ready(titan_backend *be, char *why, size_t cap)
 static void s_destroy(titan_backend *be)
 {
     s_cuda *c = (s_cuda *)be;
+    titan_cuda_bert_free_all(c); /* encoders' weights no model released (before the pool goes) */
     /* The executors have stopped; their resources are freed here, from the list. */
     while (c->execs) {
         s_exec *x = c->execs;
@@ -658,6 +627,43 @@ static int s_self_test(s_cuda *c, char *errbuf, size_t errcap)
         return -EIO;
     }
     return 0;
+}
+
+/* The helpers, for cuda_bert.c (cuda_internal.h). */
+cudaError_t titan_cuda_i_bind(s_cuda *c)
+{
+    return s_bind(c);
+}
+
+s_exec *titan_cuda_i_exec(s_cuda *c, titan_error *err)
+{
+    return s_exec_get(c, err);
+}
+
+bool titan_cuda_i_poisoned(s_cuda *c, titan_error *err)
+{
+    return s_poisoned(c, err);
+}
+
+int titan_cuda_i_fail_rt(s_cuda *c, titan_error *err, cudaError_t e, const char *what, uint64_t need)
+{
+    return s_fail_rt(c, err, e, what, need);
+}
+
+int titan_cuda_i_fail_blas(s_cuda *c, titan_error *err, cublasStatus_t st, const char *what, uint64_t need)
+{
+    return s_fail_blas(c, err, st, what, need);
+}
+
+int titan_cuda_i_dev_get(s_cuda *c, size_t bytes, uint64_t need, void **p, titan_error *err)
+{
+    return s_dev_get(c, bytes, need, p, err);
+}
+
+int titan_cuda_i_copy(s_cuda *c, s_exec *x, void *dst, const void *src, size_t bytes, bool to_device,
+                      titan_error *err)
+{
+    return s_copy(c, x, dst, src, bytes, to_device, err);
 }
 
 static void s_version(char *buf, size_t cap, int v)
@@ -739,6 +745,8 @@ int titan_backend_cuda_open(int index, const titan_cuda_opts *opts, titan_backen
     be->download = s_download;
     be->stats = s_stats;
     be->ready = s_ready;
+    be->bert_forward = titan_cuda_bert_forward;
+    be->bert_release = titan_cuda_bert_release;
     be->destroy = s_destroy;
     /* Set aside for the executors' cuBLAS workspaces (two handles each): not for resident tensors. */
     int execs = opts && opts->executors > 0 ? opts->executors : 1;
