@@ -287,6 +287,26 @@ else
   echo "bench: jobs skipped: needs redis-server and python3-redis (scripts/deps.sh bench installs them)"
 fi
 
+# 7. Embeddings (issue 20): a MiniLM-L6-shaped encoder served by a titan-worker of its own, over ZeroMQ (embed)
+#    and HTTP (POST /v1/embeddings), against torch in-process with the same threads.
+echo
+echo "== embeddings (bench_embed; MiniLM-L6 shape, random weights; ratio = titan / torch)"
+if run_bench 1200 "embeddings: titan (ZeroMQ, HTTP) vs torch in-process" "$PY" bench/bench_embed.py "$WORKER"; then
+  echo
+  row "measure" "titan" "reference" "ratio" "target" "result"
+  for c in b32x128 b1x128 b1x16; do
+    for p in zmq http; do
+      l="embed case=$c path=$p "
+      r=$(kv "$l" ratio); target="-"; result="info"
+      [ "$c" = b1x128 ] && { target="<= 1.2x"; result=$(verdict "$r" "<=" 1.2); }
+      [ "$c" = b32x128 ] && { target="<= 1.0x"; result=$(verdict "$r" "<=" 1.0); }
+      row "embed $c $p, ms (vs torch)" "$(kv "$l" titan_ms)" "$(kv "$l" torch_ms)" "${r:+${r}x}" "$target" "$result"
+    done
+  done
+  echo "note: at b32x128 a ratio <= 1.0 is throughput >= torch's; $(kv "embed_summary " threads) threads each side; check=$(kv "embed_summary " check)"
+  grep -q 'check=WRONG' "$TMP/results" && { echo "bench: titan's embeddings differ from torch's" >&2; BROKEN=1; }
+fi
+
 if [ "$BROKEN" != 0 ]; then
   echo "bench: something broke (see the messages above); the summary is incomplete" >&2
   exit 1

@@ -8,6 +8,7 @@
 
 #include "titan/tensor.h"
 
+#include "encoder/bert.h"
 #include "error.h"
 
 typedef struct {
@@ -80,6 +81,15 @@ struct titan_backend {
     /* False, with the reason in why, when the device can no longer compute (a sticky CUDA error
      * poisoned its context); the worker then reports itself not ready. NULL: always ready. */
     bool (*ready)(titan_backend *be, char *why, size_t cap);
+    /* A BERT-family encoder's forward pass on the device (encoder/bert.h's titan_bert_forward_cpu, same inputs,
+     * checks and outputs: n x hidden pooled embeddings, L2-normalised when `normalize`, or n x num_labels logits,
+     * in host memory). The backend keeps a device copy of m's weights from the first call until bert_release(m).
+     * Safe from several executors at once. Returns 0, or -1 with err (too_large: device memory; device_error).
+     * NULL: the backend has none, and the CPU forward pass runs. */
+    int (*bert_forward)(titan_backend *be, const titan_bert *m, const titan_bert_input *in, size_t n, bool normalize,
+                        float *out, titan_error *err);
+    /* Frees the device copy of m's weights (before m is freed); takes a model it never saw. */
+    void (*bert_release)(titan_backend *be, const titan_bert *m);
     void (*destroy)(titan_backend *be);
 };
 

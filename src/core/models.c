@@ -6,9 +6,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <limits.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "backend.h"
 #include "clock.h"
+#include "encoder/bert.h"
+#include "encoder/encoder.h"
 #include "models.h"
 
 #define S_MAX_MODELS 256
@@ -30,7 +35,10 @@ typedef struct {
 
 typedef struct {
     char *name, *path, *device;
-    const titan_runner *runner;
+    const titan_runner *runner; /* &s_bert_runner for an encoder */
+    bool encoder;               /* a BERT-family model directory: embed and rerank (encoder.h) */
+    titan_encoder_opts eopts;
+    titan_bert_config ecfg;     /* its config.json, read when the registry is built */
     s_spec in[TITAN_RUNNER_MAX_TENSORS], out[TITAN_RUNNER_MAX_TENSORS];
     int nin, nout;
     uint64_t bytes;   /* the file's size: the memory estimate */
@@ -40,6 +48,7 @@ typedef struct {
 } s_model;
 
 struct titan_models {
+    titan_backend *backend; /* encoders run their forward pass on it when it has one (NULL: the CPU) */
     pthread_mutex_t mu; /* guards everything below and each model's inst, last_used, tick */
     s_model *models;
     size_t n;
@@ -48,6 +57,21 @@ struct titan_models {
     uint64_t tick;
     void (*note)(const char *msg);
 };
+
+/* Encoders are served by the core itself (encoder.h), not by a loadable runner; this entry gives them a name in
+ * list_models and frees them. They are loaded by s_ensure_loaded and run by titan_models_encode. */
+static void s_bert_unload(void *h)
+{
+    titan_encoder *e = h;
+    titan_encoder_free(&e);
+}
+
+static void s_bert_describe(char *buf, size_t cap)
+{
+    snprintf(buf, cap, "titan BERT encoder, cpu");
+}
+
+static const titan_runner s_bert_runner = {"bert", NULL, NULL, s_bert_unload, s_bert_describe};
 
 static void s_spec_free(s_spec *s, int n)
 {
@@ -91,6 +115,78 @@ static int s_parse_specs(json_t *arr, const char *what, s_spec *out, int *n, cha
     return 0;
 }
 
+static bool s_name_taken(const titan_models *m, const char *name)
+{
+    for (size_t i = 0; i < m->n; i++)
+        if (strcmp(m->models[i].name, name) == 0) return true;
+    return false;
+}
+
+/* An encoder: the model directory `mdir` served as `name`, with a manifest's options (manifest may be NULL).
+ * Reads its config.json now, so that a model the worker cannot serve stops the start with the reason. `where`
+ * names the manifest or directory in errors. */
+static int s_read_encoder(titan_models *m, const char *name, const char *mdir, json_t *manifest, const char *where,
+                          s_model *md, char *err, size_t errcap)
+{
+    memset(md, 0, sizeof(*md));
+    if (s_name_taken(m, name)) {
+        snprintf(err, errcap, "%s: model name '%s' is used twice", where, name);
+        return -EINVAL;
+    }
+    titan_encoder_opts_default(&md->eopts);
+    char sub[300];
+    if (manifest && titan_encoder_opts_parse(manifest, &md->eopts, sub, sizeof(sub))) {
+        snprintf(err, errcap, "%s: %s", where, sub);
+        return -EINVAL;
+    }
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/config.json", mdir);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errcap, "%s: %s: %s (a model directory needs the config.json that came with it)", where, path,
+                 strerror(errno));
+        return -EINVAL;
+    }
+    enum { CONFIG_MAX = 1 << 20 };
+    char *text = malloc(CONFIG_MAX + 1);
+    size_t len = text ? fread(text, 1, CONFIG_MAX + 1, f) : 0;
+    fclose(f);
+    if (!text || len > CONFIG_MAX) {
+        free(text);
+        snprintf(err, errcap, "%s: %s is %s", where, path, text ? "over 1 MiB: not a model's config" : "unreadable (out of memory)");
+        return -EINVAL;
+    }
+    titan_error cerr = {0};
+    int rc = titan_bert_config_parse(text, len, &md->ecfg, &cerr);
+    free(text);
+    if (rc) {
+        snprintf(err, errcap, "%s: %s: %s", where, path, cerr.msg);
+        return -EINVAL;
+    }
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/model.safetensors", mdir);
+    if (stat(path, &st) != 0) {
+        snprintf(err, errcap, "%s: %s: %s (titan reads the weights from model.safetensors)", where, path,
+                 strerror(errno));
+        return -EINVAL;
+    }
+    md->bytes = (uint64_t)st.st_size;
+    md->encoder = true;
+    md->runner = &s_bert_runner;
+    md->name = strdup(name);
+    md->path = strdup(mdir);
+    md->device = strdup("cpu");
+    if (!md->name || !md->path || !md->device) {
+        free(md->name);
+        free(md->path);
+        free(md->device);
+        memset(md, 0, sizeof(*md));
+        snprintf(err, errcap, "out of memory");
+        return -ENOMEM;
+    }
+    return 0;
+}
+
 static int s_read_manifest(titan_models *m, const char *dir, const char *file, const titan_runner *const *runners,
                            size_t nrunners, s_model *md, char *err, size_t errcap)
 {
@@ -117,6 +213,15 @@ static int s_read_manifest(titan_models *m, const char *dir, const char *file, c
         snprintf(err, errcap, "%s: \"device\" must be auto, cpu or cuda, not '%s'", path, device);
         goto out;
     }
+    if (strcmp(rname, "bert") == 0) {
+        /* An encoder's manifest names its directory in "file" and sets serving options (encoder.h). */
+        char mdir[4096];
+        if (mfile[0] == '/') snprintf(mdir, sizeof(mdir), "%s", mfile);
+        else snprintf(mdir, sizeof(mdir), "%s/%s", dir, mfile);
+        rc = s_read_encoder(m, name, mdir, o, path, md, err, errcap);
+        json_decref(o);
+        return rc;
+    }
     for (size_t i = 0; i < nrunners && !md->runner; i++)
         if (strcmp(runners[i]->name, rname) == 0) md->runner = runners[i];
     if (!md->runner) {
@@ -124,19 +229,38 @@ static int s_read_manifest(titan_models *m, const char *dir, const char *file, c
         char have[128] = "";
         for (size_t i = 0, n = 0; i < nrunners && n < sizeof(have); i++)
             n += (size_t)snprintf(have + n, sizeof(have) - n, "%s%s", i ? ", " : "", runners[i]->name);
-        snprintf(err, errcap, "%s: no runner '%s' in this worker (it has: %s)", path, rname,
-                 nrunners ? have : "none; build it with -Dtorch=enabled, which needs libtorch-dev");
+        snprintf(err, errcap, "%s: no runner '%s' in this worker (it has: bert%s%s)", path, rname,
+                 nrunners ? ", " : "", nrunners ? have : "; for TorchScript build it with -Dtorch=enabled, which needs libtorch-dev");
         goto out;
     }
-    for (size_t i = 0; i < m->n; i++)
-        if (strcmp(m->models[i].name, name) == 0) {
-            snprintf(err, errcap, "%s: model name '%s' is used twice", path, name);
-            goto out;
-        }
+    if (s_name_taken(m, name)) {
+        snprintf(err, errcap, "%s: model name '%s' is used twice", path, name);
+        goto out;
+    }
     if (s_parse_specs(json_object_get(o, "inputs"), "inputs", md->in, &md->nin, sub, sizeof(sub)) ||
         s_parse_specs(json_object_get(o, "outputs"), "outputs", md->out, &md->nout, sub, sizeof(sub))) {
         snprintf(err, errcap, "%s: %s", path, sub);
         goto out;
+    }
+    /* Dynamic batching, when the manifest asks for it (max_batch > 1): requests are stacked along the first
+     * dimension, which must then be the batch in every input and output. */
+    titan_encoder_opts_default(&md->eopts);
+    md->eopts.max_batch = 1;
+    if (titan_encoder_opts_parse(o, &md->eopts, sub, sizeof(sub))) {
+        snprintf(err, errcap, "%s: %s", path, sub);
+        goto out;
+    }
+    if (md->eopts.max_batch > 1) {
+        for (int i = 0; i < md->nin + md->nout; i++) {
+            const s_spec *sp = i < md->nin ? &md->in[i] : &md->out[i - md->nin];
+            if (sp->shape[0] != -1) {
+                snprintf(err, errcap, "%s: \"max_batch\" %d stacks requests along the first dimension, but %s '%s' "
+                         "has %lld there: give every input and output -1 (any size) as its first dimension, or "
+                         "leave max_batch out", path, md->eopts.max_batch, i < md->nin ? "input" : "output",
+                         sp->name, (long long)sp->shape[0]);
+                goto out;
+            }
+        }
     }
     char mpath[4096];
     if (mfile[0] == '/') snprintf(mpath, sizeof(mpath), "%s", mfile);
@@ -166,6 +290,27 @@ out:
         memset(md, 0, sizeof(*md));
     }
     return rc;
+}
+
+int titan_models_dir_names_runner(const char *dir, const char *runner)
+{
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int found = 0;
+    struct dirent *e;
+    while (!found && (e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (len <= 11 || strcmp(e->d_name + len - 11, ".model.json") != 0) continue;
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        json_t *o = json_load_file(path, 0, NULL);
+        const char *r = json_string_value(json_object_get(o, "runner"));
+        /* An unreadable manifest counts as naming it: titan_models_new then says what is wrong with it. */
+        found = !o || (r && strcmp(r, runner) == 0);
+        json_decref(o);
+    }
+    closedir(d);
+    return found;
 }
 
 titan_models *titan_models_new(const char *dir, const titan_runner *const *runners, size_t nrunners, int max_models,
@@ -199,6 +344,39 @@ titan_models *titan_models_new(const char *dir, const titan_runner *const *runne
             break;
         }
         if (s_read_manifest(m, dir, e->d_name, runners, nrunners, &m->models[m->n], err, errcap)) ok = false;
+        else m->n++;
+    }
+    /* Then every folder holding a config.json (a model directory as downloaded) that no manifest names: served
+     * under the folder's name, with the default options. */
+    if (ok) rewinddir(d);
+    while (ok && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char sub[4096], cfg[4200];
+        snprintf(sub, sizeof(sub), "%s/%s", dir, e->d_name);
+        snprintf(cfg, sizeof(cfg), "%s/config.json", sub);
+        struct stat st;
+        if (stat(sub, &st) != 0 || !S_ISDIR(st.st_mode) || access(cfg, F_OK) != 0) continue;
+        char real[PATH_MAX];
+        bool named = false;
+        if (realpath(sub, real)) {
+            for (size_t i = 0; i < m->n && !named; i++) {
+                char other[PATH_MAX];
+                named = m->models[i].encoder && realpath(m->models[i].path, other) && strcmp(real, other) == 0;
+            }
+        }
+        if (named) continue;
+        if (strlen(e->d_name) > 128) {
+            snprintf(err, errcap, "--models %s: folder name '%.40s...' is over 128 characters: rename it", dir,
+                     e->d_name);
+            ok = false;
+            break;
+        }
+        if (m->n >= S_MAX_MODELS) {
+            snprintf(err, errcap, "--models %s: more than %d models", dir, S_MAX_MODELS);
+            ok = false;
+            break;
+        }
+        if (s_read_encoder(m, e->d_name, sub, NULL, sub, &m->models[m->n], err, errcap)) ok = false;
         else m->n++;
     }
     closedir(d);
@@ -264,15 +442,32 @@ json_t *titan_models_list(titan_models *m)
     pthread_mutex_lock(&m->mu);
     for (size_t i = 0; i < m->n; i++) {
         s_model *md = &m->models[i];
-        json_array_append_new(
-            a, json_pack("{s:s, s:s, s:b, s:o, s:o, s:o, s:s, s:I}", "name", md->name, "runner", md->runner->name,
-                         "loaded", md->inst != NULL, "inputs", s_specs_json(md->in, md->nin), "outputs",
-                         s_specs_json(md->out, md->nout), "last_used",
-                         md->last_used > 0 ? json_real(md->last_used) : json_null(), "device", md->device,
-                         "size_bytes", (json_int_t)md->bytes));
+        json_t *o = json_pack("{s:s, s:s, s:b, s:o, s:o, s:o, s:s, s:I}", "name", md->name, "runner", md->runner->name,
+                              "loaded", md->inst != NULL, "inputs", s_specs_json(md->in, md->nin), "outputs",
+                              s_specs_json(md->out, md->nout), "last_used",
+                              md->last_used > 0 ? json_real(md->last_used) : json_null(), "device", md->device,
+                              "size_bytes", (json_int_t)md->bytes);
+        if (o && md->encoder) {
+            /* max_tokens: the loaded model's (sentence-transformers' max_seq_length, the tokenizer's cap), before
+             * its first load the config's max_position_embeddings. */
+            int max_tokens = md->inst ? titan_encoder_max_tokens(md->inst->handle) : md->ecfg.max_positions;
+            json_object_set_new(o, "kind", json_string(md->ecfg.num_labels > 0 ? "rerank" : "embedding"));
+            json_object_set_new(o, "dims", json_integer(md->ecfg.num_labels > 0 ? md->ecfg.num_labels : md->ecfg.hidden));
+            json_object_set_new(o, "max_tokens", json_integer(max_tokens));
+            json_object_set_new(o, "device", json_string(m->backend && m->backend->bert_forward
+                                                             ? m->backend->info.backend : "cpu"));
+        }
+        json_array_append_new(a, o);
     }
     pthread_mutex_unlock(&m->mu);
     return a;
+}
+
+/* The loader's progress lines for a large model, to the registry's note (the worker's log). */
+static void s_progress(void *ctx, const char *line)
+{
+    titan_models *m = ctx;
+    if (m->note) m->note(line);
 }
 
 /* Called with m->mu held: makes md loaded, evicting the least recently used models as the
@@ -303,7 +498,17 @@ static int s_ensure_loaded(titan_models *m, s_model *md, titan_error *err)
         s_detach(m, lru);
     }
     char msg[384];
-    void *h = md->runner->load(md->path, md->device, msg, sizeof(msg));
+    void *h = NULL;
+    if (md->encoder) {
+        titan_error lerr = {0};
+        titan_encoder *enc = NULL;
+        if (titan_encoder_open(md->path, &md->eopts, m->backend, s_progress, m, &enc, &lerr))
+            return titan_fail(err, "device_error", "cannot load model '%s' from %s: %s", md->name, md->path, lerr.msg);
+        h = enc;
+        md->bytes = titan_encoder_bytes(enc); /* the float32 weights, which the file's size only estimated */
+    } else {
+        h = md->runner->load(md->path, md->device, msg, sizeof(msg));
+    }
     if (!h) return titan_fail(err, "device_error", "cannot load model '%s' from %s: %s", md->name, md->path, msg);
     s_instance *in = calloc(1, sizeof(*in));
     if (!in) {
@@ -371,49 +576,56 @@ static int s_check_input(const s_model *md, int i, const titan_tensor_view *v, t
     return 0;
 }
 
-int titan_models_infer(titan_models *m, titan_request *req, titan_out *out, titan_error *err)
-{
-    json_t *jm = json_object_get(req->hdr, "model");
-    if (!json_is_string(jm)) return titan_fail(err, "bad_request", "\"model\" must name a model (see list_models)");
-    const char *name = json_string_value(jm);
+/* A request's inputs, read and checked against the manifest (the manifest is immutable once read: no lock). */
+typedef struct {
     titan_tensor_view views[TITAN_RUNNER_MAX_TENSORS];
-    titan_runner_tensor ins[TITAN_RUNNER_MAX_TENSORS], outs[TITAN_RUNNER_MAX_TENSORS];
-    int nviews = 0, nouts = 0, rc = -1;
-    bool single = json_object_get(req->hdr, "inputs") == NULL, binary = false;
-    s_instance *in = NULL;
-    s_model *md;
+    int n;
+    bool single, binary;
+} s_inputs;
 
-    pthread_mutex_lock(&m->mu);
-    md = s_find(m, name);
-    pthread_mutex_unlock(&m->mu);
-    if (!md) return titan_fail(err, "bad_request", "unknown model '%s': list_models names those available", name);
-    /* The manifest is immutable once read: the inputs are checked without the lock. */
+static void s_inputs_release(s_inputs *x)
+{
+    for (int i = 0; i < x->n; i++) titan_tensor_view_release(&x->views[i]);
+    x->n = 0;
+}
+
+static int s_inputs_read(const s_model *md, titan_request *req, s_inputs *x, titan_error *err)
+{
+    memset(x, 0, sizeof(*x));
+    x->single = json_object_get(req->hdr, "inputs") == NULL;
     titan_dtype dts[TITAN_RUNNER_MAX_TENSORS];
     for (int i = 0; i < md->nin; i++) dts[i] = md->in[i].dtype;
-    if (single) {
+    if (x->single) {
         if (!json_object_get(req->hdr, "input"))
             return titan_fail(err, "bad_request", "send \"inputs\": [tensors] (or \"input\": tensor for a one-input model)");
-        if (titan_request_tensor(req, "input", dts[0], &views[0], err)) return -1;
-        nviews = 1;
-    } else if (titan_request_tensor_list(req, "inputs", dts, TITAN_RUNNER_MAX_TENSORS, views, &nviews, err)) {
+        if (titan_request_tensor(req, "input", dts[0], &x->views[0], err)) return -1;
+        x->n = 1;
+    } else if (titan_request_tensor_list(req, "inputs", dts, TITAN_RUNNER_MAX_TENSORS, x->views, &x->n, err)) {
+        x->n = 0; /* nothing to release */
         return -1;
     }
-    if (titan_request_check_frames(req, err)) goto out;
-    if (nviews != md->nin) {
-        titan_fail(err, "bad_request", "model '%s' takes %d input(s), but %d were sent", md->name, md->nin, nviews);
-        goto out;
+    if (titan_request_check_frames(req, err)) goto fail;
+    if (x->n != md->nin) {
+        titan_fail(err, "bad_request", "model '%s' takes %d input(s), but %d were sent", md->name, md->nin, x->n);
+        goto fail;
     }
-    for (int i = 0; i < nviews; i++) {
-        if (s_check_input(md, i, &views[i], err)) goto out;
-        binary |= views[i].binary;
-        memset(&ins[i], 0, sizeof(ins[i]));
-        ins[i].dtype = views[i].dtype;
-        ins[i].rank = views[i].rank;
-        memcpy(ins[i].shape, views[i].shape, sizeof(ins[i].shape));
-        ins[i].data = (void *)views[i].data;
-        ins[i].bytes = views[i].elems * titan_dtype_size(views[i].dtype);
+    for (int i = 0; i < x->n; i++) {
+        if (s_check_input(md, i, &x->views[i], err)) goto fail;
+        x->binary |= x->views[i].binary;
     }
+    return 0;
+fail:
+    s_inputs_release(x);
+    return -1;
+}
 
+/* Runs md on ins[0..nin) into outs (the runner's buffers, the caller's to free): loads it when needed, one
+ * inference at a time on it. Returns 0, or -1 with err. */
+static int s_run(titan_models *m, s_model *md, const titan_runner_tensor *ins, int nin, titan_runner_tensor *outs,
+                 int *nouts, titan_error *err)
+{
+    s_instance *in = NULL;
+    *nouts = 0;
     pthread_mutex_lock(&m->mu);
     if (s_ensure_loaded(m, md, err) == 0) {
         in = md->inst;
@@ -422,13 +634,13 @@ int titan_models_infer(titan_models *m, titan_request *req, titan_out *out, tita
         md->last_used = titan_clock_wall_s();
     }
     pthread_mutex_unlock(&m->mu);
-    if (!in) goto out;
+    if (!in) return -1;
     /* The runner puts the cause first and its context after, as far as room allows: it gets the room
      * the reply has left after "model 'NAME' failed: " (the reply's message is bounded). */
     char msg[sizeof(err->msg)];
     size_t room = sizeof(msg) - strlen(md->name) - sizeof("model '' failed: ") + 1;
     pthread_mutex_lock(&in->mu);
-    int irc = md->runner->infer(in->handle, ins, nviews, outs, TITAN_RUNNER_MAX_TENSORS, &nouts, msg, room);
+    int irc = md->runner->infer(in->handle, ins, nin, outs, TITAN_RUNNER_MAX_TENSORS, nouts, msg, room);
     pthread_mutex_unlock(&in->mu);
     pthread_mutex_lock(&m->mu);
     if (--in->refs == 0 && in->detached) {
@@ -438,17 +650,22 @@ int titan_models_infer(titan_models *m, titan_request *req, titan_out *out, tita
     }
     pthread_mutex_unlock(&m->mu);
     if (irc) {
-        nouts = 0;
-        titan_fail(err, "device_error", "model '%s' failed: %s", md->name, msg);
-        goto out;
+        *nouts = 0;
+        return titan_fail(err, "device_error", "model '%s' failed: %s", md->name, msg);
     }
+    return 0;
+}
+
+/* Builds the reply of a request from its outputs: binary descriptors and frames (the outputs' buffers move into
+ * out: their data set to NULL) when the request sent a binary input, else nested JSON arrays. */
+static int s_answer(const s_model *md, titan_request *req, bool single, bool binary, titan_runner_tensor *outs,
+                    int nouts, titan_out *out, titan_error *err)
+{
     uint64_t total = 0;
     for (int i = 0; i < nouts; i++) total += outs[i].bytes;
-    if (total > req->limits->max_result_bytes) {
-        titan_fail(err, "too_large", "the outputs (%llu bytes) are larger than the limit of %llu bytes",
-                   (unsigned long long)total, (unsigned long long)req->limits->max_result_bytes);
-        goto out;
-    }
+    if (total > req->limits->max_result_bytes)
+        return titan_fail(err, "too_large", "the outputs (%llu bytes) are larger than the limit of %llu bytes",
+                          (unsigned long long)total, (unsigned long long)req->limits->max_result_bytes);
     int wrc;
     if (binary) {
         json_t *list = json_array();
@@ -473,10 +690,7 @@ int titan_models_infer(titan_models *m, titan_request *req, titan_out *out, tita
         wrc = single && nouts == 1 ? titan_out_json_tensors(out, NULL, parts, 1, NULL, req->id)
                                    : titan_out_json_tensors(out, "outputs", parts, nouts, NULL, req->id);
     }
-    if (wrc) {
-        titan_fail(err, "internal", "out of memory");
-        goto out;
-    }
+    if (wrc) return titan_fail(err, "internal", "out of memory");
     if (binary) {
         for (int i = 0; i < nouts; i++) {
             out->data[i] = outs[i].data;
@@ -485,9 +699,226 @@ int titan_models_infer(titan_models *m, titan_request *req, titan_out *out, tita
         }
         out->ndata = (size_t)nouts;
     }
-    rc = 0;
-out:
+    return 0;
+}
+
+static void s_runner_inputs(const s_inputs *x, titan_runner_tensor *ins)
+{
+    for (int i = 0; i < x->n; i++) {
+        memset(&ins[i], 0, sizeof(ins[i]));
+        ins[i].dtype = x->views[i].dtype;
+        ins[i].rank = x->views[i].rank;
+        memcpy(ins[i].shape, x->views[i].shape, sizeof(ins[i].shape));
+        ins[i].data = (void *)x->views[i].data;
+        ins[i].bytes = x->views[i].elems * titan_dtype_size(x->views[i].dtype);
+    }
+}
+
+int titan_models_infer(titan_models *m, titan_request *req, titan_out *out, titan_error *err)
+{
+    json_t *jm = json_object_get(req->hdr, "model");
+    if (!json_is_string(jm)) return titan_fail(err, "bad_request", "\"model\" must name a model (see list_models)");
+    const char *name = json_string_value(jm);
+    pthread_mutex_lock(&m->mu);
+    s_model *md = s_find(m, name);
+    pthread_mutex_unlock(&m->mu);
+    if (!md) return titan_fail(err, "bad_request", "unknown model '%s': list_models names those available", name);
+    if (md->encoder)
+        return titan_fail(err, "bad_request", "model '%s' is an encoder: send it \"op\":\"%s\", not inference", name,
+                          md->ecfg.num_labels > 0 ? "rerank" : "embed");
+    s_inputs x;
+    if (s_inputs_read(md, req, &x, err)) return -1;
+    titan_runner_tensor ins[TITAN_RUNNER_MAX_TENSORS], outs[TITAN_RUNNER_MAX_TENSORS];
+    int nouts = 0, rc = -1;
+    s_runner_inputs(&x, ins);
+    if (s_run(m, md, ins, x.n, outs, &nouts, err) == 0)
+        rc = s_answer(md, req, x.single, x.binary, outs, nouts, out, err);
     for (int i = 0; i < nouts; i++) free(outs[i].data);
-    for (int i = 0; i < nviews; i++) titan_tensor_view_release(&views[i]);
+    s_inputs_release(&x);
     return rc;
+}
+
+/* Whether two requests' inputs can be stacked: every input alike past its first (batch) dimension. */
+static bool s_stackable(const s_inputs *a, const s_inputs *b)
+{
+    for (int i = 0; i < a->n; i++) {
+        const titan_tensor_view *x = &a->views[i], *y = &b->views[i];
+        if (x->rank != y->rank || x->dtype != y->dtype) return false;
+        for (int d = 1; d < x->rank; d++)
+            if (x->shape[d] != y->shape[d]) return false;
+    }
+    return true;
+}
+
+/* One merged run of the requests k[0..cnt) of jobs: their inputs stacked along the first dimension, one inference,
+ * and each request's rows of every output as its reply. */
+static void s_infer_stacked(titan_models *m, s_model *md, titan_encoder_job *jobs, s_inputs *xs, const size_t *k,
+                            size_t cnt)
+{
+    titan_runner_tensor ins[TITAN_RUNNER_MAX_TENSORS], outs[TITAN_RUNNER_MAX_TENSORS];
+    int nin = xs[k[0]].n, nouts = 0;
+    titan_error err = {0};
+    int64_t rows = 0;
+    for (size_t j = 0; j < cnt; j++) rows += xs[k[j]].views[0].shape[0];
+    memset(ins, 0, sizeof(ins));
+    bool ok = true;
+    for (int i = 0; i < nin && ok; i++) {
+        const titan_tensor_view *v0 = &xs[k[0]].views[i];
+        size_t row_bytes = titan_dtype_size(v0->dtype);
+        for (int d = 1; d < v0->rank; d++) row_bytes *= (size_t)v0->shape[d];
+        ins[i].dtype = v0->dtype;
+        ins[i].rank = v0->rank;
+        memcpy(ins[i].shape, v0->shape, sizeof(ins[i].shape));
+        ins[i].shape[0] = rows;
+        ins[i].bytes = row_bytes * (size_t)rows;
+        ins[i].data = malloc(ins[i].bytes ? ins[i].bytes : 1);
+        if (!ins[i].data) {
+            ok = false;
+            titan_fail(&err, "too_large", "out of memory for the batch's inputs");
+            break;
+        }
+        size_t off = 0;
+        for (size_t j = 0; j < cnt; j++) {
+            const titan_tensor_view *v = &xs[k[j]].views[i];
+            size_t b = row_bytes * (size_t)v->shape[0];
+            memcpy((char *)ins[i].data + off, v->data, b);
+            off += b;
+        }
+    }
+    if (ok && s_run(m, md, ins, nin, outs, &nouts, &err) == 0) {
+        for (int o = 0; o < nouts && ok; o++) {
+            if (outs[o].rank < 1 || outs[o].shape[0] != rows) {
+                ok = false;
+                titan_fail(&err, "device_error",
+                           "model '%s' output %d has %lld rows for a batch of %lld: it is not batch-major along its "
+                           "first dimension; set its manifest's max_batch to 1",
+                           md->name, o, outs[o].rank < 1 ? 0LL : (long long)outs[o].shape[0], (long long)rows);
+            }
+        }
+    } else {
+        ok = false;
+    }
+    /* Each request's rows of every output. */
+    int64_t first = 0;
+    for (size_t j = 0; j < cnt; j++) {
+        titan_encoder_job *job = &jobs[k[j]];
+        int64_t r = xs[k[j]].views[0].shape[0];
+        if (!ok) {
+            job->rc = -1;
+            job->err = err;
+            continue;
+        }
+        titan_runner_tensor mine[TITAN_RUNNER_MAX_TENSORS];
+        int made = 0;
+        for (int o = 0; o < nouts; o++) {
+            size_t row_bytes = outs[o].bytes / (size_t)rows;
+            mine[o] = outs[o];
+            mine[o].shape[0] = r;
+            mine[o].bytes = row_bytes * (size_t)r;
+            mine[o].data = malloc(mine[o].bytes ? mine[o].bytes : 1);
+            if (!mine[o].data) break;
+            memcpy(mine[o].data, (char *)outs[o].data + row_bytes * (size_t)first, mine[o].bytes);
+            made++;
+        }
+        if (made < nouts) {
+            job->rc = titan_fail(&job->err, "too_large", "out of memory for the outputs");
+        } else {
+            job->rc = s_answer(md, job->req, xs[k[j]].single, xs[k[j]].binary, mine, nouts, job->out, &job->err);
+        }
+        for (int o = 0; o < made; o++) free(mine[o].data);
+        first += r;
+    }
+    for (int o = 0; o < nouts; o++) free(outs[o].data);
+    for (int i = 0; i < nin; i++) free(ins[i].data);
+}
+
+void titan_models_infer_batch(titan_models *m, const char *name, titan_encoder_job *jobs, size_t n)
+{
+    pthread_mutex_lock(&m->mu);
+    s_model *md = s_find(m, name);
+    pthread_mutex_unlock(&m->mu);
+    s_inputs *xs = calloc(n ? n : 1, sizeof(*xs));
+    size_t *k = calloc(n ? n : 1, sizeof(*k));
+    bool *done = calloc(n ? n : 1, sizeof(*done));
+    for (size_t i = 0; i < n; i++) {
+        jobs[i].rc = 0;
+        jobs[i].err = (titan_error){0};
+        jobs[i].inputs = jobs[i].tokens = 0;
+        if (!xs || !k || !done) jobs[i].rc = titan_fail(&jobs[i].err, "internal", "out of memory");
+        else if (!md || md->encoder) jobs[i].rc = titan_models_infer(m, jobs[i].req, jobs[i].out, &jobs[i].err);
+        else jobs[i].rc = s_inputs_read(md, jobs[i].req, &xs[i], &jobs[i].err);
+        if (done) done[i] = jobs[i].rc != 0 || !md || md->encoder;
+        if (jobs[i].rc == 0 && md && !md->encoder && xs) jobs[i].inputs = (size_t)xs[i].views[0].shape[0];
+    }
+    /* Requests whose inputs stack run together, the first pending one leading each pass. */
+    for (size_t lead = 0; done && k && lead < n; lead++) {
+        if (done[lead]) continue;
+        size_t cnt = 0;
+        for (size_t j = lead; j < n; j++)
+            if (!done[j] && s_stackable(&xs[lead], &xs[j])) {
+                k[cnt++] = j;
+                done[j] = true;
+            }
+        s_infer_stacked(m, md, jobs, xs, k, cnt);
+    }
+    for (size_t i = 0; xs && i < n; i++) s_inputs_release(&xs[i]);
+    free(xs);
+    free(k);
+    free(done);
+}
+
+bool titan_models_batch_opts(titan_models *m, const char *name, const char *op, titan_encoder_opts *opts)
+{
+    if (!m || !name || !op) return false;
+    pthread_mutex_lock(&m->mu);
+    s_model *md = s_find(m, name);
+    bool yes = md && (md->encoder ? strcmp(op, "embed") == 0 || strcmp(op, "rerank") == 0
+                                  : strcmp(op, "inference") == 0 && md->eopts.max_batch > 1);
+    if (yes && opts) *opts = md->eopts;
+    pthread_mutex_unlock(&m->mu);
+    return yes;
+}
+
+void titan_models_encode(titan_models *m, const char *name, titan_encoder_job *jobs, size_t n)
+{
+    titan_error err = {0};
+    s_instance *in = NULL;
+    pthread_mutex_lock(&m->mu);
+    s_model *md = s_find(m, name);
+    if (!md)
+        titan_fail(&err, "not_found", "unknown model '%s': list_models names those available", name);
+    else if (!md->encoder)
+        titan_fail(&err, "bad_request", "model '%s' is a %s model, not an encoder: send it \"op\":\"inference\"", name,
+                   md->runner->name);
+    else if (s_ensure_loaded(m, md, &err) == 0) {
+        in = md->inst;
+        in->refs++;
+        md->tick = ++m->tick;
+        md->last_used = titan_clock_wall_s();
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (!in) {
+        for (size_t i = 0; i < n; i++) {
+            jobs[i].rc = -1;
+            jobs[i].err = err;
+            jobs[i].inputs = jobs[i].tokens = 0;
+        }
+        return;
+    }
+    /* The encoder is read-only once loaded: requests on one model run at once on several executors. */
+    titan_encoder_run(in->handle, name, jobs, n);
+    pthread_mutex_lock(&m->mu);
+    if (--in->refs == 0 && in->detached) {
+        md->runner->unload(in->handle);
+        pthread_mutex_destroy(&in->mu);
+        free(in);
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
+void titan_models_set_backend(titan_models *m, titan_backend *be)
+{
+    pthread_mutex_lock(&m->mu);
+    m->backend = be;
+    pthread_mutex_unlock(&m->mu);
 }

@@ -119,6 +119,22 @@ static int s_inference(titan_worker_ctx *w, titan_request *req, titan_out *out, 
     return titan_models_infer(w->models, req, out, err);
 }
 
+static const char *s_model_name(titan_request *req, titan_error *err);
+
+/* embed and rerank, one request (the worker's server merges requests into batches itself and calls
+ * titan_models_encode with many: server.c). */
+static int s_encode(titan_worker_ctx *w, titan_request *req, titan_out *out, titan_error *err)
+{
+    if (!w->models) return s_no_models(w, err);
+    const char *name = s_model_name(req, err);
+    if (!name) return -1;
+    if (titan_request_check_frames(req, err)) return -1;
+    titan_encoder_job job = {.req = req, .out = out};
+    titan_models_encode(w->models, name, &job, 1);
+    if (job.rc) *err = job.err;
+    return job.rc;
+}
+
 static const char *s_model_name(titan_request *req, titan_error *err)
 {
     json_t *m = json_object_get(req->hdr, "model");
@@ -449,6 +465,12 @@ static const titan_op s_table[] = {
     /* On an executor: a client's list may have thousands of entries, too long a build for the I/O thread. */
     {"tensor_list", s_tensor_list, true, "this client's resident tensors, its usage and the quotas"},
     {"inference", s_inference, true, "runs a model: {\"model\", \"inputs\":[tensors]} answers {\"outputs\"}"},
+    {"embed", s_encode, true,
+     "text embeddings from an encoder model: {\"model\", \"input\": text, [texts] or [[token ids]]} answers "
+     "{\"embeddings\": [n, d]}"},
+    {"rerank", s_encode, true,
+     "scores documents against a query with a cross-encoder: {\"model\", \"query\", \"documents\"} answers "
+     "{\"results\": [{index, score, relevance_score}]}, best first"},
     {"list_models", s_list_models, false, "the models of --models: name, runner, loaded, inputs, outputs"},
     {"load_model", s_load_model, true, "loads a model now (evicting the least recently used over the limits)"},
     {"unload_model", s_unload_model, true, "unloads a model"},
@@ -456,7 +478,7 @@ static const titan_op s_table[] = {
 
 static bool s_is_model_op(titan_op_fn fn)
 {
-    return fn == s_inference || fn == s_list_models || fn == s_load_model || fn == s_unload_model;
+    return fn == s_inference || fn == s_encode || fn == s_list_models || fn == s_load_model || fn == s_unload_model;
 }
 
 static bool s_is_tensor_op(titan_op_fn fn)

@@ -223,24 +223,33 @@ static bool s_start_health(s_worker *app)
     return true;
 }
 
-/* The models of --models, on the TorchScript runner. --models without a runner would serve nothing: the
- * worker refuses to start (exit status 1), as it does for a --device it cannot use. */
+/* The models of --models: encoders (model directories, served by the core itself) and TorchScript models (on the
+ * runner module, opened only when a manifest names it: libtorch takes ~0.7 s to load). A manifest no runner of
+ * this worker serves stops the start (exit status 1), as a --device it cannot use does. */
 static bool s_open_models(s_worker *app)
 {
     const titan_config *cfg = &app->cfg;
-    snprintf(app->runner_info, sizeof(app->runner_info), "torchscript (loaded with --models)");
-    if (S_NRUNNERS) app->w.runner_info = app->runner_info;
+    snprintf(app->runner_info, sizeof(app->runner_info), "bert (built in)");
+    app->w.runner_info = app->runner_info;
     if (!cfg->models) return true;
-    if (!S_NRUNNERS)
-        return s_fail(app, "--models %s: this titan-worker was built without a model runner; %s", cfg->models,
-                      S_RUNNER_HOWTO);
     char err[512];
-    app->runners[0] = s_open_runner(err, sizeof(err));
-    if (!app->runners[0]) return s_fail(app, "%s; %s", err, S_RUNNER_HOWTO);
-    app->runners[0]->describe(app->runner_info, sizeof(app->runner_info));
-    app->w.models = titan_models_new(cfg->models, app->runners, S_NRUNNERS, cfg->max_models,
+    size_t nrunners = 0;
+    int torch = titan_models_dir_names_runner(cfg->models, "torchscript");
+    if (torch > 0 && !S_NRUNNERS)
+        return s_fail(app, "--models %s: a manifest names the TorchScript runner, but this titan-worker was built "
+                      "without a model runner; %s", cfg->models, S_RUNNER_HOWTO);
+    if (torch > 0) {
+        app->runners[0] = s_open_runner(err, sizeof(err));
+        if (!app->runners[0]) return s_fail(app, "%s; %s", err, S_RUNNER_HOWTO);
+        char desc[96];
+        app->runners[0]->describe(desc, sizeof(desc));
+        snprintf(app->runner_info, sizeof(app->runner_info), "bert (built in), %s", desc);
+        nrunners = 1;
+    }
+    app->w.models = titan_models_new(cfg->models, app->runners, nrunners, cfg->max_models,
                                      cfg->model_memory_mb << 20, s_note_model, err, sizeof(err));
     if (!app->w.models) return s_fail(app, "%s", err);
+    titan_models_set_backend(app->w.models, app->w.backend); /* encoders run on it when it has their forward pass */
     json_t *l = titan_models_list(app->w.models);
     titan_log(TITAN_LOG_INFO, "serving %zu model(s) from %s (%s; at most %d loaded, %llu MB)", json_array_size(l),
               cfg->models, app->runner_info, cfg->max_models, (unsigned long long)cfg->model_memory_mb);

@@ -16,14 +16,21 @@
 /* Fixed label values, so that no client can grow the series: anything else is "other". */
 static const char *const s_ops[] = {
     "ping",         "gpu_info",   "ops",        "matrix_multiply", "inference",   "list_models", "load_model",
-    "unload_model", "tensor_put", "tensor_get", "tensor_free",     "tensor_list", "other"};
+    "unload_model", "tensor_put", "tensor_get", "tensor_free",     "tensor_list", "embed",       "rerank",
+    "other"};
 #define NOPS (sizeof(s_ops) / sizeof(s_ops[0]))
 static const char *const s_codes[] = {"ok",        "bad_request", "too_large",     "busy",
                                       "timeout",   "unsupported", "unauthorized",  "device_error",
                                       "internal",  "unknown_op",  "shutting_down", "quota_exceeded",
                                       "not_found", "other"};
 #define NCODES (sizeof(s_codes) / sizeof(s_codes[0]))
-static const char *const s_busy_reasons[TITAN_BUSY_COUNT] = {"queue_full", "client_share", "inflight_bytes"};
+static const char *const s_busy_reasons[TITAN_BUSY_COUNT] = {"queue_full", "client_share", "inflight_bytes",
+                                                             "model_queue"};
+/* Requests in one batch (dynamic batching), upper bounds. */
+static const uint64_t s_batch_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096};
+#define NBATCH (sizeof(s_batch_bounds) / sizeof(s_batch_bounds[0]))
+/* Per-model queue depth gauges: the registry's models (256 at most), tracked by name. */
+#define MODEL_GAUGES 256
 static const char *const s_job_outcomes[TITAN_JOBS_OUTCOME_COUNT] = {"done", "failed", "retried",
                                                                      "dead_lettered", "skipped"};
 
@@ -58,6 +65,13 @@ struct titan_metrics {
     atomic_int executors, queue_capacity;
     _Atomic(titan_backend *) backend;
     _Atomic(titan_tstore *) tensors;
+    atomic_uint_fast64_t batch_size[NBATCH + 1]; /* per bucket; the last is +Inf */
+    atomic_uint_fast64_t batch_requests, batches, encoder_tokens;
+    s_hist batch_wait;
+    /* model_name[i] is written once, by the I/O thread, before model_named is raised past i. */
+    char model_name[MODEL_GAUGES][129];
+    atomic_int model_depth[MODEL_GAUGES];
+    atomic_int model_named;
     int64_t t_start;   /* titan_clock_mono_ns at creation */
     double start_unix; /* CLOCK_REALTIME seconds at creation */
 };
@@ -169,6 +183,37 @@ void titan_metrics_set_load(titan_metrics *m, int queue_depth, int running, uint
     atomic_store_explicit(&m->queue_depth, queue_depth, memory_order_relaxed);
     atomic_store_explicit(&m->running, running, memory_order_relaxed);
     atomic_store_explicit(&m->inflight_bytes, inflight_bytes, memory_order_relaxed);
+}
+
+void titan_metrics_batch(titan_metrics *m, size_t requests, uint64_t tokens)
+{
+    if (requests == 0) return;
+    size_t b = 0;
+    while (b < NBATCH && requests > s_batch_bounds[b]) b++;
+    s_add(&m->batch_size[b], 1);
+    s_add(&m->batches, 1);
+    s_add(&m->batch_requests, requests);
+    s_add(&m->encoder_tokens, tokens);
+}
+
+void titan_metrics_batch_queued(titan_metrics *m, uint64_t wait_ns)
+{
+    s_observe(&m->batch_wait, wait_ns);
+}
+
+void titan_metrics_set_model_queue(titan_metrics *m, const char *model, size_t waiting)
+{
+    int n = atomic_load_explicit(&m->model_named, memory_order_acquire);
+    for (int i = 0; i < n; i++) {
+        if (strcmp(m->model_name[i], model) == 0) {
+            atomic_store_explicit(&m->model_depth[i], (int)waiting, memory_order_relaxed);
+            return;
+        }
+    }
+    if (n >= MODEL_GAUGES || strlen(model) >= sizeof(m->model_name[0])) return;
+    strcpy(m->model_name[n], model);
+    atomic_store_explicit(&m->model_depth[n], (int)waiting, memory_order_relaxed);
+    atomic_store_explicit(&m->model_named, n + 1, memory_order_release);
 }
 
 void titan_metrics_job(titan_metrics *m, titan_job_outcome outcome)
@@ -347,6 +392,30 @@ int titan_metrics_render(titan_metrics *m, char **text, size_t *len)
     s_family(f, "titan_replies_dropped_total", "counter",
              "Replies that could not be sent: the client had gone or did not read its replies.");
     fprintf(f, "titan_replies_dropped_total %llu\n", (unsigned long long)s_get(&m->dropped));
+
+    s_family(f, "titan_batch_size", "histogram",
+             "Requests merged into one batch for an encoder model (embed, rerank: dynamic batching).");
+    uint64_t cum = 0;
+    for (size_t b = 0; b <= NBATCH; b++) {
+        cum += s_get(&m->batch_size[b]);
+        if (b < NBATCH) fprintf(f, "titan_batch_size_bucket{le=\"%llu\"} %llu\n", (unsigned long long)s_batch_bounds[b],
+                                (unsigned long long)cum);
+        else fprintf(f, "titan_batch_size_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    }
+    fprintf(f, "titan_batch_size_sum %llu\ntitan_batch_size_count %llu\n",
+            (unsigned long long)s_get(&m->batch_requests), (unsigned long long)cum);
+    s_family(f, "titan_batch_queue_duration_seconds", "histogram",
+             "Time an embed or rerank request waited in its model's queue before its batch started.");
+    s_hist_render(f, "titan_batch_queue_duration_seconds", &m->batch_wait, NULL);
+    s_family(f, "titan_encoder_tokens_total", "counter", "Tokens run through encoder models (embed, rerank).");
+    fprintf(f, "titan_encoder_tokens_total %llu\n", (unsigned long long)s_get(&m->encoder_tokens));
+    int named = atomic_load_explicit(&m->model_named, memory_order_acquire);
+    s_family(f, "titan_model_queue_depth", "gauge", "Requests waiting in a model's batching queue, by model.");
+    for (int i = 0; i < named; i++) {
+        fputs("titan_model_queue_depth{model=\"", f);
+        s_label(f, m->model_name[i]);
+        fprintf(f, "\"} %d\n", atomic_load_explicit(&m->model_depth[i], memory_order_relaxed));
+    }
 
     int jobs = atomic_load_explicit(&m->jobs_redis, memory_order_relaxed);
     if (jobs >= 0) {

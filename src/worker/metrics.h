@@ -22,6 +22,7 @@ typedef enum {
     TITAN_BUSY_QUEUE_FULL = 0, /* every executor busy and the queue full (--queue) */
     TITAN_BUSY_CLIENT_SHARE,   /* the client holds its share of the queue (--max-client-share) */
     TITAN_BUSY_INFLIGHT_BYTES, /* the request bytes in hand (--max-inflight-bytes) */
+    TITAN_BUSY_MODEL_QUEUE,    /* an encoder's batching queue is full (its manifest's "queue") */
     TITAN_BUSY_COUNT
 } titan_busy_reason;
 
@@ -61,6 +62,12 @@ void titan_metrics_replied(titan_metrics *m, const char *op, const char *code, u
 void titan_metrics_queued(titan_metrics *m, uint64_t wait_ns);
 void titan_metrics_busy(titan_metrics *m, titan_busy_reason why);
 void titan_metrics_set_load(titan_metrics *m, int queue_depth, int running, uint64_t inflight_bytes);
+/* Dynamic batching (server.c): a batch of `requests` ran `tokens` tokens (any thread); a request waited wait_ns in
+ * its model's queue; a model's queue holds `waiting` requests now (the I/O thread: the first call with a model
+ * name adds its series, at most 256). */
+void titan_metrics_batch(titan_metrics *m, size_t requests, uint64_t tokens);
+void titan_metrics_batch_queued(titan_metrics *m, uint64_t wait_ns);
+void titan_metrics_set_model_queue(titan_metrics *m, const char *model, size_t waiting);
 /* The job consumer's side. */
 void titan_metrics_job(titan_metrics *m, titan_job_outcome outcome);
 

@@ -15,6 +15,7 @@
 #include <zmq.h>
 
 #include "auth.h"
+#include "batchq.h"
 #include "clock.h"
 #include "fairq.h"
 #include "hostpool.h"
@@ -45,6 +46,10 @@ typedef struct titan_job {
     bool dispatched;             /* handed to an executor: its reply is never dropped for --max-unread-mb */
     int64_t t_recv;              /* titan_clock_mono_ns */
     struct titan_job *next;
+    /* A batch (dynamic batching, batchq.h): its jobs chained by bnext from the first, which an executor gets;
+     * bmodel is the encoder they all name (borrowed from the batch queues). */
+    struct titan_job *bnext;
+    const char *bmodel;
 } titan_job;
 
 typedef struct {
@@ -72,6 +77,8 @@ struct titan_server {
     size_t unread_buckets, unread_n, unread_sweep_at;
     titan_fairq *queue;      /* waiting jobs, per client in turn */
     int qlen;
+    titan_batchq *bq;        /* embed and rerank jobs waiting for their model's next batch */
+    bool batch_turn;         /* the batch queues go first at the next dispatch (they take turns with the fair queue) */
     int running;
     bool draining;
     int drain_timeout_ms;
@@ -83,9 +90,15 @@ struct titan_server {
 };
 
 /* Publishes the queue and what runs, for /metrics and gpu_info; called wherever they change. */
+static void s_model_gauge(void *arg, const char *model, size_t waiting)
+{
+    titan_metrics_set_model_queue(arg, model, waiting);
+}
+
 static void s_gauges(titan_server *s)
 {
-    titan_metrics_set_load(s->metrics, s->qlen, s->running, s->inflight_bytes);
+    titan_metrics_set_load(s->metrics, s->qlen + (int)titan_batchq_len(s->bq), s->running, s->inflight_bytes);
+    titan_batchq_each(s->bq, s_model_gauge, s->metrics);
 }
 
 static void s_job_free(titan_job *j)
@@ -205,9 +218,53 @@ static bool s_job_parse(titan_server *s, titan_job *j)
     return true;
 }
 
+/* Runs a batch of embed/rerank jobs for one encoder (dynamic batching): each job past its deadline is refused
+ * alone, the rest run through the model together (titan_models_encode), and each gets its own reply or error. */
+static void s_batch_execute(titan_server *s, titan_job *head)
+{
+    size_t n = 0, k = 0;
+    for (titan_job *j = head; j; j = j->bnext) n++;
+    titan_encoder_job *ej = calloc(n, sizeof(*ej));
+    titan_job **who = calloc(n, sizeof(*who));
+    if (!ej || !who) {
+        for (titan_job *j = head; j; j = j->bnext) s_job_error(j, "internal", "out of memory while batching");
+        goto out;
+    }
+    for (titan_job *j = head; j; j = j->bnext) {
+        if (j->req.deadline_ms > 0) {
+            double waited = titan_clock_ms_since(j->t_recv);
+            if (waited > (double)j->req.deadline_ms) {
+                s_job_error(j, "timeout", "waited %.0f ms in the queue, past its deadline_ms of %lld; retry or use a "
+                            "less busy backend", waited, (long long)j->req.deadline_ms);
+                continue;
+            }
+        }
+        ej[k] = (titan_encoder_job){.req = &j->req, .out = &j->out};
+        who[k++] = j;
+    }
+    if (k && strcmp(head->req.op, "inference") == 0) titan_models_infer_batch(s->w->models, head->bmodel, ej, k);
+    else if (k) titan_models_encode(s->w->models, head->bmodel, ej, k);
+    uint64_t tokens = 0;
+    for (size_t i = 0; i < k; i++) {
+        tokens += ej[i].tokens;
+        if (ej[i].rc) {
+            titan_error e = ej[i].err;
+            s_job_error(who[i], e.code ? e.code : "internal", "%s", e.msg);
+        }
+    }
+    titan_metrics_batch(s->metrics, k, tokens);
+out:
+    free(ej);
+    free(who);
+}
+
 /* Runs a job to completion on the calling thread. */
 static void s_job_execute(titan_server *s, titan_job *j)
 {
+    if (j->bmodel) {
+        s_batch_execute(s, j);
+        return;
+    }
     if (!j->parsed && !s_job_parse(s, j)) return;
     if (j->failed) return;
     if (j->req.deadline_ms > 0) {
@@ -500,19 +557,30 @@ static void s_refuse_unread(titan_server *s, titan_job *j, uint64_t unread)
     s_reply(s, j);
 }
 
-static void s_dispatch(titan_server *s)
+/* The next ready batch of one model (batchq.h), its jobs chained by bnext, or NULL. */
+static titan_job *s_pop_batch(titan_server *s)
+{
+    void *jobs[4096]; /* a manifest's max_batch is at most 4096 (encoder.c) */
+    const char *model = NULL;
+    size_t n = titan_batchq_pop(s->bq, titan_clock_mono_ns(), jobs, sizeof(jobs) / sizeof(jobs[0]), &model);
+    for (size_t i = 0; i < n; i++) {
+        titan_job *j = jobs[i];
+        j->bnext = i + 1 < n ? jobs[i + 1] : NULL;
+        j->bmodel = model;
+        j->dispatched = true;
+        uint64_t waited = titan_clock_ns_since(j->t_recv);
+        titan_metrics_queued(s->metrics, waited);
+        titan_metrics_batch_queued(s->metrics, waited);
+    }
+    return n ? jobs[0] : NULL;
+}
+
+/* The next request of the fair queue, or NULL. */
+static titan_job *s_pop_fair(titan_server *s)
 {
     while (s->qlen > 0) {
-        int idle = -1;
-        for (int i = 0; i < s->nexec; i++) {
-            if (!s->busy[i]) {
-                idle = i;
-                break;
-            }
-        }
-        if (idle < 0) break;
         titan_job *j = titan_fairq_pop(s->queue);
-        if (!j) break;
+        if (!j) return NULL;
         s->qlen--;
         /* A client that stopped reading since this was queued gets no more work done until it reads. */
         uint64_t unread = s_unread_bytes(s, j);
@@ -522,26 +590,58 @@ static void s_dispatch(titan_server *s)
             continue;
         }
         j->dispatched = true;
+        titan_metrics_queued(s->metrics, titan_clock_ns_since(j->t_recv));
+        return j;
+    }
+    return NULL;
+}
+
+/* Replies to every job of j's chain (one job, or a batch) and frees them. */
+static void s_reply_all(titan_server *s, titan_job *j)
+{
+    if (j->bmodel) titan_batchq_done(s->bq, j->bmodel);
+    while (j) {
+        titan_job *next = j->bnext;
+        s->inflight_bytes -= j->bytes;
+        s_reply(s, j);
+        j = next;
+    }
+}
+
+/* Hands waiting work to idle executors: the fair queue's requests and the models' batches take turns. */
+static void s_dispatch(titan_server *s)
+{
+    for (;;) {
+        int idle = -1;
+        for (int i = 0; i < s->nexec; i++) {
+            if (!s->busy[i]) {
+                idle = i;
+                break;
+            }
+        }
+        if (idle < 0) break;
+        titan_job *j = NULL;
+        if (s->batch_turn && (j = s_pop_batch(s)) != NULL) s->batch_turn = false;
+        else if ((j = s_pop_fair(s)) != NULL) s->batch_turn = true;
+        else if ((j = s_pop_batch(s)) != NULL) s->batch_turn = false;
+        if (!j) break;
         int sent;
         /* A signal may interrupt the send (the soak's restarts showed one in 60,000 under ASan): try again. */
         while ((sent = zmq_send(s->pairs[idle], &j, sizeof(j), 0)) < 0 && zmq_errno() == EINTR) {
         }
         if (sent != (int)sizeof(j)) {
             int why = sent < 0 ? zmq_errno() : EIO;
-            s->inflight_bytes -= j->bytes;
-            s_job_error(j, "internal", "could not hand the request to an executor: %s", zmq_strerror(why));
-            s_reply(s, j);
+            for (titan_job *m = j; m; m = m->bnext)
+                s_job_error(m, "internal", "could not hand the request to an executor: %s", zmq_strerror(why));
+            s_reply_all(s, j);
             continue;
         }
         s->busy[idle] = true;
         s->running++;
-        titan_metrics_queued(s->metrics, titan_clock_ns_since(j->t_recv));
     }
     s_gauges(s);
 }
 
-/* Finds where the envelope ends: routing frames up to an empty delimiter (REQ and
- * REQ-style DEALER clients), or just the routing id (DEALER without a delimiter). */
 static size_t s_envelope(const titan_job *j)
 {
     for (size_t i = 1; i < j->nframes && i < MAX_ENVELOPE; i++) {
@@ -613,6 +713,39 @@ static bool s_foreign_routing_id(titan_server *s, const titan_job *j)
 }
 
 /* Decides what to do with a fresh message: answer now, queue, or refuse. */
+/* An embed or rerank request for an encoder, or an inference request for a TorchScript model with max_batch > 1,
+ * joins its model's queue, to be merged with others into a batch (batchq.h): bounded by the model's "queue" (busy
+ * beyond it) and by --max-inflight-bytes like any request.
+ * Returns true when j was taken (queued, or refused); false for requests the fair queue takes. */
+static bool s_admit_batch(titan_server *s, titan_job *j)
+{
+    if (!j->parsed || j->failed || !s->w->models || !j->req.op) return false;
+    const char *model = json_string_value(json_object_get(j->req.hdr, "model"));
+    titan_encoder_opts o;
+    if (!model || !titan_models_batch_opts(s->w->models, model, j->req.op, &o)) return false; /* runs alone */
+    if (s->inflight_bytes + j->bytes > s->max_inflight_bytes && s->inflight_bytes > 0) {
+        titan_metrics_busy(s->metrics, TITAN_BUSY_INFLIGHT_BYTES);
+        s_job_error(j, "busy", "worker busy: %llu bytes of requests in hand, the limit is %llu; retry later or send "
+                    "it to another backend", (unsigned long long)s->inflight_bytes,
+                    (unsigned long long)s->max_inflight_bytes);
+        s_reply(s, j);
+        return true;
+    }
+    titan_batchq_rules r = {o.max_batch, (int64_t)o.max_queue_delay_us * 1000, o.queue};
+    int rc = titan_batchq_push(s->bq, model, &r, j, titan_clock_mono_ns());
+    if (rc == -EBUSY) {
+        titan_metrics_busy(s->metrics, TITAN_BUSY_MODEL_QUEUE);
+        s_job_error(j, "busy", "worker busy: %d requests already wait for model '%s', the limit of its queue (its "
+                    "manifest's \"queue\"); retry later or send it to another backend", o.queue, model);
+        s_reply(s, j);
+        return true;
+    }
+    if (rc) return false; /* out of memory for a new model's queue: it runs unbatched */
+    s->inflight_bytes += j->bytes;
+    s_dispatch(s);
+    return true;
+}
+
 static void s_admit(titan_server *s, titan_job *j)
 {
     if (s->auth) {
@@ -655,6 +788,7 @@ static void s_admit(titan_server *s, titan_job *j)
         s_refuse_unread(s, j, unread);
         return;
     }
+    if (s_admit_batch(s, j)) return;
     bool idle = s->running < s->nexec;
     const void *key = zmq_msg_data(&j->frames[0]);
     size_t keylen = zmq_msg_size(&j->frames[0]);
@@ -721,7 +855,8 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, tit
     }
     s->drain_timeout_ms = cfg->drain_timeout_ms;
     s->queue = titan_fairq_new();
-    if (!s->queue) {
+    s->bq = titan_batchq_new();
+    if (!s->queue || !s->bq) {
         snprintf(err, errcap, "out of memory");
         goto fail;
     }
@@ -840,25 +975,42 @@ void titan_server_counts(const titan_server *s, unsigned long long *served, unsi
 }
 
 /* Stops taking work: refuses every queued request and starts the drain clock. */
+static void s_refuse_draining(titan_server *s, titan_job *j)
+{
+    s->inflight_bytes -= j->bytes;
+    s_job_peek_id(j);
+    s_job_error(j, "shutting_down", "the worker is shutting down; retry on another backend or after its restart");
+    s_reply(s, j);
+}
+
+static void s_refuse_queued(void *arg, void *job)
+{
+    s_refuse_draining(arg, job);
+}
+
+static void s_free_queued(void *arg, void *job)
+{
+    s_job_free(job);
+}
+
 static void s_start_drain(titan_server *s, int64_t *t_drain)
 {
     s->draining = true;
     titan_metrics_set_state(s->metrics, TITAN_STATE_DRAINING);
     *t_drain = titan_clock_mono_ns();
     titan_notify_stopping();
-    if (s->running || s->qlen) {
+    if (s->running || s->qlen || titan_batchq_len(s->bq)) {
         titan_log(TITAN_LOG_INFO, "shutting down: refusing %d queued requests, finishing %d running for up to %d ms "
-                  "(signal again to stop at once)", s->qlen, s->running, s->drain_timeout_ms);
+                  "(signal again to stop at once)", s->qlen + (int)titan_batchq_len(s->bq), s->running,
+                  s->drain_timeout_ms);
         titan_notify_status("draining %d requests", s->running);
     }
     titan_job *j;
     while ((j = titan_fairq_pop(s->queue)) != NULL) {
         s->qlen--;
-        s->inflight_bytes -= j->bytes;
-        s_job_peek_id(j);
-        s_job_error(j, "shutting_down", "the worker is shutting down; retry on another backend or after its restart");
-        s_reply(s, j);
+        s_refuse_draining(s, j);
     }
+    titan_batchq_take_all(s->bq, s_refuse_queued, s);
     s_gauges(s);
 }
 
@@ -869,8 +1021,7 @@ static void s_collect(titan_server *s, int i)
     if (rc != sizeof(j) || !j) return;
     s->busy[i] = false;
     s->running--;
-    s->inflight_bytes -= j->bytes;
-    s_reply(s, j);
+    s_reply_all(s, j);
     s_gauges(s);
 }
 
@@ -919,6 +1070,15 @@ int titan_server_run(titan_server *s, volatile sig_atomic_t *stop, int wake_fd)
         if (s->draining) {
             long left = (long)(s->drain_timeout_ms - titan_clock_ms_since(t_drain)) + 1;
             if (timeout < 0 || left < timeout) timeout = left;
+        }
+        if (!s->draining && s->running < s->nexec) {
+            /* A model's queue waits for others while a batch of it runs, at most its delay: wake then. */
+            int64_t due = titan_batchq_next_ns(s->bq);
+            if (due >= 0) {
+                int64_t left_ns = due - titan_clock_mono_ns();
+                long left = left_ns <= 0 ? 0 : (long)((left_ns + 999999) / 1000000);
+                if (timeout < 0 || left < timeout) timeout = left;
+            }
         }
         int n = zmq_poll(items, nitems, timeout);
         if (n < 0) {
@@ -987,6 +1147,8 @@ void titan_server_destroy(titan_server **sp)
     titan_job *j;
     while (s->queue && (j = titan_fairq_pop(s->queue)) != NULL) s_job_free(j);
     titan_fairq_destroy(&s->queue);
+    if (s->bq) titan_batchq_take_all(s->bq, s_free_queued, NULL);
+    titan_batchq_free(&s->bq);
     if (s->conn_mon) zmq_close(s->conn_mon);
     if (s->router) zmq_close(s->router);
     titan_auth_destroy(&s->auth);

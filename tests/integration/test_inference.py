@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 
 from workerproc import Tap, Worker
 
@@ -26,18 +27,30 @@ def refused(args, env):
 
 
 def t_no_runner():
-    """--models without a runner refuses to start (exit status 1), saying which runner is missing and how to
-    build it, never a quiet info line and a worker that serves nothing. A build with the runner is made to miss
-    it through $TITAN_TORCH_RUNNER."""
+    """A TorchScript manifest without the runner refuses to start (exit status 1), saying which runner is missing
+    and how to build it, never a quiet info line and a worker that serves nothing. A build with the runner is made
+    to miss it through $TITAN_TORCH_RUNNER. --models with no TorchScript manifest needs no runner (encoder models
+    are built in) and starts without loading libtorch."""
     empty = tempfile.mkdtemp(prefix="titan-models-empty-")
+    w = Worker(BIN, "--models", empty, env=dict(os.environ, TITAN_TORCH_RUNNER="/nonexistent-titan/runner.so"))
+    log = w.read_log()
+    w.stop()
+    tap.ok(" info: serving 0 model(s)" in log and " error" not in log, "--models with no TorchScript manifest starts without the runner", log)
+    ts = tempfile.mkdtemp(prefix="titan-models-ts-")
+    with open(os.path.join(ts, "m.model.json"), "w") as f:
+        json.dump({"name": "m", "runner": "torchscript", "file": "m.pt",
+                   "inputs": [{"name": "x", "dtype": "float32", "shape": [-1]}],
+                   "outputs": [{"name": "y", "dtype": "float32", "shape": [-1]}]}, f)
+    with open(os.path.join(ts, "m.pt"), "wb") as f:
+        f.write(b"\0")
     env = dict(os.environ)
     if "torchscript" in ver:
         env["TITAN_TORCH_RUNNER"] = "/nonexistent-titan/titan-runner-torchscript.so"
-    rc, log = refused(["--models", empty], env)
+    rc, log = refused(["--models", ts], env)
     tap.ok(rc == 1 and " error: --models" in log and "TorchScript runner" in log and "-Dtorch=enabled" in log
            and "libtorch-dev" in log and " info: serving" not in log,
-           "--models without the TorchScript runner: exit 1, an error naming the runner and how to build it",
-           (rc, log))
+           "a TorchScript manifest without the TorchScript runner: exit 1, an error naming the runner and how to "
+           "build it", (rc, log))
     if "torchscript" in ver:
         tap.ok("TITAN_TORCH_RUNNER=/nonexistent-titan/titan-runner-torchscript.so" in log,
                "the error names the runner module that could not be loaded", log)
@@ -48,7 +61,7 @@ def t_no_runner():
     with open(os.path.join(empty, "m.onnx"), "wb") as f:
         f.write(b"\0")
     rc, log = refused(["--models", empty], dict(os.environ))
-    tap.ok(rc == 1 and " error: " in log and ("runner 'onnx'" in log or "without a model runner" in log),
+    tap.ok(rc == 1 and " error: " in log and "runner 'onnx'" in log,
            "a manifest naming a runner the worker lacks: exit 1, an error naming it", (rc, log))
 
 
@@ -412,8 +425,95 @@ def t_runtime_errors():
            "the worker's log has the cause too", log[-3000:])
 
 
+class RowSum(torch.nn.Module):
+    """Not batch-major: one row whatever the batch, for the batching check."""
+
+    def forward(self, x):
+        return x.sum(0, keepdim=True)
+
+
+def t_batching():
+    """Dynamic batching of TorchScript inference (PROTOCOL.md 9.1): a manifest with max_batch stacks concurrent
+    requests along the first dimension; each result equals the request run alone within 1e-6, in JSON and binary
+    forms, requests whose other dimensions differ run apart, the batches show in /metrics; a model that is not
+    batch-major answers device_error saying so; max_batch with a fixed first dimension stops the start."""
+    bdir = tempfile.mkdtemp(prefix="titan-models-batch-")
+    torch.jit.script(mlp).save(os.path.join(bdir, "mlp.pt"))
+    torch.jit.script(cnn).save(os.path.join(bdir, "cnn.pt"))
+    torch.jit.script(RowSum()).save(os.path.join(bdir, "rowsum.pt"))
+    for name, ins, outs in (("mlp", [spec("x", [-1, 4])], [spec("y", [-1, 3])]),
+                            ("cnn", [spec("img", [-1, 1, -1, -1])], [spec("logits", [-1, 2])]),
+                            ("rowsum", [spec("x", [-1, 4])], [spec("y", [-1, 4])])):
+        with open(os.path.join(bdir, name + ".model.json"), "w") as f:
+            json.dump({"name": name, "runner": "torchscript", "file": name + ".pt", "inputs": ins, "outputs": outs,
+                       "device": "cpu", "max_batch": 32, "max_queue_delay_us": 20000}, f)
+    wb = Worker(BIN, "--models", bdir, "--threads", "2", "--http", "127.0.0.1:0")
+    rng = np.random.default_rng(9)
+    xs = [rng.standard_normal((1 + i % 4, 4)).astype(np.float32) for i in range(24)]
+    got = [None] * len(xs)
+
+    def client(i):
+        c = sock(wb.endpoint)
+        if i % 2:
+            r, fr = call(c, {"op": "inference", "model": "mlp", "inputs": [desc(xs[i], 1)]}, xs[i].tobytes())
+            got[i] = np.frombuffer(fr[0], dtype=np.float32).reshape(r["outputs"][0]["shape"]) if fr else r
+        else:
+            r, _ = call(c, {"op": "inference", "model": "mlp", "input": xs[i].tolist()})
+            got[i] = np.asarray(r.get("output"), dtype=np.float32) if "output" in r else r
+        c.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with torch.no_grad():
+        want = [mlp(torch.from_numpy(x)).numpy() for x in xs]
+    worst = max((float(np.abs(g - w_).max()) if isinstance(g, np.ndarray) and g.shape == w_.shape else 1e9)
+                for g, w_ in zip(got, want))
+    tap.ok(worst <= 1e-6, f"24 concurrent requests of 1 to 4 rows: each equals the model run alone within 1e-6 "
+           f"(worst {worst:.2g}), JSON and binary alike", got[:2])
+    imgs = [rng.standard_normal((1, 1, 8 if i % 2 else 10, 8 if i % 2 else 10)).astype(np.float32) for i in range(8)]
+    gi = [None] * len(imgs)
+
+    def cclient(i):
+        c = sock(wb.endpoint)
+        r, fr = call(c, {"op": "inference", "model": "cnn", "inputs": [desc(imgs[i], 1)]}, imgs[i].tobytes())
+        gi[i] = r if not fr else np.frombuffer(fr[0], dtype=np.float32)
+        c.close()
+
+    threads = [threading.Thread(target=cclient, args=(i,)) for i in range(len(imgs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    tap.ok(all(isinstance(g, np.ndarray) for g in gi[1::2]) and all(isinstance(g, dict) for g in gi[0::2]),
+           "requests whose other dimensions differ run apart: 8x8 images answer, 10x10 fail alone (the model's "
+           "own shape error)", gi[:2])
+    base = next(x for x in open(wb.epfile).read().split() if x.startswith("http://"))
+    text = urllib.request.urlopen(base.rstrip("/") + "/metrics", timeout=10).read().decode()
+    count = int(next(x for x in text.splitlines() if x.startswith("titan_batch_size_count")).split()[-1])
+    total = int(next(x for x in text.splitlines() if x.startswith("titan_batch_size_sum")).split()[-1])
+    tap.ok(total > count > 0, f"titan_batch_size: {total} requests in {count} batches", text[-1500:])
+    c = sock(wb.endpoint)
+    # rowsum answers one row for a batch of n: alone (one request of one row) it is right, stacked it is not.
+    reqs = [{"op": "inference", "model": "rowsum", "input": [[1, 2, 3, 4]] * 2}]
+    r, _ = call(c, reqs[0])
+    tap.ok(r.get("code") == "device_error" and "batch-major" in r.get("error", "") and "max_batch" in r.get("error", ""),
+           "a model whose output is not batch-major: device_error saying to set max_batch to 1", r)
+    c.close()
+    wb.stop()
+    with open(os.path.join(bdir, "mlp.model.json"), "w") as f:
+        json.dump({"name": "mlp", "runner": "torchscript", "file": "mlp.pt", "inputs": [spec("x", [5, 4])],
+                   "outputs": [spec("y", [-1, 3])], "max_batch": 4}, f)
+    rc, log = refused(["--models", bdir], dict(os.environ))
+    tap.ok(rc == 1 and "max_batch" in log and "'x'" in log, "max_batch with a fixed first dimension stops the start",
+           (rc, log))
+
+
 tap.run("non-finite outputs", t_non_finite)
 tap.run("run-time errors", t_runtime_errors)
+tap.run("batching", t_batching)
 tap.run("lru", t_lru)
 tap.run("no models", t_no_models)
 tap.run("bad dir", t_bad_dir)
