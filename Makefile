@@ -74,7 +74,7 @@ check-legacy-cuda:
 # Each target keeps a scratch corpus in $(BUILD)/fuzz-corpus/NAME (libFuzzer adds to it) and
 # reads its seeds from fuzz/corpus/NAME; every target runs, and the target fails if any crashed.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = request reply safetensors bertconfig
+FUZZ_TARGETS = request reply tokenizer safetensors bertconfig
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -std=gnu11 -D_GNU_SOURCE \
   -Wall -Wextra -Wno-unused-parameter -Iinclude -Isrc/core
 fuzz:
@@ -84,6 +84,8 @@ fuzz:
 	  -ljansson -lm -o $(BUILD)/fuzz/fuzz_request
 	clang $(FUZZ_CFLAGS) fuzz/fuzz_reply.c src/core/request.c src/core/jsonscan.c src/core/numfmt.c src/core/tensor.c \
 	  -lzmq -ljansson -lm -lpthread -o $(BUILD)/fuzz/fuzz_reply
+	clang $(FUZZ_CFLAGS) fuzz/fuzz_tokenizer.c src/core/encoder/wordpiece.c src/core/encoder/wordpiece_load.c \
+	  -lutf8proc -ljansson -o $(BUILD)/fuzz/fuzz_tokenizer
 	clang $(FUZZ_CFLAGS) fuzz/fuzz_safetensors.c src/core/encoder/safetensors.c -ljansson -lm -o $(BUILD)/fuzz/fuzz_safetensors
 	clang $(FUZZ_CFLAGS) fuzz/fuzz_bertconfig.c src/core/encoder/bert_config.c -ljansson -lm -o $(BUILD)/fuzz/fuzz_bertconfig
 	@rc=0; for t in $(FUZZ_TARGETS); do \
