@@ -13,8 +13,9 @@
 // Both sides encode a fixed text set and seeded random strings, as singles and pairs, with and without truncation;
 // ids, type ids and attention masks must be equal, and the reference's errors (a truncation that cannot fit) must
 // be titan's errors. Invalid UTF-8 (which the reference cannot be given) must be refused by titan with its offset.
-// Last, every code point goes through both normalizers and pre-tokenizers in five configurations; a difference is
-// accepted only where the two sides' Unicode data differ (see s_explained below), and each kind is counted.
+// Last, every code point of the planes in use goes through both normalizers and pre-tokenizers in five
+// configurations; a difference is accepted only where the two sides' Unicode data differ (see CHANGED below), and
+// each kind is counted.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -383,8 +384,11 @@ const SWEEPS = [
   { name: 'strip_accents only', norm: { cleanText: false, handleChineseChars: false, lowercase: false, stripAccents: true } },
   { name: 'pre-tokenizer only', norm: { cleanText: false, handleChineseChars: false, lowercase: false, stripAccents: false } },
 ];
+// Every code point of the planes in use (0-3 and 14); a sample of the rest (planes 4-13 are unassigned, 15-16
+// private use), to keep the test short.
 const CODEPOINTS = [];
-for (let c = 0; c <= 0x10ffff; c++) if (c < 0xd800 || c > 0xdfff) CODEPOINTS.push(c);
+for (let c = 0; c <= 0x10ffff; c++)
+  if ((c < 0xd800 || c > 0xdfff) && (c < 0x40000 || (c >= 0xe0000 && c < 0xf0000) || c % 61 === 0)) CODEPOINTS.push(c);
 const CHUNK = 512;
 for (const [si, sw] of SWEEPS.entries()) {
   const dir = path.join(tmp, `sweep${si}`);
@@ -418,7 +422,7 @@ for (const [si, sw] of SWEEPS.entries()) {
   });
   const summary = `${counts.older} categorized since Unicode 8 (${examples.older.join(', ')}), ` +
     `${counts.newer} of Unicode 16 (${examples.newer.join(', ')}), ${counts.changed} changed`;
-  ok(unexplained.length === 0, `every code point, ${sw.name}: words equal but for ${summary}` +
+  ok(unexplained.length === 0, `${CODEPOINTS.length} code points, ${sw.name}: words equal but for ${summary}` +
     ` (utf8proc Unicode ${single.unicode_version})`, unexplained);
 }
 
