@@ -74,7 +74,7 @@ check-legacy-cuda:
 # Each target keeps a scratch corpus in $(BUILD)/fuzz-corpus/NAME (libFuzzer adds to it) and
 # reads its seeds from fuzz/corpus/NAME; every target runs, and the target fails if any crashed.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = request reply tokenizer safetensors bertconfig
+FUZZ_TARGETS = request reply tokenizer safetensors bertconfig http_body
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -std=gnu11 -D_GNU_SOURCE \
   -Wall -Wextra -Wno-unused-parameter -Iinclude -Isrc/core
 fuzz:
@@ -88,6 +88,8 @@ fuzz:
 	  -lutf8proc -ljansson -o $(BUILD)/fuzz/fuzz_tokenizer
 	clang $(FUZZ_CFLAGS) fuzz/fuzz_safetensors.c src/core/encoder/safetensors.c -ljansson -lm -o $(BUILD)/fuzz/fuzz_safetensors
 	clang $(FUZZ_CFLAGS) fuzz/fuzz_bertconfig.c src/core/encoder/bert_config.c -ljansson -lm -o $(BUILD)/fuzz/fuzz_bertconfig
+	clang $(FUZZ_CFLAGS) -Isrc/worker fuzz/fuzz_http_body.c src/worker/http_api.c src/core/numfmt.c src/core/tensor.c \
+	  -ljansson -lm -o $(BUILD)/fuzz/fuzz_http_body
 	@rc=0; for t in $(FUZZ_TARGETS); do \
 	  fuzz/run.sh $(BUILD)/fuzz/fuzz_$$t $(FUZZ_SECONDS) $(BUILD)/fuzz-corpus/$$t fuzz/corpus/$$t || rc=1; \
 	done; exit $$rc

@@ -52,6 +52,8 @@ static bool s_plain_code(const char *code)
     return true;
 }
 
+static size_t s_utf8_len(const unsigned char *p, const unsigned char *end);
+
 int titan_http_fail(titan_http_error *err, const char *code, const char *fmt, ...)
 {
     const s_status *st = NULL;
@@ -65,6 +67,17 @@ int titan_http_fail(titan_http_error *err, const char *code, const char *fmt, ..
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof(err->message), fmt, ap);
     va_end(ap);
+    /* The message goes into JSON: a byte that is no UTF-8 (a client's, or a character cut in two by the room
+     * or a precision) becomes '?' (fuzz_http_body's finding: the error body was lost with it). */
+    unsigned char *m = (unsigned char *)err->message, *end = m + strlen(err->message);
+    while (m < end) {
+        size_t n = *m < 0x80 ? 1 : s_utf8_len(m, end);
+        if (n) {
+            m += n;
+        } else {
+            *m++ = '?';
+        }
+    }
     return -1;
 }
 
@@ -275,7 +288,9 @@ static int s_string(s_in *in, const char *what, char *dec, size_t cap, bool *ove
                 in->p += 2;
                 continue;
             }
-            if (e != 'u') return s_bad(in, "%s: '\\%c' is not a JSON escape", what, e);
+            if (e != 'u')
+                return s_bad(in, "%s: a backslash before '%c' (0x%02x) is not a JSON escape", what,
+                             e > 0x20 && e < 0x7f ? e : '?', (unsigned char)e);
             unsigned u, u2;
             if (in->end - in->p < 6 || s_hex4(in->p + 2, &u) != 0)
                 return s_bad(in, "%s: \\u needs four hexadecimal digits", what);
@@ -921,7 +936,8 @@ int titan_http_call_answer(const titan_http_call *call, const void *const *frame
             rc = titan_http_fail(err, code, "this titan-worker cannot serve %s: it has no \"%s\" op (%s)",
                                  paths[call->route], ops[call->route], msg ? msg : "unknown op");
         else
-            rc = titan_http_fail(err, code, "%s", msg ? msg : "the worker answered an error without a message");
+            rc = msg && *msg ? titan_http_fail(err, code, "%s", msg)
+                             : titan_http_fail(err, code, "the worker answered %.31s without a message", code);
     } else if (call->route == TITAN_HTTP_EMBEDDINGS) {
         rc = s_answer_embeddings(call, h, frames, sizes, nframes, &o, err);
     } else if (call->route == TITAN_HTTP_RERANK) {

@@ -168,6 +168,22 @@ static void test_embeddings_refusals(void **state)
     /* A NUL byte in the body is no JSON. */
     const char nul[] = "{\"model\":\"m\",\"input\":\"a\0b\"}";
     s_refused(E, nul, sizeof(nul) - 1, 400, "control character (0x00)");
+    /* Messages are UTF-8 whatever the body held: a byte after a backslash, a name cut inside a character
+     * (fuzz_http_body found the error body lost to them). */
+    const char *odd[] = {"{\"model\":\"m\",\"input\":\"a\\\xff\"}",
+                         "{\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\xc3\xa9\":1}"};
+    for (size_t i = 0; i < 2; i++) {
+        titan_http_call call;
+        titan_http_error err;
+        assert_int_equal(titan_http_call_parse(E, odd[i], strlen(odd[i]), &call, &err), -1);
+        size_t len;
+        char *eb = titan_http_error_body(&err, &len);
+        assert_non_null(eb);
+        json_t *j = s_json(eb, len);
+        assert_non_null(strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")), "?"));
+        json_decref(j);
+        free(eb);
+    }
     /* Where: the byte offset of the problem. */
     s_refused_s(E, "{\"model\":\"m\",\"input\":[1,2,}", 400, "at byte 26");
 }
