@@ -11,7 +11,7 @@ workers serving encoder models made by tests/encoder/make_model.py:
 - the official openai npm client (tests/ref/node_modules): embeddings.create with its default (base64, decoded by
   the client) and "float", models.list, a wrong key (401), an unknown model (404);
 - --http-max-inflight: with the only executor held by a product, 12 concurrent requests give exactly 4 answers and
-  8 refusals 429 with Retry-After; clients that disconnect while their request waits (RST) leave nothing behind:
+  8 refusals 429 with Retry-After; the server's own busy (a model queue of one) as 429 too; clients that disconnect while their request waits (RST) leave nothing behind:
   the places come back and the worker stays up;
 - who may call: --http-token (401 with WWW-Authenticate, the token's file re-read when it changes, a broken file
   admits nobody, /healthz needs no token; a missing or bad file stops the start), and beyond loopback (403 without
@@ -172,9 +172,12 @@ def wait_inflight(ep, at_least, timeout=20):
 
 def make_models():
     d = tempfile.mkdtemp(prefix="titan-http-models-")
-    for name, extra in (("emb", ["--max-seq", "32"]), ("rr", ["--cross", "1"])):
+    for name, extra in (("emb", ["--max-seq", "32"]), ("rr", ["--cross", "1"]), ("tight-dir", ["--seed", "9"])):
         subprocess.run(["/usr/bin/python3", MAKE_MODEL, os.path.join(d, name), *extra], check=True,
                        stdout=subprocess.DEVNULL)
+    # A model whose batching queue holds one request: the server's own busy.
+    with open(os.path.join(d, "tight.model.json"), "w") as f:
+        json.dump({"name": "tight", "runner": "bert", "file": "tight-dir", "queue": 1, "max_batch": 1}, f)
     return d
 
 
@@ -385,7 +388,7 @@ def openai_client(w, base, token):
     tap.ok(np.array_equal(bits(f), bits(want)), "openai embeddings.create encoding_format float: bit for bit", "")
     tap.ok(np.array_equal(bits(b), bits(want)), "openai embeddings.create encoding_format base64: the bytes", "")
     tap.ok(out["model"] == "emb" and out["usage"] == zh["usage"], "model and usage as the op's", (out["usage"], zh))
-    tap.ok(sorted(out["models"]) == ["emb", "rr"], "openai models.list", out["models"])
+    tap.ok(sorted(out["models"]) == ["emb", "rr", "tight"], "openai models.list", out["models"])
     wk = out["wrong_key"]
     tap.ok(isinstance(wk, dict) and wk.get("status") == 401 and wk.get("name") == "AuthenticationError"
            and wk.get("code") == "unauthorized", "a wrong key: the client's AuthenticationError (401)", wk)
@@ -396,7 +399,7 @@ def openai_client(w, base, token):
 
 # ---- in flight, disconnects ----
 
-def concurrent(base, n):
+def concurrent(base, n, model="emb"):
     """n POST /v1/embeddings at once, each on its own connection: [(status, headers, json)]."""
     res = [None] * n
     barrier = threading.Barrier(n)
@@ -404,7 +407,7 @@ def concurrent(base, n):
     def one(i):
         barrier.wait()
         try:
-            res[i] = post(base, "/v1/embeddings", {"model": "emb", "input": f"text number {i}"})
+            res[i] = post(base, "/v1/embeddings", {"model": model, "input": f"text number {i}"})
         except Exception as e:  # reported below
             res[i] = (None, {}, str(e))
 
@@ -436,6 +439,23 @@ def inflight_bound(w, base):
            f"the {INFLIGHT} in hand are answered once the executor is free", [r[0] for r in res])
     reply = hold.wait()
     tap.ok(reply is not None and reply.get("id") == "hold", "the product's reply", reply)
+
+
+def server_busy(w, base):
+    """The server's admission applies to HTTP requests: tight's queue holds one, behind the product."""
+    zembed(w.endpoint, "tight", "warm")
+    hold = Product(w.endpoint)
+    wait_inflight(w.endpoint, 1)
+    ts, res = concurrent(base, 3, "tight")
+    for t in ts:
+        t.join(300)
+    hold.wait()
+    busy = [r for r in res if r[0] == 429]
+    tap.ok(len(busy) == 2 and sum(1 for r in res if r[0] == 200) == 1
+           and all(err_code(r[2]) == "busy" and "tight" in r[2]["error"]["message"] and r[1].get("retry-after") == "1"
+                   and "--http-max-inflight" not in r[2]["error"]["message"] for r in busy),
+           "a model queue of one behind the product: the server's busy for the other two, as 429 with Retry-After",
+           [(r[0], r[2]) for r in res])
 
 
 def disconnects(w, base):
@@ -622,6 +642,7 @@ def main():
     tap.run("embeddings", lambda: embeddings_match(w, base))
     tap.run("rerank", lambda: rerank_match(w, base))
     tap.run("in flight", lambda: inflight_bound(w, base))
+    tap.run("server busy", lambda: server_busy(w, base))
     tap.run("disconnects", lambda: disconnects(w, base))
     tap.run("trickle", lambda: trickle_check(trickler, base))
     tap.run("tokens", lambda: tokens(models))
