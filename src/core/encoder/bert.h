@@ -79,7 +79,7 @@ int titan_bert_load(const char *dir, titan_bert **out, void (*progress)(void *ct
 /* Frees a model; takes NULL; sets *p to NULL. */
 void titan_bert_free(titan_bert **p);
 
-/* One tokenized input: ids and token type ids, `len` of each (no padding). */
+/* One tokenized input: ids and token type ids, `len` of each (no padding); type_ids may be NULL (all 0). */
 typedef struct {
     const int32_t *ids;
     const int32_t *type_ids;
