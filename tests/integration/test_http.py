@@ -35,7 +35,7 @@ tap = Tap()
 ctx = zmq.Context()
 
 OPS = {"ping", "gpu_info", "ops", "matrix_multiply", "inference", "list_models", "load_model", "unload_model",
-       "tensor_put", "tensor_get", "tensor_free", "tensor_list", "other"}
+       "tensor_put", "tensor_get", "tensor_free", "tensor_list", "embed", "rerank", "other"}
 PROM_CTYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
