@@ -131,7 +131,8 @@ cat >"$kit/run.sh" <<'EOF'
 # run.sh - the titan device kit's GPU run (scripts/device-kit.sh; docs/OPERATIONS.md, "The GPU run"):
 #   1. checks, before anything runs, that this machine has every library the kit does not carry
 #      (needs.txt); if one is missing, says which and where it looked, and stops (exit 2);
-#   2. runs cuda_check (the CUDA backend against OpenBLAS, TAP) within part of the time budget;
+#   2. runs cuda_check (the CUDA backend against OpenBLAS, TAP; and BERT encoders on the GPU against the CPU,
+#      with the MiniLM-L6-shaped encoder's benchmark) within part of the time budget;
 #   3. runs the GPU benchmark (bench/gpu.sh) one size at a time, smallest first, while the rest of the
 #      budget can fit the next size (predicted from the last one's time, as n^3); each step is killed,
 #      with everything it started, when the budget runs out;
@@ -420,6 +421,17 @@ while read -r l; do
     'ok '* | 'not ok '* | '1..0'*) md "- ${l/not ok/**not ok**}" ;;
   esac
 done <"$tap"
+# The encoder benchmark that cuda_check ran ("# bert_bench:" lines): the MiniLM-L6-shaped encoder through a CUDA
+# worker and a CPU worker, embed of token ids, median milliseconds per request.
+bb=$(grep '^# bert_bench: ' "$tap")
+if [ -n "$bb" ]; then
+  md "" "## Encoder benchmark (cuda_check): MiniLM-L6's shape (hidden 384, 6 layers, 12 heads, FFN 1536), embed of token ids" ""
+  md "| batch (sequences x tokens) | GPU ms | GPU tokens/s | CPU ms | CPU tokens/s | GPU / CPU speed |" "|---|---:|---:|---:|---:|---:|"
+  bget() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+  while read -r l; do
+    md "| $(bget batch "$l") | $(bget device_ms "$l") | $(bget device_tok_s "$l") | $(bget cpu_ms "$l") | $(bget cpu_tok_s "$l") | $(bget speedup "$l")x |"
+  done <<<"$bb"
+fi
 
 # ---- 3. the benchmark, one size at a time ----
 IFS=', ' read -r -a sizes <<<"${BENCH_GPU_SIZES:-1024,2048,4096,8192}"

@@ -16,6 +16,11 @@
  * the context is lost from then on (sticky; one flag for all devices, as a worker uses one). cudaFree of
  * another device's pointer than the calling thread's current one is invalid (cudaErrorInvalidValue).
  *
+ * cuBLAS: cublasSgemm/Dgemm with either operand transposed, and cublasSgemmStridedBatched (each GEMM of the batch
+ * checked as one call). The encoder's kernels (src/core/backends/cuda_bert.cu) are stood in for by
+ * titan_cuda_bert_launch, which checks every buffer the kernel touches and queues the kernel's own items
+ * (cuda_bert.h, the same code the GPU runs) to run on the CPU in order when the stream runs.
+ *
  * Streams are in-order queues that run when the host waits for them (cudaStreamSynchronize, cudaFree,
  * cudaFreeHost, cudaStreamDestroy, cudaDeviceSynchronize) - the latest moment real CUDA may run them - so
  * that a host read of a pinned buffer before the wait, or a pinned buffer refilled while a copy from it is
@@ -43,7 +48,8 @@
  *   FAKE_CUDA_DRIVER_VERSION=V   what cudaDriverGetVersion says (default 11040: "11.4", a 470 driver)
  *   FAKE_CUDA_SYNC=1             run stream work at once
  *   FAKE_CUDA_REPORT=PATH        at exit, append one JSON line of counters (live allocations, invalid calls,
- *                                per device, pinned buffers at most at once, lock inversions...) */
+ *                                per device, pinned buffers at most at once, lock inversions, GEMM calls, batched
+ *                                GEMM calls, encoder kernel launches...) */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>

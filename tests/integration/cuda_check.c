@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +59,8 @@
 #include <jansson.h>
 
 #include "titan/titan.h"
+
+#include "cuda_check_bert.h"
 
 #define S_DEFAULT_STAGE_KB 8192 /* cuda.c's S_STAGE_BYTES */
 #define S_SMALL_STAGE_KB 64
@@ -313,7 +316,8 @@ static void *s_watchdog(void *arg)
 }
 
 /* Starts the worker; 0 once it wrote its endpoint file, else -1 with why. */
-static int s_start(const char *worker, const char *device, long stage_kb, int run, char *why, size_t cap)
+static int s_start(const char *worker, const char *device, const char *models, long stage_kb, int run, char *why,
+                   size_t cap)
 {
     char epfile[300];
     snprintf(epfile, sizeof epfile, "%s/endpoint-%d", g_dir, run);
@@ -335,8 +339,10 @@ static int s_start(const char *worker, const char *device, long stage_kb, int ru
             dup2(fd, 1);
             dup2(fd, 2);
         }
-        execl(worker, worker, "--device", device, "--bind", "tcp://127.0.0.1:*", "--endpoint-file", epfile,
-              "--threads", "2", "--max-request-bytes", "2G", "--max-result-bytes", "2G", (char *)NULL);
+        const char *args[] = {worker,   "--device", device, "--bind", "tcp://127.0.0.1:*", "--endpoint-file",
+                              epfile,   "--threads", "2", "--max-request-bytes", "2G", "--max-result-bytes", "2G",
+                              models ? "--models" : NULL, models, NULL};
+        execv(worker, (char *const *)args);
         fprintf(stderr, "cuda_check: cannot run %s: %s\n", worker, strerror(errno));
         _exit(127);
     }
@@ -858,18 +864,222 @@ static void s_json_example(titan_client *c)
     titan_reply_destroy(&r);
 }
 
+/* ---- encoders (issue 20) ---- */
+
+/* float32 through the same math in another order (cuBLAS's products, padded batches): a few ulp of values near 1
+ * per layer, far below this. */
+#define S_BERT_TOL 1e-4
+
+typedef struct {
+    int n;
+    int32_t *ids; /* n rows of up to maxlen */
+    int *len;
+    int maxlen;
+} s_inputs;
+
+/* n id lists [CLS] w... [SEP] of lo..hi tokens (1 token: [CLS] alone), ids of words below vocab. */
+static s_inputs s_make_inputs(int n, int lo, int hi, int vocab, uint64_t seed)
+{
+    s_inputs in = {n, s_xmalloc((size_t)n * hi * sizeof(int32_t)), s_xmalloc((size_t)n * sizeof(int)), hi};
+    uint64_t st = seed * 0x9E3779B97F4A7C15ull + 7;
+    for (int i = 0; i < n; i++) {
+        st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+        int L = lo + (int)(st % (uint64_t)(hi - lo + 1));
+        in.len[i] = L;
+        for (int p = 0; p < L; p++) {
+            st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+            in.ids[(size_t)i * hi + p] = p == 0 ? 2 : p == L - 1 ? 3 : 5 + (int32_t)(st % (uint64_t)(vocab - 5));
+        }
+    }
+    return in;
+}
+
+static void s_free_inputs(s_inputs *in)
+{
+    free(in->ids);
+    free(in->len);
+}
+
+/* The embeddings of `in` from model `model` (n x *dims floats, malloc'd), or NULL with why. */
+static float *s_embed(titan_client *c, const char *model, const s_inputs *in, int *dims, char *why, size_t cap)
+{
+    json_t *rows = json_array();
+    for (int i = 0; i < in->n; i++) {
+        json_t *r = json_array();
+        for (int p = 0; p < in->len[i]; p++) json_array_append_new(r, json_integer(in->ids[(size_t)i * in->maxlen + p]));
+        json_array_append_new(rows, r);
+    }
+    json_t *req = json_pack("{s:s, s:s, s:o, s:b}", "op", "embed", "model", model, "input", rows, "binary", 1);
+    char *hdr = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    if (!hdr) {
+        snprintf(why, cap, "out of memory");
+        return NULL;
+    }
+    titan_reply *r = NULL;
+    int rc = titan_client_call(c, hdr, NULL, 0, &r);
+    free(hdr);
+    s_check_answered(rc, "embed");
+    if (rc != 0) {
+        snprintf(why, cap, "the call failed: %s", strerror(-rc));
+        return NULL;
+    }
+    json_t *h = json_loads(titan_reply_header(r), 0, NULL);
+    json_t *shape = json_object_get(json_object_get(h, "embeddings"), "shape");
+    float *out = NULL;
+    size_t fsize = 0;
+    const void *f = titan_reply_frame(r, 0, &fsize);
+    long long n = json_integer_value(json_array_get(shape, 0)), d = json_integer_value(json_array_get(shape, 1));
+    if (!f || n != in->n || d < 1 || fsize != (size_t)(n * d) * sizeof(float)) {
+        snprintf(why, cap, "%.300s", titan_reply_header(r));
+    } else {
+        out = s_xmalloc(fsize);
+        memcpy(out, f, fsize);
+        *dims = (int)d;
+    }
+    json_decref(h);
+    titan_reply_destroy(&r);
+    return out;
+}
+
+static int s_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The median milliseconds of `reps` embeds of `in` (after one not timed), or -1 with why. */
+static double s_time_embed(titan_client *c, const char *model, const s_inputs *in, int reps, char *why, size_t cap)
+{
+    double t[16];
+    int d;
+    for (int i = -1; i < reps && i < 16; i++) {
+        double t0 = s_now();
+        float *e = s_embed(c, model, in, &d, why, cap);
+        if (!e) return -1;
+        free(e);
+        if (i >= 0) t[i] = (s_now() - t0) * 1e3;
+    }
+    qsort(t, (size_t)reps, sizeof(double), s_cmp_double);
+    return t[reps / 2];
+}
+
+static double s_max_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m)) m = d; /* NaN wins */
+    }
+    return m;
+}
+
+static const cc_bert_shape s_bert_small = {64, 2, 4, 128, 500, 128};
+static const cc_bert_shape s_bert_minilm = {384, 6, 12, 1536, 30522, 512}; /* all-MiniLM-L6-v2's shape */
+
+/* A CPU worker and a `device` worker serve the same two models (written here): the small one's and the MiniLM-
+ * shaped one's embeddings of inputs of mixed lengths agree within S_BERT_TOL; then the MiniLM-shaped encoder's
+ * time for one 128-token input and for 32 of them, on each worker ("# bert_bench:" lines, for the kit's summary).
+ */
+static void s_encoders(const char *worker, const char *device, bool quick)
+{
+    char mdir[300], small[340], mini[340], why[400];
+    snprintf(mdir, sizeof mdir, "%s/models", g_dir);
+    snprintf(small, sizeof small, "%s/small", mdir);
+    snprintf(mini, sizeof mini, "%s/minilm", mdir);
+    double t0 = s_now();
+    bool wrote = mkdir(mdir, 0755) == 0 && cc_bert_write(small, &s_bert_small, 1, why, sizeof why) == 0 &&
+                 cc_bert_write(mini, &s_bert_minilm, 2, why, sizeof why) == 0;
+    s_ok(wrote, "encoder models written (hidden 64, 2 layers; and MiniLM-L6's shape: hidden 384, 6 layers, 12 heads, "
+         "FFN 1536, vocab 30522) in %.1f s%s%s", s_now() - t0, wrote ? "" : ": ", wrote ? "" : why);
+    if (!wrote) return;
+    s_inputs acc_small = s_make_inputs(24, 1, 128, s_bert_small.vocab, 11);
+    s_inputs acc_mini = s_make_inputs(8, 1, 128, s_bert_minilm.vocab, 12);
+    s_inputs b1 = s_make_inputs(1, 128, 128, s_bert_minilm.vocab, 13);
+    s_inputs b32 = s_make_inputs(32, 128, 128, s_bert_minilm.vocab, 14);
+    int reps = quick ? 1 : 5;
+    float *es[2] = {NULL, NULL}, *em[2] = {NULL, NULL};
+    int ds[2] = {0, 0}, dm[2] = {0, 0};
+    double t1[2] = {-1, -1}, t32[2] = {-1, -1};
+    for (int w = 0; w < 2; w++) {
+        const char *dev = w ? device : "cpu";
+        char what[200];
+        snprintf(what, sizeof what, "titan-worker --device %s --models (the encoders) starts", dev);
+        t0 = s_now();
+        if (s_start(worker, dev, mdir, S_DEFAULT_STAGE_KB, 3 + w, why, sizeof why) != 0) {
+            pthread_mutex_lock(&g_tap);
+            char last[512];
+            s_log_tail_locked(last, sizeof last);
+            pthread_mutex_unlock(&g_tap);
+            s_ok(false, "%s: %s: %s", what, why, last[0] ? last : "(the worker's log is empty)");
+            continue;
+        }
+        s_ok(true, "%s in %.1f s", what, s_now() - t0);
+        titan_client *c = s_client("cuda-check-bert");
+        es[w] = s_embed(c, "small", &acc_small, &ds[w], why, sizeof why);
+        if (!es[w]) s_ok(false, "embed on %s (small model): %s", dev, why);
+        em[w] = s_embed(c, "minilm", &acc_mini, &dm[w], why, sizeof why);
+        if (!em[w]) s_ok(false, "embed on %s (MiniLM-shaped model): %s", dev, why);
+        t1[w] = s_time_embed(c, "minilm", &b1, reps, why, sizeof why);
+        if (t1[w] < 0) s_ok(false, "encoder benchmark on %s, 1 x 128 tokens: %s", dev, why);
+        t32[w] = s_time_embed(c, "minilm", &b32, reps, why, sizeof why);
+        if (t32[w] < 0) s_ok(false, "encoder benchmark on %s, 32 x 128 tokens: %s", dev, why);
+        titan_client_destroy(&c);
+        int rc = s_stop();
+        s_ok(rc == 0, "the worker exits cleanly on SIGTERM (status %d)", rc);
+    }
+    if (es[0] && es[1]) {
+        double d = ds[0] == ds[1] ? s_max_diff(es[0], es[1], (size_t)acc_small.n * ds[0]) : INFINITY;
+        s_ok(d <= S_BERT_TOL, "embed on %s agrees with the CPU within %g: 24 inputs of 1 to 128 tokens, hidden 64 "
+             "(max abs difference %.3g)", device, S_BERT_TOL, d);
+    }
+    if (em[0] && em[1]) {
+        double d = dm[0] == dm[1] ? s_max_diff(em[0], em[1], (size_t)acc_mini.n * dm[0]) : INFINITY;
+        s_ok(d <= S_BERT_TOL, "embed on %s agrees with the CPU within %g: 8 inputs of 1 to 128 tokens, MiniLM-L6's "
+             "shape (max abs difference %.3g)", device, S_BERT_TOL, d);
+    }
+    if (t1[1] > 0 && t32[1] > 0) {
+        s_ok(true, "encoder benchmark on %s (MiniLM-L6's shape, median of %d): 1 x 128 tokens %.2f ms, 32 x 128 tokens "
+             "%.2f ms (%.0f tokens/s)", device, reps, t1[1], t32[1], 32 * 128 / (t32[1] / 1e3));
+        for (int k = 0; k < 2; k++) {
+            double g = k ? t32[1] : t1[1], p = k ? t32[0] : t1[0];
+            int nb = k ? 32 : 1;
+            printf("# bert_bench: shape=MiniLM-L6 batch=%dx128 reps=%d device=%s device_ms=%.2f device_tok_s=%.0f "
+                   "cpu_ms=%.2f cpu_tok_s=%.0f speedup=%.2f\n",
+                   nb, reps, device, g, nb * 128 / (g / 1e3), p, p > 0 ? nb * 128 / (p / 1e3) : 0.0,
+                   p > 0 ? p / g : 0.0);
+        }
+        fflush(stdout);
+    }
+    for (int w = 0; w < 2; w++) {
+        free(es[w]);
+        free(em[w]);
+    }
+    s_free_inputs(&acc_small);
+    s_free_inputs(&acc_mini);
+    s_free_inputs(&b1);
+    s_free_inputs(&b32);
+}
+
 /* ---- main ---- */
 
 /* Removes the run's directory: after a pass or a skip. After a failure it stays, for the logs named above. */
 static void s_cleanup(void)
 {
-    for (int run = 1; run <= 2; run++) {
+    for (int run = 1; run <= 4; run++) {
         char p[320];
         snprintf(p, sizeof p, "%s/worker-%d.log", g_dir, run);
         unlink(p);
         snprintf(p, sizeof p, "%s/endpoint-%d", g_dir, run);
         unlink(p);
     }
+    char p[320];
+    for (int k = 0; k < 2; k++) {
+        snprintf(p, sizeof p, "%s/models/%s", g_dir, k ? "minilm" : "small");
+        cc_bert_remove(p);
+    }
+    snprintf(p, sizeof p, "%s/models", g_dir);
+    rmdir(p);
     rmdir(g_dir);
 }
 
@@ -964,7 +1174,7 @@ int main(int argc, char **argv)
     char what[200], why[300];
     snprintf(what, sizeof what, "titan-worker --device %s starts (%ld KiB staging)", device, stage_kb);
     double t0 = s_now();
-    if (s_start(worker, device, stage_kb, 1, why, sizeof why) != 0)
+    if (s_start(worker, device, NULL, stage_kb, 1, why, sizeof why) != 0)
         return s_start_failed(what, why, visible, visible_why);
     s_ok(true, "%s in %.1f s", what, s_now() - t0);
     titan_client *c = s_client("cuda-check");
@@ -986,7 +1196,7 @@ int main(int argc, char **argv)
     snprintf(what, sizeof what, "titan-worker --device %s starts again with %d KiB staging", device,
              S_SMALL_STAGE_KB);
     t0 = s_now();
-    if (s_start(worker, device, S_SMALL_STAGE_KB, 2, why, sizeof why) != 0) {
+    if (s_start(worker, device, NULL, S_SMALL_STAGE_KB, 2, why, sizeof why) != 0) {
         s_start_failed(what, why, true, NULL);
     } else {
         s_ok(true, "%s in %.1f s", what, s_now() - t0);
@@ -997,6 +1207,8 @@ int main(int argc, char **argv)
         titan_client_destroy(&c);
         rc = s_stop();
         s_ok(rc == 0, "the worker exits cleanly on SIGTERM (status %d)", rc);
+        /* Runs 3 and 4: encoders on the CPU, then on the device. */
+        s_encoders(worker, device, quick);
         printf("1..%d\n", g_n);
     }
     fflush(stdout);

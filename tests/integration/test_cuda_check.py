@@ -208,11 +208,13 @@ try:
 except (OSError, ValueError) as e:
     reps = []
     out = f"no report: {e}"
-# One line per worker process; the start's self-test only for a failed start would add none here.
+# One line per worker process that loaded the fake: the two products runs and the encoders' device run (the
+# encoders' CPU worker never loads the CUDA module); the start's self-test only for a failed start would add none.
 clean = [r for r in reps if r.get("invalid_calls") == 0 and r.get("cross_device", 0) == 0
          and r.get("device_allocs_live") == 0 and r.get("lock_inversions") in (0, None)]
-ok(len(reps) == 2 and len(clean) == 2,
-   "the fake's report of both runs: no invalid or cross-device call, no lock inversion, nothing left allocated",
+ok(len(reps) == 3 and len(clean) == 3 and reps[2].get("bert_launches", 0) > 0,
+   "the fake's report of the three CUDA runs (the last one's encoder kernels included): no invalid or cross-device "
+   "call, no lock inversion, nothing left allocated",
    "\n".join(json.dumps(r) for r in reps) or out)
 
 print(f"1..{n}", flush=True)

@@ -42,7 +42,7 @@ check() { # check DESCRIPTION COMMAND...
 diag() { sed 's/^/# /' "$@"; }
 bail() { echo "Bail out! $*"; exit 1; }
 
-echo "1..43"
+echo "1..44"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/titan-kit-test.XXXXXX")
 [ -n "${TITAN_KIT_TEST_KEEP:-}" ] || trap 'rm -rf "$tmp"' EXIT
@@ -145,6 +145,8 @@ check "(i) the sizes ran smallest first (64, 128, 256)" \
   test "$(grep -oE '^\| [0-9]+ \| ok \|' "$sum" | tr -dc '0-9 ' | xargs)" = "64 128 256"
 check "(i) each size has its ratios and check" \
   test "$(grep -cE '^\| [0-9]+ \| ok \| [0-9]+ \| [0-9.]+x \| [0-9.]+x \| [0-9.e+-]+ \|$' "$sum")" = 3
+check "(i) summary.md has the encoder benchmark: MiniLM-L6's shape, 1x128 and 32x128 on the GPU and the CPU" \
+  test "$(grep -cE '^\| (1|32)x128 \| [0-9.]+ \| [0-9]+ \| [0-9.]+ \| [0-9]+ \| [0-9.]+x \|$' "$sum")" = 2
 check "(i) env.txt, libs.txt, cuda_check.tap and each size's results.json are kept" \
   test -s "$tmp/full/env.txt" -a -s "$tmp/full/libs.txt" -a -s "$tmp/full/cuda_check.tap" \
   -a -s "$tmp/full/bench/n64/results.json" -a -s "$tmp/full/bench/n256/table.md"
