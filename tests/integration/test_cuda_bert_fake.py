@@ -13,7 +13,7 @@ worker within 1e-4; concurrent clients (executors uploading the same model's wei
 counters show the GEMMs, the batched attention products and the kernel launches, no invalid call, no lock
 inversion, no device wait under a lock, nothing on the other device for cuda:1, nothing left on the device after
 a clean stop; an input too long for a small fake GPU answers too_large (not a crash), and the worker then serves
-again.
+again; a sticky CUDA error during a forward pass answers device_error and makes the worker not ready.
 
 Usage: test_cuda_bert_fake.py titan-worker titan-backend-cuda-fake.so fake-nvml.so   (prints TAP)
        test_cuda_bert_fake.py titan-worker --skip REASON                           (prints a TAP skip plan)"""
@@ -206,5 +206,19 @@ rep = read_report(report) or {}
 tap.ok(rc == 0 and rep.get("oom", 0) > 0 and rep.get("invalid_calls") == 0 and rep.get("device_allocs_live") == 0,
        "the fake saw the out-of-memory, no invalid call, and nothing was left allocated", (rc, rep))
 cpu2.stop()
+
+# A sticky CUDA error in the middle of a forward pass (the 6th GEMM: the start's self-test made one): device_error
+# saying the context is lost, and the worker says it is not ready; it never crashes.
+report = os.path.join(tmp, "report-sticky.json")
+w = Worker(BIN, "--device", "cuda", "--models", mdir, "--threads", "2", env=fenv(report, FAKE_CUDA_STICKY_AFTER=5))
+r, got = call(w, {"op": "embed", "model": "mean", "input": seqs(4, 5, 30)})
+tap.ok(r.get("code") == "device_error" and "lost" in r.get("error", ""),
+       "a sticky CUDA error during the forward pass: device_error, the context is lost", r)
+r2, _ = call(w, {"op": "embed", "model": "maxp", "input": [[2, 3]]})
+gi, _ = call(w, {"op": "gpu_info"})
+tap.ok(r2.get("code") == "device_error" and gi.get("ready") is False,
+       "then every encoder request answers device_error and gpu_info says ready false", (r2, gi))
+rc = w.stop()
+tap.ok(rc == 0, "the poisoned worker still stops cleanly", open(w.logpath).read()[-2000:])
 cpu.stop()
 tap.done()
