@@ -38,19 +38,23 @@ static double s_ms(void)
     return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
 }
 
-/* ints of a JSON array into a new int32 buffer (at least one element allocated); -1 on a non-integer. */
+/* ints of a JSON array into a new int32 buffer (at least one element allocated); -1 (nothing allocated) on a
+ * non-integer. */
 static int s_ints(json_t *a, int32_t **out, size_t *n)
 {
     if (!json_is_array(a)) return -1;
     *n = json_array_size(a);
-    *out = malloc((*n ? *n : 1) * sizeof(int32_t));
-    if (!*out) return -1;
+    int32_t *v = malloc((*n ? *n : 1) * sizeof(int32_t));
+    if (!v) return -1;
     for (size_t i = 0; i < *n; i++) {
-        json_t *v = json_array_get(a, i);
-        if (!json_is_integer(v) || json_integer_value(v) < INT32_MIN || json_integer_value(v) > INT32_MAX)
+        json_t *x = json_array_get(a, i);
+        if (!json_is_integer(x) || json_integer_value(x) < INT32_MIN || json_integer_value(x) > INT32_MAX) {
+            free(v);
             return -1;
-        (*out)[i] = (int32_t)json_integer_value(v);
+        }
+        v[i] = (int32_t)json_integer_value(x);
     }
+    *out = v;
     return 0;
 }
 
@@ -104,38 +108,64 @@ int main(int argc, char **argv)
     }
     titan_error err = {0};
     titan_bert *m = NULL;
-    if (titan_bert_load(argv[1], &m, NULL, NULL, &err)) return s_fail(err.code, err.msg);
+    json_t *req = NULL;
+    titan_bert_input *in = NULL;
+    float *out = NULL;
+    size_t n = 0;
+    int rc = 1;
+    if (titan_bert_load(argv[1], &m, NULL, NULL, &err)) {
+        s_fail(err.code, err.msg);
+        goto out;
+    }
 
     json_error_t jerr;
-    json_t *req = json_loadf(stdin, 0, &jerr);
+    req = json_loadf(stdin, 0, &jerr);
     json_t *arr = req ? json_object_get(req, "inputs") : NULL;
-    if (!json_is_array(arr)) return s_fail("bad_request", "stdin: need {\"inputs\": [{\"ids\": [...]}, ...]}");
-    size_t n = json_array_size(arr);
-    titan_bert_input *in = calloc(n ? n : 1, sizeof(*in));
-    if (!in) return s_fail("internal", "out of memory");
-    for (size_t i = 0; i < n; i++) {
-        json_t *x = json_array_get(arr, i);
-        int32_t *ids, *types = NULL;
+    if (!json_is_array(arr)) {
+        s_fail("bad_request", "stdin: need {\"inputs\": [{\"ids\": [...]}, ...]}");
+        goto out;
+    }
+    size_t count = json_array_size(arr);
+    in = calloc(count ? count : 1, sizeof(*in));
+    if (!in) {
+        s_fail("internal", "out of memory");
+        goto out;
+    }
+    for (; n < count; n++) {
+        json_t *x = json_array_get(arr, n), *t = json_object_get(x, "type_ids");
+        int32_t *ids = NULL, *types = NULL;
         size_t len, tlen;
-        if (s_ints(json_object_get(x, "ids"), &ids, &len))
-            return s_fail("bad_request", "an input's \"ids\" must be an array of int32");
-        json_t *t = json_object_get(x, "type_ids");
-        if (t && (s_ints(t, &types, &tlen) || tlen != len))
-            return s_fail("bad_request", "an input's \"type_ids\" must be int32s, as many as its ids");
-        in[i] = (titan_bert_input){.ids = ids, .type_ids = types, .len = len};
+        int bad = s_ints(json_object_get(x, "ids"), &ids, &len);
+        int tbad = !bad && t && (s_ints(t, &types, &tlen) || tlen != len);
+        in[n] = (titan_bert_input){.ids = ids, .type_ids = types, .len = bad ? 0 : len};
+        if (bad || tbad) {
+            n++; /* freed at the end */
+            s_fail("bad_request", bad ? "an input's \"ids\" must be an array of int32"
+                                      : "an input's \"type_ids\" must be int32s, as many as its ids");
+            goto out;
+        }
     }
     json_t *jn = json_object_get(req, "normalize");
     bool normalize = jn ? json_is_true(jn) : m->cfg.normalize;
 
     size_t width = m->cfg.num_labels > 0 ? (size_t)m->cfg.num_labels : (size_t)m->cfg.hidden;
-    float *out = calloc((n ? n : 1) * width, sizeof(float));
-    if (!out) return s_fail("internal", "out of memory");
-    if (titan_bert_forward_cpu(m, in, n, normalize, out, &err)) return s_fail(err.code, err.msg);
+    out = calloc((n ? n : 1) * width, sizeof(float));
+    if (!out) {
+        s_fail("internal", "out of memory");
+        goto out;
+    }
+    if (titan_bert_forward_cpu(m, in, n, normalize, out, &err)) {
+        s_fail(err.code, err.msg);
+        goto out;
+    }
     if (repeat > 0) {
         fputs("{\"ms\": [", stderr);
         for (int r = 0; r < repeat; r++) {
             double t0 = s_ms();
-            if (titan_bert_forward_cpu(m, in, n, normalize, out, &err)) return s_fail(err.code, err.msg);
+            if (titan_bert_forward_cpu(m, in, n, normalize, out, &err)) {
+                s_fail(err.code, err.msg);
+                goto out;
+            }
             fprintf(stderr, "%s%.4f", r ? ", " : "", s_ms() - t0);
         }
         fputs("]}\n", stderr);
@@ -145,14 +175,19 @@ int main(int argc, char **argv)
     if (threads > 0) {
         pthread_t tid[64];
         s_job jobs[64];
-        for (int t = 0; t < threads; t++) {
-            jobs[t] = (s_job){.m = m, .in = in, .n = n, .width = width, .normalize = normalize, .want = out};
-            if (pthread_create(&tid[t], NULL, s_thread, &jobs[t])) return s_fail("internal", "pthread_create failed");
+        int started = 0, failed = 0;
+        for (; started < threads; started++) {
+            jobs[started] = (s_job){.m = m, .in = in, .n = n, .width = width, .normalize = normalize, .want = out};
+            if (pthread_create(&tid[started], NULL, s_thread, &jobs[started])) break;
         }
-        for (int t = 0; t < threads; t++) {
+        for (int t = 0; t < started; t++) {
             pthread_join(tid[t], NULL);
-            if (jobs[t].failed) return s_fail("internal", "a concurrent forward pass failed");
+            failed |= jobs[t].failed;
             cmax = fmax(cmax, jobs[t].maxdiff);
+        }
+        if (started < threads || failed) {
+            s_fail("internal", started < threads ? "pthread_create failed" : "a concurrent forward pass failed");
+            goto out;
         }
     }
 
@@ -169,9 +204,11 @@ int main(int argc, char **argv)
         fputc(']', stdout);
     }
     fputs("]", stdout);
-    if (threads > 0) printf(isfinite(cmax) ? ",\n\"concurrent_max_diff\": %.9g" : ",\n\"concurrent_max_diff\": Infinity", cmax);
+    if (threads > 0)
+        printf(isfinite(cmax) ? ",\n\"concurrent_max_diff\": %.9g" : ",\n\"concurrent_max_diff\": Infinity", cmax);
     fputs("}\n", stdout);
-
+    rc = 0;
+out:
     for (size_t i = 0; i < n; i++) {
         free((void *)in[i].ids);
         free((void *)in[i].type_ids);
@@ -180,5 +217,5 @@ int main(int argc, char **argv)
     free(out);
     json_decref(req);
     titan_bert_free(&m);
-    return 0;
+    return rc;
 }

@@ -43,8 +43,8 @@ static inline TITAN_HD float titan_bits_float(int32_t i)
  * bits as two factors (n runs from -126 to 128, past one factor's range). */
 static inline TITAN_HD float titan_expf(float x)
 {
-    float xc = x < -87.33f ? -87.33f : x;
-    xc = xc > 88.73f ? 88.73f : xc;
+    float xc = x > -87.33f ? x : -87.33f; /* NaN too: n stays in range (NaN is put back at the end) */
+    xc = xc < 88.73f ? xc : 88.73f;
     const float shift = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     float t = xc * 1.44269504088896341f + shift;
     float nf = t - shift;
@@ -59,10 +59,11 @@ static inline TITAN_HD float titan_expf(float x)
     p = p * r + 1.0f;
     p = p * r + 1.0f;
     int32_t n = (int32_t)nf, n1 = n / 2;
-    float y = p * titan_bits_float((n1 + 127) << 23) * titan_bits_float((n - n1 + 127) << 23);
+    float y = p * titan_bits_float((int32_t)((uint32_t)(n1 + 127) << 23)) *
+              titan_bits_float((int32_t)((uint32_t)(n - n1 + 127) << 23));
     y = x < -87.33f ? 0.0f : y;
     y = x > 88.73f ? INFINITY : y;
-    return y;
+    return x == x ? y : x;
 }
 
 /* erf(x): below |x| = 0.5 its Taylor series to x^13 (truncation < 5e-10, relative accuracy kept near 0); above,
