@@ -8,7 +8,7 @@ batch 1 <= 1.2x torch's.
 Usage: bench/bench_embed.py WORKER [--threads 2] [--reps 8] [--rounds 3]
 
 torch runs tests/encoder/bert_ref.py's module in float32 under torch.no_grad() with torch.set_num_threads(THREADS)
-and OPENBLAS_NUM_THREADS=THREADS (Debian's torch calls OpenBLAS, as titan does)
+and OPENBLAS_NUM_THREADS=THREADS (Debian's torch calls OpenBLAS, as titan does) and OMP_WAIT_POLICY=PASSIVE
 (F.linear, F.gelu, F.layer_norm and softmax, as HF's BertModel calls them), on padded int64 tensors: the time of
 the forward pass alone, nothing else. titan is timed from the client: request, tokens already as ids (so that both
 sides get the same input), the whole round trip and the reply decoded. The worker runs with its defaults (one
@@ -46,8 +46,11 @@ def _threads_arg():
     return str(os.cpu_count() or 2)
 
 
-# torch's BLAS here is OpenBLAS too: give it the same threads as the worker's, before torch loads it.
+# torch's BLAS here is OpenBLAS too: give it the same threads as the worker's, before torch loads it. Its OpenMP
+# threads wait passively: spinning between parallel regions, they took the cores from OpenBLAS's own threads on a
+# 2-core VM (1 x 16 tokens: 50 ms with one thread, 300-700 ms with two).
 os.environ["OPENBLAS_NUM_THREADS"] = _threads_arg()
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import zmq  # noqa: E402
