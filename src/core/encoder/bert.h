@@ -87,10 +87,11 @@ typedef struct {
 } titan_bert_input;
 
 /* The forward pass on the CPU, for `n` inputs of any lengths (each 1..cfg.max_positions; ids < vocab; type ids <
- * type_vocab: checked, code "bad_request"). Inputs are sorted by length and padded per batch; attention is
- * masked so that padding changes no result. A bi-encoder writes n x hidden pooled embeddings (L2-normalised when
- * `normalize`), a cross-encoder n x num_labels logits, into `out`.
- * Returns 0, or -1 with err. */
+ * type_vocab: checked, code "bad_request"). Inputs are sorted by length and run in batches of up to 1024 tokens
+ * packed without padding (attention per sequence: no input sees another's tokens or padding; workspace per call
+ * ~(6 hidden + intermediate) floats a token, at most 256 MiB unless one input needs more). A bi-encoder writes
+ * n x hidden pooled embeddings (L2-normalised when `normalize`), a cross-encoder n x num_labels logits, into `out`.
+ * Thread-safe on one model. Returns 0, or -1 with err (code "too_large" when memory runs out). */
 int titan_bert_forward_cpu(const titan_bert *m, const titan_bert_input *in, size_t n, bool normalize, float *out,
                            titan_error *err);
 
