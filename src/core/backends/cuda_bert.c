@@ -344,22 +344,30 @@ static bool s_layer_run(s_run *R, const s_layer *w, int nb, int L, const int32_t
     if (!s_linear(R, R->hx, T, H, H, w->qkv_w, H3, R->qkv, H3)) return false;
     titan_cuda_bk a = {.rows = T, .cols = H3, .y = R->qkv, .bias = w->qkv_b};
     if (!s_launch(R, TITAN_BK_BIAS, &a, "the Q|K|V bias kernel")) return false;
-    /* Per head, over the batch's sequences: S = scale Q_h K_h^T ([L, L] row-major is S^T column-major: K_h^T read
-     * transposed times Q_h^T), softmax by rows, then ctx_h = S V_h (ctx_h^T = V_h^T S^T). */
-    for (int hd = 0; hd < R->heads; hd++) {
-        const float *q = R->qkv + (size_t)hd * dh, *k = q + H;
-        if (!s_blas(R, cublasSgemmStridedBatched(h, CUBLAS_OP_T, CUBLAS_OP_N, L, L, dh, &scale, k, H3, sq, q, H3, sq,
-                                                 &zero, R->scores + (size_t)hd * L * L, L, ss, nb),
+    /* S = scale Q_h K_h^T per sequence and head ([L, L] row-major is S^T column-major: K_h^T read transposed times
+     * Q_h^T), softmax by rows, then ctx_h = S V_h (ctx_h^T = V_h^T S^T). Each product is batched over the heads of
+     * one sequence (operands dh floats apart) or over the sequences for one head (L rows apart), whichever makes
+     * fewer calls. */
+    bool by_seq = nb < R->heads;
+    int outer = by_seq ? nb : R->heads, count = by_seq ? R->heads : nb;
+    long long s_qkv = by_seq ? dh : sq, s_sc = by_seq ? (long long)L * L : ss, s_ctx = by_seq ? dh : (long long)L * H;
+    for (int o = 0; o < outer; o++) {
+        size_t b = by_seq ? (size_t)o : 0, hd = by_seq ? 0 : (size_t)o;
+        const float *q = R->qkv + b * L * (size_t)H3 + hd * dh, *k = q + H;
+        float *sc = R->scores + b * R->heads * (size_t)L * L + hd * L * L;
+        if (!s_blas(R, cublasSgemmStridedBatched(h, CUBLAS_OP_T, CUBLAS_OP_N, L, L, dh, &scale, k, H3, s_qkv, q, H3,
+                                                 s_qkv, &zero, sc, L, s_sc, count),
                     "cublasSgemmStridedBatched (attention scores)"))
             return false;
     }
     a = (titan_cuda_bk){.nseq = nb, .seqlen = L, .heads = R->heads, .y = R->scores, .lens = lens};
     if (!s_launch(R, TITAN_BK_SOFTMAX, &a, "the softmax kernel")) return false;
-    for (int hd = 0; hd < R->heads; hd++) {
-        const float *v = R->qkv + 2 * (size_t)H + (size_t)hd * dh;
-        if (!s_blas(R, cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, dh, L, L, &one, v, H3, sq,
-                                                 R->scores + (size_t)hd * L * L, L, ss, &zero,
-                                                 R->ctx + (size_t)hd * dh, H, (long long)L * H, nb),
+    for (int o = 0; o < outer; o++) {
+        size_t b = by_seq ? (size_t)o : 0, hd = by_seq ? 0 : (size_t)o;
+        const float *v = R->qkv + b * L * (size_t)H3 + 2 * (size_t)H + hd * dh;
+        const float *sc = R->scores + b * R->heads * (size_t)L * L + hd * L * L;
+        if (!s_blas(R, cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, dh, L, L, &one, v, H3, s_qkv, sc, L, s_sc,
+                                                 &zero, R->ctx + b * L * (size_t)H + hd * dh, H, s_ctx, count),
                     "cublasSgemmStridedBatched (attention context)"))
             return false;
     }
