@@ -10,6 +10,11 @@
  *      both dtypes;
  *   2. with 64 KiB staging buffers, so that modest shapes span many row blocks: two concurrent clients, the
  *      staging shapes, host and resident operands mixed.
+ * and then twice more (runs 3 and 4), with --models on two BERT encoder directories that it writes itself
+ * (cuda_check_bert.c: a small one, and one of MiniLM-L6's shape, seeded random weights): --device cpu, then the
+ * device; each embeds the same inputs of 1 to 128 tokens, and the device's embeddings must equal the CPU's within
+ * 1e-4; the MiniLM-shaped encoder's time for 1 x 128 and 32 x 128 tokens on each (median of 5, 1 with --quick) is
+ * printed as "# bert_bench: ..." lines, which the device kit's summary tabulates.
  * The staging shapes are computed from the staging size (rows per block = stage / (max(k, n) * element size),
  * as cuda.c's row-block pipeline does): several blocks ending with a partial one, a remainder of one row, an
  * exact multiple, a row exactly one buffer wide, and rows one element wider than a buffer through k and
