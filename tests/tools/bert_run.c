@@ -1,7 +1,8 @@
 /* bert_run.c - runs titan's BERT forward pass on the CPU for tests/integration/test_bert_forward.py and the
  * benchmark bench/encoder_cpu.py: loads MODEL_DIR with titan_bert_load, reads token ids as JSON on stdin
  *   {"inputs": [{"ids": [...], "type_ids": [...]}, ...], "normalize": bool}
- * ("type_ids" may be left out: NULL, all 0; "normalize" too: the model's own Normalize module decides) and prints
+ * ("type_ids" may be left out: NULL, all 0; "normalize" too: the model's own Normalize module decides) and
+ * prints
  *   {"outputs": [[...], ...]}  one row per input (hidden values, or num_labels logits), each float32 as %.9g
  *   (NaN and infinities as Python's json writes them),
  * or {"error": message, "code": code} with exit status 1.
@@ -177,7 +178,8 @@ int main(int argc, char **argv)
         s_job jobs[64];
         int started = 0, failed = 0;
         for (; started < threads; started++) {
-            jobs[started] = (s_job){.m = m, .in = in, .n = n, .width = width, .normalize = normalize, .want = out};
+            jobs[started] =
+                (s_job){.m = m, .in = in, .n = n, .width = width, .normalize = normalize, .want = out};
             if (pthread_create(&tid[started], NULL, s_thread, &jobs[started])) break;
         }
         for (int t = 0; t < started; t++) {
@@ -186,7 +188,8 @@ int main(int argc, char **argv)
             cmax = fmax(cmax, jobs[t].maxdiff);
         }
         if (started < threads || failed) {
-            s_fail("internal", started < threads ? "pthread_create failed" : "a concurrent forward pass failed");
+            s_fail("internal",
+                   started < threads ? "pthread_create failed" : "a concurrent forward pass failed");
             goto out;
         }
     }
@@ -205,7 +208,8 @@ int main(int argc, char **argv)
     }
     fputs("]", stdout);
     if (threads > 0)
-        printf(isfinite(cmax) ? ",\n\"concurrent_max_diff\": %.9g" : ",\n\"concurrent_max_diff\": Infinity", cmax);
+        printf(isfinite(cmax) ? ",\n\"concurrent_max_diff\": %.9g" : ",\n\"concurrent_max_diff\": Infinity",
+               cmax);
     fputs("}\n", stdout);
     rc = 0;
 out:

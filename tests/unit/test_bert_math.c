@@ -1,7 +1,7 @@
 /* test_bert_math.c - the element-wise math of the BERT forward pass (src/core/encoder/bert_math.h) against
  * double-precision libm and the formulas the functions stand for. The functions are evaluated over arrays in
- * loops compiled as bert_cpu.c compiles its own (-O3 without trapping math, one clone per vector ISA), so that
- * the vectorised code the CPU forward pass runs is what is checked. */
+ * loops compiled as bert_cpu.c compiles its own (-O3 without trapping math, one clone per vector ISA), so
+ * that the vectorised code the CPU forward pass runs is what is checked. */
 #include <float.h>
 #include <math.h>
 #include <setjmp.h>
@@ -31,22 +31,28 @@ S_CLONES static void s_map(int f, const float *x, float *y, int n)
 {
     switch (f) {
     case F_EXP:
-        for (int i = 0; i < n; i++) y[i] = titan_expf(x[i]);
+        for (int i = 0; i < n; i++)
+            y[i] = titan_expf(x[i]);
         break;
     case F_ERF:
-        for (int i = 0; i < n; i++) y[i] = titan_erff(x[i]);
+        for (int i = 0; i < n; i++)
+            y[i] = titan_erff(x[i]);
         break;
     case F_TANH:
-        for (int i = 0; i < n; i++) y[i] = titan_tanhf(x[i]);
+        for (int i = 0; i < n; i++)
+            y[i] = titan_tanhf(x[i]);
         break;
     case F_GELU:
-        for (int i = 0; i < n; i++) y[i] = titan_gelu_erf(x[i]);
+        for (int i = 0; i < n; i++)
+            y[i] = titan_gelu_erf(x[i]);
         break;
     case F_GELU_TANH:
-        for (int i = 0; i < n; i++) y[i] = titan_gelu_tanh(x[i]);
+        for (int i = 0; i < n; i++)
+            y[i] = titan_gelu_tanh(x[i]);
         break;
     default:
-        for (int i = 0; i < n; i++) y[i] = titan_relu(x[i]);
+        for (int i = 0; i < n; i++)
+            y[i] = titan_relu(x[i]);
     }
 }
 
@@ -70,7 +76,8 @@ static float *s_grid(float lo, float hi, int n)
 {
     float *x = malloc((size_t)n * sizeof(float));
     assert_non_null(x);
-    for (int i = 0; i < n; i++) x[i] = (float)(lo + (hi - lo) * (double)i / (n - 1));
+    for (int i = 0; i < n; i++)
+        x[i] = (float)(lo + (hi - lo) * (double)i / (n - 1));
     return x;
 }
 
@@ -114,16 +121,19 @@ static void test_erf_tanh(void **state)
     float *x = s_grid(-8.0f, 8.0f, n), *y = malloc((size_t)n * sizeof(float));
     s_map(F_ERF, x, y, n);
     double worst = 0;
-    for (int i = 0; i < n; i++) worst = fmax(worst, fabs(y[i] - erf((double)x[i])));
+    for (int i = 0; i < n; i++)
+        worst = fmax(worst, fabs(y[i] - erf((double)x[i])));
     printf("# titan_erff: max absolute error %.3g on [-8, 8]\n", worst);
     assert_true(worst <= 4e-7);
     for (int i = 0; i < n; i++) /* relative accuracy near 0 (the series) */
         if (fabs(x[i]) < 0.5f && fabs(y[i] - erf((double)x[i])) > 1e-6 * fabs(erf((double)x[i])))
             fail_msg("erf(%g) = %.9g, want %.9g", x[i], y[i], erf((double)x[i]));
-    for (int i = 0; i < n; i++) assert_true(y[i] == -y[n - 1 - i]); /* odd, exactly */
+    for (int i = 0; i < n; i++)
+        assert_true(y[i] == -y[n - 1 - i]); /* odd, exactly */
     s_map(F_TANH, x, y, n);
     worst = 0;
-    for (int i = 0; i < n; i++) worst = fmax(worst, fabs(y[i] - tanh((double)x[i])));
+    for (int i = 0; i < n; i++)
+        worst = fmax(worst, fabs(y[i] - tanh((double)x[i])));
     printf("# titan_tanhf: max absolute error %.3g on [-8, 8]\n", worst);
     assert_true(worst <= 5e-7);
     float sp[] = {50.0f, -50.0f, 1e30f, -1e30f}, r[4];
@@ -142,7 +152,8 @@ static void test_activations(void **state)
     s_map(F_GELU, x, y, n);
     for (int i = 0; i < n; i++) {
         double tol = 2.5e-7 * fabs(x[i]) + 1.2e-7 * fabs(s_gelu(x[i])) + 1e-30;
-        if (!(fabs(y[i] - s_gelu(x[i])) <= tol)) fail_msg("gelu(%g) = %.9g, want %.9g", x[i], y[i], s_gelu(x[i]));
+        if (!(fabs(y[i] - s_gelu(x[i])) <= tol))
+            fail_msg("gelu(%g) = %.9g, want %.9g", x[i], y[i], s_gelu(x[i]));
     }
     s_map(F_GELU_TANH, x, y, n);
     for (int i = 0; i < n; i++) {
@@ -151,7 +162,8 @@ static void test_activations(void **state)
             fail_msg("gelu_tanh(%g) = %.9g, want %.9g", x[i], y[i], s_gelu_tanh(x[i]));
     }
     s_map(F_RELU, x, y, n);
-    for (int i = 0; i < n; i++) assert_true(y[i] == (x[i] > 0 ? x[i] : 0.0f));
+    for (int i = 0; i < n; i++)
+        assert_true(y[i] == (x[i] > 0 ? x[i] : 0.0f));
     free(x);
     free(y);
 }
@@ -164,18 +176,23 @@ static void test_softmax(void **state)
         int n = 1 + rand() % 70, valid = 1 + rand() % n;
         float scale = trial % 3 == 0 ? 80.0f : trial % 3 == 1 ? 5.0f : 0.01f;
         float p[70], q[70];
-        for (int i = 0; i < n; i++) p[i] = q[i] = scale * ((float)rand() / RAND_MAX - 0.5f) + 1000.0f * (i >= valid);
+        for (int i = 0; i < n; i++)
+            p[i] = q[i] = scale * ((float)rand() / RAND_MAX - 0.5f) + 1000.0f * (i >= valid);
         s_softmax(p, n, valid);
         double m = -INFINITY, s = 0;
-        for (int i = 0; i < valid; i++) m = fmax(m, q[i]);
-        for (int i = 0; i < valid; i++) s += exp((double)q[i] - m);
+        for (int i = 0; i < valid; i++)
+            m = fmax(m, q[i]);
+        for (int i = 0; i < valid; i++)
+            s += exp((double)q[i] - m);
         for (int i = 0; i < valid; i++) {
             double want = exp((double)q[i] - m) / s;
             /* e^(q - m) with q - m rounded once in float: relative error <= |q - m| 2^-24 + expf's 3e-7 */
             double tol = want * (fabs((double)q[i] - m) * 6e-8 + 1e-6) + 1e-30;
-            if (!(fabs(p[i] - want) <= tol)) fail_msg("softmax row %d [%d] = %.9g, want %.9g", trial, i, p[i], want);
+            if (!(fabs(p[i] - want) <= tol))
+                fail_msg("softmax row %d [%d] = %.9g, want %.9g", trial, i, p[i], want);
         }
-        for (int i = valid; i < n; i++) assert_true(p[i] == 0.0f); /* padding: exactly 0 */
+        for (int i = valid; i < n; i++)
+            assert_true(p[i] == 0.0f); /* padding: exactly 0 */
     }
 }
 
@@ -192,25 +209,31 @@ static void test_layernorm(void **state)
             b[i] = 0.01f * (i % 7);
         }
         double mean = 0, var = 0;
-        for (int i = 0; i < n; i++) mean += x[i];
+        for (int i = 0; i < n; i++)
+            mean += x[i];
         mean /= n;
-        for (int i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+        for (int i = 0; i < n; i++)
+            var += (x[i] - mean) * (x[i] - mean);
         var /= n;
         s_layernorm(y, x, g, b, n, 1e-12f);
         /* Two passes in float: the mean is off by ~|mean| * 2^-24 * sqrt(n / 16), the output by that over the
-         * standard deviation (~0.58): 2e-5 at an offset of 100, where one pass (E[x^2] - mean^2) is off by ~3e-4. */
+         * standard deviation (~0.58): 2e-5 at an offset of 100, where one pass (E[x^2] - mean^2) is off by
+         * ~3e-4. */
         double tol = off ? 2e-5 : 1e-6;
         for (int i = 0; i < n; i++) {
             double want = (x[i] - mean) / sqrt(var + 1e-12) * g[i] + b[i];
-            if (!(fabs(y[i] - want) <= tol)) fail_msg("offset %d: y[%d] = %.9g, want %.9g", off, i, y[i], want);
+            if (!(fabs(y[i] - want) <= tol))
+                fail_msg("offset %d: y[%d] = %.9g, want %.9g", off, i, y[i], want);
         }
         s_layernorm(x, x, g, b, n, 1e-12f); /* in place */
         assert_memory_equal(x, y, sizeof(y));
     }
     float c[20], o[20], one[20], zero[20] = {0};
-    for (int i = 0; i < 20; i++) c[i] = 3.0f, one[i] = 1.0f;
+    for (int i = 0; i < 20; i++)
+        c[i] = 3.0f, one[i] = 1.0f;
     s_layernorm(o, c, one, zero, 20, 1e-5f); /* constant row: 0, not NaN */
-    for (int i = 0; i < 20; i++) assert_true(o[i] == 0.0f);
+    for (int i = 0; i < 20; i++)
+        assert_true(o[i] == 0.0f);
 }
 
 static void test_pooling_normalize(void **state)
@@ -222,27 +245,33 @@ static void test_pooling_normalize(void **state)
     const float *want[3] = {want_mean, want_max, rows[0]};
     for (int m = 0; m < 3; m++) {
         titan_pool_begin(acc, 5, modes[m]);
-        for (int k = 0; k < 3; k++) titan_pool_add(acc, rows[k], 5, modes[m], k);
+        for (int k = 0; k < 3; k++)
+            titan_pool_add(acc, rows[k], 5, modes[m], k);
         titan_pool_finish(acc, 5, modes[m], 3);
-        for (int i = 0; i < 5; i++) assert_true(fabsf(acc[i] - want[m][i]) <= 1e-6f);
+        for (int i = 0; i < 5; i++)
+            assert_true(fabsf(acc[i] - want[m][i]) <= 1e-6f);
     }
     float allneg[2][3] = {{-5, -1, -3}, {-4, -2, -9}};
     titan_pool_begin(acc, 3, TITAN_POOL_MAX);
-    for (int k = 0; k < 2; k++) titan_pool_add(acc, allneg[k], 3, TITAN_POOL_MAX, k);
+    for (int k = 0; k < 2; k++)
+        titan_pool_add(acc, allneg[k], 3, TITAN_POOL_MAX, k);
     assert_true(acc[0] == -4 && acc[1] == -1 && acc[2] == -3);
 
     float v[37];
     double s = 0;
-    for (int i = 0; i < 37; i++) v[i] = (float)(i - 18) * 0.37f, s += (double)v[i] * v[i];
+    for (int i = 0; i < 37; i++)
+        v[i] = (float)(i - 18) * 0.37f, s += (double)v[i] * v[i];
     float v0 = v[0];
     s_normalize(v, 37);
     double nn = 0;
-    for (int i = 0; i < 37; i++) nn += (double)v[i] * v[i];
+    for (int i = 0; i < 37; i++)
+        nn += (double)v[i] * v[i];
     assert_true(fabs(sqrt(nn) - 1.0) <= 1e-6);
     assert_true(fabs(v[0] - v0 / sqrt(s)) <= 1e-7);
     float z[19] = {0};
     s_normalize(z, 19); /* a zero vector stays 0 (max(||x||, 1e-12)), not NaN */
-    for (int i = 0; i < 19; i++) assert_true(z[i] == 0.0f);
+    for (int i = 0; i < 19; i++)
+        assert_true(z[i] == 0.0f);
     float tiny[2] = {3e-13f, 4e-13f}; /* norm 5e-13 < 1e-12: divided by 1e-12 */
     s_normalize(tiny, 2);
     assert_true(fabsf(tiny[0] - 0.3f) <= 1e-6f && fabsf(tiny[1] - 0.4f) <= 1e-6f);
@@ -252,21 +281,31 @@ static void test_row_helpers(void **state)
 {
     (void)state;
     float y[21], bias[21], res[21];
-    for (int i = 0; i < 21; i++) y[i] = (float)i, bias[i] = 0.5f, res[i] = -1.0f;
+    for (int i = 0; i < 21; i++)
+        y[i] = (float)i, bias[i] = 0.5f, res[i] = -1.0f;
     titan_bias_residual_row(y, bias, res, 21);
-    for (int i = 0; i < 21; i++) assert_true(y[i] == i - 0.5f);
-    for (int i = 0; i < 21; i++) y[i] = (float)(i - 10) / 4;
+    for (int i = 0; i < 21; i++)
+        assert_true(y[i] == i - 0.5f);
+    for (int i = 0; i < 21; i++)
+        y[i] = (float)(i - 10) / 4;
     titan_bias_tanh_row(y, bias, 21);
-    for (int i = 0; i < 21; i++) assert_true(fabs(y[i] - tanh((i - 10) / 4.0 + 0.5)) <= 5e-7);
-    for (int i = 0; i < 21; i++) y[i] = (float)(i - 10) / 4;
+    for (int i = 0; i < 21; i++)
+        assert_true(fabs(y[i] - tanh((i - 10) / 4.0 + 0.5)) <= 5e-7);
+    for (int i = 0; i < 21; i++)
+        y[i] = (float)(i - 10) / 4;
     titan_bias_act_row(y, bias, 21, TITAN_BERT_GELU);
-    for (int i = 0; i < 21; i++) assert_true(fabs(y[i] - s_gelu((i - 10) / 4.0 + 0.5)) <= 1e-6);
-    for (int i = 0; i < 21; i++) y[i] = (float)(i - 10) / 4;
+    for (int i = 0; i < 21; i++)
+        assert_true(fabs(y[i] - s_gelu((i - 10) / 4.0 + 0.5)) <= 1e-6);
+    for (int i = 0; i < 21; i++)
+        y[i] = (float)(i - 10) / 4;
     titan_bias_act_row(y, bias, 21, TITAN_BERT_GELU_TANH);
-    for (int i = 0; i < 21; i++) assert_true(fabs(y[i] - s_gelu_tanh((i - 10) / 4.0 + 0.5)) <= 1e-6);
-    for (int i = 0; i < 21; i++) y[i] = (float)(i - 10) / 4;
+    for (int i = 0; i < 21; i++)
+        assert_true(fabs(y[i] - s_gelu_tanh((i - 10) / 4.0 + 0.5)) <= 1e-6);
+    for (int i = 0; i < 21; i++)
+        y[i] = (float)(i - 10) / 4;
     titan_bias_act_row(y, bias, 21, TITAN_BERT_RELU);
-    for (int i = 0; i < 21; i++) assert_true(y[i] == fmaxf((i - 10) / 4.0f + 0.5f, 0.0f));
+    for (int i = 0; i < 21; i++)
+        assert_true(y[i] == fmaxf((i - 10) / 4.0f + 0.5f, 0.0f));
     assert_true(titan_act(TITAN_BERT_RELU, -1.0f) == 0.0f && titan_act(TITAN_BERT_GELU, 0.0f) == 0.0f);
 }
 

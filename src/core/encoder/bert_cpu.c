@@ -6,8 +6,9 @@
  * nothing (the result is what HF's additive mask gives: e^(min - max) is 0 in float32). A batch's workspace
  * holds, per token, the hidden state, Q|K|V, the attention context, a dense output and the FFN's intermediate
  * ((6 H + F) floats, F = intermediate_size), plus the attention's scratch for one head (K^T, V and 4 rows of
- * scores: ~(2 dh + 4) x longest floats); batches are cut at S_CHUNK_TOKENS tokens (and at S_WORKSPACE_CAP bytes),
- * and at least one sequence always fits. The element-wise math is
+ * scores: ~(2 dh + 4) x longest floats); batches are cut at S_CHUNK_TOKENS tokens (and at S_WORKSPACE_CAP
+ * bytes), and at least one sequence always fits. A cross-encoder and CLS pooling read only the first token's
+ * final state: their last layer carries only that token past the attention. The element-wise math is
  * bert_math.h's, shared with the CUDA kernels. */
 #include <inttypes.h>
 #include <limits.h>
@@ -22,9 +23,9 @@
 #include "request.h"
 
 /* The element-wise loops below are written to vectorise (bert_math.h: branch-free selects, lane-wise partial
- * sums), but the build's -O2 leaves loops with a remainder unvectorised and -ftrapping-math stops if-conversion
- * of the selects without AVX-512's masks; this file and the inline math it includes get -O3 without trapping
- * math (nothing here reads the floating-point exception flags). */
+ * sums), but the build's -O2 leaves loops with a remainder unvectorised and -ftrapping-math stops
+ * if-conversion of the selects without AVX-512's masks; this file and the inline math it includes get -O3
+ * without trapping math (nothing here reads the floating-point exception flags). */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("O3", "no-trapping-math")
 #endif
@@ -39,7 +40,9 @@
 #endif
 
 /* Tokens per batch: large enough that the dense GEMMs run near the BLAS's peak, small enough that a batch's
- * activations stay in the caches between the GEMMs and the element-wise passes (tuned on MiniLM-L6). */
+ * activations (15 MiB at MiniLM-L6's sizes) mostly stay in the caches between the GEMMs and the element-wise
+ * passes. 256, 1024 and 4096 measured alike on MiniLM-L6 at 32 x 128 tokens, within a shared machine's noise.
+ */
 #define S_CHUNK_TOKENS 1024
 /* A batch's workspace in bytes, at most (unless one sequence alone needs more). */
 #define S_WORKSPACE_CAP ((size_t)256 << 20)
@@ -54,14 +57,15 @@ typedef struct {
     size_t nseq, ntok;
     size_t *off;
     /* workspace */
-    float *x;      /* [T, H] hidden state */
-    float *qkv;    /* [T, 3H] Q | K | V per token */
-    float *ctx;    /* [T, H] attention context */
-    float *tmp;    /* [T, H] a dense layer's output */
-    float *inter;  /* [T, F] */
-    float *scratch; /* s_attn_scratch(longest, dh): attention's */
-    float *logits; /* [nseq, labels] cross-encoders */
-    bool compact;  /* after a last layer run for the first tokens only: x's row b is sequence b's first token */
+    float *x;       /* [T, H] hidden state */
+    float *qkv;     /* [T, 3H] Q | K | V per token */
+    float *ctx;     /* [T, H] attention context */
+    float *tmp;     /* [T, H] a dense layer's output */
+    float *inter;   /* [T, F] */
+    float *scratch; /* s_attn_scratch(longest, dh): the attention's */
+    float *logits;  /* [nseq, labels] cross-encoders */
+    bool
+        compact; /* after a last layer run for the first tokens only: x's row b is sequence b's first token */
 } s_batch;
 
 /* Y[T, out] (row stride ldy) = X[T, in] W^T, W being [out, in] as PyTorch stores it. */
@@ -81,7 +85,8 @@ S_CLONES static void s_embed(const s_batch *B)
             const float *w = m->word_emb + (size_t)in->ids[p] * H;
             const float *pe = m->pos_emb + p * (size_t)H;
             const float *te = m->type_emb + (size_t)(in->type_ids ? in->type_ids[p] : 0) * H;
-            for (int i = 0; i < H; i++) row[i] = w[i] + pe[i] + te[i];
+            for (int i = 0; i < H; i++)
+                row[i] = w[i] + pe[i] + te[i];
             titan_layernorm_row(row, row, m->emb_ln_g, m->emb_ln_b, H, B->eps);
         }
     }
@@ -92,18 +97,19 @@ S_CLONES static void s_bias_rows(float *y, size_t rows, int ld, int n, const flo
 {
     for (size_t r = 0; r < rows; r++) {
         float *row = y + r * (size_t)ld;
-        for (int i = 0; i < n; i++) row[i] += bias[i];
+        for (int i = 0; i < n; i++)
+            row[i] += bias[i];
     }
 }
 
-/* Attention, by hand rather than by cblas_sgemm: per sequence and head the products are small (L x L x dh, dh =
- * 32-64), and OpenBLAS runs each such call on all its threads, whose hand-offs cost more than the arithmetic
- * (4,608 calls for 32 x 128 tokens on MiniLM-L6: a quarter of the forward pass); this loop on one thread is as
- * fast as OpenBLAS on two. GCC's vector extension (16 floats: one AVX-512 register, two AVX2 or four SSE ones)
- * with 4 query rows at a time: scores = q (k scale)^T over a 16-key block, softmax of each row, ctx = P V over a
- * 16-wide block of the head. K is transposed and V copied into scratch first, zero-padded to multiples of 16
- * (64-byte aligned rows): the padded keys' scores are left out of the softmax, the padded columns of V are not
- * written out. */
+/* Attention, by hand rather than by cblas_sgemm: per sequence and head the products are small (L x L x dh, dh
+ * = 32-64), and OpenBLAS runs each such call on all its threads, whose hand-offs cost more than the
+ * arithmetic (4,608 calls for 32 x 128 tokens on MiniLM-L6: a quarter of the forward pass); this loop on one
+ * thread is as fast as OpenBLAS on two. GCC's vector extension (16 floats: one AVX-512 register, two AVX2 or
+ * four SSE ones) with 4 query rows at a time: scores = q (k scale)^T over a 16-key block, softmax of each
+ * row, ctx = P V over a 16-wide block of the head. K is transposed and V copied into scratch first,
+ * zero-padded to multiples of 16 (64-byte aligned rows): the padded keys' scores are left out of the softmax,
+ * the padded columns of V are not written out. */
 typedef float s_v16 __attribute__((vector_size(64)));
 #define S_QROWS 4
 
@@ -112,33 +118,37 @@ static size_t s_round16(size_t n)
     return (n + 15) / 16 * 16;
 }
 
-/* Floats of attention scratch for sequences of up to L tokens and heads of dh: K^T [dh, Lp], V [Lp, dp], scores
- * [S_QROWS, Lp], all multiples of 16 (aligned rows when the scratch is). */
+/* Floats of attention scratch for sequences of up to L tokens and heads of dh: K^T [dh, Lp], V [Lp, dp],
+ * scores [S_QROWS, Lp], all multiples of 16 (aligned rows when the scratch is). */
 static size_t s_attn_scratch(size_t L, int dh)
 {
     return (size_t)dh * s_round16(L) + s_round16(L) * s_round16((size_t)dh) + S_QROWS * s_round16(L);
 }
 
 /* Query rows 0 .. nq-1 (stride ldq) of one head against its L keys and values (stride ld). */
-S_CLONES static void s_attend_head(const float *q, int ldq, int nq, const float *k, const float *v, int ld, int L,
-                                   int dh, float scale, float *ctx, int ldc, float *restrict kt, float *restrict vc,
-                                   float *restrict s)
+S_CLONES static void s_attend_head(const float *q, int ldq, int nq, const float *k, const float *v, int ld,
+                                   int L, int dh, float scale, float *ctx, int ldc, float *restrict kt,
+                                   float *restrict vc, float *restrict s)
 {
     int Lp = (int)s_round16((size_t)L), dp = (int)s_round16((size_t)dh);
     for (int d = 0; d < dh; d++) {
         float *kr = kt + (size_t)d * Lp;
-        for (int j = 0; j < L; j++) kr[j] = k[(size_t)j * ld + d] * scale;
-        for (int j = L; j < Lp; j++) kr[j] = 0.0f;
+        for (int j = 0; j < L; j++)
+            kr[j] = k[(size_t)j * ld + d] * scale;
+        for (int j = L; j < Lp; j++)
+            kr[j] = 0.0f;
     }
     for (int j = 0; j < L; j++) {
         float *vr = vc + (size_t)j * dp;
         memcpy(vr, v + (size_t)j * ld, (size_t)dh * sizeof(float));
-        for (int d = dh; d < dp; d++) vr[d] = 0.0f;
+        for (int d = dh; d < dp; d++)
+            vr[d] = 0.0f;
     }
     for (int i0 = 0; i0 < nq; i0 += S_QROWS) {
         int nr = nq - i0 < S_QROWS ? nq - i0 : S_QROWS;
         const float *q0 = q + (size_t)i0 * ldq; /* rows past nq repeat row i0 (results unused) */
-        const float *q1 = q0 + (nr > 1 ? ldq : 0), *q2 = q0 + (nr > 2 ? 2 * ldq : 0), *q3 = q0 + (nr > 3 ? 3 * ldq : 0);
+        const float *q1 = q0 + (nr > 1 ? ldq : 0), *q2 = q0 + (nr > 2 ? 2 * ldq : 0),
+                    *q3 = q0 + (nr > 3 ? 3 * ldq : 0);
         float *s0 = s, *s1 = s + Lp, *s2 = s + 2 * (size_t)Lp, *s3 = s + 3 * (size_t)Lp;
         for (int j0 = 0; j0 < Lp; j0 += 16) {
             s_v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
@@ -154,7 +164,8 @@ S_CLONES static void s_attend_head(const float *q, int ldq, int nq, const float 
             *(s_v16 *)(s2 + j0) = a2;
             *(s_v16 *)(s3 + j0) = a3;
         }
-        for (int r = 0; r < S_QROWS; r++) titan_softmax_row(s + (size_t)r * Lp, L, L);
+        for (int r = 0; r < S_QROWS; r++)
+            titan_softmax_row(s + (size_t)r * Lp, L, L);
         for (int d0 = 0; d0 < dp; d0 += 16) {
             s_v16 acc[S_QROWS] = {{0}};
             for (int j = 0; j < L; j++) {
@@ -165,13 +176,15 @@ S_CLONES static void s_attend_head(const float *q, int ldq, int nq, const float 
                 acc[3] += s3[j] * vv;
             }
             int w = dh - d0 < 16 ? dh - d0 : 16;
-            for (int r = 0; r < nr; r++) memcpy(ctx + (size_t)(i0 + r) * ldc + d0, &acc[r], (size_t)w * sizeof(float));
+            for (int r = 0; r < nr; r++)
+                memcpy(ctx + (size_t)(i0 + r) * ldc + d0, &acc[r], (size_t)w * sizeof(float));
         }
     }
 }
 
 /* Q, K and V read in place from the Q|K|V rows (stride 3H), each head's context written in place (stride H).
- * first_only: only each sequence's first token is a query, its Q in row b of tmp, its context into row b of ctx. */
+ * first_only: only each sequence's first token is a query, its Q in row b of tmp, its context into row b of
+ * ctx. */
 static void s_attention(const s_batch *B, bool first_only)
 {
     int H = B->H, dh = B->dh, ld = 3 * H;
@@ -206,12 +219,13 @@ S_CLONES static void s_residual_ln(float *x, float *y, size_t T, int H, const fl
 
 S_CLONES static void s_bias_act(float *y, size_t T, int F, const float *bias, titan_bert_act act)
 {
-    for (size_t t = 0; t < T; t++) titan_bias_act_row(y + t * (size_t)F, bias, F, act);
+    for (size_t t = 0; t < T; t++)
+        titan_bias_act_row(y + t * (size_t)F, bias, F, act);
 }
 
-/* One layer over the batch's T tokens. first_only (the last layer of a cross-encoder or of CLS pooling): only the
- * first token of each sequence is carried past the attention, whose keys and values still come from every token;
- * x is then compacted to one row per sequence. */
+/* One layer over the batch's T tokens. first_only (the last layer of a cross-encoder or of CLS pooling): only
+ * the first token of each sequence is carried past the attention, whose keys and values still come from every
+ * token; x is then compacted to one row per sequence. */
 static void s_layer(s_batch *B, const titan_bert_layer *L, bool first_only)
 {
     int H = B->H, F = B->F, T = (int)B->ntok, R = first_only ? (int)B->nseq : T;
@@ -220,7 +234,8 @@ static void s_layer(s_batch *B, const titan_bert_layer *L, bool first_only)
     s_bias_rows(B->qkv + H, B->ntok, 3 * H, H, L->k_b);
     s_bias_rows(B->qkv + 2 * H, B->ntok, 3 * H, H, L->v_b);
     if (first_only) {
-        for (size_t b = 0; b < B->nseq; b++) /* off[b] >= b: rows move towards the front, none is overwritten unread */
+        for (size_t b = 0; b < B->nseq;
+             b++) /* off[b] >= b: rows move towards the front, none is overwritten unread */
             memmove(B->x + b * (size_t)H, B->x + B->off[b] * (size_t)H, (size_t)H * sizeof(float));
         B->compact = true;
         s_linear(B->x, R, H, L->q_w, H, B->tmp, H);
@@ -262,7 +277,8 @@ S_CLONES static void s_pool(const s_batch *B, bool normalize, float *out)
 
 S_CLONES static void s_bias_tanh_rows(float *y, size_t rows, int H, const float *bias)
 {
-    for (size_t r = 0; r < rows; r++) titan_bias_tanh_row(y + r * (size_t)H, bias, H);
+    for (size_t r = 0; r < rows; r++)
+        titan_bias_tanh_row(y + r * (size_t)H, bias, H);
 }
 
 /* Cross-encoders: pooler tanh(W_p h_CLS + b_p), then the classifier W_c pooled + b_c, into out[idx[b]]. */
@@ -298,17 +314,17 @@ static int s_check(const titan_bert *m, const titan_bert_input *in, size_t n, fl
                           c->hidden, c->heads);
     if (c->num_labels > 0 && (!m->pool_w || !m->pool_b || !m->cls_w || !m->cls_b))
         return titan_fail(err, "internal", "the cross-encoder has no pooler or classifier weights");
-    if (n == 0 || !in)
-        return titan_fail(err, "bad_request", "no inputs: give at least one tokenized text");
+    if (n == 0 || !in) return titan_fail(err, "bad_request", "no inputs: give at least one tokenized text");
     if (!out) return titan_fail(err, "internal", "no output buffer");
     for (size_t i = 0; i < n; i++) {
         const titan_bert_input *x = &in[i];
         if (x->len == 0)
-            return titan_fail(err, "bad_request", "input %zu is empty: each input needs at least one token", i);
+            return titan_fail(err, "bad_request", "input %zu is empty: each input needs at least one token",
+                              i);
         if (x->len > (size_t)c->max_positions)
             return titan_fail(err, "bad_request",
-                              "input %zu has %zu tokens, over the model's %d positions: truncate it", i, x->len,
-                              c->max_positions);
+                              "input %zu has %zu tokens, over the model's %d positions: truncate it", i,
+                              x->len, c->max_positions);
         if (!x->ids) return titan_fail(err, "bad_request", "input %zu has no token ids", i);
         for (size_t p = 0; p < x->len; p++) {
             if (x->ids[p] < 0 || x->ids[p] >= c->vocab)
@@ -326,8 +342,8 @@ static int s_check(const titan_bert *m, const titan_bert_input *in, size_t n, fl
     return 0;
 }
 
-int titan_bert_forward_cpu(const titan_bert *m, const titan_bert_input *in, size_t n, bool normalize, float *out,
-                           titan_error *err)
+int titan_bert_forward_cpu(const titan_bert *m, const titan_bert_input *in, size_t n, bool normalize,
+                           float *out, titan_error *err)
 {
     if (!m) return titan_fail(err, "internal", "no model");
     if (s_check(m, in, n, out, err)) return -1;
@@ -363,12 +379,13 @@ int titan_bert_forward_cpu(const titan_bert *m, const titan_bert_input *in, size
     qsort_r(order, n, sizeof(size_t), s_cmp_len, (void *)in);
     size_t longest = in[order[n - 1]].len;
 
-    /* Tokens per batch: S_CHUNK_TOKENS, within S_WORKSPACE_CAP, never under the longest sequence. The attention
-     * scratch comes first: the workspace is 64-byte aligned, and so are its rows. */
+    /* Tokens per batch: S_CHUNK_TOKENS, within S_WORKSPACE_CAP, never under the longest sequence. The
+     * attention scratch comes first: the workspace is 64-byte aligned, and so are its rows. */
     size_t per_tok = (6 * (size_t)B.H + (size_t)B.F + (size_t)B.labels) * sizeof(float);
     size_t fixed = s_attn_scratch(longest, B.dh) * sizeof(float);
     size_t cap = S_CHUNK_TOKENS;
-    if (fixed + cap * per_tok > S_WORKSPACE_CAP) cap = fixed < S_WORKSPACE_CAP ? (S_WORKSPACE_CAP - fixed) / per_tok : 0;
+    if (fixed + cap * per_tok > S_WORKSPACE_CAP)
+        cap = fixed < S_WORKSPACE_CAP ? (S_WORKSPACE_CAP - fixed) / per_tok : 0;
     if (cap < longest) cap = longest;
     if (cap > total) cap = total;
     if (cap > (size_t)INT_MAX || cap > (SIZE_MAX - fixed) / per_tok) {
@@ -404,7 +421,8 @@ int titan_bert_forward_cpu(const titan_bert *m, const titan_bert_input *in, size
         B.ntok = ntok;
         B.compact = false;
         s_embed(&B);
-        for (int l = 0; l < c->layers; l++) s_layer(&B, &m->layer[l], l == c->layers - 1 && first_only);
+        for (int l = 0; l < c->layers; l++)
+            s_layer(&B, &m->layer[l], l == c->layers - 1 && first_only);
         if (B.labels > 0)
             s_classify(&B, out);
         else

@@ -1,6 +1,6 @@
 /* bert_math.h - the element-wise math of a BERT forward pass, written once for the CPU loops (bert_cpu.c) and
- * the CUDA kernels: each function works on one value or one row, in float32, with plain arithmetic that device
- * code also has (no libm call in the hot functions, so that a loop over them vectorises on the CPU).
+ * the CUDA kernels: each function works on one value or one row, in float32, with plain arithmetic that
+ * device code also has (no libm call in the hot functions, so that a loop over them vectorises on the CPU).
  *
  * Accuracy (checked against double-precision libm by tests/unit/test_bert_math.c):
  *   titan_expf     relative error <= 3e-7 (a few ulp) on [-87.33, 88.72]; 0 below (where e^x is denormal),
@@ -8,7 +8,7 @@
  *   titan_erff     absolute error <= 4e-7 (Abramowitz & Stegun 7.1.26, 1.5e-7, plus float rounding), relative
  *                  error <= 1e-6 below 0.5
  *   titan_tanhf    absolute error <= 5e-7
- * A BERT layer's output moves by far less than its float32 rounding through the GEMMs from these errors. */
+ * A few float32 roundings each: test_bert_forward finds whole forward passes within ~1.5e-6 of float64. */
 #ifndef TITAN_CORE_BERT_MATH_H
 #define TITAN_CORE_BERT_MATH_H
 
@@ -32,15 +32,18 @@ static inline TITAN_HD float titan_bits_float(int32_t i)
 #ifdef __CUDA_ARCH__
     return __int_as_float(i);
 #else
-    union { int32_t i; float f; } u;
+    union {
+        int32_t i;
+        float f;
+    } u;
     u.i = i;
     return u.f;
 #endif
 }
 
 /* e^x: x = n ln2 + r with |r| <= ln2/2 (n rounded by the 1.5 * 2^23 trick, ln2 split in two so that n ln2 is
- * exact), e^r by its Taylor polynomial to r^7/5040 (truncation < 1e-8 relative), times 2^n built in the exponent
- * bits as two factors (n runs from -126 to 128, past one factor's range). */
+ * exact), e^r by its Taylor polynomial to r^7/5040 (truncation < 1e-8 relative), times 2^n built in the
+ * exponent bits as two factors (n runs from -126 to 128, past one factor's range). */
 static inline TITAN_HD float titan_expf(float x)
 {
     float xc = x > -87.33f ? x : -87.33f; /* NaN too: n stays in range (NaN is put back at the end) */
@@ -48,7 +51,7 @@ static inline TITAN_HD float titan_expf(float x)
     const float shift = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     float t = xc * 1.44269504088896341f + shift;
     float nf = t - shift;
-    float r = xc - nf * 0.693359375f;        /* ln2's high part: 9 significant bits, so nf * it is exact */
+    float r = xc - nf * 0.693359375f;      /* ln2's high part: 9 significant bits, so nf * it is exact */
     r = r - nf * -2.12194440054690583e-4f; /* ln2 - 0.693359375 */
     float p = 1.0f / 5040.0f;
     p = p * r + 1.0f / 720.0f;
@@ -66,9 +69,9 @@ static inline TITAN_HD float titan_expf(float x)
     return x == x ? y : x;
 }
 
-/* erf(x): below |x| = 0.5 its Taylor series to x^13 (truncation < 5e-10, relative accuracy kept near 0); above,
- * Abramowitz & Stegun 7.1.26, 1 - (a1 t + ... + a5 t^5) e^(-x^2) with t = 1 / (1 + p |x|) (1.5e-7). Odd. Both are
- * computed and one selected, which vectorises. */
+/* erf(x): below |x| = 0.5 its Taylor series to x^13 (truncation < 5e-10, relative accuracy kept near 0);
+ * above, Abramowitz & Stegun 7.1.26, 1 - (a1 t + ... + a5 t^5) e^(-x^2) with t = 1 / (1 + p |x|) (1.5e-7).
+ * Odd. Both are computed and one selected, which vectorises. */
 static inline TITAN_HD float titan_erff(float x)
 {
     float ax = x < 0.0f ? -x : x;
@@ -118,8 +121,9 @@ static inline TITAN_HD float titan_relu(float x)
 
 static inline TITAN_HD float titan_act(titan_bert_act act, float x)
 {
-    return act == TITAN_BERT_GELU ? titan_gelu_erf(x) : act == TITAN_BERT_GELU_TANH ? titan_gelu_tanh(x)
-                                                                                    : titan_relu(x);
+    return act == TITAN_BERT_GELU        ? titan_gelu_erf(x)
+           : act == TITAN_BERT_GELU_TANH ? titan_gelu_tanh(x)
+                                         : titan_relu(x);
 }
 
 static inline TITAN_HD float titan_row_sum(const float *x, int n)
@@ -127,10 +131,13 @@ static inline TITAN_HD float titan_row_sum(const float *x, int n)
     float acc[TITAN_LANES] = {0};
     int i = 0;
     for (; i + TITAN_LANES <= n; i += TITAN_LANES)
-        for (int j = 0; j < TITAN_LANES; j++) acc[j] += x[i + j];
-    for (int j = 0; i < n; i++, j++) acc[j] += x[i];
+        for (int j = 0; j < TITAN_LANES; j++)
+            acc[j] += x[i + j];
+    for (int j = 0; i < n; i++, j++)
+        acc[j] += x[i];
     float s = 0.0f;
-    for (int j = 0; j < TITAN_LANES; j++) s += acc[j];
+    for (int j = 0; j < TITAN_LANES; j++)
+        s += acc[j];
     return s;
 }
 
@@ -140,88 +147,109 @@ static inline TITAN_HD float titan_row_sqdev(const float *x, int n, float c)
     float acc[TITAN_LANES] = {0};
     int i = 0;
     for (; i + TITAN_LANES <= n; i += TITAN_LANES)
-        for (int j = 0; j < TITAN_LANES; j++) acc[j] += (x[i + j] - c) * (x[i + j] - c);
-    for (int j = 0; i < n; i++, j++) acc[j] += (x[i] - c) * (x[i] - c);
+        for (int j = 0; j < TITAN_LANES; j++)
+            acc[j] += (x[i + j] - c) * (x[i + j] - c);
+    for (int j = 0; i < n; i++, j++)
+        acc[j] += (x[i] - c) * (x[i] - c);
     float s = 0.0f;
-    for (int j = 0; j < TITAN_LANES; j++) s += acc[j];
+    for (int j = 0; j < TITAN_LANES; j++)
+        s += acc[j];
     return s;
 }
 
 static inline TITAN_HD float titan_row_max(const float *x, int n)
 {
     float acc[TITAN_LANES];
-    for (int j = 0; j < TITAN_LANES; j++) acc[j] = x[0];
+    for (int j = 0; j < TITAN_LANES; j++)
+        acc[j] = x[0];
     int i = 0;
     for (; i + TITAN_LANES <= n; i += TITAN_LANES)
-        for (int j = 0; j < TITAN_LANES; j++) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
-    for (int j = 0; i < n; i++, j++) acc[j] = x[i] > acc[j] ? x[i] : acc[j];
+        for (int j = 0; j < TITAN_LANES; j++)
+            acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+    for (int j = 0; i < n; i++, j++)
+        acc[j] = x[i] > acc[j] ? x[i] : acc[j];
     float m = acc[0];
-    for (int j = 1; j < TITAN_LANES; j++) m = acc[j] > m ? acc[j] : m;
+    for (int j = 1; j < TITAN_LANES; j++)
+        m = acc[j] > m ? acc[j] : m;
     return m;
 }
 
-/* y = (x - mean) / sqrt(var + eps) * g + b over n values, the variance biased (torch's LayerNorm), both moments
- * in float by two passes. y may be x. */
-static inline TITAN_HD void titan_layernorm_row(float *y, const float *x, const float *g, const float *b, int n,
-                                                float eps)
+/* y = (x - mean) / sqrt(var + eps) * g + b over n values, the variance biased (torch's LayerNorm), both
+ * moments in float by two passes. y may be x. */
+static inline TITAN_HD void titan_layernorm_row(float *y, const float *x, const float *g, const float *b,
+                                                int n, float eps)
 {
     float mean = titan_row_sum(x, n) / (float)n;
     float var = titan_row_sqdev(x, n, mean) / (float)n;
     float inv = 1.0f / sqrtf(var + eps);
-    for (int i = 0; i < n; i++) y[i] = (x[i] - mean) * inv * g[i] + b[i];
+    for (int i = 0; i < n; i++)
+        y[i] = (x[i] - mean) * inv * g[i] + b[i];
 }
 
 /* y = y + bias + res over n values: a dense layer's bias and the residual before its LayerNorm. */
 static inline TITAN_HD void titan_bias_residual_row(float *y, const float *bias, const float *res, int n)
 {
-    for (int i = 0; i < n; i++) y[i] = y[i] + bias[i] + res[i];
+    for (int i = 0; i < n; i++)
+        y[i] = y[i] + bias[i] + res[i];
 }
 
 /* y = act(y + bias) over n values: the intermediate dense layer's bias and activation. */
 static inline TITAN_HD void titan_bias_act_row(float *y, const float *bias, int n, titan_bert_act act)
 {
     if (act == TITAN_BERT_GELU)
-        for (int i = 0; i < n; i++) y[i] = titan_gelu_erf(y[i] + bias[i]);
+        for (int i = 0; i < n; i++)
+            y[i] = titan_gelu_erf(y[i] + bias[i]);
     else if (act == TITAN_BERT_GELU_TANH)
-        for (int i = 0; i < n; i++) y[i] = titan_gelu_tanh(y[i] + bias[i]);
+        for (int i = 0; i < n; i++)
+            y[i] = titan_gelu_tanh(y[i] + bias[i]);
     else
-        for (int i = 0; i < n; i++) y[i] = titan_relu(y[i] + bias[i]);
+        for (int i = 0; i < n; i++)
+            y[i] = titan_relu(y[i] + bias[i]);
 }
 
 /* Softmax of one attention row of n scores, of which the first `valid` are real keys and the rest padding:
- * padding gets exactly 0 and takes no part in the max or the sum, as HF's additive mask of the dtype's minimum
- * gives (e^(min - max) is 0 in float32), so a real token's result does not depend on the padding. valid >= 1. */
+ * padding gets exactly 0 and takes no part in the max or the sum, as HF's additive mask of the dtype's
+ * minimum gives (e^(min - max) is 0 in float32), so a real token's result does not depend on the padding.
+ * valid >= 1. */
 static inline TITAN_HD void titan_softmax_row(float *p, int n, int valid)
 {
     float m = titan_row_max(p, valid);
-    for (int i = 0; i < valid; i++) p[i] = titan_expf(p[i] - m);
+    for (int i = 0; i < valid; i++)
+        p[i] = titan_expf(p[i] - m);
     float inv = 1.0f / titan_row_sum(p, valid);
-    for (int i = 0; i < valid; i++) p[i] *= inv;
-    for (int i = valid; i < n; i++) p[i] = 0.0f;
+    for (int i = 0; i < valid; i++)
+        p[i] *= inv;
+    for (int i = valid; i < n; i++)
+        p[i] = 0.0f;
 }
 
-/* Pooling of a sequence's real tokens (sentence-transformers' 1_Pooling): begin, add each token's row in order
- * (k = its position), finish with the count of tokens added. */
+/* Pooling of a sequence's real tokens (sentence-transformers' 1_Pooling): begin, add each token's row in
+ * order (k = its position), finish with the count of tokens added. */
 static inline TITAN_HD void titan_pool_begin(float *acc, int n, titan_pooling mode)
 {
-    for (int i = 0; i < n; i++) acc[i] = mode == TITAN_POOL_MAX ? -INFINITY : 0.0f;
+    for (int i = 0; i < n; i++)
+        acc[i] = mode == TITAN_POOL_MAX ? -INFINITY : 0.0f;
 }
 
 static inline TITAN_HD void titan_pool_add(float *acc, const float *row, int n, titan_pooling mode, int k)
 {
     if (mode == TITAN_POOL_MEAN)
-        for (int i = 0; i < n; i++) acc[i] += row[i];
+        for (int i = 0; i < n; i++)
+            acc[i] += row[i];
     else if (mode == TITAN_POOL_MAX)
-        for (int i = 0; i < n; i++) acc[i] = row[i] > acc[i] ? row[i] : acc[i];
+        for (int i = 0; i < n; i++)
+            acc[i] = row[i] > acc[i] ? row[i] : acc[i];
     else if (k == 0)
-        for (int i = 0; i < n; i++) acc[i] = row[i];
+        for (int i = 0; i < n; i++)
+            acc[i] = row[i];
 }
 
 static inline TITAN_HD void titan_pool_finish(float *acc, int n, titan_pooling mode, int count)
 {
     if (mode != TITAN_POOL_MEAN) return;
     float inv = 1.0f / (float)(count > 0 ? count : 1);
-    for (int i = 0; i < n; i++) acc[i] *= inv;
+    for (int i = 0; i < n; i++)
+        acc[i] *= inv;
 }
 
 /* x / max(||x||, 1e-12), as torch.nn.functional.normalize (sentence-transformers' Normalize module). */
@@ -230,19 +258,24 @@ static inline TITAN_HD void titan_l2_normalize_row(float *x, int n)
     float acc[TITAN_LANES] = {0};
     int i = 0;
     for (; i + TITAN_LANES <= n; i += TITAN_LANES)
-        for (int j = 0; j < TITAN_LANES; j++) acc[j] += x[i + j] * x[i + j];
-    for (int j = 0; i < n; i++, j++) acc[j] += x[i] * x[i];
+        for (int j = 0; j < TITAN_LANES; j++)
+            acc[j] += x[i + j] * x[i + j];
+    for (int j = 0; i < n; i++, j++)
+        acc[j] += x[i] * x[i];
     float s = 0.0f;
-    for (int j = 0; j < TITAN_LANES; j++) s += acc[j];
+    for (int j = 0; j < TITAN_LANES; j++)
+        s += acc[j];
     float norm = sqrtf(s);
     float inv = 1.0f / (norm > 1e-12f ? norm : 1e-12f);
-    for (i = 0; i < n; i++) x[i] *= inv;
+    for (i = 0; i < n; i++)
+        x[i] *= inv;
 }
 
 /* The cross-encoder's pooler: y = tanh(y + bias) over n values. */
 static inline TITAN_HD void titan_bias_tanh_row(float *y, const float *bias, int n)
 {
-    for (int i = 0; i < n; i++) y[i] = titan_tanhf(y[i] + bias[i]);
+    for (int i = 0; i < n; i++)
+        y[i] = titan_tanhf(y[i] + bias[i]);
 }
 
 #endif
