@@ -54,6 +54,14 @@ make("tight-dir", "--seed", "9", "--layers", "4", "--hidden", "256", "--intermed
 with open(os.path.join(mdir, "tight.model.json"), "w") as f:
     json.dump({"name": "tight", "runner": "bert", "file": "tight-dir", "queue": 1, "max_batch": 1,
                "max_inputs": 4}, f)
+# The longest input: the tokenizer's own truncation caps it, unless sentence-transformers' max_seq_length is given
+# (it wins, as in sentence-transformers: all-MiniLM-L6-v2's tokenizer.json says 128, its max_seq_length 256).
+for name, extra in (("capped", ()), ("stcap", ("--max-seq", "40"))):
+    d = make(name, "--seed", "12", *extra)
+    tj = os.path.join(d, "tokenizer.json")
+    t = json.load(open(tj))
+    t["truncation"] = {"direction": "Right", "max_length": 20, "strategy": "LongestFirst", "stride": 0}
+    json.dump(t, open(tj, "w"))
 # A truncated weights file: found at start, refused when first loaded.
 trunc = make("trunc", "--seed", "10")
 st = os.path.join(trunc, "model.safetensors")
@@ -90,7 +98,7 @@ def emb(req):
 def t_list():
     r, _ = call({"op": "list_models"})
     m = {x["name"]: x for x in r.get("models", [])}
-    tap.ok(set(m) == {"mini", "plain", "cross", "cross3", "slow", "matry", "tight", "trunc"},
+    tap.ok(set(m) == {"mini", "plain", "cross", "cross3", "slow", "matry", "tight", "trunc", "capped", "stcap"},
            "list_models: every model folder under its name, manifest-named folders under the manifest's name",
            sorted(m))
     tap.ok(m["mini"]["runner"] == "bert" and m["mini"]["kind"] == "embedding" and m["mini"]["dims"] == 64 and
@@ -100,6 +108,16 @@ def t_list():
     names = {x["name"]: x for x in o["ops"]}
     tap.ok(names.get("embed", {}).get("supported") and names.get("rerank", {}).get("supported"),
            "ops lists embed and rerank as supported", o)
+
+
+def t_max_tokens():
+    for name, want in (("capped", 20), ("stcap", 40)):
+        r, _ = call({"op": "embed", "model": name, "input": [[2] + [7] * (want - 2) + [3]]})
+        r2, _ = call({"op": "embed", "model": name, "input": [[2] + [7] * (want - 1) + [3]]})
+        lm, _ = call({"op": "list_models"})
+        mt = {x["name"]: x.get("max_tokens") for x in lm.get("models", [])}
+        tap.ok("embeddings" in r and r2.get("code") == "bad_request" and mt.get(name) == want,
+               f"{name}: the longest input is {want} tokens (list_models says so once loaded)", (r2, mt))
 
 
 def ref_embed(model, seqs, normalize):
@@ -311,7 +329,7 @@ def t_refused_start():
     shutil.rmtree(bad, ignore_errors=True)
 
 
-for name, fn in (("list", t_list), ("accuracy", t_accuracy), ("text", t_text), ("dimensions", t_dimensions),
+for name, fn in (("list", t_list), ("max tokens", t_max_tokens), ("accuracy", t_accuracy), ("text", t_text), ("dimensions", t_dimensions),
                  ("rerank", t_rerank), ("bad inputs", t_bad_inputs), ("batching", t_batching), ("busy", t_busy),
                  ("refused start", t_refused_start)):
     tap.run(name, fn)

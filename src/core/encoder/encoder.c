@@ -96,9 +96,13 @@ int titan_encoder_open(const char *dir, const titan_encoder_opts *o, titan_backe
                           "is not this model's",
                           dir, v - 1, c->vocab);
     }
-    e->max_tokens = c->max_seq > 0 && c->max_seq < c->max_positions ? c->max_seq : c->max_positions;
+    /* The longest input: sentence-transformers' max_seq_length when the directory has one (it overrides the
+     * tokenizer's own truncation, as sentence-transformers does: all-MiniLM-L6-v2's tokenizer.json cuts at 128,
+     * its sentence_bert_config.json at 256), else the tokenizer's cap, within the position table either way. */
+    bool st = c->max_seq > 0 && c->max_seq < c->max_positions;
+    e->max_tokens = st ? c->max_seq : c->max_positions;
     size_t tmax = titan_wordpiece_max_length(e->tok);
-    if (tmax > 0 && tmax < (size_t)e->max_tokens) e->max_tokens = (int)tmax;
+    if (!st && tmax > 0 && tmax < (size_t)e->max_tokens) e->max_tokens = (int)tmax;
     *out = e;
     return 0;
 }
