@@ -5,7 +5,9 @@ against torch in-process with the same number of threads, on a MiniLM-L6-shaped 
 tests/encoder/make_model.py). Issue 20's targets: throughput at batch 32 x 128 tokens >= 1.0x torch's, latency at
 batch 1 <= 1.2x torch's.
 
-Usage: bench/bench_embed.py WORKER [--threads 2] [--reps 8] [--rounds 3]
+Usage: bench/bench_embed.py WORKER [--threads 2] [--reps 8] [--rounds 3] [--worker-args "ARGS"]
+  --worker-args: more titan-worker arguments, e.g. "--device cuda" (make bench-gpu: the encoder on the GPU, against
+  the same torch on the CPU; the targets are the CPU's and are then reported for information)
 
 torch runs tests/encoder/bert_ref.py's module in float32 under torch.no_grad() with torch.set_num_threads(THREADS)
 and OPENBLAS_NUM_THREADS=THREADS (Debian's torch calls OpenBLAS, as titan does) and OMP_WAIT_POLICY=PASSIVE
@@ -64,6 +66,7 @@ ap.add_argument("worker")
 ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
 ap.add_argument("--reps", type=int, default=8)
 ap.add_argument("--rounds", type=int, default=3)
+ap.add_argument("--worker-args", default="")
 o = ap.parse_args()
 
 tmp = tempfile.mkdtemp(prefix="titan-bench-embed-")
@@ -88,7 +91,8 @@ ep_file = os.path.join(tmp, "endpoint")
 log = open(os.path.join(tmp, "worker.log"), "w")
 env = dict(os.environ, OPENBLAS_NUM_THREADS=str(o.threads))
 proc = subprocess.Popen([o.worker, "--bind", "tcp://127.0.0.1:*", "--endpoint-file", ep_file, "--models", mdir,
-                         "--http", "127.0.0.1:0", "--blas-threads", str(o.threads), "--log-level", "warn"],
+                         "--http", "127.0.0.1:0", "--blas-threads", str(o.threads), "--log-level", "warn",
+                         *o.worker_args.split()],
                         stdout=log, stderr=subprocess.STDOUT, env=env)
 deadline = time.monotonic() + 30
 while not os.path.exists(ep_file):
@@ -174,7 +178,7 @@ thr = {s: med[("b32x128", "torch")] / med[("b32x128", s)] for s in ("zmq", "http
 lat = {s: med[("b1x128", s)] / med[("b1x128", "torch")] for s in ("zmq", "http") if ("b1x128", s) in med}
 ok_thr = all(v >= 1.0 for v in thr.values()) and len(thr) == 2
 ok_lat = all(v <= 1.2 for v in lat.values()) and len(lat) == 2
-print(f"embed_summary threads={o.threads} b32_thr_zmq={thr.get('zmq', 0):.3f} b32_thr_http={thr.get('http', 0):.3f} "
+print(f"embed_summary threads={o.threads} worker_args={'_'.join(o.worker_args.split()) or '-'} b32_thr_zmq={thr.get('zmq', 0):.3f} b32_thr_http={thr.get('http', 0):.3f} "
       f"b1_lat_zmq={lat.get('zmq', 0):.3f} b1_lat_http={lat.get('http', 0):.3f} "
       f"target_thr={'PASS' if ok_thr else 'MISS'} target_lat={'PASS' if ok_lat else 'MISS'} "
       f"max_err={worst:.2g} check={'ok' if check else 'WRONG'}", flush=True)

@@ -12,6 +12,7 @@
 #   bench.txt      bench_gpu's whole output
 #   worker.log     the worker's log (warnings and errors)
 #   nvidia-smi.txt nvidia-smi -q, when nvidia-smi answers
+#   embed.txt      the BERT encoder's bench on the GPU (bench/bench_embed.py), where python3-torch is installed
 # Knobs (environment): BENCH_GPU_SIZES (default 1024,2048,4096,8192), BENCH_GPU_REPS (default 5),
 # BENCH_GPU_DTYPE (float32 or float64), BENCH_GPU_WORKER_ARGS (extra titan-worker arguments),
 # BENCH_GPU_TIMEOUT (seconds for bench_gpu, default 300).
@@ -123,9 +124,23 @@ elif [ -s "$OUT/worker.log" ]; then
   tail -n 20 "$OUT/worker.log"
 fi
 cleanup
+# 5. The BERT encoder (issue 20) on the GPU: a MiniLM-L6-shaped model through a --device cuda worker of its own,
+#    over ZeroMQ and HTTP, beside torch on this machine's CPU (bench/bench_embed.py; needs python3-torch, numpy
+#    and pyzmq: scripts/deps.sh bench). Skipped, and said so, where they are missing.
+if /usr/bin/python3 -c 'import torch, numpy, zmq' 2>/dev/null; then
+  echo
+  echo "-- BERT encoder on the GPU (bench_embed.py --worker-args '--device cuda')"
+  if ! timeout --foreground "$LIMIT" /usr/bin/python3 bench/bench_embed.py "$WORKER" --reps 5 --rounds 2 \
+      --worker-args "--device cuda ${WORKER_EXTRA[*]:-}" 2>&1 | tee "$OUT/embed.txt"; then
+    echo "bench-gpu: bench_embed failed" >&2
+    rc=1
+  fi
+else
+  echo "bench-gpu: the encoder bench needs python3-torch, numpy and pyzmq (scripts/deps.sh bench): not run" >&2
+fi
 echo
 files=
-for f in table.md results.json bench.txt worker.log nvidia-smi.txt; do [ -f "$OUT/$f" ] && files+=" $f"; done
+for f in table.md results.json bench.txt embed.txt worker.log nvidia-smi.txt; do [ -f "$OUT/$f" ] && files+=" $f"; done
 echo "bench-gpu: results in $OUT:${files:- none}"
 [ "$rc" = 0 ] || echo "bench-gpu: something failed (see above)" >&2
 exit "$rc"
