@@ -86,6 +86,11 @@ typedef struct {
     size_t len;
 } titan_bert_input;
 
+/* The checks of every forward pass (the CPU's and the CUDA module's): a consistent model, n >= 1 inputs of 1 to
+ * max_positions tokens, ids < vocab, type ids < type_vocab (or type_ids NULL: all 0), an output buffer. Returns 0,
+ * or -1 with err (bad_request naming the input, position and value; internal for the model). bert_check.c. */
+int titan_bert_check(const titan_bert *m, const titan_bert_input *in, size_t n, const float *out, titan_error *err);
+
 /* The forward pass on the CPU, for `n` inputs of any lengths (each 1..cfg.max_positions; ids < vocab; type ids <
  * type_vocab: checked, code "bad_request"). Inputs are sorted by length and run in batches of up to 1024 tokens
  * packed without padding (attention per sequence: no input sees another's tokens or padding; workspace per call
