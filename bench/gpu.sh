@@ -15,7 +15,7 @@
 #   embed.txt      the BERT encoder's bench on the GPU (bench/bench_embed.py), where python3-torch is installed
 # Knobs (environment): BENCH_GPU_SIZES (default 1024,2048,4096,8192), BENCH_GPU_REPS (default 5),
 # BENCH_GPU_DTYPE (float32 or float64), BENCH_GPU_WORKER_ARGS (extra titan-worker arguments),
-# BENCH_GPU_TIMEOUT (seconds for bench_gpu, default 300).
+# BENCH_GPU_TIMEOUT (seconds for bench_gpu, default 300), BENCH_GPU_EMBED (0: no encoder bench).
 # Exit status: 0 when everything ran and every product matched (the targets are reported, not
 # enforced); 2 when there is no GPU or nothing to run; 1 when something failed.
 set -uo pipefail
@@ -127,7 +127,13 @@ cleanup
 # 5. The BERT encoder (issue 20) on the GPU: a MiniLM-L6-shaped model through a --device cuda worker of its own,
 #    over ZeroMQ and HTTP, beside torch on this machine's CPU (bench/bench_embed.py; needs python3-torch, numpy
 #    and pyzmq: scripts/deps.sh bench). Skipped, and said so, where they are missing.
-if /usr/bin/python3 -c 'import torch, numpy, zmq' 2>/dev/null; then
+#    BENCH_GPU_EMBED=0 leaves it out (the device kit does: cuda_check benches the encoder there, and the kit
+#    carries neither bench_embed.py nor the model generator).
+if [ "${BENCH_GPU_EMBED:-1}" = 0 ]; then
+  :
+elif [ ! -f bench/bench_embed.py ] || [ ! -f tests/encoder/make_model.py ]; then
+  echo "bench-gpu: the encoder bench needs bench/bench_embed.py and tests/encoder/make_model.py: not run" >&2
+elif /usr/bin/python3 -c 'import torch, numpy, zmq' 2>/dev/null; then
   echo
   echo "-- BERT encoder on the GPU (bench_embed.py --worker-args '--device cuda')"
   if ! timeout --foreground "$LIMIT" /usr/bin/python3 bench/bench_embed.py "$WORKER" --reps 5 --rounds 2 \

@@ -458,7 +458,8 @@ for n in "${sizes[@]}"; do
   mkdir -p "$d"
   say "bench n=$n (at most ${l} s)"
   s0=$(date +%s)
-  OUT=$d BENCH_GPU_SIZES=$n BENCH_GPU_TIMEOUT=$l bounded "$l" "$kit/bench/gpu.sh" "$kit/build" 2>&1 | tee "$d/run.log"
+  OUT=$d BENCH_GPU_SIZES=$n BENCH_GPU_TIMEOUT=$l BENCH_GPU_EMBED=0 bounded "$l" "$kit/bench/gpu.sh" "$kit/build" 2>&1 |
+    tee "$d/run.log"
   brc=${PIPESTATUS[0]}
   bs=$(($(date +%s) - s0))
   prev_n=$n prev_s=$bs
