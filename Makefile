@@ -82,12 +82,13 @@ fuzz:
 	mkdir -p $(BUILD)/fuzz
 	clang $(FUZZ_CFLAGS) fuzz/fuzz_request.c src/core/jsonscan.c src/core/numfmt.c src/core/tensor.c \
 	  -ljansson -lm -o $(BUILD)/fuzz/fuzz_request
-	clang $(FUZZ_CFLAGS) fuzz/fuzz_reply.c src/core/request.c src/core/jsonscan.c src/core/numfmt.c src/core/tensor.c \
+	clang $(FUZZ_CFLAGS) fuzz/fuzz_reply.c src/core/request.c src/core/error.c src/core/jsonscan.c src/core/numfmt.c src/core/tensor.c \
+	  src/core/hostpool.c src/core/devpool.c \
 	  -lzmq -ljansson -lm -lpthread -o $(BUILD)/fuzz/fuzz_reply
 	clang $(FUZZ_CFLAGS) fuzz/fuzz_tokenizer.c src/core/encoder/wordpiece.c src/core/encoder/wordpiece_load.c \
 	  -lutf8proc -ljansson -o $(BUILD)/fuzz/fuzz_tokenizer
-	clang $(FUZZ_CFLAGS) fuzz/fuzz_safetensors.c src/core/encoder/safetensors.c -ljansson -lm -o $(BUILD)/fuzz/fuzz_safetensors
-	clang $(FUZZ_CFLAGS) fuzz/fuzz_bertconfig.c src/core/encoder/bert_config.c -ljansson -lm -o $(BUILD)/fuzz/fuzz_bertconfig
+	clang $(FUZZ_CFLAGS) fuzz/fuzz_safetensors.c src/core/encoder/safetensors.c src/core/error.c -ljansson -lm -o $(BUILD)/fuzz/fuzz_safetensors
+	clang $(FUZZ_CFLAGS) fuzz/fuzz_bertconfig.c src/core/encoder/bert_config.c src/core/error.c -ljansson -lm -o $(BUILD)/fuzz/fuzz_bertconfig
 	clang $(FUZZ_CFLAGS) -Isrc/worker fuzz/fuzz_http_body.c src/worker/http_api.c src/core/numfmt.c src/core/tensor.c \
 	  -ljansson -lm -o $(BUILD)/fuzz/fuzz_http_body
 	@rc=0; for t in $(FUZZ_TARGETS); do \

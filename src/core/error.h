@@ -8,4 +8,8 @@ typedef struct {
     char msg[512];
 } titan_error;
 
+/* Sets err (code, and the message as printf formats it) and returns -1, so that callers can
+ * `return titan_fail(...)`. error.c. */
+int titan_fail(titan_error *err, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif

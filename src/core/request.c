@@ -11,16 +11,6 @@
 #include "numfmt.h"
 #include "request.h"
 
-int titan_fail(titan_error *err, const char *code, const char *fmt, ...)
-{
-    err->code = code;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 void titan_limits_init(titan_limits *l)
 {
     l->max_request_bytes = TITAN_DEFAULT_MAX_REQUEST_BYTES;

@@ -20,8 +20,6 @@
 
 #include "error.h"
 
-/* Sets err and returns -1, so handlers can `return titan_fail(...)`. */
-int titan_fail(titan_error *err, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 typedef struct {
     uint64_t max_request_bytes;

@@ -51,17 +51,6 @@ struct titan_cuda_bert_dev {
 
 /* ---- the inputs: the CPU forward pass's checks, codes and messages (bert_cpu.c) ---- */
 
-static int s_fail(titan_error *err, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int s_fail(titan_error *err, const char *code, const char *fmt, ...)
-{
-    err->code = code;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 /* ---- the weights on the device ---- */
 
 /* The layout of the weights' block: place() returns a piece's offset in floats and records what goes there. */
@@ -103,7 +92,7 @@ static titan_cuda_bert_dev *s_upload(s_cuda *c, s_exec *x, const titan_bert *m, 
     L.v = calloc(L.cap, sizeof(s_piece));
     if (d) d->layer = calloc(cf->layers > 0 ? (size_t)cf->layers : 1, sizeof(s_layer));
     if (!d || !L.v || !d->layer) {
-        s_fail(err, "too_large", "out of memory for the layout of the model's weights on the GPU");
+        titan_fail(err, "too_large", "out of memory for the layout of the model's weights on the GPU");
         goto fail;
     }
     d->m = m;
@@ -114,7 +103,7 @@ static titan_cuda_bert_dev *s_upload(s_cuda *c, s_exec *x, const titan_bert *m, 
     size_t o_eg = s_place(&L, m->emb_ln_g, H, true), o_eb = s_place(&L, m->emb_ln_b, H, true);
     size_t (*lo)[12] = calloc(cf->layers > 0 ? (size_t)cf->layers : 1, sizeof(*lo));
     if (!lo) {
-        s_fail(err, "too_large", "out of memory for the layout of the model's weights on the GPU");
+        titan_fail(err, "too_large", "out of memory for the layout of the model's weights on the GPU");
         goto fail;
     }
     for (int l = 0; l < cf->layers; l++) {
@@ -169,7 +158,7 @@ static titan_cuda_bert_dev *s_upload(s_cuda *c, s_exec *x, const titan_bert *m, 
     }
     for (size_t i = 0; i < L.n; i++) {
         if (!L.v[i].host) {
-            s_fail(err, "internal", "the model lacks a weight the forward pass needs");
+            titan_fail(err, "internal", "the model lacks a weight the forward pass needs");
             goto fail;
         }
         if (titan_cuda_i_copy(c, x, base + L.v[i].off, L.v[i].host, L.v[i].count * sizeof(float), true, err))
@@ -439,7 +428,7 @@ int titan_cuda_bert_forward(titan_backend *be, const titan_bert *m, const titan_
                             bool normalize, float *out, titan_error *err)
 {
     s_cuda *c = (s_cuda *)be;
-    if (!m) return s_fail(err, "internal", "no model");
+    if (!m) return titan_fail(err, "internal", "no model");
     if (titan_bert_check(m, in, n, out, err)) return -1;
     if (titan_cuda_i_poisoned(c, err)) return -1;
     const titan_bert_config *cf = &m->cfg;
@@ -451,9 +440,9 @@ int titan_cuda_bert_forward(titan_backend *be, const titan_bert *m, const titan_
                .dh = cf->hidden / cf->heads,
                .labels = cf->num_labels,
                .eps = (float)cf->eps};
-    if (n > ((size_t)1 << 31)) return s_fail(err, "too_large", "%zu inputs are too many for one call", n);
+    if (n > ((size_t)1 << 31)) return titan_fail(err, "too_large", "%zu inputs are too many for one call", n);
     size_t *order = malloc(n * sizeof(size_t));
-    if (!order) return s_fail(err, "too_large", "out of memory for the order of %zu inputs", n);
+    if (!order) return titan_fail(err, "too_large", "out of memory for the order of %zu inputs", n);
     for (size_t i = 0; i < n; i++) order[i] = i;
     qsort_r(order, n, sizeof(size_t), s_cmp_len, (void *)in);
 
@@ -479,11 +468,11 @@ int titan_cuda_bert_forward(titan_backend *be, const titan_bert *m, const titan_
     int32_t *hostint = malloc((2 * max_tok + max_seq) * sizeof(int32_t));
     float *hostres = malloc(max_seq * width * sizeof(float));
     if (!hostint || !hostres) {
-        s_fail(err, "too_large", "out of memory for the encoder's host buffers");
+        titan_fail(err, "too_large", "out of memory for the encoder's host buffers");
         goto out;
     }
     if (max_tok * (6 * (uint64_t)R.H + R.F) > INT_MAX || ws_bytes > SIZE_MAX) {
-        s_fail(err, "too_large", "the encoder's GPU workspace for %" PRIu64 " tokens is too large", max_tok);
+        titan_fail(err, "too_large", "the encoder's GPU workspace for %" PRIu64 " tokens is too large", max_tok);
         goto out;
     }
     R.x = titan_cuda_i_exec(c, err);

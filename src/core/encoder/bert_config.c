@@ -8,17 +8,6 @@
 
 #include "bert_config.h"
 
-static int s_fail(titan_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int s_fail(titan_error *err, const char *fmt, ...)
-{
-    err->code = "bad_model";
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 /* A value from the file for a message: at most 60 bytes, cut at a UTF-8 character's start. */
 typedef struct {
     char s[64];
@@ -46,7 +35,7 @@ static s_short_t s_shorten(const char *v)
 static json_t *s_load(const char *json, size_t len, const char *file, titan_error *err)
 {
     if (len > TITAN_BERT_MAX_JSON) {
-        s_fail(err, "%s is %zu bytes, over the %u KiB titan reads: is it the right file?", file, len,
+        titan_fail(err, "bad_model", "%s is %zu bytes, over the %u KiB titan reads: is it the right file?", file, len,
                TITAN_BERT_MAX_JSON >> 10);
         return NULL;
     }
@@ -56,7 +45,7 @@ static json_t *s_load(const char *json, size_t len, const char *file, titan_erro
         /* jansson's text may quote the input's bytes: keep the message ASCII */
         for (char *c = jerr.text; *c; c++)
             if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
-        s_fail(err, "%s is not valid JSON: %s (line %d, column %d)", file, jerr.text, jerr.line, jerr.column);
+        titan_fail(err, "bad_model", "%s is not valid JSON: %s (line %d, column %d)", file, jerr.text, jerr.line, jerr.column);
         return NULL;
     }
     return j;
@@ -68,14 +57,14 @@ static int s_int(json_t *o, const char *file, const char *key, long long lo, lon
 {
     json_t *v = json_object_get(o, key);
     if (!v) {
-        if (def < lo) return s_fail(err, "%s has no \"%s\": a BERT config names it (an integer)", file, key);
+        if (def < lo) return titan_fail(err, "bad_model", "%s has no \"%s\": a BERT config names it (an integer)", file, key);
         *out = (int)def;
         return 0;
     }
-    if (!json_is_integer(v)) return s_fail(err, "%s: \"%s\" must be an integer", file, key);
+    if (!json_is_integer(v)) return titan_fail(err, "bad_model", "%s: \"%s\" must be an integer", file, key);
     long long x = json_integer_value(v);
     if (x < lo || x > hi)
-        return s_fail(err, "%s: \"%s\" is %lld; titan accepts %lld to %lld", file, key, x, lo, hi);
+        return titan_fail(err, "bad_model", "%s: \"%s\" is %lld; titan accepts %lld to %lld", file, key, x, lo, hi);
     *out = (int)x;
     return 0;
 }
@@ -88,20 +77,20 @@ int titan_bert_config_parse(const char *json, size_t len, titan_bert_config *cfg
     if (!c) return -1;
     int rc = -1;
     if (!json_is_object(c)) {
-        s_fail(err, "%s is not a JSON object", f);
+        titan_fail(err, "bad_model", "%s is not a JSON object", f);
         goto out;
     }
     json_t *mt = json_object_get(c, "model_type");
     if (!mt) {
-        s_fail(err, "%s has no model_type: " S_SUPPORTED, f);
+        titan_fail(err, "bad_model", "%s has no model_type: " S_SUPPORTED, f);
         goto out;
     }
     if (!json_is_string(mt)) {
-        s_fail(err, "%s: model_type is not a string: " S_SUPPORTED, f);
+        titan_fail(err, "bad_model", "%s: model_type is not a string: " S_SUPPORTED, f);
         goto out;
     }
     if (strcmp(json_string_value(mt), "bert") != 0) {
-        s_fail(err, "%s: model_type \"%s\" is not supported: " S_SUPPORTED, f, s_short(json_string_value(mt)));
+        titan_fail(err, "bad_model", "%s: model_type \"%s\" is not supported: " S_SUPPORTED, f, s_short(json_string_value(mt)));
         goto out;
     }
 
@@ -115,7 +104,7 @@ int titan_bert_config_parse(const char *json, size_t len, titan_bert_config *cfg
         s_int(c, f, "type_vocab_size", 1, TITAN_BERT_MAX_TYPE_VOCAB, 2, &cfg->type_vocab, err))
         goto out;
     if (cfg->hidden % cfg->heads != 0) {
-        s_fail(err, "%s: num_attention_heads (%d) does not divide hidden_size (%d)", f, cfg->heads, cfg->hidden);
+        titan_fail(err, "bad_model", "%s: num_attention_heads (%d) does not divide hidden_size (%d)", f, cfg->heads, cfg->hidden);
         goto out;
     }
 
@@ -123,7 +112,7 @@ int titan_bert_config_parse(const char *json, size_t len, titan_bert_config *cfg
     cfg->eps = 1e-12;
     if (eps) {
         if (!json_is_number(eps) || !(json_number_value(eps) > 0) || !(json_number_value(eps) <= 1)) {
-            s_fail(err, "%s: layer_norm_eps must be a number above 0 and at most 1", f);
+            titan_fail(err, "bad_model", "%s: layer_norm_eps must be a number above 0 and at most 1", f);
             goto out;
         }
         cfg->eps = json_number_value(eps);
@@ -132,7 +121,7 @@ int titan_bert_config_parse(const char *json, size_t len, titan_bert_config *cfg
     json_t *act = json_object_get(c, "hidden_act");
     const char *a = act ? json_string_value(act) : "gelu";
     if (!a) {
-        s_fail(err, "%s: hidden_act must be a string (\"gelu\", \"gelu_new\", \"gelu_pytorch_tanh\" or \"relu\")", f);
+        titan_fail(err, "bad_model", "%s: hidden_act must be a string (\"gelu\", \"gelu_new\", \"gelu_pytorch_tanh\" or \"relu\")", f);
         goto out;
     }
     if (strcmp(a, "gelu") == 0)
@@ -142,7 +131,7 @@ int titan_bert_config_parse(const char *json, size_t len, titan_bert_config *cfg
     else if (strcmp(a, "relu") == 0)
         cfg->act = TITAN_BERT_RELU;
     else {
-        s_fail(err, "%s: hidden_act \"%s\" is not supported: titan runs \"gelu\", \"gelu_new\", \"gelu_pytorch_tanh\" "
+        titan_fail(err, "bad_model", "%s: hidden_act \"%s\" is not supported: titan runs \"gelu\", \"gelu_new\", \"gelu_pytorch_tanh\" "
                "and \"relu\"", f, s_short(a));
         goto out;
     }
@@ -150,13 +139,13 @@ int titan_bert_config_parse(const char *json, size_t len, titan_bert_config *cfg
     json_t *pet = json_object_get(c, "position_embedding_type");
     if (pet && !json_is_null(pet)) {
         if (!json_is_string(pet) || strcmp(json_string_value(pet), "absolute") != 0) {
-            s_fail(err, "%s: position_embedding_type \"%s\" is not supported: titan runs \"absolute\" position "
+            titan_fail(err, "bad_model", "%s: position_embedding_type \"%s\" is not supported: titan runs \"absolute\" position "
                    "embeddings only", f, json_is_string(pet) ? s_short(json_string_value(pet)) : "(not a string)");
             goto out;
         }
     }
     if (json_is_true(json_object_get(c, "is_decoder")) || json_is_true(json_object_get(c, "add_cross_attention"))) {
-        s_fail(err, "%s: is_decoder/add_cross_attention is set: titan runs BERT as an encoder only", f);
+        titan_fail(err, "bad_model", "%s: is_decoder/add_cross_attention is set: titan runs BERT as an encoder only", f);
         goto out;
     }
 
@@ -166,7 +155,7 @@ int titan_bert_config_parse(const char *json, size_t len, titan_bert_config *cfg
     bool cross = false;
     if (arch && !json_is_null(arch)) {
         if (!json_is_array(arch)) {
-            s_fail(err, "%s: architectures must be a list of names", f);
+            titan_fail(err, "bad_model", "%s: architectures must be a list of names", f);
             goto out;
         }
         size_t i;
@@ -174,7 +163,7 @@ int titan_bert_config_parse(const char *json, size_t len, titan_bert_config *cfg
         json_array_foreach(arch, i, v)
         {
             if (!json_is_string(v)) {
-                s_fail(err, "%s: architectures must be a list of names", f);
+                titan_fail(err, "bad_model", "%s: architectures must be a list of names", f);
                 goto out;
             }
             if (strcmp(json_string_value(v), "BertForSequenceClassification") == 0) cross = true;
@@ -184,12 +173,12 @@ int titan_bert_config_parse(const char *json, size_t len, titan_bert_config *cfg
         json_t *id2label = json_object_get(c, "id2label");
         if (id2label && !json_is_null(id2label)) {
             if (!json_is_object(id2label)) {
-                s_fail(err, "%s: id2label must be an object", f);
+                titan_fail(err, "bad_model", "%s: id2label must be an object", f);
                 goto out;
             }
             size_t n = json_object_size(id2label);
             if (n < 1 || n > TITAN_BERT_MAX_LABELS) {
-                s_fail(err, "%s: id2label has %zu labels; titan accepts 1 to %d", f, n, TITAN_BERT_MAX_LABELS);
+                titan_fail(err, "bad_model", "%s: id2label has %zu labels; titan accepts 1 to %d", f, n, TITAN_BERT_MAX_LABELS);
                 goto out;
             }
             cfg->num_labels = (int)n;
@@ -240,7 +229,7 @@ int titan_bert_st_modules_parse(const char *json, size_t len, char pool_dir[TITA
     if (!m) return -1;
     int rc = -1;
     if (!json_is_array(m) || json_array_size(m) == 0 || json_array_size(m) > 64) {
-        s_fail(err, "%s is not a list of 1 to 64 modules", f);
+        titan_fail(err, "bad_model", "%s is not a list of 1 to 64 modules", f);
         goto out;
     }
     size_t i;
@@ -251,13 +240,13 @@ int titan_bert_st_modules_parse(const char *json, size_t len, char pool_dir[TITA
         const char *type = json_string_value(json_object_get(v, "type"));
         const char *path = json_string_value(json_object_get(v, "path"));
         if (!json_is_object(v) || !type || !path) {
-            s_fail(err, "%s: module %zu has no \"type\" and \"path\" strings", f, i);
+            titan_fail(err, "bad_model", "%s: module %zu has no \"type\" and \"path\" strings", f, i);
             goto out;
         }
         const char *cls = s_class(type);
         if (strcmp(cls, "Transformer") == 0 && stage == 0) {
             if (path[0] != '\0') {
-                s_fail(err, "%s puts the Transformer in \"%s\"/: titan reads config.json and model.safetensors at "
+                titan_fail(err, "bad_model", "%s puts the Transformer in \"%s\"/: titan reads config.json and model.safetensors at "
                        "the top of the model directory (as sentence-transformers 2 and later save them)",
                        f, s_short(path));
                 goto out;
@@ -265,7 +254,7 @@ int titan_bert_st_modules_parse(const char *json, size_t len, char pool_dir[TITA
             stage = 1;
         } else if (strcmp(cls, "Pooling") == 0 && stage == 1) {
             if (!s_path_ok(path)) {
-                s_fail(err, "%s: the Pooling module's path \"%s\" is not a relative directory inside the model", f,
+                titan_fail(err, "bad_model", "%s: the Pooling module's path \"%s\" is not a relative directory inside the model", f,
                        s_short(path));
                 goto out;
             }
@@ -274,14 +263,14 @@ int titan_bert_st_modules_parse(const char *json, size_t len, char pool_dir[TITA
         } else if (strcmp(cls, "Normalize") == 0 && stage == 2 && !*normalize) {
             *normalize = true;
         } else {
-            s_fail(err, "%s: module %zu is %s%s; titan runs a Transformer, then Pooling, then optionally Normalize, "
+            titan_fail(err, "bad_model", "%s: module %zu is %s%s; titan runs a Transformer, then Pooling, then optionally Normalize, "
                    "and nothing else (its output would not be this model's)", f, i, s_short(type),
                    stage == 0 ? " before the Transformer" : "");
             goto out;
         }
     }
     if (stage != 2) {
-        s_fail(err, "%s has %s: titan needs a Transformer followed by a Pooling module", f,
+        titan_fail(err, "bad_model", "%s has %s: titan needs a Transformer followed by a Pooling module", f,
                stage == 0 ? "no Transformer" : "no Pooling module");
         goto out;
     }
@@ -309,12 +298,12 @@ int titan_bert_st_pooling_parse(const char *json, size_t len, int hidden, titan_
     if (!c) return -1;
     int rc = -1;
     if (!json_is_object(c)) {
-        s_fail(err, "%s is not a JSON object", f);
+        titan_fail(err, "bad_model", "%s is not a JSON object", f);
         goto out;
     }
     json_t *dim = json_object_get(c, "word_embedding_dimension");
     if (dim && (!json_is_integer(dim) || json_integer_value(dim) != hidden)) {
-        s_fail(err, "%s: word_embedding_dimension is not the model's hidden_size (%d)", f, hidden);
+        titan_fail(err, "bad_model", "%s: word_embedding_dimension is not the model's hidden_size (%d)", f, hidden);
         goto out;
     }
     /* Every pooling_mode_* flag, known or not, must be a boolean; the true ones are the modes. */
@@ -324,7 +313,7 @@ int titan_bert_st_pooling_parse(const char *json, size_t len, int hidden, titan_
     {
         if (strncmp(key, "pooling_mode_", 13) != 0) continue;
         if (!json_is_boolean(v)) {
-            s_fail(err, "%s: \"%s\" must be true or false", f, s_short(key));
+            titan_fail(err, "bad_model", "%s: \"%s\" must be true or false", f, s_short(key));
             goto out;
         }
         if (json_is_true(v)) {
@@ -333,7 +322,7 @@ int titan_bert_st_pooling_parse(const char *json, size_t len, int hidden, titan_
         }
     }
     if (second) {
-        s_fail(err, "%s sets %s and %s: titan pools one way (mean, cls or max)", f, s_short(chosen), s_short(second));
+        titan_fail(err, "bad_model", "%s sets %s and %s: titan pools one way (mean, cls or max)", f, s_short(chosen), s_short(second));
         goto out;
     }
     const char *mode = NULL; /* the mode's short name, from a flag or "pooling_mode" */
@@ -341,27 +330,27 @@ int titan_bert_st_pooling_parse(const char *json, size_t len, int hidden, titan_
         for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
             if (strcmp(chosen, modes[i].key) == 0) mode = modes[i].mode;
         if (!mode) {
-            s_fail(err, "%s: %s is not supported: titan pools mean, cls or max", f, s_short(chosen));
+            titan_fail(err, "bad_model", "%s: %s is not supported: titan pools mean, cls or max", f, s_short(chosen));
             goto out;
         }
     } else {
         mode = json_string_value(json_object_get(c, "pooling_mode"));
         if (!mode) {
-            s_fail(err, "%s sets no pooling mode (pooling_mode_mean_tokens, _cls_token or _max_tokens)", f);
+            titan_fail(err, "bad_model", "%s sets no pooling mode (pooling_mode_mean_tokens, _cls_token or _max_tokens)", f);
             goto out;
         }
     }
     for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
         if (strcmp(mode, modes[i].mode) != 0) continue;
         if (modes[i].pool < 0) {
-            s_fail(err, "%s: pooling mode \"%s\" is not supported: titan pools mean, cls or max", f, modes[i].mode);
+            titan_fail(err, "bad_model", "%s: pooling mode \"%s\" is not supported: titan pools mean, cls or max", f, modes[i].mode);
             goto out;
         }
         *pool = (titan_pooling)modes[i].pool;
         rc = 0;
         goto out;
     }
-    s_fail(err, "%s: pooling mode \"%s\" is not supported: titan pools mean, cls or max", f, s_short(mode));
+    titan_fail(err, "bad_model", "%s: pooling mode \"%s\" is not supported: titan pools mean, cls or max", f, s_short(mode));
 out:
     json_decref(c);
     return rc;
@@ -374,13 +363,13 @@ int titan_bert_st_maxseq_parse(const char *json, size_t len, int *max_seq, titan
     if (!c) return -1;
     int rc = -1;
     if (!json_is_object(c)) {
-        s_fail(err, "%s is not a JSON object", f);
+        titan_fail(err, "bad_model", "%s is not a JSON object", f);
         goto out;
     }
     json_t *v = json_object_get(c, "max_seq_length");
     if (v && !json_is_null(v)) {
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > TITAN_BERT_MAX_POSITIONS) {
-            s_fail(err, "%s: max_seq_length must be an integer from 1 to %d", f, TITAN_BERT_MAX_POSITIONS);
+            titan_fail(err, "bad_model", "%s: max_seq_length must be an integer from 1 to %d", f, TITAN_BERT_MAX_POSITIONS);
             goto out;
         }
         *max_seq = (int)json_integer_value(v);

@@ -22,17 +22,6 @@ typedef struct {
     size_t inplace; /* tensors used from the mapping */
 } s_priv;
 
-static int s_fail(titan_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int s_fail(titan_error *err, const char *fmt, ...)
-{
-    err->code = "bad_model";
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 static bool s_exists(const char *path)
 {
     struct stat sb;
@@ -49,22 +38,22 @@ static int s_read(const char *path, const char *name, size_t max, bool required,
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT && !required) return 1;
-        return s_fail(err, "cannot open %s: %s", name, strerror(errno));
+        return titan_fail(err, "bad_model", "cannot open %s: %s", name, strerror(errno));
     }
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
-        return s_fail(err, "%s is not a regular file", name);
+        return titan_fail(err, "bad_model", "%s is not a regular file", name);
     }
     if ((uint64_t)sb.st_size > max) {
         close(fd);
-        return s_fail(err, "%s is %lld bytes, over the %zu KiB titan reads: is it the right file?", name,
+        return titan_fail(err, "bad_model", "%s is %lld bytes, over the %zu KiB titan reads: is it the right file?", name,
                       (long long)sb.st_size, max >> 10);
     }
     char *b = malloc((size_t)sb.st_size + 1);
     if (!b) {
         close(fd);
-        return s_fail(err, "out of memory reading %s", name);
+        return titan_fail(err, "bad_model", "out of memory reading %s", name);
     }
     size_t got = 0;
     while (got < (size_t)sb.st_size) {
@@ -74,7 +63,7 @@ static int s_read(const char *path, const char *name, size_t max, bool required,
             int e = r < 0 ? errno : 0;
             free(b);
             close(fd);
-            return s_fail(err, "cannot read %s: %s", name, e ? strerror(e) : "it shrank while being read");
+            return titan_fail(err, "bad_model", "cannot read %s: %s", name, e ? strerror(e) : "it shrank while being read");
         }
         got += (size_t)r;
     }
@@ -89,7 +78,7 @@ static int s_read(const char *path, const char *name, size_t max, bool required,
 static int s_join(char *out, const char *dir, const char *rel, titan_error *err)
 {
     int n = snprintf(out, PATH_MAX, "%s/%s", dir, rel);
-    if (n < 0 || n >= PATH_MAX) return s_fail(err, "the model directory's path is too long");
+    if (n < 0 || n >= PATH_MAX) return titan_fail(err, "bad_model", "the model directory's path is too long");
     return 0;
 }
 
@@ -192,7 +181,7 @@ static int s_weight(s_loader *L, const char *name, int64_t d0, int64_t d1, const
     const titan_st_tensor *t = s_find(&L->p->st, name);
     if (!t) {
         if (optional) return 0;
-        return s_fail(err, "%s has no tensor \"%s\" (nor \"bert.%s\"): is it a BERT model's weights? Download the "
+        return titan_fail(err, "bad_model", "%s has no tensor \"%s\" (nor \"bert.%s\"): is it a BERT model's weights? Download the "
                       "model's model.safetensors again", L->file, name, name);
     }
     int64_t want[2] = {d0, d1};
@@ -203,7 +192,7 @@ static int s_weight(s_loader *L, const char *name, int64_t d0, int64_t d1, const
         char has[96], exp[64];
         s_shape_text(has, sizeof(has), t->shape, t->rank);
         s_shape_text(exp, sizeof(exp), want, rank);
-        return s_fail(err, "%s: tensor \"%s\" has shape %s, but config.json makes it %s (%s): config.json and the "
+        return titan_fail(err, "bad_model", "%s: tensor \"%s\" has shape %s, but config.json makes it %s (%s): config.json and the "
                       "weights do not belong together", L->file, t->name, has, exp, why);
     }
     float *owned;
@@ -215,7 +204,7 @@ static int s_weight(s_loader *L, const char *name, int64_t d0, int64_t d1, const
             float **o = realloc(L->p->owned, cap * sizeof(*o));
             if (!o) {
                 free(owned);
-                return s_fail(err, "out of memory loading the weights");
+                return titan_fail(err, "bad_model", "out of memory loading the weights");
             }
             L->p->owned = o;
             L->p->capowned = cap;
@@ -256,7 +245,7 @@ static int s_extra_layers(const titan_st_file *st, const char *file, int layers,
         unsigned long k = strtoul(n + 14, &end, 10);
         if (end == n + 14 || *end != '.' || errno) continue;
         if (k >= (unsigned long)layers)
-            return s_fail(err, "%s has tensor \"%.120s\", but config.json says num_hidden_layers %d: config.json and "
+            return titan_fail(err, "bad_model", "%s has tensor \"%.120s\", but config.json says num_hidden_layers %d: config.json and "
                           "the weights do not belong together", file, st->t[i].name, layers);
     }
     return 0;
@@ -285,18 +274,18 @@ int titan_bert_load(const char *dir, titan_bert **out, void (*progress)(void *ct
                     titan_error *err)
 {
     *out = NULL;
-    if (!dir || !*dir) return s_fail(err, "no model directory given");
+    if (!dir || !*dir) return titan_fail(err, "bad_model", "no model directory given");
     struct stat sb;
     if (stat(dir, &sb) != 0)
-        return s_fail(err, "the model directory %.300s: %s", dir, strerror(errno));
-    if (!S_ISDIR(sb.st_mode)) return s_fail(err, "the model directory %.300s is not a directory", dir);
+        return titan_fail(err, "bad_model", "the model directory %.300s: %s", dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode)) return titan_fail(err, "bad_model", "the model directory %.300s is not a directory", dir);
 
     titan_bert *m = calloc(1, sizeof(*m));
     s_priv *p = calloc(1, sizeof(*p));
     if (!m || !p) {
         free(m);
         free(p);
-        return s_fail(err, "out of memory");
+        return titan_fail(err, "bad_model", "out of memory");
     }
     m->priv = p;
 
@@ -306,7 +295,7 @@ int titan_bert_load(const char *dir, titan_bert **out, void (*progress)(void *ct
     int r = s_read(path, "config.json", TITAN_BERT_MAX_JSON, false, &buf, &len, err);
     if (r < 0) goto fail;
     if (r == 1) {
-        s_fail(err, "the model directory %.300s has no config.json: download the whole model (config.json, "
+        titan_fail(err, "bad_model", "the model directory %.300s has no config.json: download the whole model (config.json, "
                "model.safetensors, tokenizer.json or vocab.txt)", dir);
         goto fail;
     }
@@ -326,12 +315,12 @@ int titan_bert_load(const char *dir, titan_bert **out, void (*progress)(void *ct
         char alt[PATH_MAX];
         if (s_join(alt, dir, "model.safetensors.index.json", err)) goto fail;
         if (s_exists(alt)) {
-            s_fail(err, "%s holds a sharded model (model.safetensors.index.json): titan reads one model.safetensors",
+            titan_fail(err, "bad_model", "%s holds a sharded model (model.safetensors.index.json): titan reads one model.safetensors",
                    strlen(dir) < 300 ? dir : "the model directory");
             goto fail;
         }
         if (s_join(alt, dir, "pytorch_model.bin", err)) goto fail;
-        s_fail(err, "%s has no model.safetensors%s", strlen(dir) < 300 ? dir : "the model directory",
+        titan_fail(err, "bad_model", "%s has no model.safetensors%s", strlen(dir) < 300 ? dir : "the model directory",
                s_exists(alt) ? " (only pytorch_model.bin, which titan does not read: download the model's "
                                "model.safetensors, or convert the checkpoint to safetensors)"
                              : ": download it with the model");
@@ -343,7 +332,7 @@ int titan_bert_load(const char *dir, titan_bert **out, void (*progress)(void *ct
 
     m->layer = calloc((size_t)c->layers, sizeof(*m->layer));
     if (!m->layer) {
-        s_fail(err, "out of memory");
+        titan_fail(err, "bad_model", "out of memory");
         goto fail;
     }
     int64_t H = c->hidden, I = c->intermediate;
@@ -402,7 +391,7 @@ int titan_bert_load(const char *dir, titan_bert **out, void (*progress)(void *ct
         s_weight(&L, "pooler.dense.bias", H, 0, "hidden_size", !cross, &m->pool_b, err))
         goto fail;
     if (!m->pool_w != !m->pool_b) {
-        s_fail(err, "%s has only one of pooler.dense.weight and pooler.dense.bias", file);
+        titan_fail(err, "bad_model", "%s has only one of pooler.dense.weight and pooler.dense.bias", file);
         goto fail;
     }
     if (cross) {

@@ -17,17 +17,6 @@
 #error "safetensors.c reads little-endian data in place: a big-endian host needs byte swapping here"
 #endif
 
-static int s_fail(titan_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int s_fail(titan_error *err, const char *fmt, ...)
-{
-    err->code = "bad_model";
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 static const struct {
     const char *name;
     size_t size;
@@ -101,21 +90,21 @@ static int s_by_offset(const void *a, const void *b)
 static int s_tensor(const char *what, const char *name, json_t *v, titan_st_tensor *t, titan_error *err)
 {
     if (!json_is_object(v))
-        return s_fail(err, "%s: tensor " S_NAME_FMT " in the header is not an object with dtype, shape and data_offsets",
+        return titan_fail(err, "bad_model", "%s: tensor " S_NAME_FMT " in the header is not an object with dtype, shape and data_offsets",
                       what, s_short(name));
     json_t *dt = json_object_get(v, "dtype"), *shape = json_object_get(v, "shape"),
            *offs = json_object_get(v, "data_offsets");
     if (!json_is_string(dt))
-        return s_fail(err, "%s: tensor " S_NAME_FMT " has no dtype string", what, s_short(name));
+        return titan_fail(err, "bad_model", "%s: tensor " S_NAME_FMT " has no dtype string", what, s_short(name));
     if (s_dtype_from(json_string_value(dt), &t->dtype) != 0)
-        return s_fail(err, "%s: tensor " S_NAME_FMT " has dtype \"%s\", which is no safetensors dtype (F32, F16, "
+        return titan_fail(err, "bad_model", "%s: tensor " S_NAME_FMT " has dtype \"%s\", which is no safetensors dtype (F32, F16, "
                       "BF16, F64, I64, I32, I16, I8, U64, U32, U16, U8, BOOL, F8_E4M3, F8_E5M2)",
                       what, s_short(name), s_short(json_string_value(dt)));
     if (!json_is_array(shape))
-        return s_fail(err, "%s: tensor " S_NAME_FMT " has no shape array", what, s_short(name));
+        return titan_fail(err, "bad_model", "%s: tensor " S_NAME_FMT " has no shape array", what, s_short(name));
     size_t rank = json_array_size(shape);
     if (rank > TITAN_ST_MAX_RANK)
-        return s_fail(err, "%s: tensor " S_NAME_FMT " has rank %zu; titan reads tensors of rank at most %d", what,
+        return titan_fail(err, "bad_model", "%s: tensor " S_NAME_FMT " has rank %zu; titan reads tensors of rank at most %d", what,
                       s_short(name), rank, TITAN_ST_MAX_RANK);
     t->rank = (int)rank;
     uint64_t count = 1;
@@ -123,7 +112,7 @@ static int s_tensor(const char *what, const char *name, json_t *v, titan_st_tens
     for (size_t i = 0; i < rank; i++) {
         json_t *d = json_array_get(shape, i);
         if (!json_is_integer(d) || json_integer_value(d) < 0)
-            return s_fail(err, "%s: tensor " S_NAME_FMT ": shape[%zu] is not an integer >= 0", what, s_short(name), i);
+            return titan_fail(err, "bad_model", "%s: tensor " S_NAME_FMT ": shape[%zu] is not an integer >= 0", what, s_short(name), i);
         t->shape[i] = (int64_t)json_integer_value(d);
         if (t->shape[i] == 0) zero = true;
         if (!overflow && __builtin_mul_overflow(count, (uint64_t)t->shape[i], &count)) overflow = true;
@@ -131,29 +120,29 @@ static int s_tensor(const char *what, const char *name, json_t *v, titan_st_tens
     if (zero)
         count = 0;
     else if (overflow)
-        return s_fail(err, "%s: tensor " S_NAME_FMT ": the shape's element count overflows 64 bits", what,
+        return titan_fail(err, "bad_model", "%s: tensor " S_NAME_FMT ": the shape's element count overflows 64 bits", what,
                       s_short(name));
     for (size_t i = rank; i < TITAN_ST_MAX_RANK; i++) t->shape[i] = 0;
     t->count = count;
     uint64_t bytes;
     if (__builtin_mul_overflow(count, (uint64_t)s_dtypes[t->dtype].size, &bytes))
-        return s_fail(err, "%s: tensor " S_NAME_FMT ": the shape's byte count overflows 64 bits", what, s_short(name));
+        return titan_fail(err, "bad_model", "%s: tensor " S_NAME_FMT ": the shape's byte count overflows 64 bits", what, s_short(name));
     if (!json_is_array(offs) || json_array_size(offs) != 2 || !json_is_integer(json_array_get(offs, 0)) ||
         !json_is_integer(json_array_get(offs, 1)) || json_integer_value(json_array_get(offs, 0)) < 0 ||
         json_integer_value(json_array_get(offs, 1)) < 0)
-        return s_fail(err, "%s: tensor " S_NAME_FMT ": data_offsets is not [BEGIN, END] with integers >= 0", what,
+        return titan_fail(err, "bad_model", "%s: tensor " S_NAME_FMT ": data_offsets is not [BEGIN, END] with integers >= 0", what,
                       s_short(name));
     t->begin = (uint64_t)json_integer_value(json_array_get(offs, 0));
     t->end = (uint64_t)json_integer_value(json_array_get(offs, 1));
     if (t->begin > t->end)
-        return s_fail(err, "%s: tensor " S_NAME_FMT ": data_offsets [%llu, %llu] ends before it begins", what, s_short(name),
+        return titan_fail(err, "bad_model", "%s: tensor " S_NAME_FMT ": data_offsets [%llu, %llu] ends before it begins", what, s_short(name),
                       (unsigned long long)t->begin, (unsigned long long)t->end);
     if (t->end - t->begin != bytes) {
         char shp[96] = ""; /* found by fuzz_safetensors: a rank-0 shape left this unset */
         int o = 0;
         for (int i = 0; i < t->rank; i++)
             o += snprintf(shp + o, sizeof(shp) - (size_t)o, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-        return s_fail(err, "%s: tensor " S_NAME_FMT ": data_offsets [%llu, %llu] hold %llu bytes, but %s [%s] takes "
+        return titan_fail(err, "bad_model", "%s: tensor " S_NAME_FMT ": data_offsets [%llu, %llu] hold %llu bytes, but %s [%s] takes "
                       "%llu: the header is damaged",
                       what, s_short(name), (unsigned long long)t->begin, (unsigned long long)t->end,
                       (unsigned long long)(t->end - t->begin), s_dtypes[t->dtype].name, shp,
@@ -167,18 +156,18 @@ int titan_st_parse(const uint8_t *buf, size_t len, const char *what, titan_st_fi
     memset(st, 0, sizeof(*st));
     if (!what) what = "safetensors data";
     if (len < 8)
-        return s_fail(err, "%s is %zu bytes, too short for a safetensors file (8 bytes of header length, the "
+        return titan_fail(err, "bad_model", "%s is %zu bytes, too short for a safetensors file (8 bytes of header length, the "
                       "header, the data): the download is incomplete; download it again", what, len);
     uint64_t hl;
     memcpy(&hl, buf, 8);
     if (hl > TITAN_ST_MAX_HEADER)
-        return s_fail(err, "%s: its header length is %llu bytes, over the %u MiB titan accepts: this is not a "
+        return titan_fail(err, "bad_model", "%s: its header length is %llu bytes, over the %u MiB titan accepts: this is not a "
                       "safetensors file, or it is damaged", what, (unsigned long long)hl, TITAN_ST_MAX_HEADER >> 20);
     if (hl > len - 8)
-        return s_fail(err, "%s is %zu bytes but its header length says the header alone ends at byte %llu: the "
+        return titan_fail(err, "bad_model", "%s is %zu bytes but its header length says the header alone ends at byte %llu: the "
                       "download is incomplete; download it again", what, len, (unsigned long long)hl + 8);
     if (hl < 2 || buf[8] != '{')
-        return s_fail(err, "%s: the header does not start with '{': this is not a safetensors file", what);
+        return titan_fail(err, "bad_model", "%s: the header does not start with '{': this is not a safetensors file", what);
     st->header_len = hl;
     st->data = buf + 8 + hl;
     st->data_len = len - 8 - hl;
@@ -189,17 +178,17 @@ int titan_st_parse(const uint8_t *buf, size_t len, const char *what, titan_st_fi
         /* jansson's text may quote the input's bytes: keep the message ASCII */
         for (char *c = jerr.text; *c; c++)
             if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
-        return s_fail(err, "%s: the header is not valid JSON (%.120s at byte %d of the header)", what, jerr.text,
+        return titan_fail(err, "bad_model", "%s: the header is not valid JSON (%.120s at byte %d of the header)", what, jerr.text,
                       jerr.position);
     }
     if (!json_is_object(h)) {
         json_decref(h);
-        return s_fail(err, "%s: the header is not a JSON object", what);
+        return titan_fail(err, "bad_model", "%s: the header is not a JSON object", what);
     }
     size_t members = json_object_size(h);
     if (members > TITAN_ST_MAX_TENSORS + 1) {
         json_decref(h);
-        return s_fail(err, "%s: the header lists %zu tensors, over the %u titan accepts", what, members,
+        return titan_fail(err, "bad_model", "%s: the header lists %zu tensors, over the %u titan accepts", what, members,
                       TITAN_ST_MAX_TENSORS);
     }
 
@@ -218,7 +207,7 @@ int titan_st_parse(const uint8_t *buf, size_t len, const char *what, titan_st_fi
     titan_st_tensor **order = calloc(ntensors ? ntensors : 1, sizeof(*order));
     int rc = -1;
     if (!st->t || !st->names || !order) {
-        s_fail(err, "%s: out of memory indexing %zu tensors", what, ntensors);
+        titan_fail(err, "bad_model", "%s: out of memory indexing %zu tensors", what, ntensors);
         goto out;
     }
 
@@ -227,7 +216,7 @@ int titan_st_parse(const uint8_t *buf, size_t len, const char *what, titan_st_fi
     {
         if (strcmp(key, "__metadata__") == 0) {
             if (!json_is_object(v)) {
-                s_fail(err, "%s: \"__metadata__\" is not an object of strings", what);
+                titan_fail(err, "bad_model", "%s: \"__metadata__\" is not an object of strings", what);
                 goto out;
             }
             const char *mk;
@@ -235,7 +224,7 @@ int titan_st_parse(const uint8_t *buf, size_t len, const char *what, titan_st_fi
             json_object_foreach(v, mk, mv)
             {
                 if (!json_is_string(mv)) {
-                    s_fail(err, "%s: \"__metadata__\" member " S_NAME_FMT " is not a string", what, s_short(mk));
+                    titan_fail(err, "bad_model", "%s: \"__metadata__\" member " S_NAME_FMT " is not a string", what, s_short(mk));
                     goto out;
                 }
             }
@@ -243,7 +232,7 @@ int titan_st_parse(const uint8_t *buf, size_t len, const char *what, titan_st_fi
             continue;
         }
         if (key[0] == '\0') {
-            s_fail(err, "%s: a tensor in the header has an empty name", what);
+            titan_fail(err, "bad_model", "%s: a tensor in the header has an empty name", what);
             goto out;
         }
         titan_st_tensor *t = &st->t[st->n];
@@ -261,7 +250,7 @@ int titan_st_parse(const uint8_t *buf, size_t len, const char *what, titan_st_fi
     for (size_t i = 0; i < st->n; i++)
         if (!far || st->t[i].end > far->end) far = &st->t[i];
     if (far && far->end > st->data_len) {
-        s_fail(err, "%s is %zu bytes but its header says the data end at byte %llu (tensor " S_NAME_FMT "): the "
+        titan_fail(err, "bad_model", "%s is %zu bytes but its header says the data end at byte %llu (tensor " S_NAME_FMT "): the "
                "download is incomplete or the file is damaged; download it again",
                what, len, (unsigned long long)(8 + hl + far->end), s_short(far->name));
         goto out;
@@ -274,7 +263,7 @@ int titan_st_parse(const uint8_t *buf, size_t len, const char *what, titan_st_fi
         const titan_st_tensor *t = order[i];
         if (t->begin == t->end) continue;
         if (prev && t->begin < prev->end) {
-            s_fail(err, "%s: tensors " S_NAME_FMT " [%llu, %llu) and " S_NAME_FMT " [%llu, %llu) overlap in the data "
+            titan_fail(err, "bad_model", "%s: tensors " S_NAME_FMT " [%llu, %llu) and " S_NAME_FMT " [%llu, %llu) overlap in the data "
                    "area: the header is damaged", what, s_short(prev->name), (unsigned long long)prev->begin,
                    (unsigned long long)prev->end, s_short(t->name), (unsigned long long)t->begin, (unsigned long long)t->end);
             goto out;
@@ -303,32 +292,32 @@ int titan_st_open(const char *path, const char *what, titan_st_file *st, titan_e
     if (!what) what = path;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return s_fail(err, "cannot open %s: %s%s", what, strerror(errno),
+        return titan_fail(err, "bad_model", "cannot open %s: %s%s", what, strerror(errno),
                       errno == ENOENT ? " (the model directory needs its weights as model.safetensors)" : "");
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         int e = errno;
         close(fd);
-        return s_fail(err, "cannot stat %s: %s", what, strerror(e));
+        return titan_fail(err, "bad_model", "cannot stat %s: %s", what, strerror(e));
     }
     if (!S_ISREG(sb.st_mode)) {
         close(fd);
-        return s_fail(err, "%s is not a regular file", what);
+        return titan_fail(err, "bad_model", "%s is not a regular file", what);
     }
     if (sb.st_size < 8) {
         close(fd);
-        return s_fail(err, "%s is %lld bytes, too short for a safetensors file: the download is incomplete; "
+        return titan_fail(err, "bad_model", "%s is %lld bytes, too short for a safetensors file: the download is incomplete; "
                       "download it again", what, (long long)sb.st_size);
     }
     if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX) {
         close(fd);
-        return s_fail(err, "%s is too large to map on this machine", what);
+        return titan_fail(err, "bad_model", "%s is too large to map on this machine", what);
     }
     size_t len = (size_t)sb.st_size;
     void *m = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);
-    if (m == MAP_FAILED) return s_fail(err, "cannot map %s (%zu bytes): %s", what, len, strerror(e));
+    if (m == MAP_FAILED) return titan_fail(err, "bad_model", "cannot map %s (%zu bytes): %s", what, len, strerror(e));
     if (titan_st_parse(m, len, what, st, err) != 0) {
         munmap(m, len);
         return -1;
@@ -411,19 +400,19 @@ const float *titan_st_as_f32(const titan_st_file *st, const titan_st_tensor *t, 
     *owned = NULL;
     const uint8_t *src = titan_st_bytes(st, t);
     if (t->dtype != TITAN_ST_F32 && t->dtype != TITAN_ST_F16 && t->dtype != TITAN_ST_BF16) {
-        s_fail(err, "tensor " S_NAME_FMT " is %s; titan reads weights stored as F32, F16 or BF16", s_short(t->name),
+        titan_fail(err, "bad_model", "tensor " S_NAME_FMT " is %s; titan reads weights stored as F32, F16 or BF16", s_short(t->name),
                s_dtypes[t->dtype].name);
         return NULL;
     }
     if (t->dtype == TITAN_ST_F32 && ((uintptr_t)src & 3u) == 0) return (const float *)(const void *)src;
     size_t bytes;
     if (t->count > SIZE_MAX / sizeof(float) || __builtin_mul_overflow((size_t)t->count, sizeof(float), &bytes)) {
-        s_fail(err, "tensor " S_NAME_FMT " is too large for this machine", s_short(t->name));
+        titan_fail(err, "bad_model", "tensor " S_NAME_FMT " is too large for this machine", s_short(t->name));
         return NULL;
     }
     float *f = malloc(bytes ? bytes : 1);
     if (!f) {
-        s_fail(err, "out of memory: tensor " S_NAME_FMT " needs %zu bytes as float32", s_short(t->name), bytes);
+        titan_fail(err, "bad_model", "out of memory: tensor " S_NAME_FMT " needs %zu bytes as float32", s_short(t->name), bytes);
         return NULL;
     }
     if (t->dtype == TITAN_ST_F32)
