@@ -218,6 +218,17 @@ static bool s_job_parse(titan_server *s, titan_job *j)
     return true;
 }
 
+/* True, with j answered "timeout", when j waited in the queue past its deadline_ms: it does not run. */
+static bool s_job_late(titan_job *j)
+{
+    if (j->req.deadline_ms <= 0) return false;
+    double waited = titan_clock_ms_since(j->t_recv);
+    if (waited <= (double)j->req.deadline_ms) return false;
+    s_job_error(j, "timeout", "waited %.0f ms in the queue, past its deadline_ms of %lld; retry or use a less busy "
+                "backend", waited, (long long)j->req.deadline_ms);
+    return true;
+}
+
 /* Runs a batch of embed/rerank jobs for one encoder (dynamic batching): each job past its deadline is refused
  * alone, the rest run through the model together (titan_models_encode), and each gets its own reply or error. */
 static void s_batch_execute(titan_server *s, titan_job *head)
@@ -231,14 +242,7 @@ static void s_batch_execute(titan_server *s, titan_job *head)
         goto out;
     }
     for (titan_job *j = head; j; j = j->bnext) {
-        if (j->req.deadline_ms > 0) {
-            double waited = titan_clock_ms_since(j->t_recv);
-            if (waited > (double)j->req.deadline_ms) {
-                s_job_error(j, "timeout", "waited %.0f ms in the queue, past its deadline_ms of %lld; retry or use a "
-                            "less busy backend", waited, (long long)j->req.deadline_ms);
-                continue;
-            }
-        }
+        if (s_job_late(j)) continue;
         ej[k] = (titan_encoder_job){.req = &j->req, .out = &j->out};
         who[k++] = j;
     }
@@ -267,14 +271,7 @@ static void s_job_execute(titan_server *s, titan_job *j)
     }
     if (!j->parsed && !s_job_parse(s, j)) return;
     if (j->failed) return;
-    if (j->req.deadline_ms > 0) {
-        double waited = titan_clock_ms_since(j->t_recv);
-        if (waited > (double)j->req.deadline_ms) {
-            s_job_error(j, "timeout", "waited %.0f ms in the queue, past its deadline_ms of %lld; retry or use a "
-                        "less busy backend", waited, (long long)j->req.deadline_ms);
-            return;
-        }
-    }
+    if (s_job_late(j)) return;
     if (titan_op_run(s->w, j->op, &j->req, &j->out, &j->err)) j->failed = true;
 }
 
