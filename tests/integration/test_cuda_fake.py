@@ -15,10 +15,12 @@ refs, mixed ref/host operands, keep, tensor_get); concurrent requests on 4 execu
 device allocation per request); out of memory (too_large when the request can never fit, device_error beside
 resident tensors, then recovery); no device and no kernel image (--device cuda fails and says why, auto falls back
 to the CPU); a poisoned context (device_error, /readyz 503, gpu_info ready false, ping still answers); --device
-cuda:1 (everything on the second device, nothing on the first); a sticky error from cudaMalloc inside the pool
+cuda:1 (everything on the second device, nothing on the first; a tensor the sweeper's thread expires is freed
+there too); a sticky error from cudaMalloc inside the pool
 while gpu_info and /metrics poll (no lock inversion, no hang); the pool's figures read fresh on every gpu_info;
 cudaHostAlloc failing (pinned host memory, not "GPU out of memory"); one executor's pinned buffers only (the
-start's are given back); and, from the fake's exit report, no invalid CUDA call, no lock inversion, no device
+start's are given back); resident tensors charged their pool blocks, and the default --tensor-memory-mb less every
+executor's cuBLAS workspaces; and, from the fake's exit report, no invalid CUDA call, no lock inversion, no device
 wait under a lock, no allocation on another device than the worker's, and nothing left allocated after a clean
 stop.
 
@@ -604,6 +606,36 @@ def second_device():
            rp)
 
 
+def second_device_sweeper():
+    """--device cuda:1: a resident tensor that expires is freed by the tensor sweeper's thread, which never runs a
+    request (so never binds to the device through an executor's path). With --pool-cache-mb 1 its 2 MiB block is
+    not cached but given back to CUDA there and then: cudaFree must run on device 1 (the fake refuses a free of
+    another device's pointer than the calling thread's current device's, as a wrong context would)."""
+    rep = report_path("--device cuda:1, sweeper frees", device=1)
+    w = Worker(BIN, "--device", "cuda:1", "--threads", "1", "--blas-threads", "1", "--pool-cache-mb", "1",
+               "--tensor-ttl", "1", env=fenv(rep))
+    c = Client(w.endpoint)
+    x = rand((512, 1024), np.float32)  # 2 MiB: a block over the 1 MiB cache
+    r, _ = c.call({"op": "tensor_put", "tensor": desc(x, 1)}, x.tobytes())
+    held = gpu_info(c).get("memory_pool", {}).get("held_bytes", 0)
+    end, gi = time.monotonic() + 15, {}
+    while time.monotonic() < end:  # the tensor's count drops before its block goes back: wait for both
+        gi = gpu_info(c)
+        if gi.get("resident", {}).get("tensors") == 0 and gi.get("memory_pool", {}).get("held_bytes") != held:
+            break
+        time.sleep(0.2)
+    after = gi.get("memory_pool", {}).get("held_bytes", 0)
+    tap.ok("ref" in r and gi.get("resident", {}).get("tensors") == 0 and held - after == 2 << 20,
+           "cuda:1, --tensor-ttl 1, --pool-cache-mb 1: the idle 2 MiB tensor expires and its block leaves the pool "
+           f"(held_bytes {held} -> {after})", (r, gi))
+    c.close()
+    rc = w.stop()
+    rp = read_report(rep)
+    tap.ok(rc == 0 and rp is not None and rp["invalid_calls"] == 0 and rp["device_allocs_live"] == 0,
+           "cuda:1: the sweeper's thread freed it on device 1 (no invalid cudaFree, nothing left allocated)",
+           f"rc={rc} {rp}\n{open(w.logpath).read()[-2000:]}")
+
+
 def lock_order():
     """A first sticky error raised inside the pool (the 11th cudaMalloc: the start makes 4, each product of a new
     size 3) while one thread polls gpu_info and GET /metrics without a pause. The fake's lockdep sees every
@@ -730,6 +762,64 @@ def pinned_fail():
            "FAKE_CUDA_HOSTALLOC_FAIL, --device auto: falls back to the CPU and says pinned host memory", f"{log}\n{gi}")
 
 
+def pool_block(nbytes):
+    """The pool's block for an allocation of nbytes (docs/OPERATIONS.md, "The CUDA backend"): at least 256 bytes,
+    powers of two up to 1 MiB, then multiples of an eighth of the largest power of two not above it."""
+    if nbytes <= 256:
+        return 256
+    if nbytes <= 1 << 20:
+        return 1 << (nbytes - 1).bit_length()
+    step = (1 << (nbytes.bit_length() - 1)) // 8
+    return -(-nbytes // step) * step
+
+
+def quota_charges():
+    """Issue 18's last nit: what the backend holds beyond the tensors' data counts against the quotas. The default
+    --tensor-memory-mb (half the GPU) leaves out the cuBLAS workspaces of every executor (--threads 3: 3 x 2
+    handles x 4 MiB on the fake's 1 GiB device, not the 1 executor assumed when titan_cuda_opts.executors was
+    unused); a resident tensor is charged the pool block it holds (plus 512 bytes of bookkeeping), not its data
+    rounded to 64 bytes, so a tensor whose data fits a client's quota but whose block does not is refused."""
+    total, ws = 1024 << 20, 4 << 20  # FAKE_CUDA_MEM_MB's default; 4 MiB a handle below Hopper (at most 1/64)
+    w = Worker(BIN, "--device", "cuda", "--threads", "3", "--blas-threads", "1", env=fenv(report_path("quotas")))
+    c = Client(w.endpoint)
+    r, _ = c.call({"op": "tensor_list"})
+    got = r.get("quota", {}).get("worker_bytes", -1)
+    want = (total - 3 * 2 * ws) // 2
+    # total_memory_gb * 1e9 may come back one byte short of the device's size: a byte of slack.
+    tap.ok(abs(got - want) <= 1, f"default --tensor-memory-mb with --threads 3: half the GPU less 3 executors' "
+           f"cuBLAS workspaces ({want} bytes; 1 executor's would be {(total - 2 * ws) // 2})", r)
+    elems, charged, fails = (1, 75, 262144, 262145), 0, []
+    for n in elems:
+        x = rand((n,), np.float32)
+        rp, _ = c.call({"op": "tensor_put", "tensor": desc(x, 1)}, x.tobytes())
+        if "ref" not in rp:
+            fails.append(f"{n}: {rp}")
+        charged += pool_block(4 * n) + 512
+    r, _ = c.call({"op": "tensor_list"})
+    tap.ok(not fails and r.get("charged_bytes") == charged and r.get("worker_charged_bytes") == charged,
+           f"resident tensors of {', '.join(str(4 * n) for n in elems)} bytes are charged their pool blocks plus "
+           f"512 each ({charged} bytes)", f"{fails}\n{r}")
+    c.call({"op": "tensor_free", "all": True})
+    c.close()
+    w.stop()
+    # 1,000,000 bytes: 1,000,512 charged by the data alone, under a 1 MiB quota; its block is 1 MiB, so not.
+    w = Worker(BIN, "--device", "cuda", "--threads", "1", "--blas-threads", "1", "--tensor-quota-mb", "1",
+               env=fenv(report_path("1 MiB client quota")))
+    c = Client(w.endpoint)
+    x = rand((250000,), np.float32)
+    r, _ = c.call({"op": "tensor_put", "tensor": desc(x, 1)}, x.tobytes())
+    tap.ok(r.get("code") == "quota_exceeded" and str(pool_block(10 ** 6) + 512) in r.get("error", ""),
+           "--tensor-quota-mb 1: a 1,000,000-byte tensor (a 1 MiB block) is refused, its charge named", r)
+    x = rand((250000 - 128,), np.float32)  # 999,488 bytes: a 1 MiB block too, charged 1,049,088 > 1 MiB
+    r2, _ = c.call({"op": "tensor_put", "tensor": desc(x, 1)}, x.tobytes())
+    y = rand((131072 - 128,), np.float32)  # 523,776 bytes: a 512 KiB block, 524,800 charged: fits
+    r3, _ = c.call({"op": "tensor_put", "tensor": desc(y, 1)}, y.tobytes())
+    tap.ok(r2.get("code") == "quota_exceeded" and "ref" in r3,
+           "--tensor-quota-mb 1: a tensor whose block is the whole quota is refused, one of half of it fits", (r2, r3))
+    c.close()
+    w.stop()
+
+
 def exit_reports():
     """The fake runtime's report at each worker's exit: no invalid call (every device pointer inside a live
     allocation and on the device of the stream or handle that uses it, every handle known, no device wait under
@@ -766,8 +856,10 @@ def exit_reports():
 
 for name, fn in [("--device cuda", device_and_info), ("--device auto", auto_without_nvml), ("nvml by index", nvml_by_index),
                  ("out of memory", out_of_memory), ("no device", no_device), ("no kernel image", no_kernel),
-                 ("poisoned context", poisoned), ("--device cuda:1", second_device), ("lock order", lock_order),
-                 ("one executor", one_executor), ("no pinned memory", pinned_fail)]:
+                 ("poisoned context", poisoned), ("--device cuda:1", second_device),
+                 ("--device cuda:1, sweeper", second_device_sweeper), ("lock order", lock_order),
+                 ("one executor", one_executor), ("no pinned memory", pinned_fail),
+                 ("quota charges", quota_charges)]:
     tap.run(name, fn)
 for ep, rc, san in Worker.stop_all():
     tap.ok(rc == 0 and not san, f"worker {ep} exited cleanly", f"rc={rc}")
