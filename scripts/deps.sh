@@ -11,7 +11,11 @@ build_pkgs="gcc make meson ninja-build pkg-config libutf8proc-dev libzmq3-dev li
 # would start a Prometheus server on port 9090 as a side effect (see fetch_promtool below).
 # patch and systemd (systemd-analyze): test_host_setup applies diffs with patch(1); the unit tests verify
 # the systemd units.
-test_pkgs="libcmocka-dev libtorch-dev python3-torch python3-zmq python3-numpy python3-pytest clang libclang-rt-14-dev redis-server python3-redis chromium shellcheck patch systemd"
+# The VM test (test_vm_qemu) boots guests under a real QEMU through libvirt's QEMU driver: qemu-system-x86,
+# libvirt-daemon-system (the driver, and the libvirt-qemu user it wants to exist), ovmf, libvirt-clients (virsh,
+# virt-xml-validate); its guest is built from busybox-static, systemd-boot-efi's EFI stub, mtools and Debian's
+# cloud kernel (unpacked into .deps/guest-kernel, not installed: see fetch_guest_kernel below).
+test_pkgs="libcmocka-dev libtorch-dev python3-torch python3-zmq python3-numpy python3-pytest clang libclang-rt-14-dev redis-server python3-redis chromium shellcheck patch systemd qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients ovmf busybox-static systemd-boot-efi mtools"
 bench_pkgs="python3-zmq python3-numpy python3-torch redis-server python3-redis"
 
 case "${1:-build}" in
@@ -45,6 +49,36 @@ fetch_promtool() {
   rm -rf "$tmp"
 }
 [ "${1:-build}" = test ] && fetch_promtool
+
+# The VM test's guest kernel: Debian's cloud kernel package (what linux-image-cloud-amd64 names today),
+# unpacked into .deps/guest-kernel (git ignores it): vmlinuz-VERSION and lib/modules/VERSION. Unpacked rather
+# than installed, so that make test never adds a kernel to this host's boot menu. Once per kernel version.
+fetch_guest_kernel() {
+  local dir="$root/.deps/guest-kernel" pkg="" tmp try
+  tmp="$(mktemp -d)"
+  for try in 1 2; do # the second time after apt-get update: the lists may name a kernel no longer served
+    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+      sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n 1)
+    if [ -n "$pkg" ] && [ -f "$dir/vmlinuz-${pkg#linux-image-}" ]; then
+      rm -rf "$tmp"
+      return 0
+    fi
+    if [ -n "$pkg" ] && (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null 2>&1); then break; fi
+    pkg=""
+    [ "$try" = 1 ] && { apt-get update -qq >/dev/null 2>&1 || break; }
+  done
+  if [ -n "$pkg" ] && echo "titan: unpacking $pkg into .deps/guest-kernel (the VM test's guest kernel)" >&2 &&
+     dpkg-deb -x "$tmp"/"$pkg"_*.deb "$tmp/x"; then
+    rm -rf "$dir"
+    mkdir -p "$dir/lib"
+    cp "$tmp/x/boot/vmlinuz-${pkg#linux-image-}" "$dir/"
+    cp -r "$tmp/x/lib/modules" "$dir/lib/" 2>/dev/null || cp -r "$tmp/x/usr/lib/modules" "$dir/lib/"
+  elif ! ls "$dir"/vmlinuz-* >/dev/null 2>&1; then
+    echo "titan: could not fetch Debian's cloud kernel (linux-image-cloud-amd64); the VM test will say so" >&2
+  fi
+  rm -rf "$tmp"
+}
+[ "${1:-build}" = test ] && fetch_guest_kernel
 
 # clients/node's test needs node, npm and its node_modules, and so do the reference tests in tests/ref
 # (HuggingFace's tokenizers, ONNX Runtime, the openai client): `npm ci` (the npm registry only; the addons'

@@ -177,6 +177,7 @@ static void s_format_uptime(double s, char *buf, size_t cap)
 static void s_check_vm(s_status *st)
 {
     virSetErrorFunc(NULL, s_virt_quiet);
+    titan_vm_init(); /* libvirt's default event loop: an embedded driver (qemu:///embed) refuses to open without */
     virConnectPtr conn = virConnectOpen(st->uri);
     if (!conn) conn = virConnectOpenReadOnly(st->uri); /* reading a state needs no write access */
     if (!conn) {
@@ -711,6 +712,8 @@ int cli_cmd_status(cli_globals *g, int argc, char **argv)
         return CLI_EXIT_REMOTE;
     }
     int rc = s_run(g, st, argc, argv);
+    bool embedded = !st->no_vm && titan_vm_uri_embedded(st->uri);
     free(st);
+    if (embedded) titan_vm_exit(rc);
     return rc;
 }

@@ -160,6 +160,17 @@ static bool s_uri_local(const char *uri)
     return p && p[3] == '/';
 }
 
+bool titan_vm_uri_embedded(const char *uri)
+{
+    return uri && strncmp(uri, "qemu:///embed", 13) == 0;
+}
+
+void titan_vm_exit(int status)
+{
+    fflush(NULL);
+    _exit(status);
+}
+
 virConnectPtr titan_vm_connect(const char *uri, char *err, size_t errcap)
 {
     if (!uri || !*uri) uri = TITAN_VM_DEFAULT_URI;
@@ -550,6 +561,44 @@ int titan_vm_define_xml(virConnectPtr conn, const char *xml, titan_vm_say_fn say
     return isnew ? 1 : 0;
 }
 
+int titan_vm_resolve_kvm(virConnectPtr conn, titan_vmconf *c, titan_vm_say_fn say, void *arg, char *err,
+                         size_t errcap)
+{
+    if (c->kvm == TITAN_VM_KVM_OFF) {
+        s_say(say, arg, false, "kvm: off: %s runs under QEMU's TCG emulation (no hardware acceleration)", c->name);
+        return 0;
+    }
+    char *caps = virConnectGetDomainCapabilities(conn, NULL, "x86_64", c->machine[0] ? c->machine : NULL, "kvm", 0);
+    if (caps) {
+        free(caps);
+        if (c->kvm == TITAN_VM_KVM_AUTO) c->kvm = TITAN_VM_KVM_ON;
+        return 0;
+    }
+    const virError *e = virGetLastError();
+    if (e && (e->code == VIR_ERR_NO_SUPPORT || e->code == VIR_ERR_RPC || e->code == VIR_ERR_NO_CONNECT)) {
+        /* a driver that cannot say (libvirt's test driver): the domain asks for KVM, as before */
+        if (c->kvm == TITAN_VM_KVM_AUTO) c->kvm = TITAN_VM_KVM_ON;
+        return 0;
+    }
+    char why[512];
+    snprintf(why, sizeof why, "%s", e && e->message ? e->message : "libvirt reports no KVM");
+    if (c->kvm == TITAN_VM_KVM_ON) {
+        snprintf(err, errcap,
+                 "kvm: on, but this host's hypervisor offers no KVM (%s); check that /dev/kvm exists (the "
+                 "kvm_intel or kvm_amd module, virtualization enabled in the firmware), or set kvm: auto or "
+                 "off in vm.yaml to run under TCG emulation",
+                 why);
+        return -ENOTSUP;
+    }
+    c->kvm = TITAN_VM_KVM_OFF;
+    s_say(say, arg, true,
+          "kvm: auto: no KVM on this host (%s); %s will run under QEMU's TCG emulation, many times slower. "
+          "GPU passthrough needs KVM: check /dev/kvm (the kvm_intel or kvm_amd module, virtualization enabled "
+          "in the firmware), then define again",
+          why, c->name);
+    return 0;
+}
+
 int titan_vm_define(virConnectPtr conn, const titan_vmconf *c, titan_vm_say_fn say, void *arg, char *err,
                     size_t errcap)
 {
@@ -577,6 +626,39 @@ static virDomainPtr s_lookup(virConnectPtr conn, const char *name, int *rc, char
     return dom;
 }
 
+/* After a failed start on this host: when a PCI device the domain passes through does not exist here,
+ * err says so first (libvirt's own message names a sysfs path, or only a device it could not open). */
+static void s_missing_hostdevs(virConnectPtr conn, virDomainPtr dom, char *err, size_t errcap)
+{
+    char *uri = virConnectGetURI(conn);
+    bool local = uri && s_uri_local(uri) && strncmp(uri, "test:", 5) != 0;
+    free(uri);
+    if (!local) return;
+    char *xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE);
+    if (!xml) return;
+    char addrs[TITAN_VM_MAX_GPUS][16];
+    int n = s_hostdevs(xml, addrs, TITAN_VM_MAX_GPUS);
+    free(xml);
+    char missing[TITAN_VM_MAX_GPUS * 16 + 16] = "";
+    int nmissing = 0;
+    for (int i = 0; i < n; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/sys/bus/pci/devices/%.15s", addrs[i]);
+        if (access(path, F_OK) == 0) continue;
+        size_t len = strlen(missing);
+        snprintf(missing + len, sizeof missing - len, "%s%s", nmissing ? ", " : "", addrs[i]);
+        nmissing++;
+    }
+    if (!nmissing) return;
+    char *was = strdup(err);
+    snprintf(err, errcap,
+             "the PCI device%s %s that vm.yaml passes through %s not exist on this host (no "
+             "/sys/bus/pci/devices/%s): see `titan host check` for the GPU's address, then fix gpu: in vm.yaml "
+             "and define again. libvirt said: %s",
+             nmissing > 1 ? "s" : "", missing, nmissing > 1 ? "do" : "does", addrs[0], was ? was : "");
+    free(was);
+}
+
 int titan_vm_start(virConnectPtr conn, const char *name, char *err, size_t errcap)
 {
     int rc = 0;
@@ -589,7 +671,11 @@ int titan_vm_start(virConnectPtr conn, const char *name, char *err, size_t errca
         rc = 1;
     } else if (virDomainCreate(dom) < 0) {
         rc = s_fail(err, errcap, name, "cannot start %s", name);
-        if (virDomainIsActive(dom) == 1) rc = 1; /* someone else started it meanwhile */
+        if (virDomainIsActive(dom) == 1) {
+            rc = 1; /* someone else started it meanwhile */
+        } else {
+            s_missing_hostdevs(conn, dom, err, errcap);
+        }
     }
     virDomainFree(dom);
     return rc;
@@ -856,6 +942,8 @@ static double s_qemu_uptime(virConnectPtr conn, const char *name)
             snprintf(path, sizeof path, "/run/libvirt/qemu/%s.pid", name);
         else if (strncmp(uri, "qemu:///session", 15) == 0 && xdg && *xdg)
             snprintf(path, sizeof path, "%s/libvirt/qemu/run/%s.pid", xdg, name);
+        else if (strncmp(uri, "qemu:///embed?root=/", 20) == 0 && !strpbrk(uri + 19, "&%"))
+            snprintf(path, sizeof path, "%s/run/qemu/%s.pid", uri + 19, name); /* the embedded driver's root */
     }
     FILE *f = path[0] ? fopen(path, "r") : NULL;
     int pid = 0;

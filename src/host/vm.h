@@ -22,6 +22,14 @@ typedef void (*titan_vm_say_fn)(void *arg, bool warning, const char *line);
  * loop, which titan_vm_stop runs to follow domain events. Call it before opening any connection. */
 void titan_vm_init(void);
 
+/* True for libvirt's embedded QEMU driver (qemu:///embed?root=DIR), which runs inside this process: after a
+ * connection its threads may still be reconnecting to the running domains, and exit's library teardown under
+ * them crashes (libvirt 9: numa_bitmask_isbitset in virCPUProbeHost). A command done with such a connection
+ * ends with titan_vm_exit. */
+bool titan_vm_uri_embedded(const char *uri);
+/* Flushes stdio and ends the process with `status` at once, without running library destructors. */
+__attribute__((noreturn)) void titan_vm_exit(int status);
+
 /* Opens `uri` (NULL: TITAN_VM_DEFAULT_URI) read-write. Returns the connection (close it with
  * virConnectClose), or NULL with errno set and "cannot connect to URI: why; hint" in err. */
 virConnectPtr titan_vm_connect(const char *uri, char *err, size_t errcap);
@@ -36,6 +44,13 @@ int titan_vm_ensure_disk(virConnectPtr conn, const titan_vmconf *c, titan_vm_say
  * the domain is new, 0 when it replaced a definition, or -errno with why in err. */
 int titan_vm_define_xml(virConnectPtr conn, const char *xml, titan_vm_say_fn say, void *arg, char *err,
                         size_t errcap);
+
+/* Turns vm.yaml's kvm: auto into on or off for this connection (libvirt's domain capabilities for type kvm):
+ * without KVM, off (TCG emulation) with a warning through `say`. kvm: on without KVM fails (-ENOTSUP, why and
+ * what to do in err); kvm: off stays, with a note. A driver that cannot tell (the test driver) keeps KVM.
+ * Returns 0 or -errno. */
+int titan_vm_resolve_kvm(virConnectPtr conn, titan_vmconf *c, titan_vm_say_fn say, void *arg, char *err,
+                         size_t errcap);
 
 /* Defines (or redefines) the domain of `c`; creates its disk first when missing and a size is given
  * (storage API: a volume in the pool holding that directory, else qemu-img). Returns 1 (new) or 0

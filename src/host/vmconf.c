@@ -53,11 +53,14 @@ enum {
     K_HIDE_KVM,
     K_GRAPHICS,
     K_MACHINE,
+    K_FORWARD,
+    K_KVM,
+    K_CONSOLE_LOG,
     K_COUNT
 };
-static const char *const s_top_keys[K_COUNT] = {"name",     "memory",   "vcpus",   "topology", "disk",
-                                                "gpu",      "firmware", "network", "mac",      "guest_agent",
-                                                "hide_kvm", "graphics", "machine"};
+static const char *const s_top_keys[K_COUNT] = {
+    "name",     "memory",   "vcpus",   "topology", "disk",    "gpu", "firmware",   "network",
+    "mac",      "guest_agent", "hide_kvm", "graphics", "machine", "forward", "kvm", "console_log"};
 
 enum { D_PATH, D_SIZE, D_FORMAT, D_COUNT };
 static const char *const s_disk_keys[D_COUNT] = {"path", "size", "format"};
@@ -486,6 +489,131 @@ static int s_firmware(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
     return 0;
 }
 
+/* A port number 1..65535 in t[*i..] up to `stop` (or the end); advances *i. */
+static bool s_port(yamlconf_text t, size_t *i, char stop, int *out)
+{
+    long v = 0;
+    size_t start = *i;
+    while (*i < t.len && t.s[*i] != stop) {
+        if (t.s[*i] < '0' || t.s[*i] > '9' || *i - start >= 5) return false;
+        v = v * 10 + (t.s[*i] - '0');
+        (*i)++;
+    }
+    if (*i == start || t.s[start] == '0' || v < 1 || v > 65535) return false;
+    *out = (int)v;
+    return true;
+}
+
+/* A dotted IPv4 address, four numbers 0..255 without leading zeros. */
+static bool s_ipv4(const char *s, size_t len)
+{
+    int parts = 0;
+    size_t i = 0;
+    while (parts < 4) {
+        size_t start = i;
+        int v = 0;
+        while (i < len && s[i] >= '0' && s[i] <= '9' && i - start < 3) v = v * 10 + (s[i++] - '0');
+        if (i == start || v > 255 || (s[start] == '0' && i - start > 1)) return false;
+        parts++;
+        if (parts < 4) {
+            if (i >= len || s[i] != '.') return false;
+            i++;
+        }
+    }
+    return i == len;
+}
+
+/* "[HOST_ADDR:]HOST_PORT:GUEST_PORT" */
+static int s_one_forward(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
+{
+    char buf[96];
+    static const char want[] =
+        "write [HOST_ADDR:]HOST_PORT:GUEST_PORT, e.g. 127.0.0.1:5555:5555 (the address defaults to 127.0.0.1)";
+    if (v->type != YAML_SCALAR_NODE)
+        return yamlconf_fail(c, yamlconf_line(v), "forward: an entry is %s; %s", s_show(v, buf, sizeof buf),
+                             want);
+    if (o->nforwards >= TITAN_VM_MAX_FORWARDS)
+        return yamlconf_fail(c, yamlconf_line(v), "forward: more than %d entries; forward fewer ports",
+                             TITAN_VM_MAX_FORWARDS);
+    yamlconf_text t = yamlconf_text_of(v);
+    titan_vm_forward f = {.host_addr = "127.0.0.1"};
+    size_t colons = 0, last = 0, prev = 0;
+    for (size_t i = 0; i < t.len; i++)
+        if (t.s[i] == ':') {
+            colons++;
+            prev = last;
+            last = i;
+        }
+    size_t i = 0;
+    bool ok = colons == 1 || colons == 2;
+    if (ok && colons == 2) {
+        ok = prev < sizeof f.host_addr && s_ipv4(t.s, prev);
+        if (ok) {
+            memcpy(f.host_addr, t.s, prev);
+            f.host_addr[prev] = '\0';
+            i = prev + 1;
+        }
+    }
+    if (ok) ok = s_port(t, &i, ':', &f.host_port);
+    if (ok) {
+        i++;
+        ok = s_port(t, &i, '\0', &f.guest_port);
+    }
+    if (!ok) return yamlconf_fail(c, yamlconf_line(v), "forward: %s is not a port forward; %s", s_show(v, buf, sizeof buf), want);
+    for (int k = 0; k < o->nforwards; k++)
+        if (o->forwards[k].host_port == f.host_port && strcmp(o->forwards[k].host_addr, f.host_addr) == 0)
+            return yamlconf_fail(c, yamlconf_line(v), "forward: %s:%d is forwarded twice; keep one", f.host_addr,
+                                 f.host_port);
+    o->forwards[o->nforwards++] = f;
+    return 0;
+}
+
+static int s_forwards(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
+{
+    if (v->type == YAML_SCALAR_NODE) return s_one_forward(c, v, o);
+    if (v->type != YAML_SEQUENCE_NODE) {
+        char buf[96];
+        return yamlconf_fail(c, yamlconf_line(v),
+                             "forward: is %s; write a list of port forwards, e.g. [127.0.0.1:5555:5555]",
+                             s_show(v, buf, sizeof buf));
+    }
+    for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+        yaml_node_t *g = yaml_document_get_node(c->doc, *it);
+        if (!g) return yamlconf_fail(c, yamlconf_line(v), "forward: damaged YAML document; rewrite it");
+        int rc = s_one_forward(c, g, o);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+static int s_kvm(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
+{
+    char buf[96];
+    if (v->type == YAML_SCALAR_NODE) {
+        yamlconf_text t = yamlconf_text_of(v);
+        if (yamlconf_is(t, "auto")) {
+            o->kvm = TITAN_VM_KVM_AUTO;
+            return 0;
+        }
+        bool b = false;
+        static const char *const yes[] = {"on", "true", "yes"}, *const no[] = {"off", "false", "no"};
+        for (size_t i = 0; i < 3; i++) {
+            if (yamlconf_is(t, yes[i])) b = true, o->kvm = TITAN_VM_KVM_ON;
+            if (yamlconf_is(t, no[i])) b = true, o->kvm = TITAN_VM_KVM_OFF;
+        }
+        if (b) return 0;
+    }
+    return yamlconf_fail(c, yamlconf_line(v),
+                         "kvm: %s is not auto, on or off; write auto (KVM where the host has it, else TCG "
+                         "emulation), on (KVM, or fail) or off (TCG emulation)",
+                         s_show(v, buf, sizeof buf));
+}
+
+bool titan_vmconf_user_net(const titan_vmconf *c)
+{
+    return c && strcmp(c->network, "user") == 0;
+}
+
 static int s_top(yamlconf *c, const yaml_node_t *root, titan_vmconf *o)
 {
     char buf[96];
@@ -550,14 +678,15 @@ static int s_top(yamlconf *c, const yaml_node_t *root, titan_vmconf *o)
         if (n->type == YAML_SCALAR_NODE && yamlconf_is(yamlconf_text_of(n), "none")) {
             o->network[0] = '\0';
         } else if (n->type == YAML_SCALAR_NODE &&
-                   yamlconf_name_ok(yamlconf_text_of(n), sizeof o->network - 1)) {
+                   yamlconf_name_ok(yamlconf_text_of(n), sizeof o->network - 1)) { /* also "user" */
             memcpy(o->network, n->data.scalar.value, n->data.scalar.length);
             o->network[n->data.scalar.length] = '\0';
         } else {
             return yamlconf_fail(
                 c, yamlconf_line(n),
                 "network: %s is not a libvirt network name; write none or a name of 1 to %zu of "
-                "A-Z a-z 0-9 _ . - (virsh net-list --all shows them), e.g. default",
+                "A-Z a-z 0-9 _ . - (virsh net-list --all shows them), e.g. default; or user for QEMU's "
+                "user-mode network",
                 s_show(n, buf, sizeof buf), sizeof o->network - 1);
         }
     }
@@ -577,6 +706,19 @@ static int s_top(yamlconf *c, const yaml_node_t *root, titan_vmconf *o)
             return yamlconf_fail(c, yamlconf_line(n),
                                  "mac: given, but network is none; remove mac or name a network");
     }
+    if (v[K_FORWARD]) {
+        if (!titan_vmconf_user_net(o))
+            return yamlconf_fail(c, yamlconf_line(v[K_FORWARD]),
+                                 "forward: given, but network is not user; port forwards belong to QEMU's "
+                                 "user-mode network (network: user); on a libvirt network reach the guest's "
+                                 "address instead");
+        if ((rc = s_forwards(c, v[K_FORWARD], o)) < 0) return rc;
+    }
+    if (v[K_KVM] && (rc = s_kvm(c, v[K_KVM], o)) < 0) return rc;
+    if (v[K_CONSOLE_LOG] && (rc = s_parse_path(c, v[K_CONSOLE_LOG], "console_log",
+                                               "/var/log/titan/vm-console.log", o->console_log,
+                                               sizeof o->console_log)) < 0)
+        return rc;
     if (v[K_GUEST_AGENT] && (rc = s_parse_bool(c, v[K_GUEST_AGENT], "guest_agent", &o->guest_agent)) < 0)
         return rc;
     if (v[K_HIDE_KVM] && (rc = s_parse_bool(c, v[K_HIDE_KVM], "hide_kvm", &o->hide_kvm)) < 0) return rc;
@@ -762,7 +904,14 @@ char *titan_vmconf_xml(const titan_vmconf *c)
 {
     s_buf b = {0};
     if (!c) return NULL;
-    S_LIT(&b, "<domain type='kvm'>\n  <name>");
+    bool tcg = c->kvm == TITAN_VM_KVM_OFF;
+    bool user_net = titan_vmconf_user_net(c);
+    if (tcg)
+        S_LIT(&b, "<domain type='qemu'");
+    else
+        S_LIT(&b, "<domain type='kvm'");
+    if (user_net) S_LIT(&b, " xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'");
+    S_LIT(&b, ">\n  <name>");
     S_ESC(&b, c->name);
     s_putf(&b,
            "</name>\n"
@@ -815,19 +964,24 @@ char *titan_vmconf_xml(const titan_vmconf *c)
 
     S_LIT(&b, "  <features>\n    <acpi/>\n    <apic/>\n");
     if (explicit_loader && c->smm) S_LIT(&b, "    <smm state='on'/>\n");
-    if (c->hide_kvm)
+    if (c->hide_kvm && !tcg) /* under TCG there is no KVM to hide */
         S_LIT(&b, "    <hyperv>\n      <vendor_id state='on' value='titanvm'/>\n    </hyperv>\n"
                   "    <kvm>\n      <hidden state='on'/>\n    </kvm>\n");
     S_LIT(&b, "  </features>\n");
 
+    /* TCG cannot pass the host's CPU through: QEMU's "max" model, every feature TCG emulates */
+    if (tcg)
+        S_LIT(&b, "  <cpu mode='maximum' check='none'");
+    else
+        S_LIT(&b, "  <cpu mode='host-passthrough'");
     if (c->sockets > 0 && c->cores > 0 && c->threads > 0)
         s_putf(&b,
-               "  <cpu mode='host-passthrough'>\n"
+               ">\n"
                "    <topology sockets='%d' cores='%d' threads='%d'/>\n"
                "  </cpu>\n",
                c->sockets, c->cores, c->threads);
     else
-        S_LIT(&b, "  <cpu mode='host-passthrough'/>\n");
+        S_LIT(&b, "/>\n");
     S_LIT(&b, "  <clock offset='utc'/>\n"
               "  <on_poweroff>destroy</on_poweroff>\n"
               "  <on_reboot>restart</on_reboot>\n"
@@ -843,7 +997,7 @@ char *titan_vmconf_xml(const titan_vmconf *c)
     S_ESC(&b, c->disk_path);
     S_LIT(&b, "'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n");
 
-    if (c->network[0]) {
+    if (c->network[0] && !user_net) {
         S_LIT(&b, "    <interface type='network'>\n");
         if (c->mac[0]) {
             S_LIT(&b, "      <mac address='");
@@ -862,7 +1016,13 @@ char *titan_vmconf_xml(const titan_vmconf *c)
         if (s_parse_pci(t, pci)) s_put_pci(&b, pci);
     }
 
-    S_LIT(&b, "    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n"
+    S_LIT(&b, "    <serial type='pty'>\n");
+    if (c->console_log[0]) {
+        S_LIT(&b, "      <log file='");
+        S_ESC(&b, c->console_log);
+        S_LIT(&b, "' append='off'/>\n");
+    }
+    S_LIT(&b, "      <target port='0'/>\n    </serial>\n"
               "    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n");
     if (c->guest_agent)
         S_LIT(&b, "    <channel type='unix'>\n      <target type='virtio' name='org.qemu.guest_agent.0'/>\n"
@@ -874,7 +1034,27 @@ char *titan_vmconf_xml(const titan_vmconf *c)
             "    </graphics>\n    <video>\n      <model type='qxl'/>\n    </video>\n");
     else
         S_LIT(&b, "    <video>\n      <model type='none'/>\n    </video>\n");
-    S_LIT(&b, "    <memballoon model='none'/>\n  </devices>\n</domain>\n");
+    S_LIT(&b, "    <memballoon model='none'/>\n  </devices>\n");
+    if (user_net) {
+        /* libvirt 9's own <interface type='user'> forwards ports only through passt: QEMU's built-in user-mode
+         * network (slirp) is given to QEMU directly, one -netdev with every forward and its virtio NIC (no option
+         * ROM: nothing boots from it) */
+        S_LIT(&b, "  <qemu:commandline>\n    <qemu:arg value='-netdev'/>\n    <qemu:arg value='user,id=titannet0");
+        for (int i = 0; i < c->nforwards && i < TITAN_VM_MAX_FORWARDS; i++)
+            s_putf(&b, ",hostfwd=tcp:%s:%d-:%d", c->forwards[i].host_addr, c->forwards[i].host_port,
+                   c->forwards[i].guest_port);
+        /* the device in QEMU's JSON form, as libvirt writes its own: QEMU creates JSON devices after the others,
+         * and this one must come after libvirt's PCIe root ports, whose slots it would take otherwise */
+        S_LIT(&b, "'/>\n    <qemu:arg value='-device'/>\n"
+                  "    <qemu:arg value='{\"driver\":\"virtio-net-pci\",\"netdev\":\"titannet0\",\"romfile\":\"\"");
+        if (c->mac[0]) {
+            S_LIT(&b, ",\"mac\":\"");
+            S_ESC(&b, c->mac);
+            S_LIT(&b, "\"");
+        }
+        S_LIT(&b, "}'/>\n  </qemu:commandline>\n");
+    }
+    S_LIT(&b, "</domain>\n");
 
     if (b.oom) {
         free(b.s);

@@ -566,6 +566,103 @@ static void test_xml_variants(void **state)
     free(x);
 }
 
+/* kvm: auto|on|off, network: user with its forwards, console_log: parsing, errors and the XML */
+static void test_tcg_user_net(void **state)
+{
+    (void)state;
+    titan_vmconf c = load_ok(MINIMAL_HEAD);
+    assert_int_equal(c.kvm, TITAN_VM_KVM_AUTO);
+    assert_int_equal(c.nforwards, 0);
+    assert_string_equal(c.console_log, "");
+    static const struct {
+        const char *text;
+        titan_vm_kvm want;
+    } kvms[] = {{"auto", TITAN_VM_KVM_AUTO}, {"on", TITAN_VM_KVM_ON}, {"true", TITAN_VM_KVM_ON},
+                {"off", TITAN_VM_KVM_OFF},   {"no", TITAN_VM_KVM_OFF}};
+    for (size_t i = 0; i < sizeof kvms / sizeof kvms[0]; i++) {
+        char y[256];
+        snprintf(y, sizeof y, MINIMAL_HEAD "kvm: %s\n", kvms[i].text);
+        c = load_ok(y);
+        assert_int_equal(c.kvm, kvms[i].want);
+    }
+
+    /* forwards: the address defaults to 127.0.0.1; block and flow lists; a single scalar */
+    c = load_ok(MINIMAL_HEAD "network: user\nforward:\n  - 5555:5555\n  - 127.0.0.2:9100:80\n  - 0.0.0.0:65535:1\n");
+    assert_true(titan_vmconf_user_net(&c));
+    assert_int_equal(c.nforwards, 3);
+    assert_string_equal(c.forwards[0].host_addr, "127.0.0.1");
+    assert_int_equal(c.forwards[0].host_port, 5555);
+    assert_int_equal(c.forwards[0].guest_port, 5555);
+    assert_string_equal(c.forwards[1].host_addr, "127.0.0.2");
+    assert_int_equal(c.forwards[1].host_port, 9100);
+    assert_int_equal(c.forwards[1].guest_port, 80);
+    assert_int_equal(c.forwards[2].host_port, 65535);
+    c = load_ok(MINIMAL_HEAD "network: user\nforward: [127.0.0.1:15555:5555, 16000:22]\n");
+    assert_int_equal(c.nforwards, 2);
+    assert_int_equal(c.forwards[1].host_port, 16000);
+    c = load_ok(MINIMAL_HEAD "network: user\nforward: 2222:22\nconsole_log: /var/log/t.log\n");
+    assert_int_equal(c.nforwards, 1);
+    assert_string_equal(c.console_log, "/var/log/t.log");
+
+    expect_err(MINIMAL_HEAD "forward: [5555:5555]\n", "t.yaml:5: forward", "network: user");
+    expect_err(MINIMAL_HEAD "network: default\nforward: [5555:5555]\n", "t.yaml:6: forward", "network: user");
+    static const char *const bad[] = {"5555",          "0:22",          "22:0",        "65536:22",
+                                      "22:65536",      "a:22",          "1.2.3:22:22", "256.0.0.1:22:22",
+                                      "01.2.3.4:22:22", "1.2.3.4.5:2:2", "1:2:3:4",     "080:22",
+                                      ":22",           "22:",           "127.0.0.1::22", "127.0.0.1:22:"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char y[256];
+        snprintf(y, sizeof y, MINIMAL_HEAD "network: user\nforward: ['%s']\n", bad[i]);
+        expect_err(y, "t.yaml:6: forward", "is not a port forward");
+    }
+    expect_err(MINIMAL_HEAD "network: user\nforward: [5555:1, '127.0.0.1:5555:2']\n", "t.yaml:6: forward",
+               "forwarded twice");
+    expect_err(MINIMAL_HEAD "network: user\nforward: {a: 1}\n", "t.yaml:6: forward", "a list");
+    {
+        char y[1024] = MINIMAL_HEAD "network: user\nforward: [";
+        for (int i = 0; i <= TITAN_VM_MAX_FORWARDS; i++) {
+            size_t len = strlen(y);
+            snprintf(y + len, sizeof y - len, "%s%d:22", i ? ", " : "", 2000 + i);
+        }
+        strcat(y, "]\n");
+        expect_err(y, "t.yaml:6: forward", "more than 16");
+    }
+    expect_err(MINIMAL_HEAD "kvm: maybe\n", "t.yaml:5: kvm", "auto, on or off");
+    expect_err(MINIMAL_HEAD "kvm: [on]\n", "t.yaml:5: kvm", "auto, on or off");
+    expect_err(MINIMAL_HEAD "console_log: rel/x.log\n", "t.yaml:5: console_log", "absolute path");
+
+    /* the XML: KVM (auto renders as KVM), TCG, the user-mode network's QEMU arguments, the console log */
+    c = load_ok(MINIMAL_HEAD "hide_kvm: true\n");
+    char *x = titan_vmconf_xml(&c);
+    assert_non_null(x);
+    assert_non_null(strstr(x, "<domain type='kvm'>\n"));
+    assert_non_null(strstr(x, "<cpu mode='host-passthrough'/>"));
+    assert_non_null(strstr(x, "<hidden state='on'/>"));
+    assert_null(strstr(x, "qemu:"));
+    free(x);
+
+    c = load_ok(MINIMAL_HEAD "hide_kvm: true\nkvm: off\ntopology: {sockets: 1, cores: 2, threads: 1}\n"
+                             "network: user\nforward: [127.0.0.1:15555:5555, 19100:9100]\nmac: 52:54:00:00:00:01\n"
+                             "console_log: /var/log/t&c.log\n");
+    x = titan_vmconf_xml(&c);
+    assert_non_null(x);
+    assert_non_null(strstr(x, "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n"));
+    assert_non_null(strstr(x, "  <cpu mode='maximum' check='none'>\n    <topology sockets='1' cores='2' threads='1'/>\n"));
+    assert_null(strstr(x, "host-passthrough"));
+    assert_null(strstr(x, "<kvm>")); /* nothing to hide under TCG */
+    assert_null(strstr(x, "<hyperv>"));
+    assert_null(strstr(x, "<interface"));
+    assert_non_null(strstr(x, "    <serial type='pty'>\n      <log file='/var/log/t&amp;c.log' append='off'/>\n"));
+    assert_non_null(strstr(
+        x, "  </devices>\n  <qemu:commandline>\n    <qemu:arg value='-netdev'/>\n"
+           "    <qemu:arg value='user,id=titannet0,hostfwd=tcp:127.0.0.1:15555-:5555,hostfwd=tcp:127.0.0.1:19100-:9100'/>\n"
+           "    <qemu:arg value='-device'/>\n"
+           "    <qemu:arg value='{\"driver\":\"virtio-net-pci\",\"netdev\":\"titannet0\",\"romfile\":\"\",\"mac\":\"52:54:00:00:00:01\"}'/>\n"
+           "  </qemu:commandline>\n</domain>\n"));
+    check_well_formed("tcg-user-net", x);
+    free(x);
+}
+
 static void test_xml_escaping(void **state)
 {
     (void)state;
@@ -622,6 +719,7 @@ int main(void)
         cmocka_unit_test(test_xml_minimal),
         cmocka_unit_test(test_xml_variants),
         cmocka_unit_test(test_xml_escaping),
+        cmocka_unit_test(test_tcg_user_net),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
