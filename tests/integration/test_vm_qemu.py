@@ -190,6 +190,8 @@ def main():
     kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
     tap.note(f"/dev/kvm {'usable: guests run under KVM' if kvm else 'missing: guests run under TCG emulation'}")
 
+    # meson's timeout sends SIGTERM: end through the finally below, so that the cleanup still runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("test_vm_qemu: terminated; cleaning up"))
     e = Env()
     try:
         cycle(e, kvm)
