@@ -11,7 +11,8 @@ void cli_help_backends(FILE *f)
     fprintf(f, "usage: titan --backends FILE [--json] backends [--no-probe]\n"
                "\n"
                "Reads compute_backends.yaml FILE (or $TITAN_BACKENDS), pings every backend at once and\n"
-               "prints one line each: name, type, endpoint (or local device), breaker state, p50 ping\n"
+               "prints one line each: name, type, endpoint (or local device), health (up; down: it did not\n"
+            "answer, and calls go elsewhere until its breaker's cool-down ends), breaker state, p50 ping\n"
                "latency, requests in flight, and the last error. A local backend is opened in this process\n"
                "(OpenBLAS, or CUDA when built with it), so its ping says whether its device works here.\n"
                "\n"
@@ -104,6 +105,13 @@ static const char *s_type_name(titan_route_type t)
     return t == TITAN_ROUTE_LOCAL ? "local" : "remote";
 }
 
+/* What a probed backend's breaker means to a reader: up (closed), down (open: it failed and gets no calls
+ * until its cool-down ends), or recovering (half-open: trial calls go through). */
+static const char *s_health_name(titan_breaker_state st)
+{
+    return st == TITAN_BREAKER_CLOSED ? "up" : st == TITAN_BREAKER_OPEN ? "down" : "recovering";
+}
+
 /* One backend for --json. Unprobed, it has no breaker state to speak of: "state" is null, "probed" false. */
 static json_t *s_status_json(const titan_backend_status *s, bool probed)
 {
@@ -116,6 +124,7 @@ static json_t *s_status_json(const titan_backend_status *s, bool probed)
                           "failures", (json_int_t)s->failures, "probes", (json_int_t)s->probes);
     if (!o) return NULL;
     json_object_set_new(o, "probed", json_boolean(probed));
+    json_object_set_new(o, "health", probed ? json_string(s_health_name(s->state)) : json_null());
     if (!probed) json_object_set_new(o, "state", json_null());
     json_object_set_new(o, "p50_ms", s->p50_ms >= 0 ? json_real(s->p50_ms) : json_null());
     json_object_set_new(o, "p99_ms", s->p99_ms >= 0 ? json_real(s->p99_ms) : json_null());
@@ -147,8 +156,8 @@ int cli_cmd_backends(cli_globals *g, int argc, char **argv)
     int up = probe ? titan_router_probe(r) : 0; /* unprobed, nothing answered: nothing was asked */
     json_t *arr = g->json ? json_array() : NULL;
     if (!g->json)
-        printf("%-16s %-6s %-32s %-9s %9s %8s  %s\n", "NAME", "TYPE", "ENDPOINT", "STATE", "P50", "INFLIGHT",
-               "LAST ERROR");
+        printf("%-16s %-6s %-32s %-10s %-9s %9s %8s  %s\n", "NAME", "TYPE", "ENDPOINT", "HEALTH", "STATE", "P50",
+               "INFLIGHT", "LAST ERROR");
     for (size_t i = 0; i < n; i++) {
         titan_backend_status s;
         if (titan_router_backend_status(r, i, &s) != 0) continue;
@@ -165,9 +174,9 @@ int cli_cmd_backends(cli_globals *g, int argc, char **argv)
             snprintf(p50, sizeof(p50), "%.2f ms", s.p50_ms);
         else
             snprintf(p50, sizeof(p50), "-");
-        printf("%-16s %-6s %-32s %-9s %9s %8d  %s\n", s.name, s_type_name(s.type), where,
-               probe ? titan_breaker_state_name(s.state) : "unprobed", p50, s.inflight,
-               s.last_error[0] ? s.last_error : "-");
+        printf("%-16s %-6s %-32s %-10s %-9s %9s %8d  %s\n", s.name, s_type_name(s.type), where,
+               probe ? s_health_name(s.state) : "-", probe ? titan_breaker_state_name(s.state) : "unprobed",
+               p50, s.inflight, s.last_error[0] ? s.last_error : "-");
     }
     rc = !probe || up == (int)n ? CLI_EXIT_OK : up > 0 ? CLI_EXIT_REMOTE : CLI_EXIT_UNREACHABLE;
     if (g->json) {

@@ -102,6 +102,11 @@ backends:
            "a dead worker: open, and the last error says why", out)
     tap.ok(" open " in rows.get("primary", "") and "CUDA" in rows.get("primary", ""),
            "a local cuda:0 in a build without CUDA: open, and the error names CUDA", out)
+    # the reason: no CUDA device (a build with the CUDA module, on a machine without a GPU), or no CUDA backend
+    tap.ok(" down       open " in rows.get("primary", "")
+           and ("no CUDA device" in rows.get("primary", "") or "no CUDA backend" in rows.get("primary", ""))
+           and " up         closed " in rows.get("secondary", ""),
+           "HEALTH: the local cuda:0 without a GPU is down with the reason (no CUDA device or backend), a live worker up", out)
     tap.ok(any(line.startswith("titan: ") and line.endswith("good.yaml:10: unknown field third.colour ignored")
                for line in err.splitlines()), "an unknown field is a titan: warning with its line", err)
     rc, out, err = titan("--backends", good, "--json", "backends")
@@ -113,6 +118,8 @@ backends:
            and byname.get("gone", {}).get("state") == "open" and byname["gone"]["last_error"]
            and byname["third"]["p50_ms"] > 0 and byname["gone"]["p50_ms"] is None,
            "--json backends: states, capabilities, latencies, errors, counts", out)
+    tap.ok(byname.get("primary", {}).get("health") == "down" and byname.get("secondary", {}).get("health") == "up",
+           "--json backends: health down for the local cuda:0, up for a live worker", out)
     rc, out, err = titan("--backends", good, "backends", "--no-probe")
     tap.ok(rc == 0 and out.count("unprobed") == 4, "--no-probe checks the file and contacts nothing", (rc, out))
     tap.ok("not probed" in err and "4 backends" in err and " ms " not in out,
