@@ -434,23 +434,35 @@ static int s_one_gpu(yamlconf *c, const yaml_node_t *g, titan_vmconf *o, int *li
     return 0;
 }
 
-static int s_gpus(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
+/* Calls `one` on each item of the list `v` (a single scalar is a list of one); `want` completes "FIELD: is a
+ * mapping; write ..." for anything else. */
+typedef int (*s_item_fn)(yamlconf *c, const yaml_node_t *item, titan_vmconf *o, void *ctx);
+static int s_each(yamlconf *c, const yaml_node_t *v, const char *field, const char *want, s_item_fn one,
+                  titan_vmconf *o, void *ctx)
 {
-    int lines[TITAN_VM_MAX_GPUS] = {0};
-    if (v->type == YAML_SCALAR_NODE) return s_one_gpu(c, v, o, lines);
+    if (v->type == YAML_SCALAR_NODE) return one(c, v, o, ctx);
     if (v->type != YAML_SEQUENCE_NODE) {
         char buf[96];
-        return yamlconf_fail(c, yamlconf_line(v),
-                             "gpu: is %s; write a list of PCI addresses, e.g. [0000:03:00.0, 0000:03:00.1]",
-                             s_show(v, buf, sizeof buf));
+        return yamlconf_fail(c, yamlconf_line(v), "%s: is %s; write %s", field, s_show(v, buf, sizeof buf), want);
     }
     for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
         yaml_node_t *g = yaml_document_get_node(c->doc, *it);
-        if (!g) return yamlconf_fail(c, yamlconf_line(v), "gpu: damaged YAML document; rewrite it");
-        int rc = s_one_gpu(c, g, o, lines);
+        if (!g) return yamlconf_fail(c, yamlconf_line(v), "%s: damaged YAML document; rewrite it", field);
+        int rc = one(c, g, o, ctx);
         if (rc < 0) return rc;
     }
     return 0;
+}
+
+static int s_gpu_item(yamlconf *c, const yaml_node_t *g, titan_vmconf *o, void *lines)
+{
+    return s_one_gpu(c, g, o, lines);
+}
+
+static int s_gpus(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
+{
+    int lines[TITAN_VM_MAX_GPUS] = {0};
+    return s_each(c, v, "gpu", "a list of PCI addresses, e.g. [0000:03:00.0, 0000:03:00.1]", s_gpu_item, o, lines);
 }
 
 static int s_firmware(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
@@ -568,22 +580,15 @@ static int s_one_forward(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
     return 0;
 }
 
+static int s_forward_item(yamlconf *c, const yaml_node_t *g, titan_vmconf *o, void *ctx)
+{
+    (void)ctx;
+    return s_one_forward(c, g, o);
+}
+
 static int s_forwards(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
 {
-    if (v->type == YAML_SCALAR_NODE) return s_one_forward(c, v, o);
-    if (v->type != YAML_SEQUENCE_NODE) {
-        char buf[96];
-        return yamlconf_fail(c, yamlconf_line(v),
-                             "forward: is %s; write a list of port forwards, e.g. [127.0.0.1:5555:5555]",
-                             s_show(v, buf, sizeof buf));
-    }
-    for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
-        yaml_node_t *g = yaml_document_get_node(c->doc, *it);
-        if (!g) return yamlconf_fail(c, yamlconf_line(v), "forward: damaged YAML document; rewrite it");
-        int rc = s_one_forward(c, g, o);
-        if (rc < 0) return rc;
-    }
-    return 0;
+    return s_each(c, v, "forward", "a list of port forwards, e.g. [127.0.0.1:5555:5555]", s_forward_item, o, NULL);
 }
 
 static int s_kvm(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
