@@ -8,10 +8,12 @@
 #include <string.h>
 
 #include "http.h"
+#include "redis.h"
 #include "settings.h"
 
 static int s_check_endpoint(const char *name, const char *v, char *err, size_t errcap);
 static int s_check_key_name(const char *name, const char *v, char *err, size_t errcap);
+static int s_check_redis_prefix(const char *name, const char *v, char *err, size_t errcap);
 static int s_check_http(const char *name, const char *v, char *err, size_t errcap);
 
 static const char *const s_log_levels[] = {"error", "warn", "warning", "info", "debug", NULL};
@@ -103,7 +105,7 @@ static const titan_setting s_table[] = {
     {.name = "redis-password", .type = TITAN_SETTING_TEXT, .offset = S_AT(redis_password), .metavar = "P",
      .help = "Redis password; overrides the URL's (prefer the config file)"},
     {.name = "redis-prefix", .type = TITAN_SETTING_TEXT, .offset = S_AT(redis_prefix), .def = "titan",
-     .check = s_check_key_name, .metavar = "NAME", .help = "job keys are {NAME}:... (default titan)"},
+     .check = s_check_redis_prefix, .metavar = "NAME", .help = "job keys are {NAME}:... (default titan)"},
     {.name = "jobs-group", .type = TITAN_SETTING_TEXT, .offset = S_AT(jobs_group), .def = "titan-workers",
      .check = s_check_key_name, .metavar = "G",
      .help = "the Redis consumer group of the workers (default titan-workers)"},
@@ -196,7 +198,17 @@ static int s_check_endpoint(const char *name, const char *v, char *err, size_t e
     return -EINVAL;
 }
 
-/* The Redis prefix goes between braces (a Redis Cluster hash tag), the consumer group into commands. */
+/* The Redis prefix goes between braces (a Redis Cluster hash tag): the Redis module's rule, which the job client
+ * and titan status apply too. */
+static int s_check_redis_prefix(const char *name, const char *v, char *err, size_t errcap)
+{
+    if (titan_redis_prefix_ok(v)) return 0;
+    snprintf(err, errcap, "--%s must be 1 to %d printable characters without spaces, '{' or '}', not '%s'", name,
+             TITAN_REDIS_MAX_PREFIX, v);
+    return -EINVAL;
+}
+
+/* The consumer group goes into commands. */
 static int s_check_key_name(const char *name, const char *v, char *err, size_t errcap)
 {
     size_t n = strlen(v);
