@@ -114,6 +114,11 @@ void *titan_fairq_pop(titan_fairq *q)
     return item;
 }
 
+void *titan_fairq_peek(const titan_fairq *q)
+{
+    return q && q->cursor ? q->cursor->head->item : NULL;
+}
+
 size_t titan_fairq_len(const titan_fairq *q)
 {
     return q ? q->len : 0;

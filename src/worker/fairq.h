@@ -19,6 +19,8 @@ void titan_fairq_destroy(titan_fairq **q);
 int titan_fairq_push(titan_fairq *q, const void *key, size_t keylen, void *item);
 /* Removes and returns the oldest item of the next client in turn, or NULL when empty. */
 void *titan_fairq_pop(titan_fairq *q);
+/* The item titan_fairq_pop would return next, left in the queue; NULL when empty. */
+void *titan_fairq_peek(const titan_fairq *q);
 /* Items queued in all, and for one client. */
 size_t titan_fairq_len(const titan_fairq *q);
 size_t titan_fairq_client_len(const titan_fairq *q, const void *key, size_t keylen);

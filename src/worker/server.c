@@ -58,7 +58,18 @@ typedef struct {
     void *sock; /* executor's end */
     pthread_t thread;
     bool started;
+    /* A job of this process's Redis consumer that the I/O thread put here while the executor was busy (the
+     * look-ahead, s_take_ahead): the executor takes it (atomic exchange) as soon as its job is done, and says
+     * so with that job's reply; or the I/O thread takes it back (the drain, or the executor had looked). */
+    _Atomic(struct titan_job *) next;
 } s_executor;
+
+/* What an executor sends back: the job it has done, and the job it took from its `next` then, and starts
+ * now (NULL: none; it waits for the next one over its socket). */
+typedef struct {
+    struct titan_job *done;
+    struct titan_job *next;
+} s_done;
 
 struct titan_server {
     titan_worker_ctx *w;
@@ -67,6 +78,9 @@ struct titan_server {
     void *pairs[MAX_EXECUTORS]; /* main thread's ends */
     s_executor execs[MAX_EXECUTORS];
     bool busy[MAX_EXECUTORS];
+    /* The job each busy executor holds in its `next`, as this thread knows it (NULL: none). Such a job still
+     * counts as queued (qlen, and toward its client's share) until its executor starts it. */
+    struct titan_job *ahead[MAX_EXECUTORS];
     int nexec;
     int queue_cap;
     int client_cap; /* most requests one client may have queued */
@@ -528,17 +542,22 @@ static void s_reply(titan_server *s, titan_job *j)
 static void *s_executor_main(void *arg)
 {
     s_executor *e = arg;
+    titan_job *j = NULL;
     for (;;) {
-        titan_job *j = NULL;
-        int rc = zmq_recv(e->sock, &j, sizeof(j), 0);
-        if (rc < 0) {
-            if (zmq_errno() == EINTR) continue;
-            break;
+        if (!j) {
+            int rc = zmq_recv(e->sock, &j, sizeof(j), 0);
+            if (rc < 0) {
+                if (zmq_errno() == EINTR) continue;
+                break;
+            }
+            if (rc != sizeof(j) || !j) break; /* NULL job: shut down */
         }
-        if (rc != sizeof(j) || !j) break; /* NULL job: shut down */
         s_job_execute(e->srv, j);
-        while (zmq_send(e->sock, &j, sizeof(j), 0) < 0 && zmq_errno() == EINTR) {
+        /* The job taken ahead, if any, is ours from here on; the reply says so before it starts. */
+        s_done d = {j, atomic_exchange(&e->next, NULL)};
+        while (zmq_send(e->sock, &d, sizeof(d), 0) < 0 && zmq_errno() == EINTR) {
         }
+        j = d.next;
     }
     return NULL;
 }
@@ -605,6 +624,60 @@ static void s_reply_all(titan_server *s, titan_job *j)
     }
 }
 
+/* True for a job of this process's Redis consumer (jobs_slots.c): it came over inproc (no descriptor),
+ * behind the consumer's routing frame "jSLOT.SEQ". The HTTP gateway's requests come over inproc too,
+ * behind "hSLOT.SEQ" (http_bridge.c): they are clients' requests. */
+static bool s_consumer_job(const titan_job *j)
+{
+    if (j->env != 3 || zmq_msg_get(&j->frames[j->nframes - 1], ZMQ_SRCFD) >= 0) return false;
+    const zmq_msg_t *tag = &j->frames[1];
+    return zmq_msg_size(tag) >= 2 && *(const char *)zmq_msg_data((zmq_msg_t *)tag) == 'j';
+}
+
+/* The look-ahead, while no executor is idle: the consumer's job at the head of the fair queue goes to the
+ * `next` of a busy executor, which starts it as soon as its own job is done instead of after a round trip
+ * through this thread (its reply's wake-up here, then this job's there: the jobs bench's small products
+ * waited on that longer than they computed). It stays queued (qlen, its client's share) until it starts;
+ * deadline_ms is checked then, and a drain takes it back (s_start_drain). Never a client's request (ZeroMQ
+ * or HTTP): taken ahead, it could wait behind that executor's product while another executor frees up
+ * first. None while a model's queue holds a request: its batches get an executor only when one is idle,
+ * and the consumer's jobs would keep them all busy. Returns true when it took the head of the queue
+ * (ahead, or refused for its client's unread replies). */
+static bool s_take_ahead(titan_server *s)
+{
+    if (s->draining || titan_batchq_len(s->bq) > 0) return false;
+    titan_job *head = titan_fairq_peek(s->queue);
+    if (!head || !s_consumer_job(head)) return false;
+    int e = -1;
+    for (int i = 0; i < s->nexec; i++) {
+        if (s->busy[i] && !s->ahead[i]) {
+            e = i;
+            break;
+        }
+    }
+    if (e < 0) return false;
+    titan_job *j = titan_fairq_pop(s->queue);
+    uint64_t unread = s_unread_bytes(s, j);
+    if (unread >= s->max_unread) {
+        s->qlen--;
+        s->inflight_bytes -= j->bytes;
+        s_refuse_unread(s, j, unread);
+        return true;
+    }
+    j->dispatched = true;
+    s->ahead[e] = j;
+    atomic_store(&s->execs[e].next, j);
+    return true;
+}
+
+/* A job taken ahead starts (on its executor, or handed over its socket): it leaves the queue. */
+static void s_ahead_started(titan_server *s, int i)
+{
+    titan_metrics_queued(s->metrics, titan_clock_ns_since(s->ahead[i]->t_recv));
+    s->ahead[i] = NULL;
+    s->qlen--;
+}
+
 /* Hands waiting work to idle executors: the fair queue's requests and the models' batches take turns. */
 static void s_dispatch(titan_server *s)
 {
@@ -616,6 +689,7 @@ static void s_dispatch(titan_server *s)
                 break;
             }
         }
+        if (idle < 0 && s_take_ahead(s)) continue;
         if (idle < 0) break;
         titan_job *j = NULL;
         if (s->batch_turn && (j = s_pop_batch(s)) != NULL) s->batch_turn = false;
@@ -791,6 +865,10 @@ static void s_admit(titan_server *s, titan_job *j)
     size_t keylen = zmq_msg_size(&j->frames[0]);
     if (keylen == 0 || keylen > TITAN_FAIRQ_MAX_KEY) keylen = 0; /* no usable routing id: count as one */
     size_t mine = keylen ? titan_fairq_client_len(s->queue, key, keylen) : 0;
+    for (int i = 0; keylen && i < s->nexec; i++) /* jobs taken ahead are still queued */
+        if (s->ahead[i] && zmq_msg_size(&s->ahead[i]->frames[0]) == keylen &&
+            memcmp(zmq_msg_data(&s->ahead[i]->frames[0]), key, keylen) == 0)
+            mine++;
     bool over_share = !idle && (int)mine >= s->client_cap;
     if ((!idle && s->qlen >= s->queue_cap) || over_share ||
         (s->inflight_bytes + j->bytes > s->max_inflight_bytes && s->inflight_bytes > 0))
@@ -932,6 +1010,7 @@ titan_server *titan_server_new(const titan_config *cfg, titan_worker_ctx *w, tit
         e->srv = s;
         e->index = i;
         e->sock = zmq_socket(s->ctx, ZMQ_PAIR);
+        atomic_init(&e->next, NULL);
         if (!s->pairs[i] || !e->sock || zmq_bind(s->pairs[i], name) || zmq_connect(e->sock, name)) goto fail_zmq;
         if (pthread_create(&e->thread, NULL, s_executor_main, e) != 0) {
             snprintf(err, errcap, "cannot start executor thread %d", i);
@@ -1008,17 +1087,42 @@ static void s_start_drain(titan_server *s, int64_t *t_drain)
         s_refuse_draining(s, j);
     }
     titan_batchq_take_all(s->bq, s_refuse_queued, s);
+    /* The jobs taken ahead are queued too, unless their executor has just started one. */
+    for (int i = 0; i < s->nexec; i++) {
+        if (!s->ahead[i] || !(j = atomic_exchange(&s->execs[i].next, NULL))) continue;
+        s->ahead[i] = NULL;
+        s->qlen--;
+        s_refuse_draining(s, j);
+    }
     s_gauges(s);
 }
 
 static void s_collect(titan_server *s, int i)
 {
-    titan_job *j = NULL;
-    int rc = zmq_recv(s->pairs[i], &j, sizeof(j), ZMQ_DONTWAIT);
-    if (rc != sizeof(j) || !j) return;
-    s->busy[i] = false;
-    s->running--;
-    s_reply_all(s, j);
+    s_done d = {NULL, NULL};
+    int rc = zmq_recv(s->pairs[i], &d, sizeof(d), ZMQ_DONTWAIT);
+    if (rc != sizeof(d) || !d.done) return;
+    titan_job *next = NULL;
+    if (d.next) { /* the executor took its job ahead, and runs it now */
+        s_ahead_started(s, i);
+    } else if (s->ahead[i] && (next = atomic_exchange(&s->execs[i].next, NULL)) != NULL) {
+        /* put there after the executor looked: it goes over the socket, as to an idle executor */
+        s_ahead_started(s, i);
+        int sent;
+        while ((sent = zmq_send(s->pairs[i], &next, sizeof(next), 0)) < 0 && zmq_errno() == EINTR) {
+        }
+        if (sent != (int)sizeof(next)) {
+            int why = sent < 0 ? zmq_errno() : EIO;
+            s_job_error(next, "internal", "could not hand the request to an executor: %s", zmq_strerror(why));
+            s_reply_all(s, next);
+            next = NULL;
+        }
+    }
+    if (!d.next && !next) {
+        s->busy[i] = false;
+        s->running--;
+    }
+    s_reply_all(s, d.done);
     s_gauges(s);
 }
 

@@ -48,6 +48,27 @@ static void test_round_robin_between_clients(void **state)
     titan_fairq_destroy(&q); /* frees what is left without touching the items */
 }
 
+/* peek names what pop returns next, in every client's turn, and leaves the queue as it was. */
+static void test_peek_is_next_pop(void **state)
+{
+    (void)state;
+    titan_fairq *q = titan_fairq_new();
+    assert_null(titan_fairq_peek(q));
+    assert_null(titan_fairq_peek(NULL));
+    int a[3], b[2];
+    for (int i = 0; i < 3; i++) assert_int_equal(titan_fairq_push(q, "a", 1, &a[i]), 0);
+    for (int i = 0; i < 2; i++) assert_int_equal(titan_fairq_push(q, "b", 1, &b[i]), 0);
+    for (size_t left = 5; left > 0; left--) {
+        void *next = titan_fairq_peek(q);
+        assert_non_null(next);
+        assert_ptr_equal(titan_fairq_peek(q), next);
+        assert_int_equal(titan_fairq_len(q), left);
+        assert_ptr_equal(titan_fairq_pop(q), next);
+    }
+    assert_null(titan_fairq_peek(q));
+    titan_fairq_destroy(&q);
+}
+
 static void test_bad_arguments(void **state)
 {
     (void)state;
@@ -69,6 +90,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fifo_within_client),
         cmocka_unit_test(test_round_robin_between_clients),
+        cmocka_unit_test(test_peek_is_next_pop),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
