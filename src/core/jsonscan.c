@@ -547,6 +547,30 @@ static void s_path(char *buf, size_t cap, const char *name, const size_t *idx, i
     for (int i = 0; i < depth && n < cap; i++) n += (size_t)snprintf(buf + n, cap - n, "[%zu]", idx[i]);
 }
 
+/* How many elements the array at the start of `text` can hold, at most `bound`: its commas + 1, counted up to
+ * its closing bracket (a nested array's elements are its commas + 1 as well, rows' separators included). One
+ * pass over the text, so that a large operand's buffer is allocated once instead of grown by copies (which
+ * left its smaller copies in the heap). Anything but numbers and brackets (a string, an object): 256, and the
+ * parse grows the buffer as before. */
+static size_t s_count_elements(const char *text, size_t len, size_t bound)
+{
+    size_t commas = 0;
+    int depth = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = text[i];
+        if (ch == ',') {
+            commas++;
+        } else if (ch == '[') {
+            depth++;
+        } else if (ch == ']') {
+            if (--depth <= 0) break;
+        } else if (ch == '"' || ch == '{') {
+            return bound < 256 ? bound : 256;
+        }
+    }
+    return commas < bound ? commas + 1 : bound;
+}
+
 /* Parses a tensor from text; with `used` it stops after the outer ']' and says how far it read. */
 static int s_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t max_elems, const char *name,
                           void **data, int64_t shape[TITAN_MAX_RANK], int *rank, size_t *used_out, char *err,
@@ -560,11 +584,12 @@ static int s_parse_tensor(const char *text, size_t len, titan_dtype dt, size_t m
     int64_t dims[TITAN_MAX_RANK] = {0};     /* 0 = not known yet */
     int depth = 0, r = -1;
     size_t count = 0;
-    /* Every element takes at least two characters ("1,"), which bounds the count. The buffer grows with
-     * what is parsed: text may end long after a short array, and elements may not follow at all. */
+    /* Every element takes at least two characters ("1,"), which bounds the count. The buffer is sized by the
+     * array's commas (s_count_elements: text may end long after a short array), and grows should the parse
+     * find more, which only malformed text can make it do. */
     size_t bound = len / 2 + 1;
     if (bound > max_elems) bound = max_elems;
-    size_t cap = bound < 256 ? bound : 256;
+    size_t cap = s_count_elements(text, len, bound);
     char *buf = aligned_alloc(64, ((cap ? cap : 1) * esize + 63) & ~(size_t)63);
     if (!buf) return -ENOMEM;
     int rc = -EINVAL;

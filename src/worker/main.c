@@ -262,10 +262,13 @@ static bool s_open_models(s_worker *app)
  * glibc's defaults, a fresh worker maps each anew (and faults in its pages) for its first dozen products of
  * a size, until glibc's dynamic thresholds settle. The worker owns its process's allocator, so it sets them
  * from the start: buffers up to S_HEAP_MAX come from the heap, and up to the pool's cap of free heap is kept
- * rather than given back. Larger ones stay mmap'ed: a heap that held the buffers a large JSON operand grows
- * through would keep them all resident (test_tensors' header memory). --host-pool-mb 0 leaves glibc's
- * defaults. The library (libtitan) sets only the pool, never the host program's allocator. */
-#define S_HEAP_MAX (8ULL << 20)
+ * rather than given back. S_HEAP_MAX is the most glibc's dynamic threshold reaches by itself (32 MiB on 64-bit):
+ * setting a threshold turns the dynamic one off, and with 8 MiB here every float32 n=2048 operand (16 MiB) was
+ * mapped and faulted in anew, each product 2.3x slower than with glibc's defaults (make bench, 2026-12-07).
+ * Larger ones stay mmap'ed. JSON operands are allocated once at their size (jsonscan.c counts the elements
+ * first), so no trail of outgrown copies stays in the heap (test_tensors' header memory). --host-pool-mb 0
+ * leaves glibc's defaults. The library (libtitan) sets only the pool, never the host program's allocator. */
+#define S_HEAP_MAX (32ULL << 20)
 static void s_host_memory(uint64_t cap)
 {
     titan_hostpool_set_cap(cap);
