@@ -239,25 +239,28 @@ static bool s_parse_size(yamlconf_text t, uint64_t bare_unit, uint64_t *bytes)
     return true;
 }
 
-/* YAML 1.1's booleans, as people write them. */
-static int s_parse_bool(yamlconf *c, const yaml_node_t *v, const char *field, bool *out)
+/* YAML 1.1's booleans, as people write them: true when `t` is one, with its value in *out. */
+static bool s_bool_word(yamlconf_text t, bool *out)
 {
     static const char *const yes[] = {"true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"};
     static const char *const no[] = {"false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"};
-    char buf[96];
-    if (v->type == YAML_SCALAR_NODE) {
-        yamlconf_text t = yamlconf_text_of(v);
-        for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
-            if (yamlconf_is(t, yes[i])) {
-                *out = true;
-                return 0;
-            }
-            if (yamlconf_is(t, no[i])) {
-                *out = false;
-                return 0;
-            }
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+        if (yamlconf_is(t, yes[i])) {
+            *out = true;
+            return true;
+        }
+        if (yamlconf_is(t, no[i])) {
+            *out = false;
+            return true;
         }
     }
+    return false;
+}
+
+static int s_parse_bool(yamlconf *c, const yaml_node_t *v, const char *field, bool *out)
+{
+    char buf[96];
+    if (v->type == YAML_SCALAR_NODE && s_bool_word(yamlconf_text_of(v), out)) return 0;
     return yamlconf_fail(c, yamlconf_line(v), "%s: %s is not true or false; write true or false", field,
                          s_show(v, buf, sizeof buf));
 }
@@ -600,13 +603,11 @@ static int s_kvm(yamlconf *c, const yaml_node_t *v, titan_vmconf *o)
             o->kvm = TITAN_VM_KVM_AUTO;
             return 0;
         }
-        bool b = false;
-        static const char *const yes[] = {"on", "true", "yes"}, *const no[] = {"off", "false", "no"};
-        for (size_t i = 0; i < 3; i++) {
-            if (yamlconf_is(t, yes[i])) b = true, o->kvm = TITAN_VM_KVM_ON;
-            if (yamlconf_is(t, no[i])) b = true, o->kvm = TITAN_VM_KVM_OFF;
+        bool on;
+        if (s_bool_word(t, &on)) {
+            o->kvm = on ? TITAN_VM_KVM_ON : TITAN_VM_KVM_OFF;
+            return 0;
         }
-        if (b) return 0;
     }
     return yamlconf_fail(c, yamlconf_line(v),
                          "kvm: %s is not auto, on or off; write auto (KVM where the host has it, else TCG "
